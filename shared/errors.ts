@@ -1,0 +1,117 @@
+/**
+ * Operating errors: one class, a `code` union, named constructors (after hypercore-errors).
+ * Callers branch on `code`. Programmer errors are `assert`s and are never caught.
+ */
+
+export type KeelErrorCode =
+  | 'BAD_ARGUMENT' // a CLI argument, config value or API parameter is malformed
+  | 'BAD_CONFIG' // limits or config contradict each other
+  | 'VOLUME_EXISTS'
+  | 'VOLUME_NOT_FOUND'
+  | 'ROUTER_NOT_FOUND'
+  | 'OUT_OF_RANGE' // an I/O request outside the device
+  | 'REQUEST_TOO_LARGE'
+  | 'PROTOCOL' // a malformed frame or message from a peer
+  | 'VERSION_MISMATCH'
+  | 'CHECKSUM_MISMATCH'
+  | 'CORRUPT' // an on-disk structure failed validation
+  | 'IO' // a disk or network operation failed
+  | 'TIMEOUT'
+  | 'CONNECTION_CLOSED'
+  | 'NOT_OWNER' // this router does not own the volume (see `owner` in details)
+  | 'NO_OWNER' // no router could be reached for the volume within the deadline
+  | 'READ_ONLY'
+  | 'CLOSED' // the object was closed while the operation was pending
+  | 'BUSY';
+
+export class KeelError extends Error {
+  readonly code: KeelErrorCode;
+  readonly details: Record<string, unknown>;
+
+  constructor(code: KeelErrorCode, message: string, details: Record<string, unknown> = {}, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'KeelError';
+    this.code = code;
+    this.details = details;
+  }
+
+  static badArgument(message: string, details?: Record<string, unknown>) {
+    return new KeelError('BAD_ARGUMENT', message, details);
+  }
+  static badConfig(message: string, details?: Record<string, unknown>) {
+    return new KeelError('BAD_CONFIG', message, details);
+  }
+  static volumeExists(name: string) {
+    return new KeelError('VOLUME_EXISTS', `volume '${name}' already exists`, { volume: name });
+  }
+  static volumeNotFound(name: string) {
+    return new KeelError('VOLUME_NOT_FOUND', `volume '${name}' does not exist`, { volume: name });
+  }
+  static routerNotFound(id: string) {
+    return new KeelError('ROUTER_NOT_FOUND', `router '${id}' is not registered`, { router: id });
+  }
+  static outOfRange(offset: number, length: number, sizeBytes: number) {
+    return new KeelError('OUT_OF_RANGE', `request [${offset}, +${length}) is outside the device of ${sizeBytes} bytes`, {
+      offset,
+      length,
+      sizeBytes,
+    });
+  }
+  static requestTooLarge(length: number, maxBytes: number) {
+    return new KeelError('REQUEST_TOO_LARGE', `request of ${length} bytes exceeds the maximum of ${maxBytes}`, {
+      length,
+      maxBytes,
+    });
+  }
+  static protocol(message: string, details?: Record<string, unknown>) {
+    return new KeelError('PROTOCOL', message, details);
+  }
+  static versionMismatch(ours: number, theirs: unknown) {
+    return new KeelError('VERSION_MISMATCH', `peer speaks protocol version ${String(theirs)}, we speak ${ours}`, {
+      ours,
+      theirs,
+    });
+  }
+  static checksumMismatch(what: string, details?: Record<string, unknown>) {
+    return new KeelError('CHECKSUM_MISMATCH', `checksum mismatch in ${what}`, details);
+  }
+  static corrupt(what: string, details?: Record<string, unknown>) {
+    return new KeelError('CORRUPT', `corrupt ${what}`, details);
+  }
+  static io(message: string, cause?: unknown, details?: Record<string, unknown>) {
+    return new KeelError('IO', message, details, cause);
+  }
+  static timeout(what: string, timeoutMs: number) {
+    return new KeelError('TIMEOUT', `${what} timed out after ${timeoutMs} ms`, { timeoutMs });
+  }
+  static connectionClosed(peer: string) {
+    return new KeelError('CONNECTION_CLOSED', `connection to ${peer} closed`, { peer });
+  }
+  static notOwner(volume: string, owner?: string) {
+    return new KeelError('NOT_OWNER', `this router does not own volume '${volume}'`, { volume, owner });
+  }
+  static noOwner(volume: string, waitedMs: number) {
+    return new KeelError('NO_OWNER', `no router serving volume '${volume}' could be reached within ${waitedMs} ms`, {
+      volume,
+      waitedMs,
+    });
+  }
+  static readOnly(what: string) {
+    return new KeelError('READ_ONLY', `${what} is read-only`);
+  }
+  static closed(what: string) {
+    return new KeelError('CLOSED', `${what} is closed`);
+  }
+  static busy(what: string) {
+    return new KeelError('BUSY', `${what} is busy`);
+  }
+}
+
+export function isKeelError(err: unknown, code?: KeelErrorCode): err is KeelError {
+  return err instanceof KeelError && (code === undefined || err.code === code);
+}
+
+/** Turns a KeelError carried over the wire (code + message) back into a KeelError. */
+export function keelErrorFromWire(wire: { code: string; message: string; details?: Record<string, unknown> }): KeelError {
+  return new KeelError(wire.code as KeelErrorCode, wire.message, wire.details ?? {});
+}

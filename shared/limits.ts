@@ -1,0 +1,90 @@
+/**
+ * Every bound in Keel lives here: queues, windows, caches, retry loops, sizes (TIGER_STYLE).
+ * Names end in `Max` (or `Min`) and carry their unit. `checkLimits` verifies how they relate and runs at
+ * the start of every process, so a bad combination fails loudly before any I/O.
+ */
+import { KeelError } from './errors.ts';
+
+export const clusterSizeBytes = 4096;
+
+export const limits = {
+  /** NBD: the largest request payload the edge accepts (advertised as the maximum block size). */
+  nbdRequestBytesMax: 32 * 1024 * 1024,
+  /** NBD: option payloads during the handshake (export names, info requests). */
+  nbdOptionBytesMax: 64 * 1024,
+  /** NBD: requests read from one client connection and not yet answered. */
+  nbdRequestsInFlightMax: 256,
+  /** NBD: client connections served by one edge at once. */
+  nbdConnectionsMax: 1024,
+  /** NBD: how long a client may take to finish the handshake. */
+  nbdHandshakeTimeoutMs: 30_000,
+
+  /** Wire: the largest frame (header + payload); a request of nbdRequestBytesMax must fit. */
+  wireFrameBytesMax: 32 * 1024 * 1024 + 64 * 1024,
+  /** Wire: the largest msgpack header in a frame. */
+  wireHeaderBytesMax: 16 * 1024,
+  /** Wire: requests one edge connection keeps in flight to a router (the window). */
+  wireRequestsInFlightMax: 512,
+  /** Wire: requests a router serves concurrently on one connection before it stops reading. */
+  wireServerRequestsInFlightMax: 512,
+  /** Wire: bytes queued for sending on one connection before callers wait. */
+  wireSendQueueBytesMax: 64 * 1024 * 1024,
+  /** Wire: one request's deadline at the router before the edge retries it elsewhere. */
+  wireRequestTimeoutMs: 10_000,
+  /** Wire: how long the edge keeps looking for a volume's owner before failing requests with EIO. */
+  ownerWaitMaxMs: 30_000,
+  /** Wire: attempts to reconnect and resend within ownerWaitMaxMs. */
+  reconnectAttemptsMax: 200,
+  reconnectBackoffMaxMs: 500,
+
+  /** Volume driver: SCO size bounds (DESIGN: 4–128 MiB) and default. */
+  scoSizeBytesMin: 4 * 1024 * 1024,
+  scoSizeBytesMax: 128 * 1024 * 1024,
+  scoSizeBytesDefault: 64 * 1024 * 1024,
+  /** Volume driver: SCOs per TLog before it rolls over. */
+  tlogScosMax: 4,
+  /** Volume driver: clusters appended in one batched write. */
+  appendBatchClustersMax: 8192,
+  /** Volume driver: closed SCO checksum tables cached in RAM. */
+  scoChecksumTablesCachedMax: 256,
+  /** Volume driver: writes waiting for the open SCO before callers are held back. */
+  volumeWritesQueuedMax: 4096,
+  /** Volume size bounds. */
+  volumeSizeBytesMax: 2 ** 50, // 1 PiB: LBAs stay exact in a double
+  volumeNameLengthMax: 128,
+  volumesPerRouterMax: 4096,
+
+  /** Coordination: heartbeat period and how long a silent router stays alive. */
+  heartbeatIntervalMs: 1_000,
+  routerDeadAfterMs: 5_000,
+  coordinationLockRetriesMax: 50,
+
+  /** Supervisor: restarts of one child within the window before `keel up` gives up on it. */
+  childRestartsMax: 10,
+  childRestartWindowMs: 60_000,
+  childRestartBackoffMaxMs: 2_000,
+  childStopTimeoutMs: 10_000,
+} as const;
+
+export type Limits = typeof limits;
+
+/** Throws BAD_CONFIG when limits contradict each other. Call at process start. */
+export function checkLimits(l: Limits = limits): void {
+  const fail = (why: string) => {
+    throw KeelError.badConfig(`limits: ${why}`);
+  };
+  if (l.wireFrameBytesMax < l.nbdRequestBytesMax + l.wireHeaderBytesMax)
+    fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
+  if (l.wireRequestsInFlightMax < l.nbdRequestsInFlightMax)
+    fail('wireRequestsInFlightMax must be at least nbdRequestsInFlightMax, or one NBD client could stall the window');
+  if (l.scoSizeBytesMin % clusterSizeBytes !== 0 || l.scoSizeBytesMax % clusterSizeBytes !== 0)
+    fail('SCO sizes must be whole clusters');
+  if (l.scoSizeBytesDefault < l.scoSizeBytesMin || l.scoSizeBytesDefault > l.scoSizeBytesMax)
+    fail('scoSizeBytesDefault must lie within [scoSizeBytesMin, scoSizeBytesMax]');
+  if (l.scoSizeBytesMax / clusterSizeBytes > 65536) fail('a SCO may hold at most 65536 clusters (16-bit slot)');
+  if (l.appendBatchClustersMax * clusterSizeBytes > l.scoSizeBytesMin * 4)
+    fail('appendBatchClustersMax is out of proportion to the SCO size');
+  if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
+  if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
+  if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');
+}
