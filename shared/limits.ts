@@ -18,6 +18,10 @@ export const limits = {
   nbdConnectionsMax: 1024,
   /** NBD: how long a client may take to finish the handshake. */
   nbdHandshakeTimeoutMs: 30_000,
+  /** NBD: payload bytes (write data + read data) of one connection's requests in flight before it stops reading. */
+  nbdRequestBytesInFlightMax: 128 * 1024 * 1024,
+  /** NBD: on server stop, how long in-flight requests may take before their connection is cut. */
+  nbdDrainTimeoutMs: 10_000,
 
   /** Wire: the largest frame (header + payload); a request of nbdRequestBytesMax must fit. */
   wireFrameBytesMax: 32 * 1024 * 1024 + 64 * 1024,
@@ -36,6 +40,15 @@ export const limits = {
   /** Wire: attempts to reconnect and resend within ownerWaitMaxMs. */
   reconnectAttemptsMax: 200,
   reconnectBackoffMaxMs: 500,
+  /** Wire: requests a client holds beyond its in-flight window before new ones fail with BUSY. */
+  wireRequestsQueuedMax: 16_384,
+  /** Wire: how long a connect may take, and how long a server waits for a client's hello. */
+  wireConnectTimeoutMs: 3_000,
+  wireHandshakeTimeoutMs: 10_000,
+  /** Wire: after a graceful close, how long the peer may keep the socket before it is destroyed. */
+  wireCloseLingerMs: 1_000,
+  /** Wire: volume handles one connection may hold open at a router. */
+  wireHandlesPerConnectionMax: 1_024,
 
   /** Volume driver: SCO size bounds (DESIGN: 4–128 MiB) and default. */
   scoSizeBytesMin: 4 * 1024 * 1024,
@@ -58,6 +71,8 @@ export const limits = {
   heartbeatIntervalMs: 1_000,
   routerDeadAfterMs: 5_000,
   coordinationLockRetriesMax: 50,
+  /** Coordination: a lock older than this is taken over (its holder was killed). */
+  coordinationLockStaleMs: 5_000,
 
   /** Supervisor: restarts of one child within the window before `keel up` gives up on it. */
   childRestartsMax: 10,
@@ -77,6 +92,8 @@ export function checkLimits(l: Limits = limits): void {
     fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
   if (l.wireRequestsInFlightMax < l.nbdRequestsInFlightMax)
     fail('wireRequestsInFlightMax must be at least nbdRequestsInFlightMax, or one NBD client could stall the window');
+  if (l.nbdRequestBytesInFlightMax < l.nbdRequestBytesMax)
+    fail('nbdRequestBytesInFlightMax must hold at least one nbdRequestBytesMax request');
   if (l.scoSizeBytesMin % clusterSizeBytes !== 0 || l.scoSizeBytesMax % clusterSizeBytes !== 0)
     fail('SCO sizes must be whole clusters');
   if (l.scoSizeBytesDefault < l.scoSizeBytesMin || l.scoSizeBytesDefault > l.scoSizeBytesMax)

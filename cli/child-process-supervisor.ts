@@ -1,0 +1,84 @@
+/**
+ * Runs one Keel process (router or edge) as a child, restarting it when it dies unexpectedly. Restarts are
+ * bounded (childRestartsMax within childRestartWindowMs) with growing backoff; past that the child is left
+ * failed instead of crash-looping.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { limits } from '../shared/limits.ts';
+import type { Logger } from '../shared/logger.ts';
+
+export type ChildStatus = 'starting' | 'running' | 'restarting' | 'stopping' | 'stopped' | 'failed';
+
+const keelBin = fileURLToPath(new URL('../bin/keel.js', import.meta.url));
+
+export class SupervisedChild {
+  status: ChildStatus = 'stopped';
+  process: ChildProcess | undefined;
+  private restartTimesMs: number[] = [];
+  private restartTimer: NodeJS.Timeout | undefined;
+  private exited: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly name: string,
+    private readonly args: string[],
+    private readonly logger: Logger,
+    private readonly env: NodeJS.ProcessEnv = process.env,
+  ) {}
+
+  get pid(): number | undefined {
+    return this.process?.pid;
+  }
+
+  start(): void {
+    this.setStatus('starting');
+    const child = spawn(process.execPath, [keelBin, ...this.args], { stdio: ['ignore', 'inherit', 'inherit'], env: this.env });
+    this.process = child;
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+      this.onExit(code, signal);
+      resolve();
+    }));
+    child.once('spawn', () => this.status === 'starting' && this.setStatus('running'));
+  }
+
+  /** SIGTERM, then SIGKILL after childStopTimeoutMs. */
+  async stop(): Promise<void> {
+    clearTimeout(this.restartTimer);
+    if (this.status === 'stopped' || this.status === 'failed' || !this.process || this.process.exitCode !== null) {
+      this.setStatus('stopped');
+      return;
+    }
+    this.setStatus('stopping');
+    this.process.kill('SIGTERM');
+    const killTimer = setTimeout(() => {
+      this.logger.warn({ child: this.name }, 'did not stop in time: SIGKILL');
+      this.process?.kill('SIGKILL');
+    }, limits.childStopTimeoutMs);
+    await this.exited;
+    clearTimeout(killTimer);
+  }
+
+  private onExit(code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.status === 'stopping') {
+      this.setStatus('stopped', { code, signal });
+      return;
+    }
+    const nowMs = Date.now();
+    this.restartTimesMs = this.restartTimesMs.filter((t) => nowMs - t < limits.childRestartWindowMs);
+    if (this.restartTimesMs.length >= limits.childRestartsMax) {
+      this.setStatus('failed', { code, signal, restarts: this.restartTimesMs.length });
+      return;
+    }
+    this.restartTimesMs.push(nowMs);
+    const backoffMs = Math.min(100 * 2 ** (this.restartTimesMs.length - 1), limits.childRestartBackoffMaxMs);
+    this.setStatus('restarting', { code, signal, backoffMs });
+    this.restartTimer = setTimeout(() => this.start(), backoffMs);
+  }
+
+  private setStatus(status: ChildStatus, details: Record<string, unknown> = {}): void {
+    const from = this.status;
+    this.status = status;
+    const level = status === 'failed' || status === 'restarting' ? 'warn' : 'info';
+    this.logger[level]({ child: this.name, from, to: status, pid: this.process?.pid, ...details }, `${this.name}: ${from} -> ${status}`);
+  }
+}

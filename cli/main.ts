@@ -1,0 +1,29 @@
+/** The `keel` command line. Operating errors print one clear line and exit 1; nothing prints a stack. */
+import { Command, CommanderError } from 'commander';
+import { isKeelError } from '../shared/errors.ts';
+import { addEdgeCommand } from './edge-command.ts';
+import { addRouterCommands } from './router-commands.ts';
+import { addUpCommand } from './up-command.ts';
+import { addVolumeCommands } from './volume-commands.ts';
+
+const program = new Command('keel')
+  .description('Keel: distributed block storage — NBD edge, log-structured routers, object-store backend')
+  .version('0.1.0')
+  .showHelpAfterError()
+  .exitOverride();
+
+addUpCommand(program);
+addRouterCommands(program);
+addEdgeCommand(program);
+addVolumeCommands(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) process.exit(err.exitCode);
+  if (isKeelError(err)) {
+    console.error(`keel: ${err.message}`);
+    process.exit(err.code === 'BAD_ARGUMENT' ? 2 : 1);
+  }
+  throw err;
+}

@@ -1,0 +1,43 @@
+import type { Command } from 'commander';
+import { isRouterAlive } from '../shared/coordination.ts';
+import { limits } from '../shared/limits.ts';
+import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { printJson, printTable } from './output.ts';
+import { parsePort } from './parse-port.ts';
+
+export function addRouterCommands(program: Command): void {
+  const router = program
+    .command('router')
+    .description('run a storage router, or list the routers')
+    .option('--id <id>', 'router id, unique in the cluster')
+    .option('--data <dir>', 'cluster data directory (default ./data or $KEEL_DATA)')
+    .option('--host <host>', 'address to listen on for edges', '127.0.0.1')
+    .option('--port <port>', 'wire protocol port (0 picks a free one)', '0')
+    .action(async (options: { id?: string; data?: string; host: string; port: string }) => {
+      if (!options.id) {
+        router.help({ error: true });
+      }
+      const { runRouter } = await import('../router/main.ts'); // loaded only when running a router
+      await runRouter({ id: options.id!, dataDir: resolveDataDir(options.data), host: options.host, port: parsePort(options.port) });
+    });
+
+  router
+    .command('list')
+    .description('list routers, their state and the volumes each owns')
+    .option('--data <dir>', 'cluster data directory')
+    .option('--json', 'print JSON')
+    .action(async (options: { data?: string; json?: boolean }) => {
+      const coordination = await openCoordination(resolveDataDir(options.data));
+      const [routers, volumes] = await Promise.all([coordination.listRouters(), coordination.listVolumes()]);
+      const nowMs = Date.now();
+      const rows = routers.map((r) => ({
+        id: r.id,
+        address: r.address,
+        state: r.state === 'up' && !isRouterAlive(r, nowMs, limits.routerDeadAfterMs) ? 'unreachable' : r.state,
+        pid: r.pid,
+        volumes: volumes.filter((v) => v.owner === r.id).map((v) => v.name).join(',') || '-',
+      }));
+      if (options.json) return printJson(rows);
+      printTable(rows, ['id', 'address', 'state', 'pid', 'volumes']);
+    });
+}

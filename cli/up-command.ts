@@ -1,0 +1,139 @@
+/**
+ * `keel up`: a whole local cluster on embedded defaults — embedded coordination, N routers and one edge,
+ * each its own OS process (so one can be killed or upgraded alone), a demo volume, and the NBD URI.
+ */
+import net from 'node:net';
+import type { Command } from 'commander';
+import { isRouterAlive, type Coordination } from '../shared/coordination.ts';
+import { checkLimits, limits } from '../shared/limits.ts';
+import { createLogger, type Logger } from '../shared/logger.ts';
+import { formatSize, parseSize } from '../shared/sizes.ts';
+import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
+import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
+import { SupervisedChild } from './child-process-supervisor.ts';
+import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { KeelError } from '../shared/errors.ts';
+
+interface UpOptions {
+  data?: string;
+  routers: string;
+  host: string;
+  port: string;
+  volume: string;
+  volumeSize: string;
+  scoSize: string;
+}
+
+const readyTimeoutMs = 30_000;
+
+export function addUpCommand(program: Command): void {
+  program
+    .command('up')
+    .description('run a whole local cluster: embedded coordination, routers, one edge, a demo volume')
+    .option('--data <dir>', 'cluster data directory (default ./data or $KEEL_DATA)')
+    .option('--routers <n>', 'number of router processes', '3')
+    .option('--host <host>', 'address the edge listens on', '127.0.0.1')
+    .option('--port <port>', 'NBD port of the edge', '10809')
+    .option('--volume <name>', 'volume created if absent', 'demo')
+    .option('--volume-size <size>', 'size of that volume', '8G')
+    .option('--sco-size <size>', 'SCO size of that volume', '64M')
+    .action(async (options: UpOptions) => runUp(options));
+}
+
+async function runUp(options: UpOptions): Promise<void> {
+  checkLimits();
+  const routerCount = parsePositiveInt(options.routers, '--routers', 16);
+  const port = parsePositiveInt(options.port, '--port', 65535);
+  const volumeName = checkVolumeName(options.volume);
+  const volumeSizeBytes = checkVolumeSize(parseSize(options.volumeSize));
+  const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
+  const dataDir = resolveDataDir(options.data);
+  const logger = createLogger('keel-up');
+  const coordination = await openCoordination(dataDir);
+
+  const routers = Array.from({ length: routerCount }, (_, i) => {
+    const id = `r${i + 1}`;
+    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir], logger);
+  });
+  const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, '--host', options.host, '--port', String(port)], logger);
+  const stopAll = installStopHandlers(logger, [edge, ...routers]);
+
+  for (const router of routers) router.start();
+  await waitForRouters(coordination, routers);
+  await ensureVolume(coordination, volumeName, volumeSizeBytes, scoSizeBytes);
+  edge.start();
+  await waitForPort(options.host, port);
+
+  const uri = `nbd://${options.host}:${port}/${volumeName}`;
+  console.log('');
+  console.log(`Keel is up: ${routerCount} routers and an edge, data in ${dataDir}`);
+  console.log(`  volume '${volumeName}' (${formatSize(volumeSizeBytes)}) at ${uri}`);
+  console.log(`  try:  nbdinfo ${uri}`);
+  console.log(`        qemu-img convert -n -O raw disk.img ${uri}`);
+  console.log(`        fio --name=t --ioengine=nbd --uri=${uri} --rw=randwrite --bs=4k --iodepth=32 --size=1G`);
+  console.log('Ctrl-C stops the cluster; `keel up` again finds the data.');
+  await stopAll.done;
+}
+
+function installStopHandlers(logger: Logger, children: SupervisedChild[]): { done: Promise<void> } {
+  let stopping = false;
+  let finish!: () => void;
+  const done = new Promise<void>((resolve) => (finish = resolve));
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping the cluster');
+    // Edge first, so that clients see a clean disconnect rather than errors from vanished routers.
+    for (const child of children) await child.stop();
+    logger.info('cluster stopped');
+    finish();
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  return { done };
+}
+
+async function waitForRouters(coordination: Coordination, routers: SupervisedChild[]): Promise<void> {
+  const deadline = Date.now() + readyTimeoutMs;
+  while (Date.now() < deadline) {
+    const records = await coordination.listRouters();
+    const ready = routers.every((child) =>
+      records.some((r) => r.pid === child.pid && r.state === 'up' && isRouterAlive(r, Date.now(), limits.routerDeadAfterMs)),
+    );
+    if (ready) return;
+    if (routers.some((r) => r.status === 'failed')) break;
+    await sleep(100);
+  }
+  throw KeelError.timeout('waiting for the routers to register', readyTimeoutMs);
+}
+
+async function ensureVolume(coordination: Coordination, name: string, sizeBytes: number, scoSizeBytes: number): Promise<void> {
+  if (await coordination.getVolume(name)) return;
+  const routers = placeableRouters(await coordination.listRouters(), Date.now());
+  const owner = leastLoadedRouter(routers, await coordination.listVolumes())?.id;
+  await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner }, Date.now());
+}
+
+async function waitForPort(host: string, port: number): Promise<void> {
+  const deadline = Date.now() + readyTimeoutMs;
+  while (Date.now() < deadline) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = net.connect({ host, port }, () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open) return;
+    await sleep(100);
+  }
+  throw KeelError.timeout(`waiting for the edge on ${host}:${port}`, readyTimeoutMs);
+}
+
+function parsePositiveInt(text: string, name: string, max: number): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1 || value > max) throw KeelError.badArgument(`${name} must be a whole number from 1 to ${max}, got '${text}'`);
+  return value;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

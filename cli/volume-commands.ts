@@ -1,0 +1,100 @@
+import type { Command } from 'commander';
+import { KeelError } from '../shared/errors.ts';
+import { formatSize, parseSize } from '../shared/sizes.ts';
+import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
+import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
+import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { printJson, printTable } from './output.ts';
+
+interface DataOptions {
+  data?: string;
+}
+
+export function addVolumeCommands(program: Command): void {
+  const volume = program.command('volume').description('create, list, inspect, resize and delete volumes');
+
+  volume
+    .command('create')
+    .description('create a thin-provisioned volume')
+    .argument('<name>', 'volume name (also the NBD export name)')
+    .argument('<size>', 'size, e.g. 10G, 512M, 1T')
+    .option('--sco-size <size>', 'SCO size (4M-128M)', '64M')
+    .option('--owner <router>', 'router that serves it (default: the least loaded live router)')
+    .option('--data <dir>', 'cluster data directory (default ./data or $KEEL_DATA)')
+    .option('--json', 'print the volume as JSON')
+    .action(async (name: string, size: string, options: DataOptions & { scoSize: string; owner?: string; json?: boolean }) => {
+      checkVolumeName(name);
+      const sizeBytes = checkVolumeSize(parseSize(size));
+      const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
+      const coordination = await openCoordination(resolveDataDir(options.data));
+      const routers = await coordination.listRouters();
+      if (options.owner && !routers.some((r) => r.id === options.owner)) throw KeelError.routerNotFound(options.owner);
+      const owner = options.owner ?? leastLoadedRouter(placeableRouters(routers, Date.now()), await coordination.listVolumes())?.id;
+      const record = await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner }, Date.now());
+      if (options.json) printJson(record);
+      else console.log(`created volume '${name}' of ${formatSize(sizeBytes)}${owner ? ` on router ${owner}` : ''}`);
+    });
+
+  volume
+    .command('list')
+    .description('list volumes')
+    .option('--data <dir>', 'cluster data directory')
+    .option('--json', 'print JSON')
+    .action(async (options: DataOptions & { json?: boolean }) => {
+      const coordination = await openCoordination(resolveDataDir(options.data));
+      const volumes = await coordination.listVolumes();
+      if (options.json) return printJson(volumes);
+      printTable(
+        volumes.map((v) => ({ name: v.name, size: formatSize(v.sizeBytes), sco: formatSize(v.scoSizeBytes), owner: v.owner || '-', epoch: v.ownerEpoch })),
+        ['name', 'size', 'sco', 'owner', 'epoch'],
+      );
+    });
+
+  volume
+    .command('info')
+    .description('show one volume')
+    .argument('<name>')
+    .option('--data <dir>', 'cluster data directory')
+    .option('--json', 'print JSON')
+    .action(async (name: string, options: DataOptions & { json?: boolean }) => {
+      const coordination = await openCoordination(resolveDataDir(options.data));
+      const record = await coordination.getVolume(name);
+      if (!record) throw KeelError.volumeNotFound(name);
+      if (options.json) return printJson(record);
+      console.log(`name:        ${record.name}`);
+      console.log(`size:        ${formatSize(record.sizeBytes)} (${record.sizeBytes} bytes)`);
+      console.log(`sco size:    ${formatSize(record.scoSizeBytes)}`);
+      console.log(`owner:       ${record.owner || '(unclaimed)'} (epoch ${record.ownerEpoch})`);
+      console.log(`created:     ${new Date(record.createdAtMs).toISOString()}`);
+    });
+
+  volume
+    .command('resize')
+    .description('grow or shrink a volume (shrinking discards data past the new end)')
+    .argument('<name>')
+    .argument('<size>', 'new size, e.g. 20G')
+    .option('--data <dir>', 'cluster data directory')
+    .option('--allow-shrink', 'permit a smaller size')
+    .action(async (name: string, size: string, options: DataOptions & { allowShrink?: boolean }) => {
+      const sizeBytes = checkVolumeSize(parseSize(size));
+      const coordination = await openCoordination(resolveDataDir(options.data));
+      const record = await coordination.getVolume(name);
+      if (!record) throw KeelError.volumeNotFound(name);
+      if (sizeBytes < record.sizeBytes && !options.allowShrink) {
+        throw KeelError.badArgument(`shrinking '${name}' from ${formatSize(record.sizeBytes)} to ${formatSize(sizeBytes)} discards data: add --allow-shrink`);
+      }
+      await coordination.resizeVolume(name, sizeBytes);
+      console.log(`resized volume '${name}' to ${formatSize(sizeBytes)}`);
+    });
+
+  volume
+    .command('delete')
+    .description('delete a volume and its data')
+    .argument('<name>')
+    .option('--data <dir>', 'cluster data directory')
+    .action(async (name: string, options: DataOptions) => {
+      const coordination = await openCoordination(resolveDataDir(options.data));
+      await coordination.deleteVolume(name);
+      console.log(`deleted volume '${name}'`);
+    });
+}

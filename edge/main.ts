@@ -1,0 +1,36 @@
+/**
+ * The edge process: an NBD server whose exports are Keel volumes; every request goes to the volume's
+ * owning router over the wire protocol. SIGTERM/SIGINT: close client connections and exit 0.
+ */
+import { EmbeddedCoordination } from '../shared/coordination-embedded.ts';
+import { checkLimits } from '../shared/limits.ts';
+import { createLogger } from '../shared/logger.ts';
+import { TcpTransport } from '../shared/wire/tcp-transport.ts';
+import { NbdServer } from './nbd-server.ts';
+import { CoordinationOwnerLocator } from './owner-locator.ts';
+import { VolumeResolver } from './volume-resolver.ts';
+
+export interface EdgeOptions {
+  dataDir: string;
+  host: string;
+  port: number;
+  defaultExport?: string;
+}
+
+export async function runEdge(options: EdgeOptions): Promise<void> {
+  checkLimits();
+  const logger = createLogger('edge');
+  const coordination = await EmbeddedCoordination.open(options.dataDir);
+  const resolver = new VolumeResolver(coordination, new CoordinationOwnerLocator(coordination), new TcpTransport(), logger);
+  const server = new NbdServer({ resolver, logger, host: options.host, port: options.port, defaultExport: options.defaultExport });
+  await server.start();
+  logger.info({ host: options.host, port: server.port }, 'edge up');
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', () => resolve());
+    process.once('SIGINT', () => resolve());
+  });
+  logger.info('edge stopping');
+  await server.stop();
+  logger.info('edge stopped');
+  logger.flush();
+}

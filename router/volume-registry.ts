@@ -1,0 +1,139 @@
+/**
+ * The volumes this router owns, each with one VolumeDriver (single writer). Implements the VolumeHost the
+ * wire service calls; `reconcile` follows coordination (resize, delete, a change of owner).
+ */
+import path from 'node:path';
+import type { OpenBlockTarget } from '../shared/block-target.ts';
+import type { Coordination, VolumeRecord } from '../shared/coordination.ts';
+import { KeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
+import type { Logger } from '../shared/logger.ts';
+import { VolumeDriver } from './volume-driver.ts';
+import type { VolumeHost } from './volume-service.ts';
+
+interface OwnedVolume {
+  driver: VolumeDriver;
+  /** Epoch at which we own it: if coordination moves past it, we were fenced out. */
+  ownerEpoch: number;
+  sessions: number;
+}
+
+export class VolumeRegistry implements VolumeHost {
+  private readonly owned = new Map<string, OwnedVolume>();
+  /** Opens in progress, so that concurrent sessions share one recovery. */
+  private readonly opening = new Map<string, Promise<OwnedVolume>>();
+
+  constructor(
+    private readonly routerId: string,
+    private readonly routerDir: string,
+    private readonly coordination: Coordination,
+    private readonly logger: Logger,
+  ) {}
+
+  volumeDir(name: string): string {
+    return path.join(this.routerDir, 'volumes', name);
+  }
+
+  async openVolume(volumeName: string): Promise<OpenBlockTarget> {
+    const owned = this.owned.get(volumeName) ?? (await this.claimAndOpen(volumeName));
+    owned.sessions += 1;
+    return owned.driver;
+  }
+
+  releaseVolume(volumeName: string): void {
+    const owned = this.owned.get(volumeName);
+    if (owned && owned.sessions > 0) owned.sessions -= 1;
+  }
+
+  /** Opens (and so recovers) every volume coordination says we own: a restart serves them at once. */
+  async openOwnedVolumes(): Promise<void> {
+    for (const record of await this.coordination.listVolumes()) {
+      if (record.owner === this.routerId) await this.ensureOpen(record);
+    }
+  }
+
+  /** Applies coordination's view: resizes, deletes, and gives up volumes another router now owns. */
+  async reconcile(): Promise<void> {
+    const records = new Map((await this.coordination.listVolumes()).map((v) => [v.name, v]));
+    for (const [name, owned] of this.owned) {
+      const record = records.get(name);
+      if (!record) await this.dropDeleted(name, owned);
+      else if (record.owner !== this.routerId || record.ownerEpoch !== owned.ownerEpoch) await this.dropFenced(name, owned);
+      else if (record.sizeBytes !== owned.driver.sizeBytes) await this.resize(name, owned, record.sizeBytes);
+    }
+  }
+
+  list(): Array<{ name: string; sessions: number; stats: ReturnType<VolumeDriver['stats']> }> {
+    return [...this.owned].map(([name, o]) => ({ name, sessions: o.sessions, stats: o.driver.stats() }));
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.allSettled([...this.opening.values()]);
+    for (const [name, owned] of this.owned) {
+      this.owned.delete(name);
+      await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing volume failed'));
+    }
+  }
+
+  private async claimAndOpen(volumeName: string): Promise<OwnedVolume> {
+    const record = await this.coordination.getVolume(volumeName);
+    if (!record) throw KeelError.volumeNotFound(volumeName);
+    if (record.owner === this.routerId) return this.ensureOpen(record);
+    if (record.owner !== '') throw KeelError.notOwner(volumeName, record.owner);
+    const claimed = await this.coordination.claimVolume(volumeName, this.routerId, record.ownerEpoch);
+    if (!claimed) {
+      const now = await this.coordination.getVolume(volumeName);
+      throw KeelError.notOwner(volumeName, now?.owner);
+    }
+    this.logger.info({ volume: volumeName, ownerEpoch: claimed.ownerEpoch }, 'claimed unowned volume');
+    return this.ensureOpen(claimed);
+  }
+
+  private ensureOpen(record: VolumeRecord): Promise<OwnedVolume> {
+    const existing = this.owned.get(record.name);
+    if (existing) return Promise.resolve(existing);
+    let opening = this.opening.get(record.name);
+    if (!opening) {
+      opening = this.openDriver(record).finally(() => this.opening.delete(record.name));
+      this.opening.set(record.name, opening);
+    }
+    return opening;
+  }
+
+  private async openDriver(record: VolumeRecord): Promise<OwnedVolume> {
+    if (this.owned.size >= limits.volumesPerRouterMax) throw KeelError.busy(`router ${this.routerId} (volumesPerRouterMax)`);
+    const startedMs = Date.now();
+    const driver = await VolumeDriver.open({
+      dir: this.volumeDir(record.name),
+      volumeName: record.name,
+      sizeBytes: record.sizeBytes,
+      scoSizeBytes: record.scoSizeBytes,
+      logger: this.logger.child({ volume: record.name }),
+    });
+    const owned: OwnedVolume = { driver, ownerEpoch: record.ownerEpoch, sessions: 0 };
+    this.owned.set(record.name, owned);
+    this.logger.info(
+      { volume: record.name, ownerEpoch: record.ownerEpoch, openMs: Date.now() - startedMs, ...driver.stats() },
+      'volume open',
+    );
+    return owned;
+  }
+
+  private async dropDeleted(name: string, owned: OwnedVolume): Promise<void> {
+    this.owned.delete(name);
+    await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing deleted volume failed'));
+    await VolumeDriver.destroy(this.volumeDir(name));
+    this.logger.info({ volume: name }, 'volume deleted, local data removed');
+  }
+
+  private async dropFenced(name: string, owned: OwnedVolume): Promise<void> {
+    this.owned.delete(name);
+    await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing fenced volume failed'));
+    this.logger.warn({ volume: name, ownerEpoch: owned.ownerEpoch }, 'volume now owned elsewhere: closed here');
+  }
+
+  private async resize(name: string, owned: OwnedVolume, sizeBytes: number): Promise<void> {
+    await owned.driver.resize(sizeBytes);
+    this.logger.info({ volume: name, sizeBytes }, 'volume resized');
+  }
+}

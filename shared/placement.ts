@@ -1,0 +1,14 @@
+import { isRouterAlive, type RouterRecord, type VolumeRecord } from './coordination.ts';
+import { limits } from './limits.ts';
+
+/** Routers that accept new volumes now: up (not draining) and heartbeating. */
+export function placeableRouters(routers: RouterRecord[], nowMs: number): RouterRecord[] {
+  return routers.filter((r) => r.state === 'up' && isRouterAlive(r, nowMs, limits.routerDeadAfterMs));
+}
+
+/** The router owning the fewest volumes, ties broken by id so that placement is deterministic. */
+export function leastLoadedRouter(routers: RouterRecord[], volumes: VolumeRecord[]): RouterRecord | undefined {
+  const load = new Map(routers.map((r) => [r.id, 0]));
+  for (const v of volumes) if (load.has(v.owner)) load.set(v.owner, load.get(v.owner)! + 1);
+  return [...routers].sort((a, b) => load.get(a.id)! - load.get(b.id)! || a.id.localeCompare(b.id))[0];
+}

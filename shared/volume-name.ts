@@ -1,0 +1,41 @@
+import { KeelError } from './errors.ts';
+import { limits } from './limits.ts';
+
+/**
+ * Volume names are NBD export names and directory names: letters, digits, '.', '_' and '-', starting with
+ * a letter or digit. '@' is kept for snapshots (`VOL@SNAP`), '/' would escape the data directory.
+ */
+const volumeNamePattern = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+export function checkVolumeName(name: string): string {
+  if (name.length === 0 || name.length > limits.volumeNameLengthMax || !volumeNamePattern.test(name)) {
+    throw KeelError.badArgument(
+      `'${name}' is not a valid volume name: use 1-${limits.volumeNameLengthMax} letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
+  }
+  return name;
+}
+
+export function checkVolumeSize(sizeBytes: number): number {
+  if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
+    throw KeelError.badArgument(`volume size must be a positive multiple of 512 bytes, got ${sizeBytes}`);
+  }
+  if (sizeBytes > limits.volumeSizeBytesMax) {
+    throw KeelError.badArgument(`volume size ${sizeBytes} exceeds the maximum of ${limits.volumeSizeBytesMax} bytes`);
+  }
+  return sizeBytes;
+}
+
+export function checkScoSize(scoSizeBytes: number): number {
+  if (
+    !Number.isSafeInteger(scoSizeBytes) ||
+    scoSizeBytes < limits.scoSizeBytesMin ||
+    scoSizeBytes > limits.scoSizeBytesMax ||
+    scoSizeBytes % 4096 !== 0
+  ) {
+    throw KeelError.badArgument(
+      `SCO size must be a multiple of 4 KiB between ${limits.scoSizeBytesMin >> 20} MiB and ${limits.scoSizeBytesMax >> 20} MiB, got ${scoSizeBytes}`,
+    );
+  }
+  return scoSizeBytes;
+}

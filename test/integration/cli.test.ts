@@ -1,0 +1,79 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runKeel } from '../helpers/processes.ts';
+
+describe('keel CLI: volumes and bad arguments', () => {
+  let dataDir: string;
+  const keel = (...args: string[]) => runKeel([...args, '--data', dataDir]);
+
+  beforeAll(async () => {
+    dataDir = await mkdtemp(path.join(tmpdir(), 'keel-cli-'));
+  });
+  afterAll(async () => {
+    await rm(dataDir, { recursive: true, force: true });
+  });
+
+  it('creates volumes with human sizes and lists them as a table and as JSON', async () => {
+    const created = await keel('volume', 'create', 'vm1', '10G');
+    expect(created.code).toBe(0);
+    expect(created.stdout).toContain("created volume 'vm1' of 10 GiB");
+    expect((await keel('volume', 'create', 'vm2', '1.5G', '--sco-size', '16M')).code).toBe(0);
+    const list = await keel('volume', 'list', '--json');
+    expect(JSON.parse(list.stdout).map((v: { name: string; sizeBytes: number; scoSizeBytes: number }) => [v.name, v.sizeBytes, v.scoSizeBytes])).toEqual([
+      ['vm1', 10 * 2 ** 30, 64 * 2 ** 20],
+      ['vm2', 1.5 * 2 ** 30, 16 * 2 ** 20],
+    ]);
+    const table = await keel('volume', 'list');
+    expect(table.stdout.split('\n')[0]).toMatch(/^NAME\s+SIZE\s+SCO\s+OWNER\s+EPOCH$/);
+    expect(table.stdout).toMatch(/vm2\s+1\.5 GiB\s+16 MiB/);
+  });
+
+  it('refuses a taken name, a bad size, a bad name and a bad SCO size with one clear line', async () => {
+    const taken = await keel('volume', 'create', 'vm1', '1G');
+    expect(taken.code).toBe(1);
+    expect(taken.stderr.trim()).toBe("keel: volume 'vm1' already exists");
+    const badSize = await keel('volume', 'create', 'x', '10Q');
+    expect(badSize.code).toBe(2);
+    expect(badSize.stderr).toContain("'10Q' is not a size");
+    const badName = await keel('volume', 'create', 'a/b', '1G');
+    expect(badName.code).toBe(2);
+    expect(badName.stderr).toContain('not a valid volume name');
+    const badSco = await keel('volume', 'create', 'y', '1G', '--sco-size', '1M');
+    expect(badSco.code).toBe(2);
+    expect(badSco.stderr).toContain('SCO size must be');
+    expect(badSize.stderr).not.toContain('    at '); // no stack traces for operating errors
+  });
+
+  it('reports unknown volumes, guards shrinking, resizes and deletes', async () => {
+    const unknown = await keel('volume', 'info', 'nope');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr.trim()).toBe("keel: volume 'nope' does not exist");
+    const shrink = await keel('volume', 'resize', 'vm1', '5G');
+    expect(shrink.code).toBe(2);
+    expect(shrink.stderr).toContain('--allow-shrink');
+    expect((await keel('volume', 'resize', 'vm1', '20G')).code).toBe(0);
+    const info = JSON.parse((await keel('volume', 'info', 'vm1', '--json')).stdout);
+    expect(info.sizeBytes).toBe(20 * 2 ** 30);
+    expect((await keel('volume', 'delete', 'vm1')).code).toBe(0);
+    expect((await keel('volume', 'delete', 'vm1')).code).toBe(1);
+  });
+
+  it('has --help on every command', async () => {
+    for (const command of [[], ['up'], ['router'], ['router', 'list'], ['edge'], ['volume'], ['volume', 'create'], ['volume', 'list']]) {
+      const help = await runKeel([...command, '--help']);
+      expect(help.code, command.join(' ')).toBe(0);
+      expect(help.stdout).toContain('Usage: keel');
+    }
+  });
+
+  it('rejects an unknown command and a missing argument without a stack trace', async () => {
+    const unknown = await runKeel(['frobnicate']);
+    expect(unknown.code).not.toBe(0);
+    expect(unknown.stderr).toContain("unknown command 'frobnicate'");
+    const missing = await keel('volume', 'create', 'onlyname');
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toContain("missing required argument 'size'");
+  });
+});
