@@ -56,6 +56,10 @@ export const limits = {
   scoSizeBytesDefault: 64 * 1024 * 1024,
   /** Volume driver: SCOs per TLog before it rolls over. */
   tlogScosMax: 4,
+  /** Volume driver: records in one TLog before it rolls over anyway (trims and syncs add records without SCOs). */
+  tlogRecordsMax: 1 << 20,
+  /** Volume driver: bytes of a TLog read at once during recovery. */
+  tlogReadChunkBytes: 1024 * 1024,
   /** Volume driver: clusters appended in one batched write. */
   appendBatchClustersMax: 8192,
   /** Volume driver: closed SCO checksum tables cached in RAM. */

@@ -1,4 +1,4 @@
-import { pino, type Logger } from 'pino';
+import { pino, destination, transport, type Logger } from 'pino';
 
 export type { Logger };
 
@@ -11,9 +11,9 @@ export function createLogger(name: string, bindings: Record<string, unknown> = {
   const pretty = process.env.KEEL_LOG_PRETTY === '1' || (process.env.KEEL_LOG_PRETTY !== '0' && process.stderr.isTTY);
   const options = { name, level, base: { pid: process.pid, ...bindings } };
   if (pretty) {
-    return pino(options, pino.transport({ target: 'pino-pretty', options: { destination: 2, colorize: true } }));
+    return pino(options, transport({ target: 'pino-pretty', options: { destination: 2, colorize: true } }));
   }
-  return pino(options, pino.destination({ fd: 2, sync: false }));
+  return pino(options, destination({ fd: 2, sync: false }));
 }
 
 /** A logger that drops everything, for unit tests. */

@@ -1,0 +1,174 @@
+/**
+ * The router's wire-protocol handler (ops in docs/wire-protocol.md): maps open/read/write/flush/trim/
+ * zero/close onto the volumes a VolumeHost serves. Each connection gets its own table of open handles;
+ * when the connection drops, every handle still open is released once its running requests finish.
+ * Volume drivers are shared between connections: the service releases them, it never closes them.
+ */
+import type { OpenBlockTarget } from '../shared/block-target.ts';
+import { KeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
+import type { Logger } from '../shared/logger.ts';
+import type { RpcHandler, RpcPeer, RpcRequest, RpcResult, RpcSession } from '../shared/wire/rpc-server.ts';
+import type { RequestHeader } from '../shared/wire/wire-format.ts';
+
+export interface VolumeHost {
+  /** Throws KeelError VOLUME_NOT_FOUND, or NOT_OWNER (details.owner = router id) if another router owns it. */
+  openVolume(volumeName: string): Promise<OpenBlockTarget>; // returns a shared driver; service must NOT close it, only release
+  releaseVolume(volumeName: string, target: OpenBlockTarget): void;
+}
+
+export function createVolumeService(host: VolumeHost, logger: Logger): RpcHandler {
+  return {
+    openSession: (peer: RpcPeer) => new VolumeSession(host, logger.child({ peer: peer.remoteAddress })),
+  };
+}
+
+interface OpenHandle {
+  volumeName: string;
+  target: OpenBlockTarget;
+  requestsInFlight: number;
+  /** Closed by the client or by the connection's end: release once requestsInFlight reaches 0. */
+  closing: boolean;
+}
+
+const emptyResult: RpcResult = {};
+
+class VolumeSession implements RpcSession {
+  private readonly handles = new Map<number, OpenHandle>();
+  private lastHandle = 0;
+  private opensInFlight = 0;
+  private closed = false;
+
+  constructor(
+    private readonly host: VolumeHost,
+    private readonly logger: Logger,
+  ) {}
+
+  handle(request: RpcRequest): Promise<RpcResult> {
+    const { header, payload } = request;
+    switch (header.op) {
+      case 'open':
+        return this.open(header);
+      case 'close':
+        return this.closeHandle(header);
+      case 'read':
+        return this.withHandle(header, async (target) => ({
+          payload: await target.read(offsetField(header), lengthField(header)),
+        }));
+      case 'write':
+        return this.withHandle(header, async (target) => {
+          if (payload.length > limits.nbdRequestBytesMax) throw KeelError.requestTooLarge(payload.length, limits.nbdRequestBytesMax);
+          await target.write(offsetField(header), payload, fuaField(header));
+          return emptyResult;
+        });
+      case 'flush':
+        return this.withHandle(header, async (target) => {
+          await target.flush();
+          return emptyResult;
+        });
+      case 'trim':
+        return this.withHandle(header, async (target) => {
+          await target.trim(offsetField(header), lengthField(header), fuaField(header));
+          return emptyResult;
+        });
+      case 'zero':
+        return this.withHandle(header, async (target) => {
+          await target.writeZeroes(offsetField(header), lengthField(header), fuaField(header));
+          return emptyResult;
+        });
+      default:
+        return Promise.reject(KeelError.protocol(`unknown op '${header.op}'`, { op: header.op }));
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const [handle, open] of this.handles) this.startClosing(handle, open);
+  }
+
+  private async open(header: RequestHeader): Promise<RpcResult> {
+    const volumeName = header.volume;
+    if (typeof volumeName !== 'string' || volumeName.length === 0 || volumeName.length > limits.volumeNameLengthMax) {
+      throw KeelError.protocol('open needs a volume name');
+    }
+    if (this.handles.size + this.opensInFlight >= limits.wireHandlesPerConnectionMax) {
+      throw KeelError.busy(`connection (${limits.wireHandlesPerConnectionMax} open handles)`);
+    }
+    this.opensInFlight++;
+    let target: OpenBlockTarget;
+    try {
+      target = await this.host.openVolume(volumeName);
+    } finally {
+      this.opensInFlight--;
+    }
+    if (this.closed) {
+      this.host.releaseVolume(volumeName, target);
+      throw KeelError.closed('connection');
+    }
+    const handle = ++this.lastHandle;
+    this.handles.set(handle, { volumeName, target, requestsInFlight: 0, closing: false });
+    this.logger.debug({ volume: volumeName, handle }, 'volume opened over the wire');
+    return { fields: { handle, sizeBytes: target.sizeBytes, readOnly: target.readOnly } };
+  }
+
+  private async closeHandle(header: RequestHeader): Promise<RpcResult> {
+    const handle = handleField(header);
+    const open = this.lookUp(handle);
+    this.startClosing(handle, open);
+    return emptyResult;
+  }
+
+  private async withHandle(header: RequestHeader, run: (target: OpenBlockTarget) => Promise<RpcResult>): Promise<RpcResult> {
+    const handle = handleField(header);
+    const open = this.lookUp(handle);
+    open.requestsInFlight++;
+    try {
+      return await run(open.target);
+    } finally {
+      open.requestsInFlight--;
+      if (open.closing && open.requestsInFlight === 0) this.release(open);
+    }
+  }
+
+  private lookUp(handle: number): OpenHandle {
+    const open = this.handles.get(handle);
+    if (!open) throw KeelError.badArgument(`no open volume handle ${handle} on this connection`, { handle });
+    return open;
+  }
+
+  private startClosing(handle: number, open: OpenHandle): void {
+    this.handles.delete(handle);
+    open.closing = true;
+    if (open.requestsInFlight === 0) this.release(open);
+  }
+
+  private release(open: OpenHandle): void {
+    this.host.releaseVolume(open.volumeName, open.target);
+    this.logger.debug({ volume: open.volumeName }, 'volume released');
+  }
+}
+
+function handleField(header: RequestHeader): number {
+  const handle = header.handle;
+  if (typeof handle !== 'number' || !Number.isSafeInteger(handle) || handle <= 0) throw KeelError.protocol('missing or bad handle');
+  return handle;
+}
+
+function offsetField(header: RequestHeader): number {
+  const offset = header.offset;
+  if (typeof offset !== 'number' || !Number.isSafeInteger(offset) || offset < 0) throw KeelError.protocol('missing or bad offset');
+  return offset;
+}
+
+function lengthField(header: RequestHeader): number {
+  const length = header.length;
+  if (typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) throw KeelError.protocol('missing or bad length');
+  if (length > limits.nbdRequestBytesMax) throw KeelError.requestTooLarge(length, limits.nbdRequestBytesMax);
+  return length;
+}
+
+function fuaField(header: RequestHeader): boolean {
+  if (header.fua === undefined) return false;
+  if (typeof header.fua !== 'boolean') throw KeelError.protocol('fua must be a boolean');
+  return header.fua;
+}

@@ -1,0 +1,185 @@
+/**
+ * Pure frame codec for the wire protocol (layout in wire-format.ts, spec in docs/wire-protocol.md).
+ * No I/O: the encoder turns a header object and an optional payload into buffers to be written with
+ * writev; the decoder takes socket chunks in any split and yields frames. Payloads are never copied
+ * when they lie within one chunk (a subarray of it is returned), and a frame's lengths are validated as
+ * soon as its 8-byte preamble arrives, so a garbage length never makes us buffer megabytes.
+ */
+import { Packr, Unpackr } from 'msgpackr';
+import { KeelError } from '../errors.ts';
+import { limits } from '../limits.ts';
+import { framePreambleBytes, frameLengthFieldBytes, headerLengthFieldBytes } from './wire-format.ts';
+
+export interface Frame {
+  header: Record<string, unknown>;
+  /** Zero-length when the frame has no payload. May share memory with the chunk it arrived in. */
+  payload: Buffer;
+}
+
+export interface FrameLimits {
+  frameBytesMax: number;
+  headerBytesMax: number;
+}
+
+const defaultFrameLimits: FrameLimits = {
+  frameBytesMax: limits.wireFrameBytesMax,
+  headerBytesMax: limits.wireHeaderBytesMax,
+};
+
+// Plain msgpack maps (no record extension) so any msgpack implementation can speak the protocol.
+const packr = new Packr({ useRecords: false, variableMapSize: true });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+const emptyPayload = Buffer.alloc(0);
+
+/**
+ * Encodes one frame as [preamble + header, payload?]. The payload is referenced, not copied.
+ * Throws PROTOCOL if the header is too large and REQUEST_TOO_LARGE if the frame is.
+ */
+export function encodeFrame(header: object, payload?: Buffer, frameLimits: FrameLimits = defaultFrameLimits): Buffer[] {
+  // packr returns a view of its reusable scratch buffer: copy it out before the next pack().
+  const headerBytes = packr.pack(header);
+  if (headerBytes.length > frameLimits.headerBytesMax) {
+    throw KeelError.protocol(`frame header of ${headerBytes.length} bytes exceeds ${frameLimits.headerBytesMax}`);
+  }
+  const payloadBytes = payload?.length ?? 0;
+  const restBytes = headerLengthFieldBytes + headerBytes.length + payloadBytes;
+  if (frameLengthFieldBytes + restBytes > frameLimits.frameBytesMax) {
+    throw KeelError.requestTooLarge(frameLengthFieldBytes + restBytes, frameLimits.frameBytesMax);
+  }
+  const head = Buffer.allocUnsafe(framePreambleBytes + headerBytes.length);
+  head.writeUInt32BE(restBytes, 0);
+  head.writeUInt32BE(headerBytes.length, frameLengthFieldBytes);
+  headerBytes.copy(head, framePreambleBytes);
+  return payloadBytes > 0 ? [head, payload!] : [head];
+}
+
+/**
+ * Streaming decoder. push() socket chunks, then call next() until it returns undefined. Pull-based so a
+ * server can stop taking frames while its request window is full and resume later.
+ * After it throws PROTOCOL once, the decoder stays broken: the connection must be closed.
+ */
+export class FrameDecoder {
+  private readonly frameLimits: FrameLimits;
+  private readonly chunks: Buffer[] = [];
+  /** Bytes of chunks[0] already consumed. */
+  private headOffset = 0;
+  private bufferedBytes = 0;
+  private failure: KeelError | undefined;
+
+  constructor(frameLimits: FrameLimits = defaultFrameLimits) {
+    this.frameLimits = frameLimits;
+  }
+
+  /** Bytes received and not yet returned as frames. */
+  get pendingBytes(): number {
+    return this.bufferedBytes;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.failure) throw this.failure;
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.bufferedBytes += chunk.length;
+  }
+
+  /** The next complete frame, or undefined if more bytes are needed. Throws KeelError PROTOCOL on garbage. */
+  next(): Frame | undefined {
+    if (this.failure) throw this.failure;
+    if (this.bufferedBytes < framePreambleBytes) return undefined;
+    const preamble = this.peek(framePreambleBytes);
+    const restBytes = preamble.readUInt32BE(0);
+    const headerBytes = preamble.readUInt32BE(frameLengthFieldBytes);
+    this.validateLengths(restBytes, headerBytes);
+    const frameBytes = frameLengthFieldBytes + restBytes;
+    if (this.bufferedBytes < frameBytes) return undefined;
+    const frame = this.take(frameBytes);
+    const header = this.decodeHeader(frame.subarray(framePreambleBytes, framePreambleBytes + headerBytes));
+    const payloadStart = framePreambleBytes + headerBytes;
+    const payload = payloadStart === frame.length ? emptyPayload : frame.subarray(payloadStart);
+    return { header, payload };
+  }
+
+  /** The stream ended: throws PROTOCOL if it stopped in the middle of a frame. */
+  end(): void {
+    if (this.failure) throw this.failure;
+    if (this.bufferedBytes > 0) this.fail(`stream ended inside a frame (${this.bufferedBytes} bytes left over)`);
+  }
+
+  private validateLengths(restBytes: number, headerBytes: number): void {
+    const frameBytes = frameLengthFieldBytes + restBytes;
+    if (frameBytes > this.frameLimits.frameBytesMax) {
+      this.fail(`frame of ${frameBytes} bytes exceeds the maximum of ${this.frameLimits.frameBytesMax}`);
+    }
+    if (headerBytes === 0) this.fail('frame has an empty header');
+    if (headerBytes > this.frameLimits.headerBytesMax) {
+      this.fail(`frame header of ${headerBytes} bytes exceeds the maximum of ${this.frameLimits.headerBytesMax}`);
+    }
+    if (headerLengthFieldBytes + headerBytes > restBytes) {
+      this.fail(`frame header of ${headerBytes} bytes does not fit in a frame of ${frameBytes} bytes`);
+    }
+  }
+
+  private decodeHeader(bytes: Buffer): Record<string, unknown> {
+    let header: unknown;
+    try {
+      header = unpackr.unpack(bytes);
+    } catch (err) {
+      this.fail(`frame header is not valid msgpack: ${(err as Error).message}`);
+    }
+    if (typeof header !== 'object' || header === null || Object.getPrototypeOf(header) !== Object.prototype) {
+      this.fail('frame header is not a msgpack map');
+    }
+    return header as Record<string, unknown>;
+  }
+
+  private fail(message: string): never {
+    this.failure = KeelError.protocol(message);
+    throw this.failure;
+  }
+
+  /** The first n buffered bytes without consuming them (n is small: the preamble). */
+  private peek(n: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length - this.headOffset >= n) return first.subarray(this.headOffset, this.headOffset + n);
+    return this.gather(n, false);
+  }
+
+  /** Consumes n bytes: a view of the first chunk if they lie in it, else a copy that joins chunks. */
+  private take(n: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length - this.headOffset >= n) {
+      const view = first.subarray(this.headOffset, this.headOffset + n);
+      this.consume(n);
+      return view;
+    }
+    return this.gather(n, true);
+  }
+
+  private gather(n: number, consume: boolean): Buffer {
+    const out = Buffer.allocUnsafe(n);
+    let written = 0;
+    let offset = this.headOffset;
+    for (let i = 0; written < n; i++) {
+      const chunk = this.chunks[i]!;
+      const copied = chunk.copy(out, written, offset, Math.min(chunk.length, offset + (n - written)));
+      written += copied;
+      offset = 0;
+    }
+    if (consume) this.consume(n);
+    return out;
+  }
+
+  private consume(n: number): void {
+    this.bufferedBytes -= n;
+    while (n > 0) {
+      const available = this.chunks[0]!.length - this.headOffset;
+      if (n < available) {
+        this.headOffset += n;
+        return;
+      }
+      n -= available;
+      this.chunks.shift();
+      this.headOffset = 0;
+    }
+  }
+}

@@ -1,0 +1,301 @@
+/**
+ * The router side of the wire protocol (docs/wire-protocol.md): accepts transport connections, runs the
+ * handshake, and dispatches requests to an RpcHandler. Each connection serves at most
+ * limits.wireServerRequestsInFlightMax requests at once and stops reading from the socket beyond that
+ * (TCP then pushes back on the client); replies go out as soon as each request finishes, in any order.
+ * A KeelError thrown by the handler becomes an error reply; a malformed frame closes only its connection.
+ */
+import assert, { AssertionError } from 'node:assert';
+import type { Logger } from '../logger.ts';
+import { KeelError } from '../errors.ts';
+import { limits } from '../limits.ts';
+import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.ts';
+import type { Transport, TransportConnection, TransportListener } from './transport.ts';
+import {
+  helloRequestId,
+  isRequestId,
+  wireMagic,
+  wireRoles,
+  wireVersion,
+  type RequestHeader,
+  type WireError,
+  type WireRole,
+} from './wire-format.ts';
+
+export interface RpcPeer {
+  remoteAddress: string;
+  role: WireRole;
+}
+
+export interface RpcRequest {
+  header: RequestHeader;
+  /** Zero-length if none. May share memory with a socket chunk: copy it if kept beyond the request. */
+  payload: Buffer;
+}
+
+export interface RpcResult {
+  /** Added to the reply header next to `id` and `ok`. */
+  fields?: Record<string, unknown>;
+  payload?: Buffer;
+}
+
+/** Per-connection state of a handler, created after the handshake. */
+export interface RpcSession {
+  handle(request: RpcRequest): Promise<RpcResult>;
+  /** The connection is gone (requests may still be running): release what the session holds. */
+  close(): void;
+}
+
+export interface RpcHandler {
+  openSession(peer: RpcPeer): RpcSession;
+}
+
+export interface RpcServerOptions {
+  transport: Transport;
+  handler: RpcHandler;
+  logger: Logger;
+  /** Sent to clients in the hello reply. */
+  routerId: string;
+  requestsInFlightMax?: number;
+  handshakeTimeoutMs?: number;
+}
+
+type ConnectionStatus =
+  | { state: 'handshaking' }
+  | { state: 'serving'; role: WireRole }
+  | { state: 'closing'; reason: KeelError }
+  | { state: 'closed' };
+
+/** Turns what a handler threw into the error part of a reply. */
+export function toWireError(err: unknown): WireError {
+  if (err instanceof KeelError) return { code: err.code, message: err.message, details: err.details };
+  return { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` };
+}
+
+class ServerConnection {
+  private status: ConnectionStatus = { state: 'handshaking' };
+  private readonly decoder = new FrameDecoder();
+  private session: RpcSession | undefined;
+  private requestsInFlight = 0;
+  private sendBlocked = false;
+  private paused = false;
+  private readonly handshakeTimer: NodeJS.Timeout;
+  private readonly logger: Logger;
+
+  constructor(
+    private readonly connection: TransportConnection,
+    private readonly options: Required<RpcServerOptions>,
+    private readonly onGone: (connection: ServerConnection) => void,
+  ) {
+    this.logger = options.logger.child({ peer: connection.remoteAddress });
+    this.handshakeTimer = setTimeout(
+      () => this.fail(KeelError.timeout('handshake', options.handshakeTimeoutMs)),
+      options.handshakeTimeoutMs,
+    );
+    connection.onData((chunk) => this.onData(chunk));
+    connection.onDrain(() => {
+      this.sendBlocked = false;
+      this.takeFrames();
+    });
+    connection.onClose((error) => this.onClose(error));
+  }
+
+  destroy(): void {
+    this.connection.destroy();
+  }
+
+  private setStatus(next: ConnectionStatus): void {
+    const log: Record<string, unknown> = { from: this.status.state, to: next.state };
+    if (next.state === 'closing') log.reason = next.reason.message;
+    this.status = next;
+    this.logger.debug(log, 'rpc connection status');
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.status.state !== 'handshaking' && this.status.state !== 'serving') return;
+    this.decoder.push(chunk);
+    this.takeFrames();
+  }
+
+  /** Dispatches buffered frames while the window allows, and pauses or resumes the socket to match. */
+  private takeFrames(): void {
+    while (this.isOpen() && this.requestsInFlight < this.options.requestsInFlightMax) {
+      let frame: Frame | undefined;
+      try {
+        frame = this.decoder.next();
+      } catch (err) {
+        this.fail(err as KeelError);
+        return;
+      }
+      if (!frame) break;
+      this.onFrame(frame);
+    }
+    if (!this.isOpen()) return;
+    const mustWait = this.sendBlocked || this.requestsInFlight >= this.options.requestsInFlightMax;
+    if (mustWait && !this.paused) this.connection.pause();
+    if (!mustWait && this.paused) this.connection.resume();
+    this.paused = mustWait;
+  }
+
+  private isOpen(): boolean {
+    return this.status.state === 'handshaking' || this.status.state === 'serving';
+  }
+
+  private onFrame(frame: Frame): void {
+    const header = frame.header;
+    if (typeof header.op !== 'string' || !isRequestId(header.id)) {
+      return this.fail(KeelError.protocol('request header needs a string op and a u32 id'));
+    }
+    if (this.status.state === 'handshaking') return this.onHello(header as RequestHeader);
+    if (header.id === helloRequestId) return this.fail(KeelError.protocol('request id 0 is reserved for the handshake'));
+    this.dispatch({ header: header as RequestHeader, payload: frame.payload });
+  }
+
+  private onHello(header: RequestHeader): void {
+    clearTimeout(this.handshakeTimer);
+    if (header.op !== 'hello' || header.id !== helloRequestId || header.magic !== wireMagic) {
+      return this.fail(KeelError.protocol(`expected a hello with magic '${wireMagic}' as the first frame`));
+    }
+    if (header.version !== wireVersion) return this.fail(KeelError.versionMismatch(wireVersion, header.version));
+    const role = header.role as WireRole;
+    if (!wireRoles.includes(role)) return this.fail(KeelError.protocol(`unknown role '${String(header.role)}'`));
+    this.reply(helloRequestId, { fields: { version: wireVersion, routerId: this.options.routerId } });
+    this.setStatus({ state: 'serving', role });
+    this.session = this.options.handler.openSession({ remoteAddress: this.connection.remoteAddress, role });
+  }
+
+  private dispatch(request: RpcRequest): void {
+    const id = request.header.id;
+    this.requestsInFlight++;
+    let pending: Promise<RpcResult>;
+    try {
+      pending = this.session!.handle(request);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    pending.then(
+      (result) => this.finish(id, result),
+      (err: unknown) => this.finishWithError(id, request.header.op, err),
+    );
+  }
+
+  private finish(id: number, result: RpcResult): void {
+    this.requestsInFlight--;
+    this.reply(id, result);
+    this.takeFrames();
+  }
+
+  private finishWithError(id: number, op: string, err: unknown): void {
+    this.requestsInFlight--;
+    // Programmer errors are not operating errors: let them crash the process as assert intends.
+    if (err instanceof AssertionError) {
+      process.nextTick(() => {
+        throw err;
+      });
+      return;
+    }
+    if (!(err instanceof KeelError)) this.logger.error({ err, op }, 'request handler failed with a non-Keel error');
+    this.replyError(id, toWireError(err));
+    this.takeFrames();
+  }
+
+  private reply(id: number, result: RpcResult): void {
+    if (this.status.state === 'closed') return;
+    let buffers: Buffer[];
+    try {
+      buffers = encodeFrame({ ...result.fields, id, ok: true }, result.payload);
+    } catch (err) {
+      return this.replyError(id, toWireError(err));
+    }
+    this.write(buffers);
+  }
+
+  private replyError(id: number, error: WireError): void {
+    if (this.status.state === 'closed') return;
+    let buffers: Buffer[];
+    try {
+      buffers = encodeFrame({ id, err: error });
+    } catch {
+      // The details did not fit in a header: send the code and message alone.
+      buffers = encodeFrame({ id, err: { code: error.code, message: error.message.slice(0, 1024) } });
+    }
+    this.write(buffers);
+  }
+
+  private write(buffers: Buffer[]): void {
+    if (!this.connection.write(buffers)) this.sendBlocked = true;
+  }
+
+  /** A connection-level failure: tell the client why (id 0), then close this connection only. */
+  private fail(reason: KeelError): void {
+    if (!this.isOpen()) return;
+    clearTimeout(this.handshakeTimer);
+    this.logger.warn({ code: reason.code, reason: reason.message }, 'closing a wire connection');
+    this.replyError(helloRequestId, toWireError(reason));
+    this.setStatus({ state: 'closing', reason });
+    this.connection.close();
+  }
+
+  private onClose(error?: Error): void {
+    clearTimeout(this.handshakeTimer);
+    if (error && this.status.state !== 'closing') this.logger.info({ err: error }, 'wire connection failed');
+    this.setStatus({ state: 'closed' });
+    this.session?.close();
+    this.session = undefined;
+    this.onGone(this);
+  }
+}
+
+export class RpcServer {
+  private readonly connections = new Set<ServerConnection>();
+  private listener: TransportListener | undefined;
+  private readonly options: Required<RpcServerOptions>;
+
+  constructor(options: RpcServerOptions) {
+    this.options = {
+      ...options,
+      requestsInFlightMax: options.requestsInFlightMax ?? limits.wireServerRequestsInFlightMax,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? limits.wireHandshakeTimeoutMs,
+    };
+  }
+
+  /** Starts accepting on "host:port" (port 0: any free port) and returns the bound address. */
+  async listen(address: string): Promise<string> {
+    assert(!this.listener, 'RpcServer.listen called twice');
+    this.listener = await this.options.transport.listen(address, (connection) => this.accept(connection));
+    this.options.logger.info({ address: this.listener.address }, 'wire server listening');
+    return this.listener.address;
+  }
+
+  /** The bound "host:port". */
+  get address(): string {
+    assert(this.listener, 'RpcServer is not listening');
+    return this.listener.address;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /**
+   * Stops accepting and drops every connection at once. Resolves when all are gone and their sessions
+   * closed (the volume service has released its volumes by then).
+   */
+  async close(): Promise<void> {
+    await this.listener?.close();
+    if (this.connections.size === 0) return;
+    const allGone = new Promise<void>((resolve) => (this.onAllGone = resolve));
+    for (const connection of this.connections) connection.destroy();
+    await allGone;
+  }
+
+  private onAllGone: (() => void) | undefined;
+
+  private accept(connection: TransportConnection): void {
+    const accepted = new ServerConnection(connection, this.options, (gone) => {
+      this.connections.delete(gone);
+      if (this.connections.size === 0) this.onAllGone?.();
+    });
+    this.connections.add(accepted);
+  }
+}

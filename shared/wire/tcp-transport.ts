@@ -1,0 +1,149 @@
+/**
+ * The wire protocol's transport over TCP (node:net). Nagle is off (small request headers must not wait
+ * for an ACK), and a frame's buffers go out in one writev via cork/uncork without being joined.
+ * See transport.ts for the contract and docs/wire-protocol.md for the protocol above it.
+ */
+import net from 'node:net';
+import { KeelError } from '../errors.ts';
+import { limits } from '../limits.ts';
+import type { Transport, TransportConnection, TransportListener } from './transport.ts';
+
+export interface TcpTransportOptions {
+  /** Bytes queued in the socket before write() asks the caller to wait. */
+  sendQueueBytesMax?: number;
+  closeLingerMs?: number;
+}
+
+/** Splits "host:port" or "[v6]:port". Throws BAD_ARGUMENT on anything else. */
+export function parseAddress(address: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(address);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw KeelError.badArgument(`'${address}' is not a host:port address`);
+  return { host: match[1] ?? match[2]!, port };
+}
+
+export function formatAddress(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+class TcpConnection implements TransportConnection {
+  readonly remoteAddress: string;
+  private readonly socket: net.Socket;
+  private readonly sendQueueBytesMax: number;
+  private readonly closeLingerMs: number;
+
+  constructor(socket: net.Socket, options: Required<TcpTransportOptions>) {
+    this.socket = socket;
+    this.sendQueueBytesMax = options.sendQueueBytesMax;
+    this.closeLingerMs = options.closeLingerMs;
+    this.remoteAddress = formatAddress(socket.remoteAddress ?? 'unknown', socket.remotePort ?? 0);
+    socket.setNoDelay(true);
+    // A dead peer must surface as a close, not as silence forever; request timeouts cover the rest.
+    socket.setKeepAlive(true, 1_000);
+    // Errors are reported through onClose; without a listener they would crash the process.
+    socket.on('error', () => {});
+  }
+
+  write(buffers: readonly Buffer[]): boolean {
+    if (this.socket.destroyed || this.socket.writableEnded) return false;
+    this.socket.cork();
+    for (const buffer of buffers) this.socket.write(buffer);
+    this.socket.uncork();
+    return this.socket.writableLength < this.sendQueueBytesMax;
+  }
+
+  onData(listener: (chunk: Buffer) => void): void {
+    this.socket.on('data', listener);
+  }
+
+  onDrain(listener: () => void): void {
+    this.socket.on('drain', listener);
+  }
+
+  onClose(listener: (error?: Error) => void): void {
+    let error: Error | undefined;
+    this.socket.on('error', (err) => (error = err));
+    this.socket.once('close', () => listener(error));
+  }
+
+  pause(): void {
+    this.socket.pause();
+  }
+
+  resume(): void {
+    this.socket.resume();
+  }
+
+  close(): void {
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    setTimeout(() => this.socket.destroy(), this.closeLingerMs).unref();
+  }
+
+  destroy(error?: Error): void {
+    this.socket.destroy(error);
+  }
+}
+
+class TcpListener implements TransportListener {
+  readonly address: string;
+  private readonly server: net.Server;
+
+  constructor(server: net.Server) {
+    this.server = server;
+    const bound = server.address() as net.AddressInfo;
+    this.address = formatAddress(bound.address, bound.port);
+  }
+
+  async close(): Promise<void> {
+    // net.Server#close only calls back once every accepted socket is gone; their owners close those, so
+    // resolve as soon as it stops accepting.
+    this.server.close();
+  }
+}
+
+export class TcpTransport implements Transport {
+  private readonly options: Required<TcpTransportOptions>;
+
+  constructor(options: TcpTransportOptions = {}) {
+    this.options = {
+      sendQueueBytesMax: options.sendQueueBytesMax ?? limits.wireSendQueueBytesMax,
+      closeLingerMs: options.closeLingerMs ?? limits.wireCloseLingerMs,
+    };
+  }
+
+  connect(address: string, options: { timeoutMs?: number } = {}): Promise<TransportConnection> {
+    const { host, port } = parseAddress(address);
+    const timeoutMs = options.timeoutMs ?? limits.wireConnectTimeoutMs;
+    return new Promise((resolve, reject) => {
+      const socket = net.connect({ host, port });
+      const timer = setTimeout(() => {
+        socket.destroy();
+        reject(KeelError.timeout(`connecting to ${address}`, timeoutMs));
+      }, timeoutMs);
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        resolve(new TcpConnection(socket, this.options));
+      });
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        reject(KeelError.io(`cannot connect to ${address}: ${err.message}`, err, { address }));
+      });
+    });
+  }
+
+  listen(address: string, onConnection: (connection: TransportConnection) => void): Promise<TransportListener> {
+    const { host, port } = parseAddress(address);
+    return new Promise((resolve, reject) => {
+      const server = net.createServer((socket) => onConnection(new TcpConnection(socket, this.options)));
+      server.once('error', (err) => reject(KeelError.io(`cannot listen on ${address}: ${err.message}`, err, { address })));
+      server.listen({ host, port }, () => {
+        server.removeAllListeners('error');
+        // A failing accept must not crash the router; the listener keeps serving.
+        server.on('error', () => {});
+        resolve(new TcpListener(server));
+      });
+    });
+  }
+}

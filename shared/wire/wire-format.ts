@@ -1,0 +1,109 @@
+/**
+ * Constants and message shapes of the edge <-> router wire protocol. The format is specified in
+ * docs/wire-protocol.md; change both together, and bump `wireVersion` on any incompatible change.
+ *
+ * A frame is:  u32 BE restLengthBytes | u32 BE headerLengthBytes | msgpack header | payload
+ * where restLengthBytes counts everything after the first u32 (the header length field, header, payload).
+ */
+
+export const wireMagic = 'KEEL';
+export const wireVersion = 1;
+
+/** Bytes of the leading u32 that counts the rest of the frame. */
+export const frameLengthFieldBytes = 4;
+/** Bytes of the u32 that counts the msgpack header. */
+export const headerLengthFieldBytes = 4;
+/** Fixed bytes in front of the header: both length fields. */
+export const framePreambleBytes = frameLengthFieldBytes + headerLengthFieldBytes;
+
+/** Request id of the handshake; ordinary requests use 1..2^32-1. */
+export const helloRequestId = 0;
+export const requestIdMax = 0xffff_ffff;
+
+/** The operations a client may request. `hello` is only valid as the first frame of a connection. */
+export const wireOps = ['hello', 'open', 'read', 'write', 'flush', 'trim', 'zero', 'close'] as const;
+export type WireOp = (typeof wireOps)[number];
+
+/** Who opens a connection; a router may later talk to a peer router (DTL) over the same protocol. */
+export const wireRoles = ['edge', 'router', 'tool'] as const;
+export type WireRole = (typeof wireRoles)[number];
+
+/** Every request header carries `op` and `id`; the rest depends on the op (see the op headers below). */
+export interface RequestHeader {
+  op: string;
+  id: number;
+  [field: string]: unknown;
+}
+
+export interface HelloRequest extends RequestHeader {
+  op: 'hello';
+  magic: string;
+  version: number;
+  role: WireRole;
+}
+export interface HelloResult {
+  version: number;
+  routerId: string;
+}
+
+export interface OpenRequest extends RequestHeader {
+  op: 'open';
+  volume: string;
+}
+export interface OpenResult {
+  handle: number;
+  sizeBytes: number;
+  readOnly: boolean;
+}
+/** Reply payload: `length` bytes of data. */
+export interface ReadRequest extends RequestHeader {
+  op: 'read';
+  handle: number;
+  offset: number;
+  length: number;
+}
+/** Request payload: the data; its length is the payload's length. */
+export interface WriteRequest extends RequestHeader {
+  op: 'write';
+  handle: number;
+  offset: number;
+  fua: boolean;
+}
+export interface FlushRequest extends RequestHeader {
+  op: 'flush';
+  handle: number;
+}
+export interface RangeRequest extends RequestHeader {
+  op: 'trim' | 'zero';
+  handle: number;
+  offset: number;
+  length: number;
+  fua: boolean;
+}
+export interface CloseRequest extends RequestHeader {
+  op: 'close';
+  handle: number;
+}
+
+/** A KeelError as it travels: `code` is a KeelErrorCode, `details` a plain msgpack-able object. */
+export interface WireError {
+  code: string;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** Success replies echo the id, set ok, and add the op's result fields. */
+export interface ResponseOkHeader {
+  id: number;
+  ok: true;
+  [field: string]: unknown;
+}
+export interface ResponseErrHeader {
+  id: number;
+  err: WireError;
+}
+export type ResponseHeader = ResponseOkHeader | ResponseErrHeader;
+
+export function isRequestId(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= requestIdMax;
+}

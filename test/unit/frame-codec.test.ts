@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+import { Packr } from 'msgpackr';
+import { isKeelError } from '../../shared/errors.ts';
+import { encodeFrame, FrameDecoder, type Frame } from '../../shared/wire/frame-codec.ts';
+
+const smallLimits = { frameBytesMax: 4096, headerBytesMax: 256 };
+
+function frameBytes(header: object, payload?: Buffer): Buffer {
+  return Buffer.concat(encodeFrame(header, payload));
+}
+
+function drain(decoder: FrameDecoder): Frame[] {
+  const frames: Frame[] = [];
+  for (let frame = decoder.next(); frame; frame = decoder.next()) frames.push(frame);
+  return frames;
+}
+
+function expectProtocolError(run: () => unknown): void {
+  let caught: unknown;
+  try {
+    run();
+  } catch (err) {
+    caught = err;
+  }
+  expect(isKeelError(caught, 'PROTOCOL'), `expected PROTOCOL, got ${String(caught)}`).toBe(true);
+}
+
+/** The preamble of a frame with arbitrary (possibly lying) lengths. */
+function preamble(restBytes: number, headerBytes: number): Buffer {
+  const buf = Buffer.alloc(8);
+  buf.writeUInt32BE(restBytes, 0);
+  buf.writeUInt32BE(headerBytes, 4);
+  return buf;
+}
+
+describe('frame codec', () => {
+  const payload = Buffer.from(Array.from({ length: 300 }, (_, i) => (i * 7) & 0xff));
+  const stream = Buffer.concat([
+    frameBytes({ op: 'write', id: 1, handle: 3, offset: 4096, fua: true }, payload),
+    frameBytes({ id: 1, ok: true }),
+    frameBytes({ id: 2, err: { code: 'OUT_OF_RANGE', message: 'no', details: { offset: 1 } } }, Buffer.from([9])),
+  ]);
+
+  function checkFrames(frames: Frame[]): void {
+    expect(frames).toHaveLength(3);
+    expect(frames[0]!.header).toEqual({ op: 'write', id: 1, handle: 3, offset: 4096, fua: true });
+    expect(frames[0]!.payload.equals(payload)).toBe(true);
+    expect(frames[1]!.header).toEqual({ id: 1, ok: true });
+    expect(frames[1]!.payload.length).toBe(0);
+    expect(frames[2]!.header).toEqual({ id: 2, err: { code: 'OUT_OF_RANGE', message: 'no', details: { offset: 1 } } });
+    expect([...frames[2]!.payload]).toEqual([9]);
+  }
+
+  it('round-trips frames delivered in one chunk, with payloads as views of that chunk', () => {
+    const decoder = new FrameDecoder();
+    decoder.push(stream);
+    const frames = drain(decoder);
+    checkFrames(frames);
+    expect(frames[0]!.payload.buffer).toBe(stream.buffer);
+    expect(decoder.pendingBytes).toBe(0);
+    decoder.end();
+  });
+
+  it('round-trips when the stream is split at every byte boundary', () => {
+    for (let split = 0; split <= stream.length; split++) {
+      const decoder = new FrameDecoder();
+      decoder.push(stream.subarray(0, split));
+      const frames = drain(decoder);
+      decoder.push(stream.subarray(split));
+      frames.push(...drain(decoder));
+      checkFrames(frames);
+      decoder.end();
+    }
+  });
+
+  it('round-trips a stream fed one byte at a time', () => {
+    const decoder = new FrameDecoder();
+    const frames: Frame[] = [];
+    for (let i = 0; i < stream.length; i++) {
+      decoder.push(stream.subarray(i, i + 1));
+      frames.push(...drain(decoder));
+    }
+    checkFrames(frames);
+  });
+
+  it('encodes the payload by reference, not by copy', () => {
+    const buffers = encodeFrame({ op: 'write', id: 5 }, payload);
+    expect(buffers).toHaveLength(2);
+    expect(buffers[1]).toBe(payload);
+    const head = buffers[0]!;
+    expect(head.readUInt32BE(0)).toBe(head.length - 4 + payload.length);
+    expect(head.readUInt32BE(4)).toBe(head.length - 8);
+  });
+
+  it('rejects an oversized frame as soon as its preamble arrives', () => {
+    const decoder = new FrameDecoder(smallLimits);
+    decoder.push(preamble(smallLimits.frameBytesMax, 10)); // 4 + rest > max
+    expectProtocolError(() => decoder.next());
+    // Broken for good: the connection must be closed.
+    expectProtocolError(() => decoder.push(Buffer.alloc(1)));
+    expectProtocolError(() => decoder.next());
+  });
+
+  it('rejects header lengths that are zero, too large, or larger than the frame', () => {
+    for (const [rest, header] of [
+      [100, 0],
+      [1000, smallLimits.headerBytesMax + 1],
+      [20, 17],
+    ] as const) {
+      const decoder = new FrameDecoder(smallLimits);
+      decoder.push(preamble(rest, header));
+      expectProtocolError(() => decoder.next());
+    }
+  });
+
+  it('rejects headers that are not a msgpack map', () => {
+    const packr = new Packr({ useRecords: false });
+    const garbage = [Buffer.from([0xc1]), packr.pack([1, 2, 3]), packr.pack(42), packr.pack(null), Buffer.from([0x85, 0xa1])];
+    for (const header of garbage) {
+      const decoder = new FrameDecoder(smallLimits);
+      decoder.push(Buffer.concat([preamble(4 + header.length, header.length), header]));
+      expectProtocolError(() => decoder.next());
+    }
+  });
+
+  it('rejects random garbage without hanging or crashing', () => {
+    let seed = 12345;
+    const random = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff) & 0xff;
+    let rejected = 0;
+    for (let round = 0; round < 200; round++) {
+      const decoder = new FrameDecoder(smallLimits);
+      decoder.push(Buffer.from(Array.from({ length: 64 }, random)));
+      try {
+        drain(decoder);
+        decoder.end();
+      } catch (err) {
+        expect(isKeelError(err, 'PROTOCOL')).toBe(true);
+        rejected++;
+      }
+    }
+    expect(rejected).toBe(200);
+  });
+
+  it('reports a stream that ends inside a frame', () => {
+    const decoder = new FrameDecoder();
+    const one = frameBytes({ id: 1, ok: true }, payload);
+    decoder.push(one.subarray(0, one.length - 1));
+    expect(decoder.next()).toBeUndefined();
+    expectProtocolError(() => decoder.end());
+  });
+
+  it('refuses to encode frames beyond the limits', () => {
+    expect(() => encodeFrame({ id: 1 }, Buffer.alloc(smallLimits.frameBytesMax), smallLimits)).toThrow(
+      expect.objectContaining({ code: 'REQUEST_TOO_LARGE' }),
+    );
+    expect(() => encodeFrame({ id: 1, blob: 'x'.repeat(300) }, undefined, smallLimits)).toThrow(
+      expect.objectContaining({ code: 'PROTOCOL' }),
+    );
+  });
+});

@@ -1,0 +1,315 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { KeelError } from '../../shared/errors.ts';
+import { silentLogger } from '../../shared/logger.ts';
+import { encodeFrame, FrameDecoder, type Frame } from '../../shared/wire/frame-codec.ts';
+import { RpcClient } from '../../shared/wire/rpc-client.ts';
+import { RpcServer, type RpcHandler, type RpcRequest, type RpcResult } from '../../shared/wire/rpc-server.ts';
+import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
+import type { TransportConnection } from '../../shared/wire/transport.ts';
+import { wireMagic, wireVersion } from '../../shared/wire/wire-format.ts';
+import { createVolumeService } from '../../router/volume-service.ts';
+import { capturingLogger, delay, MemoryVolume, MemoryVolumeHost, patternBytes } from '../helpers/wire-test-volumes.ts';
+
+const transport = new TcpTransport();
+const logger = silentLogger();
+const cleanups: Array<() => unknown> = [];
+
+afterEach(async () => {
+  while (cleanups.length > 0) await cleanups.pop()!();
+});
+
+async function startServer(handler: RpcHandler, options: { requestsInFlightMax?: number; log?: typeof logger } = {}) {
+  const server = new RpcServer({ transport, handler, logger: options.log ?? logger, routerId: 'r1', ...options });
+  await server.listen('127.0.0.1:0');
+  cleanups.push(() => server.close());
+  return server;
+}
+
+async function connect(address: string, options: { requestsInFlightMax?: number; requestTimeoutMs?: number } = {}) {
+  const client = await RpcClient.connect(address, { transport, logger, ...options });
+  cleanups.push(() => client.close());
+  return client;
+}
+
+/** A raw connection that speaks frames by hand, to send what a well-behaved client never would. */
+async function rawConnection(address: string) {
+  const connection = await transport.connect(address);
+  cleanups.push(() => connection.destroy());
+  const decoder = new FrameDecoder();
+  const frames: Frame[] = [];
+  let closed = false;
+  const waiters: Array<() => void> = [];
+  const wake = () => waiters.splice(0).forEach((w) => w());
+  connection.onData((chunk) => {
+    decoder.push(chunk);
+    for (let f = decoder.next(); f; f = decoder.next()) frames.push(f);
+    wake();
+  });
+  connection.onClose(() => {
+    closed = true;
+    wake();
+  });
+  const until = async (done: () => boolean) => {
+    while (!done()) await new Promise<void>((resolve) => waiters.push(resolve));
+  };
+  return { connection, frames, isClosed: () => closed, until };
+}
+
+/** A handler with one op, 'echo', that answers after `delayMs` and counts concurrency. */
+function echoHandler(delayFor: (value: number) => number = () => 0) {
+  const stats = { running: 0, maxRunning: 0, sessionsClosed: 0 };
+  const handler: RpcHandler = {
+    openSession: () => ({
+      handle: async (request: RpcRequest): Promise<RpcResult> => {
+        const value = request.header.value as number;
+        if (request.header.op === 'fail') throw KeelError.outOfRange(value, 1, 10);
+        if (request.header.op === 'crash') throw new TypeError('not a Keel error');
+        if (request.header.op === 'hang') return new Promise(() => {});
+        stats.running++;
+        stats.maxRunning = Math.max(stats.maxRunning, stats.running);
+        await delay(delayFor(value));
+        stats.running--;
+        return { fields: { value }, payload: request.payload };
+      },
+      close: () => stats.sessionsClosed++,
+    }),
+  };
+  return { handler, stats };
+}
+
+describe('handshake', () => {
+  it('connects and learns the router id', async () => {
+    const server = await startServer(echoHandler().handler);
+    const client = await connect(server.address);
+    expect(client.currentStatus).toEqual({ state: 'ready', routerId: 'r1', version: wireVersion });
+  });
+
+  it('refuses a wrong version with a clear error frame, logs it, and closes', async () => {
+    const { logger: log, records } = capturingLogger();
+    const server = await startServer(echoHandler().handler, { log });
+    const raw = await rawConnection(server.address);
+    raw.connection.write(encodeFrame({ op: 'hello', id: 0, magic: wireMagic, version: 99, role: 'edge' }));
+    await raw.until(() => raw.isClosed());
+    expect(raw.frames).toHaveLength(1);
+    const err = raw.frames[0]!.header.err as { code: string; message: string };
+    expect(err.code).toBe('VERSION_MISMATCH');
+    expect(err.message).toMatch(/version 99.*we speak 1/);
+    expect(records.some((r) => r.code === 'VERSION_MISMATCH' && r.level === 40)).toBe(true);
+    await delay(20);
+    expect(server.connectionCount).toBe(0);
+  });
+
+  it('refuses a wrong magic or a request before the hello', async () => {
+    const server = await startServer(echoHandler().handler);
+    for (const first of [
+      { op: 'hello', id: 0, magic: 'NOPE', version: wireVersion, role: 'edge' },
+      { op: 'echo', id: 1, value: 1 },
+    ]) {
+      const raw = await rawConnection(server.address);
+      raw.connection.write(encodeFrame(first));
+      await raw.until(() => raw.isClosed());
+      expect((raw.frames[0]!.header.err as { code: string }).code).toBe('PROTOCOL');
+    }
+  });
+
+  it('makes the client fail clearly when the router speaks another version', async () => {
+    const fakeRouter = await transport.listen('127.0.0.1:0', (connection: TransportConnection) => {
+      connection.onData(() => connection.write(encodeFrame({ id: 0, ok: true, version: 2, routerId: 'future' })));
+    });
+    cleanups.push(() => fakeRouter.close());
+    const attempt = RpcClient.connect(fakeRouter.address, { transport, logger });
+    await expect(attempt).rejects.toMatchObject({ code: 'VERSION_MISMATCH', details: { ours: 1, theirs: 2 } });
+  });
+
+  it('surfaces the router refusal to RpcClient.connect', async () => {
+    const fakeRouter = await transport.listen('127.0.0.1:0', (connection: TransportConnection) => {
+      connection.onData(() => {
+        connection.write(encodeFrame({ id: 0, err: { code: 'VERSION_MISMATCH', message: 'peer speaks protocol version 1, we speak 7' } }));
+        connection.close();
+      });
+    });
+    cleanups.push(() => fakeRouter.close());
+    await expect(RpcClient.connect(fakeRouter.address, { transport, logger })).rejects.toMatchObject({
+      code: 'VERSION_MISMATCH',
+      message: expect.stringContaining('we speak 7'),
+    });
+  });
+
+  it('fails connect with IO when nothing listens', async () => {
+    const server = await startServer(echoHandler().handler);
+    const address = server.address;
+    await server.close();
+    await expect(RpcClient.connect(address, { transport, logger })).rejects.toMatchObject({ code: 'IO' });
+  });
+});
+
+describe('requests', () => {
+  it('runs many requests concurrently, replies out of order, and honours the server window', async () => {
+    const { handler, stats } = echoHandler((value) => (value * 37) % 11);
+    const server = await startServer(handler, { requestsInFlightMax: 8 });
+    const client = await connect(server.address, { requestsInFlightMax: 64 });
+    const completionOrder: number[] = [];
+    const requests = Array.from({ length: 300 }, (_, value) =>
+      client.request({ op: 'echo', value }, patternBytes(100 + value, value)).then((response) => {
+        completionOrder.push(value);
+        expect(response.header.value).toBe(value);
+        expect(response.payload.equals(patternBytes(100 + value, value))).toBe(true);
+      }),
+    );
+    await Promise.all(requests);
+    expect(completionOrder).toHaveLength(300);
+    expect(completionOrder).not.toEqual([...completionOrder].sort((a, b) => a - b));
+    expect(stats.maxRunning).toBe(8);
+  });
+
+  it('keeps at most the client window in flight and queues the rest', async () => {
+    const { handler, stats } = echoHandler(() => 2);
+    const server = await startServer(handler, { requestsInFlightMax: 512 });
+    const client = await connect(server.address, { requestsInFlightMax: 5 });
+    const requests = Array.from({ length: 100 }, (_, value) => client.request({ op: 'echo', value }));
+    expect(client.pendingCount).toBe(100);
+    await Promise.all(requests);
+    expect(stats.maxRunning).toBe(5);
+    expect(client.pendingCount).toBe(0);
+  });
+
+  it('returns a handler KeelError with its code and details; other errors become IO', async () => {
+    const server = await startServer(echoHandler().handler);
+    const client = await connect(server.address);
+    await expect(client.request({ op: 'fail', value: 42 })).rejects.toMatchObject({
+      code: 'OUT_OF_RANGE',
+      details: { offset: 42, length: 1, sizeBytes: 10 },
+    });
+    await expect(client.request({ op: 'crash' })).rejects.toMatchObject({ code: 'IO', message: /not a Keel error/ });
+    // The connection survives both.
+    await expect(client.request({ op: 'echo', value: 7 })).resolves.toMatchObject({ header: { value: 7 } });
+  });
+
+  it('times a request out, frees its slot, and keeps the connection', async () => {
+    const server = await startServer(echoHandler().handler);
+    const client = await connect(server.address, { requestTimeoutMs: 150, requestsInFlightMax: 1 });
+    const started = Date.now();
+    await expect(client.request({ op: 'hang' })).rejects.toMatchObject({ code: 'TIMEOUT' });
+    expect(Date.now() - started).toBeGreaterThanOrEqual(140);
+    await expect(client.request({ op: 'echo', value: 1 })).resolves.toMatchObject({ header: { value: 1 } });
+  });
+
+  it('fails pending requests with CONNECTION_CLOSED when the router goes away', async () => {
+    const { handler, stats } = echoHandler();
+    const server = await startServer(handler);
+    const client = await connect(server.address);
+    const pending = client.request({ op: 'hang' });
+    await delay(20);
+    await server.close();
+    await expect(pending).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    expect(client.currentStatus.state).toBe('closed');
+    await expect(client.request({ op: 'echo', value: 1 })).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    expect(stats.sessionsClosed).toBe(1);
+  });
+});
+
+describe('malformed input', () => {
+  it('closes only the connection that sent garbage', async () => {
+    const { logger: log, records } = capturingLogger();
+    const server = await startServer(echoHandler(() => 5).handler, { log });
+    const good = await connect(server.address);
+    const background = Array.from({ length: 50 }, (_, value) => good.request({ op: 'echo', value }));
+
+    const raw = await rawConnection(server.address);
+    raw.connection.write(encodeFrame({ op: 'hello', id: 0, magic: wireMagic, version: wireVersion, role: 'edge' }));
+    await raw.until(() => raw.frames.length === 1);
+    expect(raw.frames[0]!.header).toMatchObject({ id: 0, ok: true, routerId: 'r1' });
+    raw.connection.write([Buffer.from([0, 0, 0, 12, 0, 0, 0, 8]), Buffer.from('garbage!'), Buffer.alloc(4)]);
+    await raw.until(() => raw.isClosed());
+    expect((raw.frames[1]!.header.err as { code: string }).code).toBe('PROTOCOL');
+    expect(records.some((r) => r.msg === 'closing a wire connection' && r.code === 'PROTOCOL')).toBe(true);
+
+    const values = (await Promise.all(background)).map((r) => r.header.value);
+    expect(values).toEqual(Array.from({ length: 50 }, (_, i) => i));
+    await expect(good.request({ op: 'echo', value: 99 })).resolves.toMatchObject({ header: { value: 99 } });
+  });
+
+  it('closes a connection that announces an oversized frame without waiting for its bytes', async () => {
+    const server = await startServer(echoHandler().handler);
+    const raw = await rawConnection(server.address);
+    raw.connection.write(encodeFrame({ op: 'hello', id: 0, magic: wireMagic, version: wireVersion, role: 'edge' }));
+    const huge = Buffer.alloc(8);
+    huge.writeUInt32BE(0xffff_fff0, 0);
+    huge.writeUInt32BE(10, 4);
+    raw.connection.write([huge]);
+    await raw.until(() => raw.isClosed());
+    expect(raw.frames.at(-1)!.header.err).toMatchObject({ code: 'PROTOCOL', message: expect.stringMatching(/exceeds/) });
+  });
+
+  it('closes a connection that never says hello', async () => {
+    const server = new RpcServer({ transport, handler: echoHandler().handler, logger, routerId: 'r1', handshakeTimeoutMs: 100 });
+    await server.listen('127.0.0.1:0');
+    cleanups.push(() => server.close());
+    const raw = await rawConnection(server.address);
+    await raw.until(() => raw.isClosed());
+    expect(raw.frames[0]!.header.err).toMatchObject({ code: 'TIMEOUT' });
+  });
+});
+
+describe('volume service over the wire', () => {
+  async function volumeSetup() {
+    const volume = new MemoryVolume(Buffer.alloc(1 << 20));
+    const host = new MemoryVolumeHost('r1', new Map([['v1', volume]]));
+    const server = await startServer(createVolumeService(host, logger));
+    const client = await connect(server.address);
+    return { volume, host, server, client };
+  }
+
+  it('serves open, write, read, flush, trim, zero and close', async () => {
+    const { host, client } = await volumeSetup();
+    const opened = await client.request({ op: 'open', volume: 'v1' });
+    expect(opened.header).toMatchObject({ handle: 1, sizeBytes: 1 << 20, readOnly: false });
+    const handle = opened.header.handle;
+    const data = patternBytes(8192, 3);
+    await client.request({ op: 'write', handle, offset: 4096, fua: true }, data);
+    const read = await client.request({ op: 'read', handle, offset: 4096, length: 8192 });
+    expect(read.payload.equals(data)).toBe(true);
+    await client.request({ op: 'flush', handle });
+    await client.request({ op: 'trim', handle, offset: 4096, length: 4096, fua: false });
+    await client.request({ op: 'zero', handle, offset: 8192 + 100, length: 50, fua: false });
+    const after = (await client.request({ op: 'read', handle, offset: 4096, length: 8192 })).payload;
+    const expected = Buffer.from(data);
+    expected.fill(0, 0, 4096);
+    expected.fill(0, 4096 + 100, 4096 + 150);
+    expect(after.equals(expected)).toBe(true);
+    await client.request({ op: 'close', handle });
+    expect(host.openHandles).toBe(0);
+    await expect(client.request({ op: 'read', handle, offset: 0, length: 1 })).rejects.toMatchObject({ code: 'BAD_ARGUMENT' });
+  });
+
+  it('passes volume errors through and rejects bad fields', async () => {
+    const { host, client } = await volumeSetup();
+    await expect(client.request({ op: 'open', volume: 'nope' })).rejects.toMatchObject({ code: 'VOLUME_NOT_FOUND' });
+    const handle = (await client.request({ op: 'open', volume: 'v1' })).header.handle;
+    await expect(client.request({ op: 'read', handle, offset: 1 << 20, length: 1 })).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
+    await expect(client.request({ op: 'read', handle, offset: -1, length: 1 })).rejects.toMatchObject({ code: 'PROTOCOL' });
+    await expect(client.request({ op: 'read', handle, offset: 0, length: 2 ** 40 })).rejects.toMatchObject({ code: 'REQUEST_TOO_LARGE' });
+    await expect(client.request({ op: 'frobnicate', handle })).rejects.toMatchObject({ code: 'PROTOCOL' });
+    host.owner = 'r2';
+    await expect(client.request({ op: 'flush', handle })).rejects.toMatchObject({ code: 'NOT_OWNER', details: { owner: 'r2' } });
+    await expect(client.request({ op: 'open', volume: 'v1' })).rejects.toMatchObject({ code: 'NOT_OWNER' });
+  });
+
+  it('releases every handle of a connection when it drops, after running requests finish', async () => {
+    const { volume, host, client } = await volumeSetup();
+    let releaseWrite!: () => void;
+    volume.hook = (op) => (op === 'write' ? new Promise<void>((resolve) => (releaseWrite = resolve)) : undefined);
+    const h1 = (await client.request({ op: 'open', volume: 'v1' })).header.handle;
+    await client.request({ op: 'open', volume: 'v1' });
+    const write = client.request({ op: 'write', handle: h1, offset: 0, fua: false }, Buffer.alloc(4096, 1));
+    await delay(30);
+    expect(host.openHandles).toBe(2);
+    client.close();
+    await expect(write).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    await delay(30);
+    expect(host.openHandles).toBe(1); // the handle with a running write waits for it
+    releaseWrite();
+    await delay(10);
+    expect(host.openHandles).toBe(0);
+  });
+});
