@@ -10,4 +10,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [ -f package-lock.json ]; then npm ci --no-audit --no-fund; else npm install --no-audit --no-fund; fi
+# This machine's npm mirror lacks some other platforms' optional packages (they 404): `npm install` skips
+# them, but `npm ci` refuses a lock file that lists them. Then `npm install` installs the same locked versions.
+if ! npm ci --no-audit --no-fund; then
+  echo "setup: npm ci refused the lock file; installing the locked versions with npm install" >&2
+  npm install --no-audit --no-fund
+fi

@@ -22,6 +22,8 @@ export const limits = {
   nbdRequestBytesInFlightMax: 128 * 1024 * 1024,
   /** NBD: on server stop, how long in-flight requests may take before their connection is cut. */
   nbdDrainTimeoutMs: 10_000,
+  /** NBD: after the server's FIN (DISC, ABORT, stop), how long the client may keep its side open. */
+  nbdCloseLingerMs: 2_000,
 
   /** Wire: the largest frame (header + payload); a request of nbdRequestBytesMax must fit. */
   wireFrameBytesMax: 32 * 1024 * 1024 + 64 * 1024,

@@ -1,0 +1,236 @@
+/**
+ * SCO files on disk (format: docs/sco-format.md, constants: sco-format.ts): the open, appendable SCO of a
+ * volume, the reader of a closed SCO, and the recovery helpers that inspect and seal a SCO left open by a
+ * crash. Every read verifies the crc32c of every cluster it returns.
+ */
+import assert from 'node:assert';
+import { crc32c } from '../shared/checksum.ts';
+import type { Disk, DiskFile } from '../shared/disk.ts';
+import { KeelError } from '../shared/errors.ts';
+import {
+  decodeScoChecksumTable,
+  decodeScoTrailer,
+  encodeScoChecksumTable,
+  encodeScoTrailer,
+  scoChecksumBytes,
+  scoClusterBytes,
+  scoFileBytes,
+  scoFooterOffset,
+  scoTrailerBytes,
+} from './sco-format.ts';
+
+/** Bytes read at once when recovery scans a SCO's data. */
+const scanChunkBytes = 1024 * 1024;
+
+/** Throws CHECKSUM_MISMATCH unless every cluster of `data` matches the table from `firstSlot` on. */
+export function verifyClusters(data: Buffer, table: Uint32Array, firstSlot: number, scoSeq: number): void {
+  const count = data.length / scoClusterBytes;
+  for (let index = 0; index < count; index++) {
+    const actual = crc32c(data.subarray(index * scoClusterBytes, (index + 1) * scoClusterBytes));
+    const slot = firstSlot + index;
+    if (actual !== table[slot]) {
+      throw KeelError.checksumMismatch(`SCO ${scoSeq} slot ${slot}`, { sco: scoSeq, slot, expected: table[slot], actual });
+    }
+  }
+}
+
+/** A SCO file handle shared by readers: closes only when the last reader is done. */
+abstract class ScoHandle {
+  private readers = 0;
+  private closeRequested = false;
+  private closed?: Promise<void>;
+
+  constructor(
+    readonly scoSeq: number,
+    protected readonly file: DiskFile,
+  ) {}
+
+  protected abstract get checksums(): Uint32Array;
+  abstract get clusterCount(): number;
+
+  /**
+   * Reads `count` clusters from `slot` into target (length count * 4096) with one pread and verifies
+   * them. CHECKSUM_MISMATCH on a bad cluster; CORRUPT when the file is shorter than its slots.
+   */
+  async readClusters(slot: number, target: Buffer): Promise<void> {
+    const count = target.length / scoClusterBytes;
+    assert(Number.isInteger(count) && slot >= 0 && slot + count <= this.clusterCount, 'read outside the SCO');
+    this.readers += 1;
+    try {
+      const bytesRead = await this.file.read(target, slot * scoClusterBytes);
+      if (bytesRead !== target.length) {
+        throw KeelError.corrupt(`SCO ${this.scoSeq}: short read at slot ${slot}`, { sco: this.scoSeq, slot, bytesRead });
+      }
+    } finally {
+      this.readers -= 1;
+      if (this.readers === 0 && this.closeRequested) void this.close();
+    }
+    verifyClusters(target, this.checksums, slot, this.scoSeq);
+  }
+
+  /** Closes now, or once the reads in flight finish. */
+  close(): Promise<void> {
+    this.closeRequested = true;
+    if (this.readers > 0) return Promise.resolve();
+    this.closed ??= this.file.close().catch(() => undefined);
+    return this.closed;
+  }
+}
+
+/** The open SCO of a volume: clusters are appended in batches; its crc table is kept in RAM. */
+export class OpenSco extends ScoHandle {
+  private appendedClusters = 0;
+  private readonly table: Uint32Array;
+
+  private constructor(
+    scoSeq: number,
+    file: DiskFile,
+    readonly capacityClusters: number,
+  ) {
+    super(scoSeq, file);
+    this.table = new Uint32Array(capacityClusters);
+  }
+
+  static async create(disk: Disk, filePath: string, scoSeq: number, capacityClusters: number): Promise<OpenSco> {
+    assert(capacityClusters > 0 && capacityClusters <= 65536, 'a SCO holds 1..65536 clusters');
+    return new OpenSco(scoSeq, await disk.open(filePath, 'createNew'), capacityClusters);
+  }
+
+  protected get checksums(): Uint32Array {
+    return this.table;
+  }
+  get clusterCount(): number {
+    return this.appendedClusters;
+  }
+  get freeClusters(): number {
+    return this.capacityClusters - this.appendedClusters;
+  }
+
+  /**
+   * Appends `checksums.length` clusters, given as buffers whose lengths are whole clusters, with one
+   * writev. Returns the first slot. Only one append may be in flight (the caller's batching ensures it).
+   */
+  async append(buffers: readonly Uint8Array[], checksums: Uint32Array): Promise<number> {
+    const firstSlot = this.appendedClusters;
+    assert(checksums.length <= this.freeClusters, 'append beyond the SCO capacity');
+    await this.file.writev(buffers, firstSlot * scoClusterBytes);
+    this.table.set(checksums, firstSlot);
+    this.appendedClusters += checksums.length;
+    return firstSlot;
+  }
+
+  sync(): Promise<void> {
+    return this.file.sync();
+  }
+
+  /** Writes the footer and fsyncs; the handle lives on in the returned ClosedSco (reads keep working). */
+  async seal(): Promise<ClosedSco> {
+    const clusterCount = this.appendedClusters;
+    const tableBytes = encodeScoChecksumTable(this.table, clusterCount);
+    const tableCrc = crc32c(tableBytes);
+    const trailer = encodeScoTrailer({ scoSeq: this.scoSeq, clusterCount, tableCrc });
+    await this.file.writev([tableBytes, trailer], scoFooterOffset(clusterCount));
+    await this.file.sync();
+    return new ClosedSco(this.scoSeq, this.file, this.table.slice(0, clusterCount), tableCrc);
+  }
+}
+
+/** A closed, immutable SCO opened for reading; its crc table was validated against the trailer. */
+export class ClosedSco extends ScoHandle {
+  constructor(
+    scoSeq: number,
+    file: DiskFile,
+    private readonly table: Uint32Array,
+    readonly tableCrc: number,
+  ) {
+    super(scoSeq, file);
+  }
+
+  protected get checksums(): Uint32Array {
+    return this.table;
+  }
+  get clusterCount(): number {
+    return this.table.length;
+  }
+  /** The crc32c of one slot's cluster, as recorded at ingest. */
+  checksumOf(slot: number): number {
+    return this.table[slot];
+  }
+  /** Bytes of RAM the crc table takes (for cache accounting). */
+  get tableBytes(): number {
+    return this.table.byteLength;
+  }
+
+  /** Opens a closed SCO; CORRUPT when its footer is missing or invalid. */
+  static async open(disk: Disk, filePath: string, scoSeq: number): Promise<ClosedSco> {
+    const file = await disk.open(filePath, 'read');
+    try {
+      const footer = await readScoFooter(file, scoSeq);
+      if (footer === undefined) throw KeelError.corrupt(`SCO ${scoSeq}: no valid footer`, { sco: scoSeq, path: filePath });
+      return new ClosedSco(scoSeq, file, footer.table, footer.tableCrc);
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      throw err;
+    }
+  }
+}
+
+/** The crc table of a sealed SCO file, or undefined when it has no valid footer (left open by a crash). */
+export async function readScoFooter(
+  file: DiskFile,
+  scoSeq: number,
+): Promise<{ table: Uint32Array; tableCrc: number } | undefined> {
+  const sizeBytes = await file.sizeBytes();
+  if (sizeBytes < scoTrailerBytes) return undefined;
+  const trailerBytes = Buffer.alloc(scoTrailerBytes);
+  await file.read(trailerBytes, sizeBytes - scoTrailerBytes);
+  const trailer = decodeScoTrailer(trailerBytes);
+  if (trailer === undefined || trailer.scoSeq !== scoSeq || scoFileBytes(trailer.clusterCount) !== sizeBytes) return undefined;
+  const tableBytes = Buffer.alloc(trailer.clusterCount * scoChecksumBytes);
+  await file.read(tableBytes, scoFooterOffset(trailer.clusterCount));
+  if (crc32c(tableBytes) !== trailer.tableCrc) return undefined;
+  return { table: decodeScoChecksumTable(tableBytes, trailer.clusterCount), tableCrc: trailer.tableCrc };
+}
+
+/** crc32c of every whole cluster in an unsealed SCO file (recovery), reading 1 MiB at a time. */
+export async function scanClusterChecksums(file: DiskFile, clustersMax: number): Promise<Uint32Array> {
+  const sizeBytes = await file.sizeBytes();
+  const clusterCount = Math.min(Math.floor(sizeBytes / scoClusterBytes), clustersMax);
+  const table = new Uint32Array(clusterCount);
+  const chunk = Buffer.alloc(scanChunkBytes);
+  for (let slot = 0; slot < clusterCount; ) {
+    const clusters = Math.min(clusterCount - slot, scanChunkBytes / scoClusterBytes);
+    const view = chunk.subarray(0, clusters * scoClusterBytes);
+    await file.read(view, slot * scoClusterBytes);
+    for (let index = 0; index < clusters; index++) {
+      table[slot + index] = crc32c(view.subarray(index * scoClusterBytes, (index + 1) * scoClusterBytes));
+    }
+    slot += clusters;
+  }
+  return table;
+}
+
+/**
+ * Seals a SCO a crash left open: truncates it to `clusterCount` clusters (later ones were never
+ * acknowledged), appends crc table + trailer, fsyncs. `checksums` come from scanClusterChecksums.
+ */
+export async function sealCrashedSco(
+  disk: Disk,
+  filePath: string,
+  scoSeq: number,
+  checksums: Uint32Array,
+  clusterCount: number,
+): Promise<{ tableCrc: number }> {
+  assert(clusterCount <= checksums.length, 'cannot seal clusters that are not in the file');
+  const file = await disk.open(filePath, 'readWrite');
+  try {
+    await file.truncate(scoFooterOffset(clusterCount));
+    const tableBytes = encodeScoChecksumTable(checksums, clusterCount);
+    const tableCrc = crc32c(tableBytes);
+    await file.writev([tableBytes, encodeScoTrailer({ scoSeq, clusterCount, tableCrc })], scoFooterOffset(clusterCount));
+    await file.sync();
+    return { tableCrc };
+  } finally {
+    await file.close();
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * On-disk layout of a SCO file (Storage Container Object). Specified in docs/sco-format.md; keep both in
+ * step. A SCO is `scos/<seq>.sco`: clusters at slot * 4096 with no header, and once closed a footer:
+ * the per-cluster crc32c table followed by a fixed trailer.
+ */
+import { clusterSizeBytes } from '../shared/limits.ts';
+import { crc32c } from '../shared/checksum.ts';
+
+export const scoClusterBytes = clusterSizeBytes;
+/** 'KEELSCO1' as a little-endian u64 is not needed; the magic is compared as bytes. */
+export const scoTrailerMagic = Buffer.from('KEELSCO1', 'latin1');
+export const scoFormatVersion = 1;
+export const scoTrailerBytes = 32;
+export const scoChecksumBytes = 4;
+
+export interface ScoTrailer {
+  scoSeq: number;
+  clusterCount: number;
+  tableCrc: number;
+}
+
+/** Trailer: magic[8] | version u32 | sco seq u32 | cluster count u32 | table crc u32 | reserved u32 | trailer crc u32. */
+export function encodeScoTrailer(trailer: ScoTrailer): Buffer {
+  const buffer = Buffer.alloc(scoTrailerBytes);
+  scoTrailerMagic.copy(buffer, 0);
+  buffer.writeUInt32LE(scoFormatVersion, 8);
+  buffer.writeUInt32LE(trailer.scoSeq, 12);
+  buffer.writeUInt32LE(trailer.clusterCount, 16);
+  buffer.writeUInt32LE(trailer.tableCrc, 20);
+  buffer.writeUInt32LE(crc32c(buffer.subarray(0, 28)), 28);
+  return buffer;
+}
+
+/** Undefined when the bytes are not a valid trailer (missing, torn or corrupt). */
+export function decodeScoTrailer(buffer: Buffer): ScoTrailer | undefined {
+  if (buffer.length !== scoTrailerBytes) return undefined;
+  if (!buffer.subarray(0, 8).equals(scoTrailerMagic)) return undefined;
+  if (buffer.readUInt32LE(28) !== crc32c(buffer.subarray(0, 28))) return undefined;
+  if (buffer.readUInt32LE(8) !== scoFormatVersion) return undefined;
+  return { scoSeq: buffer.readUInt32LE(12), clusterCount: buffer.readUInt32LE(16), tableCrc: buffer.readUInt32LE(20) };
+}
+
+/** The crc table as stored: clusterCount little-endian u32s. */
+export function encodeScoChecksumTable(table: Uint32Array, clusterCount: number): Buffer {
+  const buffer = Buffer.alloc(clusterCount * scoChecksumBytes);
+  for (let slot = 0; slot < clusterCount; slot++) buffer.writeUInt32LE(table[slot], slot * scoChecksumBytes);
+  return buffer;
+}
+
+export function decodeScoChecksumTable(buffer: Buffer, clusterCount: number): Uint32Array {
+  const table = new Uint32Array(clusterCount);
+  for (let slot = 0; slot < clusterCount; slot++) table[slot] = buffer.readUInt32LE(slot * scoChecksumBytes);
+  return table;
+}
+
+/** The footer starts right after the last cluster. */
+export function scoFooterOffset(clusterCount: number): number {
+  return clusterCount * scoClusterBytes;
+}
+
+export function scoFileBytes(clusterCount: number): number {
+  return scoFooterOffset(clusterCount) + clusterCount * scoChecksumBytes + scoTrailerBytes;
+}
+
+export function scoFileName(scoSeq: number): string {
+  return `${String(scoSeq).padStart(8, '0')}.sco`;
+}
+
+/** The SCO number of a file name, or undefined for other files. */
+export function parseScoFileName(name: string): number | undefined {
+  const match = /^(\d+)\.sco$/.exec(name);
+  return match === null ? undefined : Number(match[1]);
+}

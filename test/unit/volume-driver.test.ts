@@ -1,0 +1,204 @@
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FaultyDisk } from '../../shared/disk.ts';
+import { isKeelError } from '../../shared/errors.ts';
+import { VolumeDriver, type VolumeDriverOptions } from '../../router/volume-driver.ts';
+import { expectBytes } from '../helpers/expect-bytes.ts';
+
+const MiB = 1024 * 1024;
+let dir: string;
+let driver: VolumeDriver | undefined;
+
+function options(extra: Partial<VolumeDriverOptions> = {}): VolumeDriverOptions {
+  return { dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ...extra };
+}
+
+function pattern(length: number, seed: number): Buffer {
+  const buffer = Buffer.alloc(length);
+  for (let index = 0; index < length; index++) buffer[index] = (index * 7 + seed * 13 + (index >> 12)) & 0xff;
+  return buffer;
+}
+
+/** A byte-level model of the volume to compare against. */
+class Model {
+  readonly bytes: Buffer;
+  constructor(sizeBytes: number) {
+    this.bytes = Buffer.alloc(sizeBytes);
+  }
+  write(offset: number, data: Buffer): void {
+    data.copy(this.bytes, offset);
+  }
+  zero(offset: number, length: number): void {
+    this.bytes.fill(0, offset, offset + length);
+  }
+}
+
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'keel-volume-'));
+});
+afterEach(async () => {
+  await driver?.close().catch(() => undefined);
+  driver = undefined;
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe('VolumeDriver', () => {
+  it('creates a new volume that reads as zeros, with volume.json', async () => {
+    driver = await VolumeDriver.open(options());
+    expect(driver.sizeBytes).toBe(64 * MiB);
+    expectBytes(await driver.read(0, 8192), Buffer.alloc(8192));
+    const metadata = JSON.parse(await readFile(path.join(dir, 'volume.json'), 'utf8'));
+    expect(metadata).toMatchObject({ name: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, formatVersion: 1 });
+    expect(driver.stats().mappedClusters).toBe(0);
+  });
+
+  it('handles unaligned writes (1000 bytes at offset 5000) and reads across mapped and unmapped', async () => {
+    driver = await VolumeDriver.open(options());
+    const model = new Model(64 * MiB);
+    const writes: Array<[number, number]> = [
+      [5000, 1000],
+      [0, 4096],
+      [4095, 2],
+      [20000, 12345],
+      [65536, 3 * 4096],
+    ];
+    for (const [offset, length] of writes) {
+      const data = pattern(length, offset);
+      await driver.write(offset, data, false);
+      model.write(offset, data);
+    }
+    expectBytes(await driver.read(0, 100_000), model.bytes.subarray(0, 100_000));
+    expectBytes(await driver.read(4999, 1002), model.bytes.subarray(4999, 6001));
+    expectBytes(await driver.read(8 * MiB, 4096), Buffer.alloc(4096));
+  });
+
+  it('lands two concurrent 512-byte writes into different sectors of one cluster', async () => {
+    driver = await VolumeDriver.open(options());
+    const base = pattern(4096, 9);
+    await driver.write(40960, base, false);
+    const first = Buffer.alloc(512, 0x11);
+    const second = Buffer.alloc(512, 0x22);
+    const third = Buffer.alloc(512, 0x33);
+    await Promise.all([driver.write(40960, first, false), driver.write(40960 + 1536, second, false), driver.write(40960 + 3584, third, false)]);
+    const expected = Buffer.from(base);
+    first.copy(expected, 0);
+    second.copy(expected, 1536);
+    third.copy(expected, 3584);
+    expectBytes(await driver.read(40960, 4096), expected);
+  });
+
+  it('resolves overlapping concurrent writes in arrival order', async () => {
+    driver = await VolumeDriver.open(options());
+    const writes = [];
+    for (let round = 0; round < 20; round++) writes.push(driver.write(0, Buffer.alloc(8192, round), false));
+    writes.push(driver.write(100, Buffer.alloc(10, 0xee), false));
+    writes.push(driver.write(0, Buffer.alloc(4096, 0x77), false));
+    await Promise.all(writes);
+    const expected = Buffer.alloc(8192, 19);
+    expected.fill(0x77, 0, 4096);
+    expectBytes(await driver.read(0, 8192), expected);
+  });
+
+  it('trims and zeroes with partial clusters at the edges', async () => {
+    driver = await VolumeDriver.open(options());
+    const model = new Model(64 * MiB);
+    const data = pattern(10 * 4096, 5);
+    await driver.write(0, data, false);
+    model.write(0, data);
+    await driver.trim(1000, 3 * 4096, false);
+    model.zero(1000, 3 * 4096);
+    await driver.writeZeroes(6 * 4096 + 10, 100, true);
+    model.zero(6 * 4096 + 10, 100);
+    expectBytes(await driver.read(0, 10 * 4096), model.bytes.subarray(0, 10 * 4096));
+    expect(driver.stats().mappedClusters).toBe(8); // clusters 1 and 2 were unmapped whole
+  });
+
+  it('rejects requests outside the device', async () => {
+    driver = await VolumeDriver.open(options());
+    await expect(driver.read(64 * MiB - 10, 11)).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
+    await expect(driver.write(64 * MiB, Buffer.alloc(1), false)).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
+    await expect(driver.trim(-1, 10, false)).rejects.toMatchObject({ code: 'BAD_ARGUMENT' });
+  });
+
+  it('rolls SCOs over and TLogs too, and reopens after a clean close with identical data', async () => {
+    const small = options({ scoSizeBytes: 64 * 1024, scoSizeBytesMinOverride: 4096 }); // 16 clusters per SCO
+    driver = await VolumeDriver.open(small);
+    const model = new Model(64 * MiB);
+    for (let index = 0; index < 40; index++) {
+      const offset = ((index * 37) % 200) * 4096;
+      const data = pattern(3 * 4096, index);
+      await driver.write(offset, data, false);
+      model.write(offset, data);
+    }
+    const big = pattern(2 * MiB, 77); // one request spanning many SCOs
+    await driver.write(4 * MiB, big, false);
+    model.write(4 * MiB, big);
+    await driver.flush();
+    const stats = driver.stats();
+    expect(stats.scoCount).toBeGreaterThan(30);
+    expect(stats.tlogCount).toBeGreaterThan(5);
+    expectBytes(await driver.read(0, 8 * MiB), model.bytes.subarray(0, 8 * MiB));
+    await driver.close();
+
+    driver = await VolumeDriver.open(small);
+    expect(driver.stats().mappedClusters).toBe(stats.mappedClusters);
+    expectBytes(await driver.read(0, 8 * MiB), model.bytes.subarray(0, 8 * MiB));
+    // Closed SCOs are sealed: every SCO file ends with a valid trailer (reads of old SCOs worked above).
+    expect((await readdir(path.join(dir, 'scos'))).length).toBe(driver.stats().scoCount);
+  });
+
+  it('keeps the stored geometry and supports resize (shrink unmaps beyond the end)', async () => {
+    driver = await VolumeDriver.open(options());
+    await driver.write(60 * MiB, pattern(MiB, 1), false);
+    await driver.resize(60 * MiB + 512);
+    expect(driver.sizeBytes).toBe(60 * MiB + 512);
+    await driver.resize(64 * MiB);
+    const back = await driver.read(60 * MiB, 4096);
+    expectBytes(back.subarray(0, 512), pattern(MiB, 1).subarray(0, 512));
+    expectBytes(back.subarray(512), Buffer.alloc(4096 - 512));
+    expectBytes(await driver.read(61 * MiB, MiB), Buffer.alloc(MiB));
+    await driver.close();
+    driver = await VolumeDriver.open(options({ sizeBytes: 32 * MiB }));
+    expect(driver.sizeBytes).toBe(64 * MiB);
+  });
+
+  it('detects a flipped SCO byte on read with CHECKSUM_MISMATCH', async () => {
+    driver = await VolumeDriver.open(options());
+    await driver.write(0, pattern(4 * 4096, 3), false);
+    await driver.close();
+    const scoPath = path.join(dir, 'scos', '00000001.sco');
+    const bytes = await readFile(scoPath);
+    bytes[2 * 4096 + 17] ^= 0x01;
+    await writeFile(scoPath, bytes);
+    driver = await VolumeDriver.open(options());
+    expectBytes(await driver.read(0, 2 * 4096), pattern(4 * 4096, 3).subarray(0, 2 * 4096));
+    const error = await driver.read(0, 4 * 4096).catch((err: unknown) => err);
+    expect(isKeelError(error, 'CHECKSUM_MISMATCH')).toBe(true);
+  });
+
+  it('fails writes (never acknowledges them) when the disk fails, and refuses further I/O', async () => {
+    const disk = new FaultyDisk();
+    driver = await VolumeDriver.open(options({ disk }));
+    await driver.write(0, pattern(4096, 1), false);
+    disk.inject({ operation: 'writev', pathIncludes: '.sco' });
+    await expect(driver.write(4096, pattern(4096, 2), false)).rejects.toMatchObject({ code: 'IO' });
+    await expect(driver.read(0, 4096)).rejects.toMatchObject({ code: 'IO' });
+    disk.clearFaults();
+    await driver.close();
+    driver = await VolumeDriver.open(options());
+    expectBytes(await driver.read(0, 4096), pattern(4096, 1));
+  });
+
+  it('batches concurrent writes (group commit) and bounds the queue', async () => {
+    const disk = new FaultyDisk();
+    driver = await VolumeDriver.open(options({ disk }));
+    disk.inject({ operation: 'writev', delayMs: 20, times: 1 });
+    const writes = [];
+    for (let index = 0; index < 200; index++) writes.push(driver.write(index * 4096, pattern(4096, index), false));
+    await Promise.all(writes);
+    expect(driver.stats().appendBatches).toBeLessThan(10);
+    for (let index = 0; index < 200; index += 37) expectBytes(await driver.read(index * 4096, 4096), pattern(4096, index));
+  });
+});
