@@ -105,8 +105,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.scoSizeBytesDefault < l.scoSizeBytesMin || l.scoSizeBytesDefault > l.scoSizeBytesMax)
     fail('scoSizeBytesDefault must lie within [scoSizeBytesMin, scoSizeBytesMax]');
   if (l.scoSizeBytesMax / clusterSizeBytes > 65536) fail('a SCO may hold at most 65536 clusters (16-bit slot)');
-  if (l.appendBatchClustersMax * clusterSizeBytes > l.scoSizeBytesMin * 4)
-    fail('appendBatchClustersMax is out of proportion to the SCO size');
+  if (l.appendBatchClustersMax * clusterSizeBytes < l.nbdRequestBytesMax)
+    fail('appendBatchClustersMax must hold one nbdRequestBytesMax write, or a large write could never be appended');
   if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');

@@ -1,0 +1,140 @@
+/**
+ * The edge's NBD server: listens on host:port, runs one NbdConnection per client (at most
+ * limits.nbdConnectionsMax), and on stop() lets in-flight requests finish before closing everything.
+ * Protocol and decisions: docs/nbd-protocol.md.
+ */
+import net from 'node:net';
+import type { ExportResolver } from '../shared/block-target.ts';
+import { KeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
+import { type Logger, createLogger } from '../shared/logger.ts';
+import { NbdConnection, type NbdConnectionSettings } from './nbd-connection.ts';
+
+export interface NbdServerOptions {
+  /** Address to bind; use port 0 for an OS-assigned port (read it back from `start()` or `port`). */
+  host: string;
+  port: number;
+  resolver: ExportResolver;
+  /** Served when a client asks for the empty export name. */
+  defaultExport?: string;
+  logger?: Logger;
+  /** Overrides of the shared/limits.ts bounds (tests use small ones). */
+  bounds?: Partial<NbdServerBounds>;
+}
+
+export interface NbdServerBounds {
+  connectionsMax: number;
+  requestsInFlightMax: number;
+  requestBytesInFlightMax: number;
+  requestBytesMax: number;
+  optionBytesMax: number;
+  handshakeTimeoutMs: number;
+  drainTimeoutMs: number;
+  closeLingerMs: number;
+}
+
+export function defaultNbdServerBounds(): NbdServerBounds {
+  return {
+    connectionsMax: limits.nbdConnectionsMax,
+    requestsInFlightMax: limits.nbdRequestsInFlightMax,
+    requestBytesInFlightMax: limits.nbdRequestBytesInFlightMax,
+    requestBytesMax: limits.nbdRequestBytesMax,
+    optionBytesMax: limits.nbdOptionBytesMax,
+    handshakeTimeoutMs: limits.nbdHandshakeTimeoutMs,
+    drainTimeoutMs: limits.nbdDrainTimeoutMs,
+    closeLingerMs: limits.nbdCloseLingerMs,
+  };
+}
+
+/** stopped -> listening -> stopping -> stopped. */
+export type NbdServerStatus = 'stopped' | 'starting' | 'listening' | 'stopping';
+
+export class NbdServer {
+  private status: NbdServerStatus = 'stopped';
+  private readonly server: net.Server;
+  private readonly connections = new Set<NbdConnection>();
+  private readonly bounds: NbdServerBounds;
+  private readonly settings: NbdConnectionSettings;
+  private readonly logger: Logger;
+  private nextConnectionId = 1;
+  private boundPort = 0;
+
+  constructor(private readonly options: NbdServerOptions) {
+    this.bounds = { ...defaultNbdServerBounds(), ...options.bounds };
+    if (this.bounds.requestBytesInFlightMax < this.bounds.requestBytesMax)
+      throw KeelError.badConfig('NBD requestBytesInFlightMax must hold at least one requestBytesMax request');
+    this.logger = options.logger ?? createLogger('nbd-server');
+    this.settings = {
+      resolver: options.resolver,
+      defaultExport: options.defaultExport,
+      requestsInFlightMax: this.bounds.requestsInFlightMax,
+      requestBytesInFlightMax: this.bounds.requestBytesInFlightMax,
+      requestBytesMax: this.bounds.requestBytesMax,
+      optionBytesMax: this.bounds.optionBytesMax,
+      handshakeTimeoutMs: this.bounds.handshakeTimeoutMs,
+      closeLingerMs: this.bounds.closeLingerMs,
+    };
+    this.server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
+    this.server.on('error', (err) => this.logger.error({ err }, 'nbd server error'));
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  async start(): Promise<{ host: string; port: number }> {
+    if (this.status !== 'stopped') throw KeelError.busy('NBD server (already started)');
+    this.setStatus('starting');
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(KeelError.io(`cannot listen on ${this.options.host}:${this.options.port}`, err));
+      this.server.once('error', onError);
+      this.server.listen(this.options.port, this.options.host, () => {
+        this.server.off('error', onError);
+        resolve();
+      });
+    }).catch((err) => {
+      this.setStatus('stopped');
+      throw err;
+    });
+    this.boundPort = (this.server.address() as net.AddressInfo).port;
+    this.setStatus('listening');
+    this.logger.info({ host: this.options.host, port: this.boundPort }, 'nbd server listening');
+    return { host: this.options.host, port: this.boundPort };
+  }
+
+  /** Stops accepting, drains every connection (bounded by drainTimeoutMs), closes their exports. */
+  async stop(): Promise<void> {
+    if (this.status !== 'listening') return;
+    this.setStatus('stopping');
+    const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all([...this.connections].map((c) => c.shutdown(this.bounds.drainTimeoutMs)));
+    await listenerClosed;
+    this.setStatus('stopped');
+  }
+
+  private setStatus(next: NbdServerStatus): void {
+    this.logger.info({ from: this.status, to: next }, 'nbd server status');
+    this.status = next;
+  }
+
+  private onConnection(socket: net.Socket): void {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    if (this.status !== 'listening') {
+      socket.destroy();
+      return;
+    }
+    if (this.connections.size >= this.bounds.connectionsMax) {
+      this.logger.warn({ remote, connectionsMax: this.bounds.connectionsMax }, 'nbd connection refused: too many connections');
+      socket.destroy();
+      return;
+    }
+    const logger = this.logger.child({ connection: this.nextConnectionId++, remote });
+    const connection = new NbdConnection(socket, this.settings, logger);
+    this.connections.add(connection);
+    void connection.closed.then(() => this.connections.delete(connection));
+  }
+}
