@@ -17,6 +17,8 @@ export class SupervisedChild {
   process: ChildProcess | undefined;
   private restartTimesMs: number[] = [];
   private restartTimer: NodeJS.Timeout | undefined;
+  /** Set when the whole cluster is stopping: a child that exits now is done, not crashed. */
+  private restartsHeld = false;
   private exited: Promise<void> = Promise.resolve();
 
   constructor(
@@ -32,13 +34,20 @@ export class SupervisedChild {
 
   start(): void {
     this.setStatus('starting');
-    const child = spawn(process.execPath, [keelBin, ...this.args], { stdio: ['ignore', 'inherit', 'inherit'], env: this.env });
+    const env = { ...this.env, KEEL_SUPERVISED: '1' };
+    const child = spawn(process.execPath, [keelBin, ...this.args], { stdio: ['ignore', 'inherit', 'inherit'], env });
     this.process = child;
     this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
       this.onExit(code, signal);
       resolve();
     }));
     child.once('spawn', () => this.status === 'starting' && this.setStatus('running'));
+  }
+
+  /** A terminal's Ctrl-C reaches every child at once: from now on an exit is not a crash. */
+  holdRestarts(): void {
+    this.restartsHeld = true;
+    clearTimeout(this.restartTimer);
   }
 
   /** SIGTERM, then SIGKILL after childStopTimeoutMs. */
@@ -59,7 +68,7 @@ export class SupervisedChild {
   }
 
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
-    if (this.status === 'stopping') {
+    if (this.status === 'stopping' || this.restartsHeld) {
       this.setStatus('stopped', { code, signal });
       return;
     }

@@ -26,7 +26,9 @@ export function addRouterCommands(program: Command): void {
     .description('list routers, their state and the volumes each owns')
     .option('--data <dir>', 'cluster data directory')
     .option('--json', 'print JSON')
-    .action(async (options: { data?: string; json?: boolean }) => {
+    .action(async (_options: unknown, command: Command) => {
+      // `--data` may land on the parent `router` command, which has the same option for running a router.
+      const options = command.optsWithGlobals<{ data?: string; json?: boolean }>();
       const coordination = await openCoordination(resolveDataDir(options.data));
       const [routers, volumes] = await Promise.all([coordination.listRouters(), coordination.listVolumes()]);
       const nowMs = Date.now();

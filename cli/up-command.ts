@@ -83,6 +83,7 @@ function installStopHandlers(logger: Logger, children: SupervisedChild[]): { don
     if (stopping) return;
     stopping = true;
     logger.info({ signal }, 'stopping the cluster');
+    for (const child of children) child.holdRestarts();
     // Edge first, so that clients see a clean disconnect rather than errors from vanished routers.
     for (const child of children) await child.stop();
     logger.info('cluster stopped');

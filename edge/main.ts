@@ -5,6 +5,7 @@
 import { EmbeddedCoordination } from '../shared/coordination-embedded.ts';
 import { checkLimits } from '../shared/limits.ts';
 import { createLogger } from '../shared/logger.ts';
+import { waitForStopSignal } from '../shared/stop-signal.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { NbdServer } from './nbd-server.ts';
 import { CoordinationOwnerLocator } from './owner-locator.ts';
@@ -25,11 +26,8 @@ export async function runEdge(options: EdgeOptions): Promise<void> {
   const server = new NbdServer({ resolver, logger, host: options.host, port: options.port, defaultExport: options.defaultExport });
   await server.start();
   logger.info({ host: options.host, port: server.port }, 'edge up');
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', () => resolve());
-    process.once('SIGINT', () => resolve());
-  });
-  logger.info('edge stopping');
+  const reason = await waitForStopSignal();
+  logger.info({ reason }, 'edge stopping');
   await server.stop();
   logger.info('edge stopped');
   logger.flush();

@@ -19,7 +19,7 @@ export class VolumeResolver implements ExportResolver {
 
   async open(exportName: string): Promise<OpenBlockTarget> {
     await this.describe(exportName);
-    return RemoteVolume.open(exportName, this.locator, { transport: this.transport, logger: this.logger });
+    return RemoteVolume.open(exportName, this.locator, { transport: this.transport, logger: this.logger.child({ volume: exportName }) });
   }
 
   async describe(exportName: string): Promise<{ sizeBytes: number; readOnly: boolean }> {

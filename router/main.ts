@@ -12,6 +12,7 @@ import { createLogger, type Logger } from '../shared/logger.ts';
 import { RpcServer } from '../shared/wire/rpc-server.ts';
 import { formatAddress } from '../shared/wire/tcp-transport.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
+import { waitForStopSignal } from '../shared/stop-signal.ts';
 import { createVolumeService } from './volume-service.ts';
 import { VolumeRegistry } from './volume-registry.ts';
 
@@ -39,8 +40,8 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   logger.info({ address, dataDir: options.dataDir }, 'router up');
 
   const ticker = startHeartbeat(options.id, coordination, registry, logger);
-  await waitForStopSignal();
-  logger.info('router stopping');
+  const reason = await waitForStopSignal();
+  logger.info({ reason }, 'router stopping');
   clearInterval(ticker);
   await server.close();
   await registry.closeAll();
@@ -67,11 +68,4 @@ function startHeartbeat(id: string, coordination: Coordination, registry: Volume
 
 async function setState(coordination: Coordination, id: string, state: RouterState, logger: Logger): Promise<void> {
   await coordination.setRouterState(id, state).catch((err) => logger.warn({ err }, 'could not record router state'));
-}
-
-function waitForStopSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
 }

@@ -73,6 +73,24 @@ export const limits = {
   volumeNameLengthMax: 128,
   volumesPerRouterMax: 4096,
 
+  /** Backend: the largest object (a SCO or TLog) the erasure-coded store accepts; it is held in RAM while encoded. */
+  backendObjectSizeBytesMax: 256 * 1024 * 1024,
+  /** Backend: fragment requests (PUT/GET/DELETE) one object store keeps in flight across all ASDs. */
+  backendFragmentRequestsInFlightMax: 24,
+  /** Backend: deadline of one ASD request; the request is aborted after it. */
+  backendRequestTimeoutMs: 10_000,
+  /** Backend: retries of a failed fragment PUT or DELETE after the first attempt, with exponential backoff. */
+  backendRetriesMax: 4,
+  backendRetryBackoffBaseMs: 50,
+  backendRetryBackoffMaxMs: 2_000,
+  /** Backend: objects whose fragment headers + checksum tables stay cached for partial reads, and their total size. */
+  backendHeaderCacheEntriesMax: 4_096,
+  backendHeaderCacheBytesMax: 64 * 1024 * 1024,
+  /** Backend: Reed-Solomon stripe encodes/decodes running on the libuv threadpool at once. */
+  backendCodecStripesInFlightMax: 4,
+  /** Backend: keys one ASD list call returns (pages are followed up to this many). */
+  backendListKeysMax: 100_000,
+
   /** Coordination: heartbeat period and how long a silent router stays alive. */
   heartbeatIntervalMs: 1_000,
   routerDeadAfterMs: 5_000,
@@ -107,6 +125,9 @@ export function checkLimits(l: Limits = limits): void {
   if (l.scoSizeBytesMax / clusterSizeBytes > 65536) fail('a SCO may hold at most 65536 clusters (16-bit slot)');
   if (l.appendBatchClustersMax * clusterSizeBytes < l.nbdRequestBytesMax)
     fail('appendBatchClustersMax must hold one nbdRequestBytesMax write, or a large write could never be appended');
+  if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
+    fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
+  if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
   if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');

@@ -139,6 +139,7 @@ describe.skipIf(!toolsInstalled)('NbdServer with real NBD clients', () => {
         '--iodepth=16',
         '--size=16m',
         '--verify=crc32c',
+        '--verify_state_save=0', // no state file left in the working directory
         '--output-format=json',
         `--output=${output}`,
       ],

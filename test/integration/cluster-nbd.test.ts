@@ -1,0 +1,151 @@
+/**
+ * End to end: `keel up` (real router and edge processes) driven by Debian's NBD clients.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeelCluster } from '../helpers/keel-cluster.ts';
+import { run } from '../helpers/processes.ts';
+
+describe('a keel up cluster served to real NBD clients', () => {
+  let cluster: KeelCluster;
+  let work: string;
+
+  beforeAll(async () => {
+    cluster = await KeelCluster.start({ volumeSize: '256M', scoSize: '4M' });
+    work = await mkdtemp(path.join(tmpdir(), 'keel-work-'));
+  }, 90_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+    await cluster?.destroy();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const createVolume = async (name: string, size: string) => {
+    const created = await cluster.keel('volume', 'create', name, size, '--sco-size', '4M');
+    expect(created.code, created.stderr).toBe(0);
+  };
+
+  it('nbdinfo shows the size, the block sizes and the flags', async () => {
+    const info = await run('nbdinfo', ['--json', cluster.uri()]);
+    expect(info.code, info.stderr).toBe(0);
+    const exp = JSON.parse(info.stdout).exports[0];
+    expect(exp['export-size']).toBe(256 * 2 ** 20);
+    expect([exp.block_size_minimum, exp.block_size_preferred, exp.block_size_maximum]).toEqual([512, 4096, 32 * 2 ** 20]);
+    expect(exp.can_flush && exp.can_fua && exp.can_trim && exp.can_zero && exp.can_multi_conn).toBe(true);
+    const list = await run('nbdinfo', ['--list', '--json', `nbd://127.0.0.1:${cluster.port}`]);
+    expect(JSON.parse(list.stdout).exports.map((e: { 'export-name': string }) => e['export-name'])).toContain('demo');
+  });
+
+  it('qemu-img convert copies a multi-MiB image in and qemu-img compare finds it identical', async () => {
+    await createVolume('img', '24M');
+    const image = path.join(work, 'image.raw');
+    const content = Buffer.alloc(24 * 2 ** 20);
+    for (let off = 0; off < content.length; off += 3 * 2 ** 20) randomBytes(2 ** 20 + 777).copy(content, off); // data and holes
+    await writeFile(image, content);
+    const convert = await run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', image, cluster.uri('img')]);
+    expect(convert.code, convert.stderr).toBe(0);
+    const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', image, cluster.uri('img')]);
+    expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+    expect(compare.stdout).toContain('Images are identical');
+    const copyBack = path.join(work, 'copy.raw');
+    const nbdcopy = await run('nbdcopy', [cluster.uri('img'), copyBack]);
+    expect(nbdcopy.code, nbdcopy.stderr).toBe(0);
+    expect((await readFile(copyBack)).equals(content)).toBe(true);
+  });
+
+  it('qemu-io pattern writes and reads at unaligned offsets', async () => {
+    await createVolume('qio', '64M');
+    const writes = [
+      ['0xab', 1000, 5000],
+      ['0x11', 4095, 2],
+      ['0x22', 12345, 70000],
+      ['0x33', 8 * 2 ** 20 - 512, 1024],
+    ] as const;
+    const args = ['-f', 'raw'];
+    for (const [p, off, len] of writes) args.push('-c', `write -P ${p} ${off} ${len}`);
+    args.push('-c', 'flush');
+    for (const [p, off, len] of writes.slice(1)) args.push('-c', `read -P ${p} ${off} ${len}`);
+    args.push('-c', 'read -P 0xab 1000 3095'); // the part of the first write not overwritten by the second
+    args.push('-c', 'read -P 0 0 1000', '-c', 'read -P 0 9000000 4096'); // never written: zeros
+    const io = await run('qemu-io', [...args, cluster.uri('qio')]);
+    expect(io.code, io.stdout + io.stderr).toBe(0);
+    expect(io.stdout).not.toMatch(/Pattern verification failed|error/i);
+    expect(io.stdout.match(/^read /gm)).toHaveLength(6);
+  });
+
+  it('fio with verify=crc32c over the nbd engine finds no errors', async () => {
+    await createVolume('fio', '128M');
+    const output = path.join(work, 'fio.json');
+    const fio = await run('fio', [
+      '--name=verify', '--ioengine=nbd', `--uri=${cluster.uri('fio')}`, '--rw=randwrite', '--bsrange=4k-64k',
+      '--iodepth=32', '--size=64m', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1',
+      '--verify_state_save=0', '--output-format=json', `--output=${output}`,
+    ], { timeoutMs: 240_000 });
+    expect(fio.code, fio.stdout + fio.stderr).toBe(0);
+    const job = JSON.parse(await readFile(output, 'utf8')).jobs[0];
+    expect(job.error).toBe(0);
+    expect(job.write.io_bytes).toBeGreaterThanOrEqual(64 * 2 ** 20);
+    expect(job.read.io_bytes).toBeGreaterThan(0); // the verify pass read it all back
+  }, 300_000);
+
+  it('keeps every flushed write when the owning router is killed with SIGKILL and restarted', async () => {
+    await createVolume('crash', '64M');
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 6M', '-c', 'write -P 0xa5 4095 10000', '-c', 'flush', cluster.uri('crash')]);
+    expect(write.code, write.stderr).toBe(0);
+    const owner = await cluster.ownerOf('crash');
+    process.kill(owner.pid, 'SIGKILL');
+    await cluster.waitForRestart(owner.id, owner.pid);
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 0 4095', '-c', 'read -P 0xa5 4095 10000', '-c', 'read -P 0x5a 14095 6277105', cluster.uri('crash')]);
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+  }, 120_000);
+
+  it('fio keeps running with no verify errors while the owner is killed with SIGKILL mid-write', async () => {
+    await createVolume('midkill', '64M');
+    const owner = await cluster.ownerOf('midkill');
+    const output = path.join(work, 'fio-midkill.json');
+    const fio = run('fio', [
+      '--name=midkill', '--ioengine=nbd', `--uri=${cluster.uri('midkill')}`, '--rw=randwrite', '--bs=4k', '--iodepth=16',
+      '--size=24m', '--rate_iops=3000', '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0',
+      '--output-format=json', `--output=${output}`,
+    ], { timeoutMs: 120_000 });
+    await new Promise((r) => setTimeout(r, 1000)); // well into the write phase (about 2 s long)
+    process.kill(owner.pid, 'SIGKILL');
+    const result = await fio;
+    expect(result.code, result.stdout + result.stderr).toBe(0);
+    const job = JSON.parse(await readFile(output, 'utf8')).jobs[0];
+    expect(job.error).toBe(0);
+    expect(job.write.io_bytes).toBe(24 * 2 ** 20);
+    expect(job.read.io_bytes).toBe(24 * 2 ** 20); // every block read back and verified
+    // The edge saw the connection die under load and failed over (the kill landed mid-write).
+    expect(cluster.stderr).toMatch(/"volume":"midkill".*"to":"failing-over"|"to":"failing-over".*"volume":"midkill"/);
+    const restarted = await cluster.waitForRestart(owner.id, owner.pid);
+    expect(restarted.pid).not.toBe(owner.pid);
+  }, 150_000);
+
+  it('a client sending garbage is disconnected while another client keeps working', async () => {
+    const net = await import('node:net');
+    const garbage = net.connect(cluster.port, '127.0.0.1');
+    await new Promise((resolve) => garbage.once('connect', resolve));
+    garbage.resume(); // read the greeting, so that the server's close reaches us
+    const closed = new Promise((resolve) => garbage.once('close', resolve));
+    garbage.write(Buffer.alloc(64, 0xff));
+    const io = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x77 0 4096', '-c', 'read -P 0x77 0 4096', cluster.uri()]);
+    expect(io.code, io.stderr).toBe(0);
+    await closed;
+  });
+
+  it('after a clean stop, keel up on the same data directory serves the same data', async () => {
+    expect(await cluster.stop()).toBe(0);
+    await cluster.startUp();
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xab 1000 3095', '-c', 'read -P 0x22 12345 70000', cluster.uri('qio')]);
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+    const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(work, 'image.raw'), cluster.uri('img')]);
+    expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+  }, 120_000);
+});
