@@ -22,7 +22,8 @@ export type KeelErrorCode =
   | 'NO_OWNER' // no router could be reached for the volume within the deadline
   | 'READ_ONLY'
   | 'CLOSED' // the object was closed while the operation was pending
-  | 'BUSY';
+  | 'BUSY'
+  | 'OBJECT_NOT_FOUND'; // a backend object or fragment does not exist
 
 export class KeelError extends Error {
   readonly code: KeelErrorCode;
@@ -101,6 +102,9 @@ export class KeelError extends Error {
   }
   static closed(what: string) {
     return new KeelError('CLOSED', `${what} is closed`);
+  }
+  static objectNotFound(what: string, details?: Record<string, unknown>) {
+    return new KeelError('OBJECT_NOT_FOUND', `${what} does not exist`, details);
   }
   static busy(what: string) {
     return new KeelError('BUSY', `${what} is busy`);

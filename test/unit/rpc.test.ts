@@ -198,10 +198,11 @@ describe('requests', () => {
     const { handler, stats } = echoHandler();
     const server = await startServer(handler);
     const client = await connect(server.address);
-    const pending = client.request({ op: 'hang' });
+    // Observe the rejection from the start: it lands while server.close() is still being awaited.
+    const failure = client.request({ op: 'hang' }).then(() => undefined, (err: unknown) => err);
     await delay(20);
     await server.close();
-    await expect(pending).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    expect(await failure).toMatchObject({ code: 'CONNECTION_CLOSED' });
     expect(client.currentStatus.state).toBe('closed');
     await expect(client.request({ op: 'echo', value: 1 })).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
     expect(stats.sessionsClosed).toBe(1);

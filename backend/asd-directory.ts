@@ -1,0 +1,158 @@
+/**
+ * An ASD on a local directory (the embedded default): one file per key under `root`, keys with '/' become
+ * subdirectories. PUT is atomic (temp file, writev, fsync, rename, fsync of the directory); ranged reads
+ * are one positional read. Local file calls cannot be cancelled, so an aborted call is abandoned (its
+ * result ignored) rather than interrupted.
+ */
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { KeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
+import { abortable, type Asd } from './asd.ts';
+
+const tempMarker = '.tmp-';
+
+export class DirectoryAsd implements Asd {
+  constructor(
+    readonly id: string,
+    readonly root: string,
+  ) {}
+
+  async put(key: string, buffers: readonly Buffer[], signal?: AbortSignal): Promise<void> {
+    const target = this.pathOf(key);
+    await abortable(this.writeAtomic(target, buffers), signal, `put ${key} on ${this.id}`);
+  }
+
+  async getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
+    const file = this.pathOf(key);
+    return abortable(this.readAt(file, offset, length), signal, `getRange ${key} on ${this.id}`);
+  }
+
+  async get(key: string, signal?: AbortSignal): Promise<Buffer> {
+    const file = this.pathOf(key);
+    try {
+      return await fs.readFile(file, signal ? { signal } : {});
+    } catch (err) {
+      throw this.wrap('get', key, err);
+    }
+  }
+
+  async delete(key: string, signal?: AbortSignal): Promise<void> {
+    const file = this.pathOf(key);
+    await abortable(
+      fs.rm(file, { force: true }).catch((err) => {
+        throw this.wrap('delete', key, err);
+      }),
+      signal,
+      `delete ${key} on ${this.id}`,
+    );
+  }
+
+  async list(prefix: string, signal?: AbortSignal): Promise<string[]> {
+    return abortable(this.walk(prefix), signal, `list ${prefix} on ${this.id}`);
+  }
+
+  private pathOf(key: string): string {
+    const parts = key.split('/');
+    if (key.length === 0 || key.includes('\0') || key.includes(tempMarker) || parts.some((p) => p === '' || p === '.' || p === '..'))
+      throw KeelError.badArgument(`ASD key '${key}' is not a relative path of plain names`);
+    return path.join(this.root, ...parts);
+  }
+
+  private async writeAtomic(target: string, buffers: readonly Buffer[]): Promise<void> {
+    const dir = path.dirname(target);
+    const temp = `${target}${tempMarker}${randomBytes(6).toString('hex')}`;
+    try {
+      await fs.mkdir(dir, { recursive: true });
+      const handle = await fs.open(temp, 'wx');
+      try {
+        await writeAll(handle, buffers);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await fs.rename(temp, target);
+      const dirHandle = await fs.open(dir, 'r');
+      try {
+        await dirHandle.sync();
+      } finally {
+        await dirHandle.close();
+      }
+    } catch (err) {
+      await fs.rm(temp, { force: true }).catch(() => {});
+      throw this.wrap('put', target, err);
+    }
+  }
+
+  private async readAt(file: string, offset: number, length: number): Promise<Buffer> {
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(file, 'r');
+    } catch (err) {
+      throw this.wrap('getRange', file, err);
+    }
+    try {
+      const target = Buffer.allocUnsafe(length);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(target, done, length - done, offset + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done === length ? target : target.subarray(0, done);
+    } catch (err) {
+      throw this.wrap('getRange', file, err);
+    } finally {
+      await handle.close();
+    }
+  }
+
+  private async walk(prefix: string): Promise<string[]> {
+    const keys: string[] = [];
+    const visit = async (dir: string, keyPrefix: string): Promise<void> => {
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await fs.readdir(dir, { withFileTypes: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+        throw this.wrap('list', dir, err);
+      }
+      for (const entry of entries) {
+        const key = keyPrefix + entry.name;
+        if (entry.isDirectory()) {
+          // Only descend where the prefix can still match.
+          if (prefix.startsWith(key + '/') || (key + '/').startsWith(prefix)) await visit(path.join(dir, entry.name), key + '/');
+        } else if (key.startsWith(prefix) && !entry.name.includes(tempMarker)) {
+          if (keys.length >= limits.backendListKeysMax)
+            throw KeelError.io(`list ${prefix} on ${this.id}: more than ${limits.backendListKeysMax} keys`);
+          keys.push(key);
+        }
+      }
+    };
+    await visit(this.root, '');
+    return keys.sort();
+  }
+
+  private wrap(op: string, what: string, err: unknown): KeelError {
+    if (err instanceof KeelError) return err;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      return KeelError.objectNotFound(`${what} on ASD ${this.id}`, { asd: this.id, op });
+    return KeelError.io(`${op} ${what} on ASD ${this.id} failed: ${(err as Error).message}`, err, { asd: this.id, op });
+  }
+}
+
+async function writeAll(handle: fs.FileHandle, buffers: readonly Buffer[]): Promise<void> {
+  // writev takes at most IOV_MAX (1024) buffers per call and may write short: loop.
+  let pending = buffers.filter((b) => b.length > 0);
+  while (pending.length > 0) {
+    const batch = pending.slice(0, 1024);
+    const { bytesWritten } = await handle.writev(batch);
+    let left = bytesWritten;
+    let consumed = 0;
+    while (consumed < batch.length && left >= batch[consumed]!.length) left -= batch[consumed++]!.length;
+    const rest = pending.slice(consumed);
+    if (left > 0) rest[0] = rest[0]!.subarray(left);
+    pending = rest;
+  }
+}

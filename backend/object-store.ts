@@ -1,0 +1,839 @@
+/**
+ * ErasureObjectStore: immutable objects (closed SCOs, TLogs) stored as k data + m parity fragments on
+ * distinct ASDs, read back by byte range (like Open vStorage's ALBA proxy). Format, placement, partial and
+ * degraded reads, repair: docs/backend-format.md.
+ *
+ * - putObject: stripes the stored stream over k data fragments, encodes m parity units per stripe, PUTs
+ *   all k+m fragments in parallel (bounded), each with retries and exponential backoff.
+ * - readRange: reads only the blocks of the data fragment(s) holding the range, verified against the
+ *   fragment's crc table (cached in a bounded LRU). A missing fragment, an ASD error or timeout, a crc
+ *   mismatch, or a caller's `verify` rejecting the bytes falls back to decoding the stripe from any k
+ *   other fragments, and the checksum error is counted against the ASD that served the bad bytes.
+ * - verifyObject / repairObject: check every fragment end to end; rebuild and rewrite the bad ones.
+ */
+import { randomBytes } from 'node:crypto';
+import { KeelError, isKeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
+import { silentLogger, type Logger } from '../shared/logger.ts';
+import { abortable, type Asd } from './asd.ts';
+import { emptyAsdCounters, emptyObjectStoreCounters, type AsdCounters, type ObjectStoreCounters } from './backend-stats.ts';
+import { ChunkTransform } from './chunk-transform.ts';
+import { ConcurrencyGate, mapBounded } from './concurrency-gate.ts';
+import { ErasureCodec } from './erasure-codec.ts';
+import {
+  blockAlignedWindow,
+  computeBlockCrcTable,
+  decodeChunkIndex,
+  decodeFragmentHeader,
+  encodeChunkIndex,
+  encodeFragmentHeader,
+  firstBadBlock,
+  fragmentFlagAesGcm,
+  fragmentFlagLz4,
+  fragmentHeaderBytes,
+  fragmentKey,
+  fragmentLayout,
+  geometryOf,
+  mapStoredRange,
+  objectNameHash,
+  putIdBytes,
+  sameGeometry,
+  stripeGeometry,
+  tablesCrc,
+  type ChunkIndex,
+  type ChunkIndexEntry,
+  type FragmentHeader,
+  type FragmentPiece,
+  type ObjectGeometry,
+} from './fragment-format.ts';
+import { Placement } from './placement.ts';
+import { checkPreset, describePreset, presetTransformsChunks, type Preset } from './preset.ts';
+
+export interface ErasureObjectStoreOptions {
+  asds: readonly Asd[];
+  preset: Preset;
+  logger?: Logger;
+  requestTimeoutMs?: number;
+  retriesMax?: number;
+  retryBackoffBaseMs?: number;
+  retryBackoffMaxMs?: number;
+  requestsInFlightMax?: number;
+  headerCacheEntriesMax?: number;
+  headerCacheBytesMax?: number;
+}
+
+export interface ReadRangeOptions {
+  /**
+   * The caller's own check of the bytes (e.g. the router's per-cluster crc32c). Returning false makes the
+   * store re-read the range by decoding from other fragments, blaming the ASD whose bytes differ.
+   */
+  verify?: (data: Buffer) => boolean;
+}
+
+export type FragmentState = 'ok' | 'missing' | 'corrupt' | 'unreachable';
+
+export interface FragmentStatus {
+  fragmentIndex: number;
+  asdId: string;
+  state: FragmentState;
+  detail?: string;
+}
+
+export interface ObjectVerification {
+  name: string;
+  k: number;
+  m: number;
+  fragments: FragmentStatus[];
+  healthyFragments: number;
+  /** Every fragment is ok. */
+  healthy: boolean;
+  /** At least k fragments are ok: the object can be read and repaired. */
+  readable: boolean;
+}
+
+export interface ObjectInfo {
+  name: string;
+  sizeBytes: number;
+  storedSizeBytes: number;
+  k: number;
+  m: number;
+  asdIds: string[];
+}
+
+/** What the store keeps per object for partial reads: its geometry, placement and verified tables. */
+interface ObjectMeta {
+  name: string;
+  geometry: ObjectGeometry;
+  /** ASD index of fragment i. */
+  asdIndices: number[];
+  /** Block crc table of fragment i, loaded on first use. */
+  tables: (Buffer | undefined)[];
+  chunkIndex?: ChunkIndex;
+  transform?: ChunkTransform;
+  cacheBytes: number;
+}
+
+interface FragmentRead {
+  index: number;
+  status: FragmentStatus;
+  header?: FragmentHeader;
+  body?: Buffer;
+  indexBytes?: Buffer;
+}
+
+const objectNamePattern = /^[A-Za-z0-9._\-/]+$/;
+const objectNameLengthMax = 512;
+
+export class ErasureObjectStore {
+  readonly preset: Preset;
+  private readonly asds: readonly Asd[];
+  private readonly placement: Placement;
+  private readonly log: Logger;
+  private readonly gate: ConcurrencyGate;
+  private readonly codecs = new Map<string, ErasureCodec>();
+  private readonly cache = new Map<string, ObjectMeta>();
+  private cacheBytes = 0;
+  private readonly counters: AsdCounters[];
+  private readonly storeCounters: ObjectStoreCounters = emptyObjectStoreCounters();
+  private readonly requestTimeoutMs: number;
+  private readonly retriesMax: number;
+  private readonly retryBackoffBaseMs: number;
+  private readonly retryBackoffMaxMs: number;
+  private readonly headerCacheEntriesMax: number;
+  private readonly headerCacheBytesMax: number;
+
+  constructor(options: ErasureObjectStoreOptions) {
+    checkPreset(options.preset, options.asds.length);
+    const ids = options.asds.map((a) => a.id);
+    if (new Set(ids).size !== ids.length) throw KeelError.badConfig('backend: ASD ids must be distinct', { ids });
+    this.preset = options.preset;
+    this.asds = options.asds;
+    this.placement = new Placement(ids);
+    this.log = options.logger ?? silentLogger();
+    this.requestTimeoutMs = options.requestTimeoutMs ?? limits.backendRequestTimeoutMs;
+    this.retriesMax = options.retriesMax ?? limits.backendRetriesMax;
+    this.retryBackoffBaseMs = options.retryBackoffBaseMs ?? limits.backendRetryBackoffBaseMs;
+    this.retryBackoffMaxMs = options.retryBackoffMaxMs ?? limits.backendRetryBackoffMaxMs;
+    this.gate = new ConcurrencyGate(options.requestsInFlightMax ?? limits.backendFragmentRequestsInFlightMax);
+    this.headerCacheEntriesMax = options.headerCacheEntriesMax ?? limits.backendHeaderCacheEntriesMax;
+    this.headerCacheBytesMax = options.headerCacheBytesMax ?? limits.backendHeaderCacheBytesMax;
+    this.counters = ids.map(emptyAsdCounters);
+    this.log.info({ preset: describePreset(this.preset), asds: ids }, 'backend object store ready');
+  }
+
+  // ---------------------------------------------------------------- put
+
+  async putObject(name: string, data: Buffer | readonly Buffer[]): Promise<void> {
+    checkObjectName(name);
+    const plain = Buffer.isBuffer(data) ? [data] : data;
+    const objectSizeBytes = plain.reduce((sum, b) => sum + b.length, 0);
+    if (objectSizeBytes > limits.backendObjectSizeBytesMax)
+      throw KeelError.badArgument(`object ${name} has ${objectSizeBytes} bytes, more than ${limits.backendObjectSizeBytesMax}`);
+    const { k, m } = this.preset;
+    const nameHash = objectNameHash(name);
+    const transformed = presetTransformsChunks(this.preset);
+    let stored: readonly Buffer[] = plain;
+    let entries: ChunkIndexEntry[] = [];
+    if (transformed) ({ stored, entries } = await this.transformChunks(plain, objectSizeBytes, nameHash));
+    const storedSizeBytes = stored.reduce((sum, b) => sum + b.length, 0);
+    const { stripeUnitBytes, stripeCount } = stripeGeometry(storedSizeBytes, k, this.preset.stripeUnitBytes);
+    const geometry: ObjectGeometry = {
+      k,
+      m,
+      flags: (this.preset.compression === 'lz4' ? fragmentFlagLz4 : 0) | (this.preset.encryption === 'aes-256-gcm' ? fragmentFlagAesGcm : 0),
+      nameHash,
+      objectSizeBytes,
+      storedSizeBytes,
+      stripeUnitBytes,
+      stripeCount,
+      chunkSizeBytes: transformed ? this.preset.chunkSizeBytes : 0,
+      chunkCount: entries.length,
+      putId: randomBytes(putIdBytes),
+    };
+    const bodies = await this.encodeBodies(geometry, stored);
+    const indexBytes = encodeChunkIndex(entries);
+    const asdIndices = this.placement.place(name, k + m);
+    this.forget(name);
+    const failures: string[] = [];
+    await Promise.all(
+      bodies.map(async (body, i) => {
+        const buffers = this.fragmentBuffers(geometry, i, body, indexBytes);
+        try {
+          await this.withRetries(`put ${fragmentKey(name, i)}`, () =>
+            this.request(asdIndices[i]!, 'write', (asd, signal) => asd.put(fragmentKey(name, i), buffers, signal)),
+          );
+          this.counters[asdIndices[i]!]!.bytesWritten += buffers.reduce((sum, b) => sum + b.length, 0);
+        } catch (err) {
+          failures.push(`fragment ${i} on ASD ${this.asds[asdIndices[i]!]!.id}: ${(err as Error).message}`);
+        }
+      }),
+    );
+    this.forget(name); // a read racing the put may have cached a half-written object's metadata
+    if (failures.length > 0)
+      throw KeelError.io(`put of object ${name} failed: ${failures.length} of ${k + m} fragments not stored: ${failures.join('; ')}`, undefined, {
+        object: name,
+        failures,
+      });
+    this.storeCounters.objectsPut++;
+  }
+
+  /** Chunks the plain bytes and compresses/encrypts each chunk on its own. */
+  private async transformChunks(plain: readonly Buffer[], sizeBytes: number, nameHash: Buffer) {
+    const chunkSize = this.preset.chunkSizeBytes;
+    const transform = new ChunkTransform(this.preset, nameHash);
+    const chunkCount = Math.ceil(sizeBytes / chunkSize);
+    const results = await mapBounded(
+      Array.from({ length: chunkCount }, (_, c) => c),
+      limits.backendCodecStripesInFlightMax,
+      (c) => transform.encode(sliceConcat(plain, c * chunkSize, Math.min(chunkSize, sizeBytes - c * chunkSize)), c),
+    );
+    return { stored: results.map((r) => r.stored), entries: results.map((r) => r.entry) };
+  }
+
+  /** Stripes the stored stream and computes parity: returns the body pieces of each of the k+m fragments. */
+  private async encodeBodies(g: ObjectGeometry, stored: readonly Buffer[]): Promise<Buffer[][]> {
+    const unit = g.stripeUnitBytes;
+    const stripeBytes = g.k * unit;
+    const codec = this.codec(g.k, g.m);
+    const bodies: Buffer[][] = Array.from({ length: g.k + g.m }, () => []);
+    const stripes = Array.from({ length: g.stripeCount }, (_, s) => s);
+    const encoded = await mapBounded(stripes, limits.backendCodecStripesInFlightMax, async (s) => {
+      // Zero-copy when the stripe lies inside one input buffer; otherwise gathered (and zero-padded).
+      const data = sliceConcat(stored, s * stripeBytes, stripeBytes, true);
+      const parity = Buffer.allocUnsafe(g.m * unit);
+      await codec.encodeStripe(data, 0, parity, 0, unit);
+      return { data, parity };
+    });
+    for (const { data, parity } of encoded) {
+      for (let i = 0; i < g.k; i++) bodies[i]!.push(data.subarray(i * unit, (i + 1) * unit));
+      for (let j = 0; j < g.m; j++) bodies[g.k + j]!.push(parity.subarray(j * unit, (j + 1) * unit));
+    }
+    return bodies;
+  }
+
+  private fragmentBuffers(g: ObjectGeometry, index: number, body: readonly Buffer[], indexBytes: Buffer): Buffer[] {
+    const table = computeBlockCrcTable(body);
+    const header = encodeFragmentHeader({ ...g, fragmentIndex: index, tablesCrc: tablesCrc(table, indexBytes) });
+    return [header, table, indexBytes, ...body];
+  }
+
+  // ---------------------------------------------------------------- read
+
+  async statObject(name: string): Promise<ObjectInfo> {
+    checkObjectName(name);
+    const meta = await this.loadMeta(name);
+    return {
+      name,
+      sizeBytes: meta.geometry.objectSizeBytes,
+      storedSizeBytes: meta.geometry.storedSizeBytes,
+      k: meta.geometry.k,
+      m: meta.geometry.m,
+      asdIds: meta.asdIndices.map((i) => this.asds[i]!.id),
+    };
+  }
+
+  async readRange(name: string, offset: number, length: number, options: ReadRangeOptions = {}): Promise<Buffer> {
+    checkObjectName(name);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0)
+      throw KeelError.badArgument(`readRange ${name}: bad range [${offset}, +${length})`);
+    const meta = await this.loadMeta(name);
+    const size = meta.geometry.objectSizeBytes;
+    if (offset + length > size) throw KeelError.outOfRange(offset, length, size);
+    this.storeCounters.rangeReads++;
+    if (length === 0) return Buffer.alloc(0);
+    const first = meta.transform ? await this.readTransformed(meta, offset, length, false) : await this.readStored(meta, offset, length, false);
+    if (!options.verify || options.verify(first.data)) return first.data;
+    // The caller's checksum disagrees with bytes whose block crcs matched: decode the range from the other
+    // fragments and blame whichever ASD served bytes that differ.
+    this.log.warn({ object: name, offset, length }, 'caller rejected backend bytes: re-reading by decoding');
+    const second = meta.transform ? await this.readTransformed(meta, offset, length, true) : await this.readStored(meta, offset, length, true);
+    if (options.verify(second.data)) return second.data;
+    throw KeelError.checksumMismatch(`object ${name} range [${offset}, +${length}) (decoded bytes fail the caller's check too)`, {
+      object: name,
+      offset,
+      length,
+    });
+  }
+
+  /**
+   * Reads stored bytes [storedOffset, +length). `avoidDirect`: decode every piece from the other fragments
+   * and compare with what the direct path served (re-read after a failed end-to-end check).
+   */
+  private async readStored(meta: ObjectMeta, storedOffset: number, length: number, avoidDirect: boolean): Promise<{ data: Buffer }> {
+    const pieces = mapStoredRange(meta.geometry, storedOffset, length);
+    const parts = await Promise.all(pieces.map((piece) => (avoidDirect ? this.recheckPiece(meta, piece) : this.readPiece(meta, piece))));
+    if (parts.length === 1) return { data: parts[0]! };
+    return { data: Buffer.concat(parts, length) };
+  }
+
+  private async readTransformed(meta: ObjectMeta, offset: number, length: number, avoidDirect: boolean): Promise<{ data: Buffer }> {
+    const g = meta.geometry;
+    const index = meta.chunkIndex!;
+    const firstChunk = Math.floor(offset / g.chunkSizeBytes);
+    const lastChunk = Math.floor((offset + length - 1) / g.chunkSizeBytes);
+    const storedStart = index.storedOffsets[firstChunk]!;
+    const storedEnd = index.storedOffsets[lastChunk + 1]!;
+    const decodeAll = async (stored: Buffer) => {
+      const plains: Buffer[] = [];
+      for (let c = firstChunk; c <= lastChunk; c++) {
+        const from = index.storedOffsets[c]! - storedStart;
+        const to = index.storedOffsets[c + 1]! - storedStart;
+        const plainLength = Math.min(g.chunkSizeBytes, g.objectSizeBytes - c * g.chunkSizeBytes);
+        plains.push(await meta.transform!.decode(stored.subarray(from, to), c, index.compressed[c] === 1, index.plainCrcs[c]!, plainLength));
+      }
+      const joined = plains.length === 1 ? plains[0]! : Buffer.concat(plains);
+      const skip = offset - firstChunk * g.chunkSizeBytes;
+      return joined.subarray(skip, skip + length);
+    };
+    const { data: stored } = await this.readStored(meta, storedStart, storedEnd - storedStart, avoidDirect);
+    try {
+      return { data: await decodeAll(stored) };
+    } catch (err) {
+      if (avoidDirect || !isKeelError(err, 'CHECKSUM_MISMATCH')) throw err;
+      this.log.warn({ object: meta.name, err: (err as Error).message }, 'chunk failed its check: re-reading by decoding');
+      const again = await this.readStored(meta, storedStart, storedEnd - storedStart, true);
+      return { data: await decodeAll(again.data) };
+    }
+  }
+
+  /** One piece: straight from its data fragment, else decoded from the others. */
+  private async readPiece(meta: ObjectMeta, piece: FragmentPiece): Promise<Buffer> {
+    try {
+      return await this.readBodyRange(meta, piece.fragmentIndex, piece.bodyOffset, piece.length);
+    } catch (err) {
+      if (!isKeelError(err) || err.code === 'BAD_ARGUMENT') throw err;
+      this.storeCounters.degradedReads++;
+      this.log.warn(
+        { object: meta.name, fragment: piece.fragmentIndex, asd: this.asdIdOf(meta, piece.fragmentIndex), err: err.message },
+        'fragment unreadable: decoding from the others',
+      );
+      return this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]));
+    }
+  }
+
+  /** Decodes a piece without its fragment and compares with the direct bytes; blames the ASD on a difference. */
+  private async recheckPiece(meta: ObjectMeta, piece: FragmentPiece): Promise<Buffer> {
+    this.storeCounters.degradedReads++;
+    const decoded = await this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]));
+    const direct = await this.readBodyRange(meta, piece.fragmentIndex, piece.bodyOffset, piece.length).catch(() => undefined);
+    if (direct && !direct.equals(decoded)) {
+      const asd = meta.asdIndices[piece.fragmentIndex]!;
+      this.counters[asd]!.checksumErrors++;
+      this.log.warn({ object: meta.name, fragment: piece.fragmentIndex, asd: this.asds[asd]!.id }, 'fragment bytes differ from decoded bytes');
+    }
+    return decoded;
+  }
+
+  /**
+   * Reads body bytes of one fragment, widened to whole 4 KiB blocks and checked against the fragment's
+   * crc table. Throws (IO, TIMEOUT, OBJECT_NOT_FOUND, CORRUPT, CHECKSUM_MISMATCH) on any problem.
+   */
+  private async readBodyRange(meta: ObjectMeta, fragment: number, bodyOffset: number, length: number): Promise<Buffer> {
+    const asd = meta.asdIndices[fragment]!;
+    const { start, end } = blockAlignedWindow(bodyOffset, length);
+    const bodyStart = fragmentLayout(meta.geometry).bodyOffset;
+    const key = fragmentKey(meta.name, fragment);
+    const [table, data] = await Promise.all([
+      this.fragmentTable(meta, fragment),
+      this.request(asd, 'read', (a, signal) => a.getRange(key, bodyStart + start, end - start, signal)),
+    ]);
+    this.counters[asd]!.bytesRead += data.length;
+    if (data.length !== end - start)
+      throw KeelError.corrupt(`fragment ${key} on ASD ${this.asds[asd]!.id}: short read of ${data.length} of ${end - start} bytes`);
+    const bad = firstBadBlock(table, start, data);
+    if (bad >= 0) {
+      this.counters[asd]!.checksumErrors++;
+      throw KeelError.checksumMismatch(`fragment ${key} block ${bad} on ASD ${this.asds[asd]!.id}`, { asd: this.asds[asd]!.id, block: bad });
+    }
+    return data.subarray(bodyOffset - start, bodyOffset - start + length);
+  }
+
+  private async readPieceDegraded(meta: ObjectMeta, piece: FragmentPiece, excluded: Set<number>): Promise<Buffer> {
+    const g = meta.geometry;
+    if (g.k === 1) return this.readFromReplica(meta, piece, excluded);
+    const unit = g.stripeUnitBytes;
+    const out = Buffer.allocUnsafe(piece.length);
+    const firstStripe = Math.floor(piece.bodyOffset / unit);
+    const lastStripe = Math.floor((piece.bodyOffset + piece.length - 1) / unit);
+    for (let s = firstStripe; s <= lastStripe; s++) {
+      const units = await this.decodeStripe(meta, s, excluded);
+      const from = Math.max(piece.bodyOffset, s * unit);
+      const to = Math.min(piece.bodyOffset + piece.length, (s + 1) * unit);
+      units[piece.fragmentIndex]!.copy(out, from - piece.bodyOffset, from - s * unit, to - s * unit);
+    }
+    return out;
+  }
+
+  /** k = 1: every fragment is a full copy, so the same range is read from the next healthy replica. */
+  private async readFromReplica(meta: ObjectMeta, piece: FragmentPiece, excluded: Set<number>): Promise<Buffer> {
+    const errors: string[] = [];
+    for (let f = 0; f < meta.geometry.k + meta.geometry.m; f++) {
+      if (excluded.has(f)) continue;
+      try {
+        return await this.readBodyRange(meta, f, piece.bodyOffset, piece.length);
+      } catch (err) {
+        errors.push(`fragment ${f}: ${(err as Error).message}`);
+      }
+    }
+    throw this.tooFewFragments(meta, 0, errors);
+  }
+
+  /** Reads stripe `s` from any k readable fragments outside `excluded` and rebuilds all its units. */
+  private async decodeStripe(meta: ObjectMeta, stripe: number, excluded: Set<number>): Promise<Buffer[]> {
+    const g = meta.geometry;
+    const unit = g.stripeUnitBytes;
+    const n = g.k + g.m;
+    const candidates = Array.from({ length: n }, (_, f) => f).filter((f) => !excluded.has(f));
+    const units: (Buffer | undefined)[] = new Array(n).fill(undefined);
+    const errors: string[] = [];
+    let next = 0;
+    let good = 0;
+    // Start k reads; every failure starts the next candidate, until k units are in or none is left.
+    const worker = async (): Promise<void> => {
+      while (good < g.k && next < candidates.length) {
+        const f = candidates[next++]!;
+        try {
+          units[f] = await this.readBodyRange(meta, f, stripe * unit, unit);
+          good++;
+        } catch (err) {
+          errors.push(`fragment ${f} on ASD ${this.asdIdOf(meta, f)}: ${(err as Error).message}`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(g.k, candidates.length) }, worker));
+    if (good < g.k) throw this.tooFewFragments(meta, stripe, errors);
+    this.storeCounters.stripesDecoded++;
+    // Only k units feed the decode; extra ones read by racing workers are dropped.
+    let kept = 0;
+    const sources = units.map((u) => (u && kept++ < g.k ? u : undefined));
+    return this.codec(g.k, g.m).reconstructStripe(sources, unit);
+  }
+
+  private tooFewFragments(meta: ObjectMeta, stripe: number, errors: string[]): KeelError {
+    const g = meta.geometry;
+    return KeelError.io(
+      `object ${meta.name}: stripe ${stripe} cannot be read: more than m=${g.m} of its ${g.k + g.m} fragments are missing or bad (${errors.join('; ')})`,
+      undefined,
+      { object: meta.name, stripe, k: g.k, m: g.m, errors },
+    );
+  }
+
+  // ---------------------------------------------------------------- metadata (headers + tables, LRU)
+
+  private async loadMeta(name: string): Promise<ObjectMeta> {
+    const cached = this.cache.get(name);
+    if (cached) {
+      this.storeCounters.headerCacheHits++;
+      this.cache.delete(name); // re-insert: Map order is the LRU order
+      this.cache.set(name, cached);
+      return cached;
+    }
+    this.storeCounters.headerCacheMisses++;
+    const nameHash = objectNameHash(name);
+    let n = this.preset.k + this.preset.m;
+    let asdIndices = this.placement.place(name, n);
+    const errors: string[] = [];
+    let notFound = 0;
+    for (let f = 0; f < n; f++) {
+      const key = fragmentKey(name, f);
+      try {
+        const buf = await this.request(asdIndices[f]!, 'read', (a, signal) => a.getRange(key, 0, fragmentHeaderBytes, signal));
+        this.counters[asdIndices[f]!]!.bytesRead += buf.length;
+        const header = decodeFragmentHeader(buf, nameHash, `header of ${key}`);
+        if (header.fragmentIndex !== f) throw KeelError.corrupt(`header of ${key}: says fragment ${header.fragmentIndex}`);
+        // The object may predate a preset change: its own k+m decides where its fragments are.
+        if (header.k + header.m !== n) {
+          n = header.k + header.m;
+          asdIndices = this.placement.place(name, n);
+        }
+        const meta: ObjectMeta = {
+          name,
+          geometry: geometryOf(header),
+          asdIndices,
+          tables: new Array(n).fill(undefined),
+          cacheBytes: 200,
+        };
+        if (header.flags !== 0) await this.loadChunkIndex(meta);
+        this.remember(meta);
+        return meta;
+      } catch (err) {
+        if (isKeelError(err, 'OBJECT_NOT_FOUND')) notFound++;
+        else if (isKeelError(err, 'CORRUPT')) this.counters[asdIndices[f]!]!.checksumErrors++;
+        errors.push(`fragment ${f}: ${(err as Error).message}`);
+      }
+    }
+    if (notFound === n) throw KeelError.objectNotFound(`object ${name}`, { object: name });
+    throw KeelError.io(`object ${name}: no fragment header could be read (${errors.join('; ')})`, undefined, { object: name, errors });
+  }
+
+  private async loadChunkIndex(meta: ObjectMeta): Promise<void> {
+    const g = meta.geometry;
+    if (g.flags & fragmentFlagAesGcm && !this.preset.encryptionKey)
+      throw KeelError.badConfig(`object ${meta.name} is encrypted but the preset has no key`);
+    const errors: string[] = [];
+    for (let f = 0; f < g.k + g.m; f++) {
+      try {
+        const { indexBytes } = await this.loadFragmentTables(meta, f);
+        meta.chunkIndex = decodeChunkIndex(indexBytes, g);
+        meta.transform = new ChunkTransform(
+          {
+            compression: g.flags & fragmentFlagLz4 ? 'lz4' : 'none',
+            encryption: g.flags & fragmentFlagAesGcm ? 'aes-256-gcm' : 'none',
+            ...(this.preset.encryptionKey ? { encryptionKey: this.preset.encryptionKey } : {}),
+          },
+          g.nameHash,
+        );
+        meta.cacheBytes += indexBytes.length * 2;
+        return;
+      } catch (err) {
+        errors.push(`fragment ${f}: ${(err as Error).message}`);
+      }
+    }
+    throw KeelError.io(`object ${meta.name}: no chunk index could be read (${errors.join('; ')})`, undefined, { errors });
+  }
+
+  private async fragmentTable(meta: ObjectMeta, fragment: number): Promise<Buffer> {
+    return meta.tables[fragment] ?? (await this.loadFragmentTables(meta, fragment)).table;
+  }
+
+  /** One GET of header + crc table + chunk index of a fragment, all verified; the table is cached. */
+  private async loadFragmentTables(meta: ObjectMeta, fragment: number): Promise<{ table: Buffer; indexBytes: Buffer }> {
+    const layout = fragmentLayout(meta.geometry);
+    const asd = meta.asdIndices[fragment]!;
+    const key = fragmentKey(meta.name, fragment);
+    const buf = await this.request(asd, 'read', (a, signal) => a.getRange(key, 0, layout.bodyOffset, signal));
+    this.counters[asd]!.bytesRead += buf.length;
+    try {
+      const header = decodeFragmentHeader(buf, meta.geometry.nameHash, `header of ${key}`);
+      if (header.fragmentIndex !== fragment || !sameGeometry(header, meta.geometry))
+        throw KeelError.corrupt(`header of ${key}: belongs to another put of the object`);
+      if (buf.length !== layout.bodyOffset) throw KeelError.corrupt(`tables of ${key}: short`);
+      const table = Buffer.from(buf.subarray(layout.tableOffset, layout.indexOffset));
+      const indexBytes = buf.subarray(layout.indexOffset, layout.bodyOffset);
+      if (tablesCrc(table, indexBytes) !== header.tablesCrc) throw KeelError.corrupt(`tables of ${key}: crc mismatch`);
+      if (!meta.tables[fragment]) {
+        meta.tables[fragment] = table;
+        this.growCached(meta, table.length);
+      }
+      return { table, indexBytes };
+    } catch (err) {
+      this.counters[asd]!.checksumErrors++;
+      throw err;
+    }
+  }
+
+  private remember(meta: ObjectMeta): void {
+    this.forget(meta.name);
+    this.cache.set(meta.name, meta);
+    this.cacheBytes += meta.cacheBytes;
+    this.evict();
+  }
+
+  private growCached(meta: ObjectMeta, bytes: number): void {
+    meta.cacheBytes += bytes;
+    if (this.cache.get(meta.name) === meta) {
+      this.cacheBytes += bytes;
+      this.evict();
+    }
+  }
+
+  private evict(): void {
+    while (this.cache.size > this.headerCacheEntriesMax || (this.cacheBytes > this.headerCacheBytesMax && this.cache.size > 1)) {
+      const oldest = this.cache.keys().next().value as string;
+      this.forget(oldest);
+    }
+  }
+
+  private forget(name: string): void {
+    const meta = this.cache.get(name);
+    if (!meta) return;
+    this.cache.delete(name);
+    this.cacheBytes -= meta.cacheBytes;
+  }
+
+  // ---------------------------------------------------------------- delete, verify, repair
+
+  async deleteObject(name: string): Promise<void> {
+    checkObjectName(name);
+    let n = this.preset.k + this.preset.m;
+    try {
+      const meta = await this.loadMeta(name);
+      n = meta.geometry.k + meta.geometry.m;
+    } catch (err) {
+      if (isKeelError(err, 'OBJECT_NOT_FOUND')) return;
+      // No header readable: delete where the current preset would have put the fragments.
+    }
+    this.forget(name);
+    const asdIndices = this.placement.place(name, n);
+    const failures: string[] = [];
+    await Promise.all(
+      asdIndices.map(async (asd, f) => {
+        try {
+          await this.withRetries(`delete ${fragmentKey(name, f)}`, () =>
+            this.request(asd, 'write', (a, signal) => a.delete(fragmentKey(name, f), signal)),
+          );
+        } catch (err) {
+          failures.push(`fragment ${f} on ASD ${this.asds[asd]!.id}: ${(err as Error).message}`);
+        }
+      }),
+    );
+    if (failures.length > 0) throw KeelError.io(`delete of object ${name} incomplete: ${failures.join('; ')}`, undefined, { failures });
+  }
+
+  async verifyObject(name: string): Promise<ObjectVerification> {
+    checkObjectName(name);
+    const { verification } = await this.readAllFragments(name);
+    return verification;
+  }
+
+  /** Rewrites every missing or corrupt fragment from k healthy ones. Returns the fragment indices rewritten. */
+  async repairObject(name: string): Promise<{ repaired: number[] }> {
+    checkObjectName(name);
+    const { verification, reads, geometry, asdIndices } = await this.readAllFragments(name);
+    if (verification.healthy) return { repaired: [] };
+    if (!verification.readable || !geometry)
+      throw KeelError.io(
+        `object ${name} cannot be repaired: only ${verification.healthyFragments} healthy fragments, ${verification.k} needed`,
+        undefined,
+        { object: name, fragments: verification.fragments },
+      );
+    const g = geometry;
+    const unit = g.stripeUnitBytes;
+    const bad = reads.filter((r) => r.status.state !== 'ok').map((r) => r.index);
+    const bodies: Buffer[][] = bad.map(() => []);
+    const codec = this.codec(g.k, g.m);
+    const goodReads = reads.filter((r) => r.status.state === 'ok');
+    for (let s = 0; s < g.stripeCount; s++) {
+      const units: (Buffer | undefined)[] = new Array(g.k + g.m).fill(undefined);
+      for (const r of goodReads.slice(0, g.k)) units[r.index] = r.body!.subarray(s * unit, (s + 1) * unit);
+      const rebuilt = await codec.reconstructStripe(units, unit);
+      bad.forEach((f, i) => bodies[i]!.push(rebuilt[f]!));
+    }
+    const indexBytes = goodReads[0]!.indexBytes!;
+    this.forget(name);
+    await Promise.all(
+      bad.map(async (f, i) => {
+        const buffers = this.fragmentBuffers(g, f, bodies[i]!, indexBytes);
+        const asd = asdIndices[f]!;
+        await this.withRetries(`repair ${fragmentKey(name, f)}`, () =>
+          this.request(asd, 'write', (a, signal) => a.put(fragmentKey(name, f), buffers, signal)),
+        );
+        this.counters[asd]!.bytesWritten += buffers.reduce((sum, b) => sum + b.length, 0);
+        this.counters[asd]!.fragmentsRepaired++;
+      }),
+    );
+    this.log.info({ object: name, repaired: bad }, 'object repaired');
+    return { repaired: bad };
+  }
+
+  /**
+   * Downloads and checks every fragment end to end. The object's identity is the put whose fragments are
+   * the most numerous among the valid ones; fragments of another put count as corrupt.
+   */
+  private async readAllFragments(name: string) {
+    let n = this.preset.k + this.preset.m;
+    try {
+      const meta = await this.loadMeta(name);
+      n = meta.geometry.k + meta.geometry.m;
+    } catch (err) {
+      if (isKeelError(err, 'OBJECT_NOT_FOUND')) throw err;
+    }
+    const asdIndices = this.placement.place(name, n);
+    const nameHash = objectNameHash(name);
+    const reads = await Promise.all(asdIndices.map((asd, f) => this.readWholeFragment(name, nameHash, f, asd)));
+    const groups = new Map<string, FragmentRead[]>();
+    for (const r of reads) {
+      if (r.status.state !== 'ok') continue;
+      const id = r.header!.putId.toString('hex');
+      groups.set(id, [...(groups.get(id) ?? []), r]);
+    }
+    const winner = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
+    const geometry = winner[0] ? geometryOf(winner[0].header!) : undefined;
+    for (const r of reads) {
+      if (r.status.state === 'ok' && geometry && !sameGeometry(r.header!, geometry)) {
+        r.status = { ...r.status, state: 'corrupt', detail: 'fragment of another put of this object' };
+        this.counters[asdIndices[r.index]!]!.checksumErrors++;
+      }
+    }
+    const k = geometry?.k ?? this.preset.k;
+    const healthyFragments = reads.filter((r) => r.status.state === 'ok').length;
+    const verification: ObjectVerification = {
+      name,
+      k,
+      m: n - k,
+      fragments: reads.map((r) => r.status),
+      healthyFragments,
+      healthy: healthyFragments === n,
+      readable: healthyFragments >= k,
+    };
+    return { verification, reads, geometry, asdIndices };
+  }
+
+  private async readWholeFragment(name: string, nameHash: Buffer, f: number, asd: number): Promise<FragmentRead> {
+    const key = fragmentKey(name, f);
+    const asdId = this.asds[asd]!.id;
+    const status = (state: FragmentState, detail?: string): FragmentStatus => ({ fragmentIndex: f, asdId, state, ...(detail ? { detail } : {}) });
+    let buf: Buffer;
+    try {
+      buf = await this.request(asd, 'read', (a, signal) => a.get(key, signal));
+      this.counters[asd]!.bytesRead += buf.length;
+    } catch (err) {
+      if (isKeelError(err, 'OBJECT_NOT_FOUND')) return { index: f, status: status('missing') };
+      return { index: f, status: status('unreachable', (err as Error).message) };
+    }
+    try {
+      const header = decodeFragmentHeader(buf, nameHash, `header of ${key}`);
+      const layout = fragmentLayout(header);
+      if (header.fragmentIndex !== f) throw KeelError.corrupt(`${key}: header says fragment ${header.fragmentIndex}`);
+      if (buf.length !== layout.totalBytes) throw KeelError.corrupt(`${key}: ${buf.length} bytes, expected ${layout.totalBytes}`);
+      const table = buf.subarray(layout.tableOffset, layout.indexOffset);
+      const indexBytes = buf.subarray(layout.indexOffset, layout.bodyOffset);
+      if (tablesCrc(table, indexBytes) !== header.tablesCrc) throw KeelError.corrupt(`${key}: tables crc mismatch`);
+      const body = buf.subarray(layout.bodyOffset);
+      const badBlock = firstBadBlock(table, 0, body);
+      if (badBlock >= 0) throw KeelError.checksumMismatch(`${key} block ${badBlock}`);
+      return { index: f, status: status('ok'), header, body, indexBytes };
+    } catch (err) {
+      this.counters[asd]!.checksumErrors++;
+      return { index: f, status: status('corrupt', (err as Error).message) };
+    }
+  }
+
+  // ---------------------------------------------------------------- plumbing
+
+  asdStats(): AsdCounters[] {
+    return this.counters.map((c) => ({ ...c }));
+  }
+
+  stats(): ObjectStoreCounters & { headerCacheEntries: number; headerCacheBytes: number } {
+    return { ...this.storeCounters, headerCacheEntries: this.cache.size, headerCacheBytes: this.cacheBytes };
+  }
+
+  /** Drops cached headers and tables (tests measure cold reads with it). */
+  clearCache(): void {
+    this.cache.clear();
+    this.cacheBytes = 0;
+  }
+
+  private asdIdOf(meta: ObjectMeta, fragment: number): string {
+    return this.asds[meta.asdIndices[fragment]!]!.id;
+  }
+
+  private codec(k: number, m: number): ErasureCodec {
+    const key = `${k}+${m}`;
+    let codec = this.codecs.get(key);
+    if (!codec) this.codecs.set(key, (codec = new ErasureCodec(k, m)));
+    return codec;
+  }
+
+  /** One ASD call under the store's concurrency bound and deadline; counts requests and errors. */
+  private request<T>(asdIndex: number, kind: 'read' | 'write', fn: (asd: Asd, signal: AbortSignal) => Promise<T>): Promise<T> {
+    return this.gate.run(async () => {
+      const asd = this.asds[asdIndex]!;
+      const counters = this.counters[asdIndex]!;
+      counters.requests++;
+      const controller = new AbortController();
+      const timer = setTimeout(
+        () => controller.abort(KeelError.timeout(`request to ASD ${asd.id}`, this.requestTimeoutMs)),
+        this.requestTimeoutMs,
+      );
+      try {
+        // abortable(): an ASD that ignores its signal still cannot hold the caller past the deadline.
+        return await abortable(fn(asd, controller.signal), controller.signal, `request to ASD ${asd.id}`);
+      } catch (err) {
+        if (isKeelError(err, 'OBJECT_NOT_FOUND')) counters.notFound++;
+        else if (isKeelError(err, 'TIMEOUT')) counters.timeouts++;
+        else if (kind === 'read') counters.readErrors++;
+        else counters.writeErrors++;
+        throw err instanceof KeelError ? err : KeelError.io(`request to ASD ${asd.id} failed: ${(err as Error).message}`, err);
+      } finally {
+        clearTimeout(timer);
+      }
+    });
+  }
+
+  private async withRetries<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (attempt >= this.retriesMax || isKeelError(err, 'BAD_ARGUMENT')) throw err;
+        const backoffMs = Math.min(this.retryBackoffMaxMs, this.retryBackoffBaseMs * 2 ** attempt) * (0.5 + Math.random() / 2);
+        this.log.warn({ what, attempt: attempt + 1, backoffMs: Math.round(backoffMs), err: (err as Error).message }, 'backend request failed: retrying');
+        await new Promise((resolve) => setTimeout(resolve, backoffMs));
+      }
+    }
+  }
+}
+
+export function checkObjectName(name: string): void {
+  if (
+    typeof name !== 'string' ||
+    name.length === 0 ||
+    name.length > objectNameLengthMax ||
+    !objectNamePattern.test(name) ||
+    name.split('/').some((part) => part === '' || part === '.' || part === '..') ||
+    name.includes('.tmp-')
+  )
+    throw KeelError.badArgument(`bad object name '${String(name)}': use [A-Za-z0-9._-/] segments, at most ${objectNameLengthMax} characters`);
+}
+
+/**
+ * Bytes [offset, +length) of the concatenation of `buffers`: a subarray when they lie in one buffer, else a
+ * copy. With `pad`, bytes past the end read as zeros (the last stripe's padding).
+ */
+function sliceConcat(buffers: readonly Buffer[], offset: number, length: number, pad = false): Buffer {
+  let base = 0;
+  let i = 0;
+  while (i < buffers.length && base + buffers[i]!.length <= offset) base += buffers[i++]!.length;
+  if (i < buffers.length && offset - base + length <= buffers[i]!.length) return buffers[i]!.subarray(offset - base, offset - base + length);
+  const out = pad ? Buffer.alloc(length) : Buffer.allocUnsafe(length);
+  let written = 0;
+  let pos = offset - base;
+  for (; i < buffers.length && written < length; i++, pos = 0) {
+    const src = buffers[i]!;
+    written += src.copy(out, written, pos, Math.min(src.length, pos + length - written));
+  }
+  if (!pad && written !== length) throw new RangeError(`sliceConcat: ${written} of ${length} bytes`);
+  return out;
+}
