@@ -5,11 +5,12 @@
  * a writer killed mid-update leaves the previous version. Not for more than one host: use Redis there.
  */
 import { promises as fs } from 'node:fs';
+import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { KeelError } from './errors.ts';
 import { limits } from './limits.ts';
-import type { Coordination, RouterRecord, RouterState, VolumeRecord, VolumeSpec } from './coordination.ts';
+import type { Coordination, RouterRecord, RouterState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
 
 const documentVersion = 1;
 
@@ -17,6 +18,7 @@ interface CoordinationDocument {
   version: number;
   routers: Record<string, RouterRecord>;
   volumes: Record<string, VolumeRecord>;
+  vpool?: VpoolConfig;
 }
 
 const emptyDocument = (): CoordinationDocument => ({ version: documentVersion, routers: {}, volumes: {} });
@@ -67,6 +69,7 @@ export class EmbeddedCoordination implements Coordination {
     return this.update((doc) => {
       if (doc.volumes[spec.name]) throw KeelError.volumeExists(spec.name);
       const record: VolumeRecord = {
+        id: randomUUID(),
         name: spec.name,
         sizeBytes: spec.sizeBytes,
         scoSizeBytes: spec.scoSizeBytes,
@@ -112,6 +115,17 @@ export class EmbeddedCoordination implements Coordination {
       record.owner = owner;
       record.ownerEpoch += 1;
       return { ...record };
+    });
+  }
+
+  async getVpool(): Promise<VpoolConfig | undefined> {
+    const doc = await this.read();
+    return doc.vpool && structuredClone(doc.vpool);
+  }
+
+  async setVpool(config: VpoolConfig): Promise<void> {
+    await this.update((doc) => {
+      doc.vpool = structuredClone(config);
     });
   }
 

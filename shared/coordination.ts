@@ -10,6 +10,8 @@ export interface RouterRecord {
   id: string;
   /** Wire protocol address, host:port, where edges connect. */
   address: string;
+  /** Management HTTP address, host:port (status, metrics), when the router serves one. */
+  mgmtAddress?: string;
   pid: number;
   startedAtMs: number;
   heartbeatAtMs: number;
@@ -17,6 +19,8 @@ export interface RouterRecord {
 }
 
 export interface VolumeRecord {
+  /** Unique for the life of the cluster: backend object names use it, so a re-created name never collides. */
+  id: string;
   name: string;
   sizeBytes: number;
   scoSizeBytes: number;
@@ -32,6 +36,17 @@ export interface VolumeSpec {
   sizeBytes: number;
   scoSizeBytes: number;
   owner?: string;
+}
+
+/**
+ * A vPool: routers sharing one backend (ASDs + preset) and data-path settings. `backend` is validated by
+ * the backend module that reads it (backend/backend-config.ts); coordination only stores it.
+ */
+export interface VpoolConfig {
+  name: string;
+  backend?: Record<string, unknown>;
+  writeBufferBytesMax?: number;
+  [setting: string]: unknown;
 }
 
 export interface Coordination {
@@ -56,6 +71,10 @@ export interface Coordination {
    * (someone else changed the owner first). Throws VOLUME_NOT_FOUND.
    */
   claimVolume(name: string, owner: string, expectedEpoch: number): Promise<VolumeRecord | undefined>;
+
+  /** The vPool's configuration, or undefined before one was set. */
+  getVpool(): Promise<VpoolConfig | undefined>;
+  setVpool(config: VpoolConfig): Promise<void>;
 
   close(): Promise<void>;
 }

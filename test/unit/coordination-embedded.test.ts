@@ -55,3 +55,22 @@ describe('EmbeddedCoordination', () => {
     expect(isKeelError(err, 'CORRUPT')).toBe(true);
   });
 });
+
+describe('EmbeddedCoordination: vPool and volume ids', () => {
+  it('stores the vPool configuration and gives every volume a distinct id', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'keel-coord-'));
+    try {
+      const c = await EmbeddedCoordination.open(dir);
+      expect(await c.getVpool()).toBeUndefined();
+      await c.setVpool({ name: 'pool', backend: { preset: { k: 4, m: 2 } } });
+      expect(await (await EmbeddedCoordination.open(dir)).getVpool()).toEqual({ name: 'pool', backend: { preset: { k: 4, m: 2 } } });
+      const a = await c.createVolume({ name: 'a', sizeBytes: 4096, scoSizeBytes: 4 << 20 }, 0);
+      await c.deleteVolume('a');
+      const again = await c.createVolume({ name: 'a', sizeBytes: 4096, scoSizeBytes: 4 << 20 }, 0);
+      expect(again.id).toMatch(/^[0-9a-f-]{36}$/);
+      expect(again.id).not.toBe(a.id);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});
