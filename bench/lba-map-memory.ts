@@ -4,22 +4,11 @@
  * Run: node --import tsx bench/lba-map-memory.ts
  */
 import { LbaMap, packLocation } from '../router/lba-map.ts';
+import { makeRandom } from '../test/helpers/seeded-random.ts';
 
 const clustersPerSco = 16384; // 64 MiB SCOs
 const writes = 1 << 20;
 
-/** A deterministic PRNG (xorshift32), so runs are comparable. */
-function makeRandom(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
-}
 
 /** Writes `writes` clusters at the LBAs chosen by pickLba, assigning locations like the driver does. */
 function fill(pickLba: (index: number) => number): { map: LbaMap; setNsPerOp: number } {

@@ -2,6 +2,8 @@
  * The deterministic write workload of the volume-driver crash test: the child process writes it, the
  * test regenerates it to know what every acknowledged write contained.
  */
+import { makeRandom } from './seeded-random.ts';
+
 export const crashVolumeSizeBytes = 16 * 1024 * 1024;
 export const crashScoSizeBytes = 256 * 1024; // small, so SCOs and TLogs roll over during the run
 export const crashGroupSize = 8; // writes issued concurrently, acknowledged together
@@ -14,15 +16,7 @@ export interface CrashWrite {
 
 /** Write number `index` of the workload: its own PRNG seed, so any write can be regenerated alone. */
 export function crashWrite(index: number): CrashWrite {
-  let state = (index * 2654435761 + 12345) >>> 0 || 1;
-  const next = () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
+  const next = makeRandom(index * 2654435761 + 12345);
   const aligned = next() < 0.7;
   const length = aligned ? (1 + Math.floor(next() * 16)) * 4096 : 1 + Math.floor(next() * 10000);
   const offset = aligned

@@ -1,17 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { LbaMap, locationSco, locationSlot, packLocation } from '../../router/lba-map.ts';
+import { makeRandom } from '../helpers/seeded-random.ts';
 
-function makeRandom(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state / 2 ** 32;
-  };
-}
 
 function expectSame(map: LbaMap, reference: Map<number, number>): void {
   expect(map.mappedCount).toBe(reference.size);
