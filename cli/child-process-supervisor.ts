@@ -35,7 +35,9 @@ export class SupervisedChild {
   start(): void {
     this.setStatus('starting');
     const env = { ...this.env, KEEL_SUPERVISED: '1' };
-    const child = spawn(process.execPath, [keelBin, ...this.args], { stdio: ['ignore', 'inherit', 'inherit'], env });
+    // KEEL_CHILD_NODE_ARGS passes Node flags to routers and edges, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof".
+    const nodeArgs = (this.env.KEEL_CHILD_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const child = spawn(process.execPath, [...nodeArgs, keelBin, ...this.args], { stdio: ['ignore', 'inherit', 'inherit'], env });
     this.process = child;
     this.exited = new Promise((resolve) => child.once('exit', (code, signal) => {
       this.onExit(code, signal);

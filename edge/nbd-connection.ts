@@ -443,7 +443,7 @@ export class NbdConnection {
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
-      process.nextTick(this.uncork);
+      setImmediate(this.uncork); // one writev for every reply completed in this turn of the event loop
     }
     // A short read would desynchronise the client's stream: the target broke its contract.
     assert(error !== 0 || request.type !== NBD_CMD_READ || data?.length === request.length, 'target read returned the wrong length');

@@ -46,11 +46,22 @@ class TcpConnection implements TransportConnection {
 
   write(buffers: readonly Buffer[]): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return false;
-    this.socket.cork();
+    // Frames written during one turn of the event loop leave in one writev: at queue depth 32 that is one
+    // syscall for many requests instead of one each (the profile showed writev as the edge's top cost).
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      setImmediate(this.uncork);
+    }
     for (const buffer of buffers) this.socket.write(buffer);
-    this.socket.uncork();
     return this.socket.writableLength < this.sendQueueBytesMax;
   }
+
+  private corked = false;
+  private readonly uncork = () => {
+    this.corked = false;
+    this.socket.uncork();
+  };
 
   onData(listener: (chunk: Buffer) => void): void {
     this.socket.on('data', listener);
