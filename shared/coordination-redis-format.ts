@@ -1,0 +1,227 @@
+/**
+ * The Redis key layout of coordination (docs/coordination.md): key names, the layout version, how router
+ * and volume records map to hash fields and back, and the Lua scripts that change them atomically.
+ * Pure: no I/O. The client that runs these is shared/coordination-redis.ts.
+ *
+ * Records are hashes of strings, not JSON blobs, because Redis's Lua cjson prints numbers with 14
+ * significant digits: a 2^50-byte volume size re-encoded inside a script would silently lose its low
+ * digits. The scripts only ever touch single string fields; numbers are formatted and parsed here.
+ */
+import { KeelError } from './errors.ts';
+import type { RouterRecord, RouterState, VolumeRecord, VpoolConfig } from './coordination.ts';
+
+/** Bumped when the layout changes incompatibly; stored under `<prefix>format`. */
+export const redisLayoutVersion = 1;
+
+/** Default prefix of every key. Redis Cluster needs a hash tag in it (e.g. `{keel}:`): see the doc. */
+export const defaultKeyPrefix = 'keel:';
+
+export interface RedisKeys {
+  /** String: the layout version. */
+  format: string;
+  /** Set of router ids: listRouters reads it instead of scanning keys. */
+  routers: string;
+  /** Set of volume names. */
+  volumes: string;
+  /** String: the vPool configuration as JSON (never touched by a script). */
+  vpool: string;
+  router(id: string): string;
+  volume(name: string): string;
+}
+
+export function redisKeys(prefix: string): RedisKeys {
+  return {
+    format: `${prefix}format`,
+    routers: `${prefix}routers`,
+    volumes: `${prefix}volumes`,
+    vpool: `${prefix}vpool`,
+    router: (id) => `${prefix}router:${id}`,
+    volume: (name) => `${prefix}volume:${name}`,
+  };
+}
+
+/** Lua scripts, registered with ioredis defineCommand (EVALSHA, reloaded by ioredis after NOSCRIPT). */
+export interface RedisScript {
+  name: string;
+  numberOfKeys: number;
+  lua: string;
+}
+
+export const redisScripts = {
+  /** KEYS: router hash, router set. ARGV: id, field, value, ... Replaces the record (stale fields go). */
+  replaceRouter: {
+    name: 'keelReplaceRouter',
+    numberOfKeys: 2,
+    lua: `
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1`,
+  },
+  /** KEYS: record hash. ARGV: field, value. Returns 0 when the record does not exist (nothing written). */
+  setFieldIfExists: {
+    name: 'keelSetFieldIfExists',
+    numberOfKeys: 1,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1`,
+  },
+  /** KEYS: volume hash, volume set. ARGV: name, field, value, ... Returns 0 when the name is taken. */
+  createVolume: {
+    name: 'keelCreateVolume',
+    numberOfKeys: 2,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1`,
+  },
+  /** KEYS: volume hash. ARGV: sizeBytes. Returns the new record's fields, or nil when it does not exist. */
+  resizeVolume: {
+    name: 'keelResizeVolume',
+    numberOfKeys: 1,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSET', KEYS[1], 'sizeBytes', ARGV[1])
+return redis.call('HGETALL', KEYS[1])`,
+  },
+  /** KEYS: volume hash, volume set. ARGV: name. Returns 0 when it did not exist. */
+  deleteVolume: {
+    name: 'keelDeleteVolume',
+    numberOfKeys: 2,
+    lua: `
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1`,
+  },
+  /**
+   * KEYS: volume hash. ARGV: owner, expected epoch. The compare-and-set of ownership: returns nil when the
+   * volume does not exist, an empty array when its epoch is not the expected one, else the new record.
+   */
+  claimVolume: {
+    name: 'keelClaimVolume',
+    numberOfKeys: 1,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local epoch = redis.call('HGET', KEYS[1], 'ownerEpoch')
+if tonumber(epoch) ~= tonumber(ARGV[2]) then return {} end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'ownerEpoch', 1)
+return redis.call('HGETALL', KEYS[1])`,
+  },
+} as const satisfies Record<string, RedisScript>;
+
+const routerStates: readonly RouterState[] = ['up', 'draining', 'down'];
+
+/** Flat field/value list for HSET. */
+export function routerFields(record: RouterRecord): string[] {
+  const fields = [
+    'id', record.id,
+    'address', record.address,
+    'pid', String(record.pid),
+    'startedAtMs', String(record.startedAtMs),
+    'heartbeatAtMs', String(record.heartbeatAtMs),
+    'state', record.state,
+  ]; // prettier-ignore
+  if (record.mgmtAddress !== undefined) fields.push('mgmtAddress', record.mgmtAddress);
+  return fields;
+}
+
+export function volumeFields(record: VolumeRecord): string[] {
+  return [
+    'id', record.id,
+    'name', record.name,
+    'sizeBytes', String(record.sizeBytes),
+    'scoSizeBytes', String(record.scoSizeBytes),
+    'owner', record.owner,
+    'ownerEpoch', String(record.ownerEpoch),
+    'createdAtMs', String(record.createdAtMs),
+  ]; // prettier-ignore
+}
+
+/** A Lua HGETALL reply (field, value, field, value, ...) as an object, like ioredis's own hgetall. */
+export function fieldsFromFlat(flat: readonly string[]): Record<string, string> {
+  const fields: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+  return fields;
+}
+
+/** Reads one hash; every malformed field is a CORRUPT error naming the key, never a crash. */
+class FieldReader {
+  constructor(
+    private readonly key: string,
+    private readonly fields: Record<string, string>,
+  ) {}
+
+  string(field: string): string {
+    const value = this.fields[field];
+    if (value === undefined) throw this.corrupt(field, 'missing');
+    return value;
+  }
+
+  optionalString(field: string): string | undefined {
+    return this.fields[field];
+  }
+
+  number(field: string): number {
+    const text = this.string(field);
+    const value = Number(text);
+    if (text.trim() === '' || !Number.isFinite(value)) throw this.corrupt(field, `not a number: '${text}'`);
+    return value;
+  }
+
+  integer(field: string): number {
+    const value = this.number(field);
+    if (!Number.isSafeInteger(value) || value < 0) throw this.corrupt(field, `not a non-negative integer: ${value}`);
+    return value;
+  }
+
+  private corrupt(field: string, reason: string): KeelError {
+    return KeelError.corrupt(`coordination record ${this.key}`, { field, reason });
+  }
+}
+
+export function decodeRouter(key: string, fields: Record<string, string>): RouterRecord {
+  const reader = new FieldReader(key, fields);
+  const state = reader.string('state') as RouterState;
+  if (!routerStates.includes(state)) throw KeelError.corrupt(`coordination record ${key}`, { field: 'state', reason: state });
+  const record: RouterRecord = {
+    id: reader.string('id'),
+    address: reader.string('address'),
+    pid: reader.integer('pid'),
+    startedAtMs: reader.number('startedAtMs'),
+    heartbeatAtMs: reader.number('heartbeatAtMs'),
+    state,
+  };
+  const mgmtAddress = reader.optionalString('mgmtAddress');
+  if (mgmtAddress !== undefined) record.mgmtAddress = mgmtAddress;
+  return record;
+}
+
+export function decodeVolume(key: string, fields: Record<string, string>): VolumeRecord {
+  const reader = new FieldReader(key, fields);
+  return {
+    id: reader.string('id'),
+    name: reader.string('name'),
+    sizeBytes: reader.integer('sizeBytes'),
+    scoSizeBytes: reader.integer('scoSizeBytes'),
+    owner: reader.string('owner'),
+    ownerEpoch: reader.integer('ownerEpoch'),
+    createdAtMs: reader.number('createdAtMs'),
+  };
+}
+
+export function decodeVpool(key: string, text: string): VpoolConfig {
+  let config: unknown;
+  try {
+    config = JSON.parse(text);
+  } catch (err) {
+    throw KeelError.corrupt(`coordination record ${key}`, { reason: String(err) });
+  }
+  const candidate = config as Partial<VpoolConfig> | null;
+  if (typeof candidate !== 'object' || candidate === null || Array.isArray(candidate) || typeof candidate.name !== 'string') {
+    throw KeelError.corrupt(`coordination record ${key}`, { reason: 'not a vPool object with a name' });
+  }
+  return candidate as VpoolConfig;
+}
