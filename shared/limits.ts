@@ -91,12 +91,46 @@ export const limits = {
   /** Backend: keys one ASD list call returns (pages are followed up to this many). */
   backendListKeysMax: 100_000,
 
+  /** Router backend: closed SCOs of one volume uploaded at once (each is k+m fragment PUTs). */
+  scoUploadsInFlightMax: 2,
+  /** Router backend: pause before a failed SCO/TLog upload is tried again (the store already retried it). */
+  uploadRetryDelayMs: 1_000,
+  /** Router backend: on a clean close, how long a volume waits for its uploads before leaving them for the next start. */
+  uploadDrainOnCloseMs: 7_000,
+  /** Router backend: backend objects deleted at once when a deleted volume is dropped. */
+  objectDeletesInFlightMax: 8,
+  /** Write buffer: default bound of local bytes not yet evictable (open + not yet uploaded SCOs) per router. */
+  writeBufferBytesDefault: 1024 * 1024 * 1024,
+  /** Write buffer: ingest slows down above this fraction of writeBufferBytesMax (delay grows with the overshoot). */
+  writeBufferSoftFraction: 0.75,
+  /** Write buffer: the delay of one write at the hard limit's edge (it grows linearly from 0 at the soft threshold). */
+  writeThrottleDelayMaxMs: 50,
+  /** Write buffer: at most one throttle log line per this period. */
+  throttleLogIntervalMs: 5_000,
+  /** Read cache: default size of the local cache of backend data per router, and its slot (block) size. */
+  readCacheBytesDefault: 256 * 1024 * 1024,
+  readCacheBlockBytes: 64 * 1024,
+  /** Read cache / remote reads: crc tables of evicted SCOs fetched from the backend and kept in RAM. */
+  remoteScoTablesCachedMax: 256,
+  /** Restore from the backend: TLogs downloaded at once. */
+  tlogDownloadsInFlightMax: 4,
+  /** Management HTTP: a request must be answered within this. */
+  mgmtRequestTimeoutMs: 5_000,
+
   /** Coordination: heartbeat period and how long a silent router stays alive. */
   heartbeatIntervalMs: 1_000,
   routerDeadAfterMs: 5_000,
   coordinationLockRetriesMax: 50,
   /** Coordination: a lock older than this is taken over (its holder was killed). */
   coordinationLockStaleMs: 5_000,
+  /** Coordination (Redis): TCP connect + ready check of a connection, and one command's reply deadline. */
+  coordinationConnectTimeoutMs: 3_000,
+  coordinationCommandTimeoutMs: 2_000,
+  /** Coordination (Redis): reconnect delay grows by the base per attempt up to the max (reconnects never stop). */
+  coordinationReconnectBackoffBaseMs: 50,
+  coordinationReconnectBackoffMaxMs: 500,
+  /** Coordination (Redis): records fetched per round trip when listing routers or volumes. */
+  coordinationListBatchMax: 512,
 
   /** Supervisor: restarts of one child within the window before `keel up` gives up on it. */
   childRestartsMax: 10,
@@ -128,7 +162,16 @@ export function checkLimits(l: Limits = limits): void {
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
+  if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
+  if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)
+    fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
+  if (l.readCacheBlockBytes % clusterSizeBytes !== 0 || l.readCacheBlockBytes / clusterSizeBytes > 32)
+    fail('readCacheBlockBytes must be whole clusters, at most 32 (one u32 presence mask per block)');
   if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
+  if (l.coordinationCommandTimeoutMs * 2 > l.routerDeadAfterMs)
+    fail('coordinationCommandTimeoutMs must let a router retry a timed-out heartbeat before it is declared dead');
+  if (l.coordinationReconnectBackoffBaseMs > l.coordinationReconnectBackoffMaxMs)
+    fail('coordinationReconnectBackoffBaseMs must not exceed coordinationReconnectBackoffMaxMs');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');
 }
