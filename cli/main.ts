@@ -1,6 +1,7 @@
 /** The `keel` command line. Operating errors print one clear line and exit 1; nothing prints a stack. */
 import { Command, CommanderError } from 'commander';
 import { isKeelError } from '../shared/errors.ts';
+import { closeCoordinations } from './data-dir.ts';
 import { addEdgeCommand } from './edge-command.ts';
 import { addRouterCommands } from './router-commands.ts';
 import { addUpCommand } from './up-command.ts';
@@ -19,7 +20,9 @@ addVolumeCommands(program);
 
 try {
   await program.parseAsync(process.argv);
+  await closeCoordinations();
 } catch (err) {
+  await closeCoordinations();
   if (err instanceof CommanderError) process.exit(err.exitCode);
   if (isKeelError(err)) {
     console.error(`keel: ${err.message}`);

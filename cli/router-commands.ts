@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { isRouterAlive } from '../shared/coordination.ts';
 import { limits } from '../shared/limits.ts';
-import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 import { parsePort } from './parse-port.ts';
 
@@ -25,11 +25,12 @@ export function addRouterCommands(program: Command): void {
     .command('list')
     .description('list routers, their state and the volumes each owns')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (_options: unknown, command: Command) => {
       // `--data` may land on the parent `router` command, which has the same option for running a router.
-      const options = command.optsWithGlobals<{ data?: string; json?: boolean }>();
-      const coordination = await openCoordination(resolveDataDir(options.data));
+      const options = command.optsWithGlobals<{ data?: string; redis?: string; json?: boolean }>();
+      const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const [routers, volumes] = await Promise.all([coordination.listRouters(), coordination.listVolumes()]);
       const nowMs = Date.now();
       const rows = routers.map((r) => ({

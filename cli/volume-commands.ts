@@ -3,11 +3,12 @@ import { KeelError } from '../shared/errors.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
 import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
-import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 
 interface DataOptions {
   data?: string;
+  redis?: string;
 }
 
 export function addVolumeCommands(program: Command): void {
@@ -21,12 +22,13 @@ export function addVolumeCommands(program: Command): void {
     .option('--sco-size <size>', 'SCO size (4M-128M)', '64M')
     .option('--owner <router>', 'router that serves it (default: the least loaded live router)')
     .option('--data <dir>', 'cluster data directory (default ./data or $KEEL_DATA)')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
     .option('--json', 'print the volume as JSON')
     .action(async (name: string, size: string, options: DataOptions & { scoSize: string; owner?: string; json?: boolean }) => {
       checkVolumeName(name);
       const sizeBytes = checkVolumeSize(parseSize(size));
       const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
-      const coordination = await openCoordination(resolveDataDir(options.data));
+      const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const routers = await coordination.listRouters();
       if (options.owner && !routers.some((r) => r.id === options.owner)) throw KeelError.routerNotFound(options.owner);
       const owner = options.owner ?? leastLoadedRouter(placeableRouters(routers, Date.now()), await coordination.listVolumes())?.id;
@@ -39,9 +41,10 @@ export function addVolumeCommands(program: Command): void {
     .command('list')
     .description('list volumes')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (options: DataOptions & { json?: boolean }) => {
-      const coordination = await openCoordination(resolveDataDir(options.data));
+      const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const volumes = await coordination.listVolumes();
       if (options.json) return printJson(volumes);
       printTable(
@@ -55,9 +58,10 @@ export function addVolumeCommands(program: Command): void {
     .description('show one volume')
     .argument('<name>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (name: string, options: DataOptions & { json?: boolean }) => {
-      const coordination = await openCoordination(resolveDataDir(options.data));
+      const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const record = await coordination.getVolume(name);
       if (!record) throw KeelError.volumeNotFound(name);
       if (options.json) return printJson(record);
@@ -74,10 +78,11 @@ export function addVolumeCommands(program: Command): void {
     .argument('<name>')
     .argument('<size>', 'new size, e.g. 20G')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--allow-shrink', 'permit a smaller size')
     .action(async (name: string, size: string, options: DataOptions & { allowShrink?: boolean }) => {
       const sizeBytes = checkVolumeSize(parseSize(size));
-      const coordination = await openCoordination(resolveDataDir(options.data));
+      const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const record = await coordination.getVolume(name);
       if (!record) throw KeelError.volumeNotFound(name);
       if (sizeBytes < record.sizeBytes && !options.allowShrink) {
@@ -92,8 +97,9 @@ export function addVolumeCommands(program: Command): void {
     .description('delete a volume and its data')
     .argument('<name>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (name: string, options: DataOptions) => {
-      const coordination = await openCoordination(resolveDataDir(options.data));
+      const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       await coordination.deleteVolume(name);
       console.log(`deleted volume '${name}'`);
     });

@@ -2,7 +2,7 @@
  * The edge process: an NBD server whose exports are Keel volumes; every request goes to the volume's
  * owning router over the wire protocol. SIGTERM/SIGINT: close client connections and exit 0.
  */
-import { EmbeddedCoordination } from '../shared/coordination-embedded.ts';
+import { openCoordination } from '../shared/coordination-factory.ts';
 import { checkLimits } from '../shared/limits.ts';
 import { createLogger } from '../shared/logger.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
@@ -13,6 +13,8 @@ import { VolumeResolver } from './volume-resolver.ts';
 
 export interface EdgeOptions {
   dataDir: string;
+  /** Redis coordination URL; none means the embedded document under dataDir. */
+  redisUrl?: string;
   host: string;
   port: number;
   defaultExport?: string;
@@ -21,7 +23,7 @@ export interface EdgeOptions {
 export async function runEdge(options: EdgeOptions): Promise<void> {
   checkLimits();
   const logger = createLogger('edge');
-  const coordination = await EmbeddedCoordination.open(options.dataDir);
+  const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger });
   const resolver = new VolumeResolver(coordination, new CoordinationOwnerLocator(coordination), new TcpTransport(), logger);
   const server = new NbdServer({ resolver, logger, host: options.host, port: options.port, defaultExport: options.defaultExport });
   await server.start();
@@ -29,6 +31,7 @@ export async function runEdge(options: EdgeOptions): Promise<void> {
   const reason = await waitForStopSignal();
   logger.info({ reason }, 'edge stopping');
   await server.stop();
+  await coordination.close();
   logger.info('edge stopped');
   logger.flush();
 }
