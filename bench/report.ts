@@ -1,0 +1,188 @@
+/**
+ * The benchmark's result: a JSON document (schema below, `schemaVersion` 1) and its markdown rendering,
+ * written as bench/results/<timestamp>.json and .md plus latest.md. The table holds each headline figure
+ * per target and the ratio Keel/baseline for each baseline (docs/benchmark.md explains the columns).
+ */
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { FioFigures } from './fio-output.ts';
+import type { JobId } from './fio-jobs.ts';
+import type { ProcessUsage, EcEncodeFigures, LbaMapFigures } from './system-metrics.ts';
+import type { TargetId } from './targets.ts';
+
+export type JobOutcome = { figures: FioFigures } | { error: string } | { skipped: string };
+
+export interface TargetResult {
+  id: TargetId;
+  label: string;
+  method: string;
+  status: 'ok' | 'skipped' | 'failed';
+  /** Why the target was skipped or failed, or what to keep in mind about it. */
+  note?: string;
+  jobs: Partial<Record<JobId, JobOutcome>>;
+  /** How reads were made cold, as the target did it. */
+  coldMethod?: string;
+  /** Keel's edge process during the job (sampled from /proc). */
+  edgeUsage?: Partial<Record<JobId, ProcessUsage & { cpuCoresPer10kIops: number }>>;
+  /** Bytes the S3 server sent (HTTP included) per 4 KiB read of the cold job. */
+  backendBytesPerColdRead?: number;
+}
+
+export interface BenchResult {
+  schemaVersion: 1;
+  mode: 'quick' | 'full' | 'smoke';
+  startedAt: string;
+  wallSeconds: number;
+  host: { cpus: number; cpuModel: string; kernel: string; node: string; fio: string };
+  settings: { runtimeSec: number; rampSec: number; regionBytes: number; deviceBytes: number; coldReadBytes: number; scoSize: string };
+  targets: TargetResult[];
+  ecEncode: EcEncodeFigures | { error: string } | { skipped: string };
+  lbaMap: LbaMapFigures | { error: string } | { skipped: string };
+  table: TableRow[];
+  ratioColumns: RatioColumn[];
+}
+
+export interface TableRow {
+  figure: string;
+  unit: 'IOPS' | 'MiB/s' | 'µs';
+  better: 'higher' | 'lower';
+  values: Partial<Record<TargetId, number | null>>;
+  /** Keyed by RatioColumn.id: subject value / baseline value. */
+  ratios: Record<string, number | null>;
+}
+
+export interface RatioColumn {
+  id: string;
+  subject: TargetId;
+  baseline: TargetId;
+}
+
+export const ratioColumns: readonly RatioColumn[] = [
+  { id: 'keel/nbdkit-memory', subject: 'keel', baseline: 'nbdkit-memory' },
+  { id: 'keel/nbdkit-file', subject: 'keel', baseline: 'nbdkit-file' },
+  { id: 'keel/s3backer', subject: 'keel', baseline: 's3backer' },
+  { id: 'keel-s3/s3backer', subject: 'keel-s3', baseline: 's3backer' },
+];
+
+interface RowSpec {
+  figure: string;
+  job: JobId;
+  pick: (f: FioFigures) => number;
+  unit: TableRow['unit'];
+  better: TableRow['better'];
+}
+
+const rowSpecs: readonly RowSpec[] = [
+  { figure: '4k randwrite QD32', job: 'randwrite-4k-qd32', pick: (f) => f.iops, unit: 'IOPS', better: 'higher' },
+  { figure: '4k randread QD32, cache hit', job: 'randread-4k-qd32', pick: (f) => f.iops, unit: 'IOPS', better: 'higher' },
+  { figure: '4k randread QD32, cold', job: 'randread-4k-qd32-cold', pick: (f) => f.iops, unit: 'IOPS', better: 'higher' },
+  { figure: '4k randwrite QD1', job: 'randwrite-4k-qd1', pick: (f) => f.iops, unit: 'IOPS', better: 'higher' },
+  { figure: '4k randwrite QD1 p50', job: 'randwrite-4k-qd1', pick: (f) => f.p50LatencyUs, unit: 'µs', better: 'lower' },
+  { figure: '4k randwrite QD1 p99', job: 'randwrite-4k-qd1', pick: (f) => f.p99LatencyUs, unit: 'µs', better: 'lower' },
+  { figure: '1M seq write QD8', job: 'seqwrite-1m', pick: (f) => f.mibPerSec, unit: 'MiB/s', better: 'higher' },
+  { figure: '1M seq read QD8', job: 'seqread-1m', pick: (f) => f.mibPerSec, unit: 'MiB/s', better: 'higher' },
+];
+
+export function buildTable(targets: TargetResult[]): TableRow[] {
+  return rowSpecs.map((spec) => {
+    const values: TableRow['values'] = {};
+    for (const target of targets) {
+      const outcome = target.jobs[spec.job];
+      values[target.id] = outcome && 'figures' in outcome ? spec.pick(outcome.figures) : null;
+    }
+    const ratios: TableRow['ratios'] = {};
+    for (const column of ratioColumns) {
+      const subject = values[column.subject];
+      const baseline = values[column.baseline];
+      ratios[column.id] = subject != null && baseline != null && baseline > 0 ? subject / baseline : null;
+    }
+    return { figure: spec.figure, unit: spec.unit, better: spec.better, values, ratios };
+  });
+}
+
+function formatValue(value: number | null | undefined, unit: TableRow['unit']): string {
+  if (value == null || !Number.isFinite(value)) return '—';
+  if (unit === 'IOPS') return value >= 10_000 ? `${(value / 1000).toFixed(1)}k` : value.toFixed(0);
+  if (unit === 'MiB/s') return value.toFixed(value < 10 ? 1 : 0);
+  return value >= 10_000 ? `${(value / 1000).toFixed(1)} ms` : `${value.toFixed(0)}`;
+}
+
+function formatRatio(ratio: number | null | undefined): string {
+  if (ratio == null || !Number.isFinite(ratio)) return '—';
+  if (ratio >= 10) return `${ratio.toFixed(0)}×`;
+  return `${ratio >= 0.1 ? ratio.toFixed(2) : ratio.toPrecision(2)}×`;
+}
+
+function labelOf(result: BenchResult, id: TargetId): string {
+  return result.targets.find((t) => t.id === id)?.label ?? id;
+}
+
+export function renderMarkdown(result: BenchResult): string {
+  const shown = result.targets;
+  const ratios = result.ratioColumns.filter((c) => shown.some((t) => t.id === c.subject) && shown.some((t) => t.id === c.baseline));
+  const lines: string[] = [];
+  lines.push(`# Keel benchmark — ${result.startedAt} (${result.mode} mode)`, '');
+  lines.push(
+    `Host: ${result.host.cpus} × ${result.host.cpuModel}, Linux ${result.host.kernel}, Node.js ${result.host.node}, ${result.host.fio}. ` +
+      `fio (nbd engine) and every server share these cores: figures compare only within this run.`,
+  );
+  lines.push(
+    `Jobs: ${result.settings.runtimeSec} s each after ${result.settings.rampSec} s ramp, on the first ${mib(result.settings.regionBytes)} MiB ` +
+      `of a ${mib(result.settings.deviceBytes)} MiB device; cold reads read ${mib(result.settings.coldReadBytes)} MiB once each. Wall time ${result.wallSeconds.toFixed(0)} s.`,
+    '',
+  );
+  const header = ['figure', 'unit', ...shown.map((t) => t.label), ...ratios.map((c) => `${labelOf(result, c.subject)} / ${labelOf(result, c.baseline)}`)];
+  lines.push(`| ${header.join(' | ')} |`, `|${header.map((_, i) => (i < 2 ? '---' : '---:')).join('|')}|`);
+  for (const row of result.table) {
+    const cells = [row.figure, `${row.unit} (${row.better} is better)`, ...shown.map((t) => formatValue(row.values[t.id], row.unit)), ...ratios.map((c) => formatRatio(row.ratios[c.id]))];
+    lines.push(`| ${cells.join(' | ')} |`);
+  }
+  lines.push('', '## Other figures', '', '| figure | value |', '|---|---:|');
+  for (const [figure, value] of otherFigures(result)) lines.push(`| ${figure} | ${value} |`);
+  lines.push('', '## Targets', '');
+  for (const target of result.targets) {
+    const status = target.status === 'ok' ? '' : ` — **${target.status}**`;
+    lines.push(`- **${target.label}**${status}: ${target.method}.${target.note ? ` ${target.note}` : ''}`);
+    if (target.coldMethod) lines.push(`  - cold reads: ${target.coldMethod}`);
+    for (const [job, outcome] of Object.entries(target.jobs)) {
+      if (outcome && 'error' in outcome) lines.push(`  - ${job} failed: ${outcome.error}`);
+      if (outcome && 'skipped' in outcome) lines.push(`  - ${job} not run: ${outcome.skipped}`);
+    }
+  }
+  lines.push('');
+  return lines.join('\n');
+}
+
+function otherFigures(result: BenchResult): Array<[string, string]> {
+  const rows: Array<[string, string]> = [];
+  for (const target of result.targets) {
+    for (const [job, usage] of Object.entries(target.edgeUsage ?? {})) {
+      if (!usage) continue;
+      rows.push([`${target.label} edge RSS during ${job} (mean / peak)`, `${mib(usage.rssMeanBytes).toFixed(0)} / ${mib(usage.rssPeakBytes).toFixed(0)} MiB`]);
+      rows.push([`${target.label} edge CPU during ${job}`, `${(usage.cpuCores * 100).toFixed(0)}% of a core = ${(usage.cpuCoresPer10kIops * 100).toFixed(1)}% per 10k IOPS`]);
+    }
+    if (target.backendBytesPerColdRead !== undefined) rows.push([`${target.label} backend bytes fetched per cold 4 KiB read`, target.backendBytesPerColdRead.toFixed(0)]);
+  }
+  if ('mibPerSecPerCore' in result.ecEncode) {
+    for (const [code, value] of Object.entries(result.ecEncode.mibPerSecPerCore)) rows.push([`EC encode ${code}, per core`, `${value.toFixed(0)} MiB/s`]);
+  } else rows.push(['EC encode', 'error' in result.ecEncode ? `failed: ${result.ecEncode.error}` : `not run: ${result.ecEncode.skipped}`]);
+  if ('patterns' in result.lbaMap) {
+    for (const [pattern, value] of Object.entries(result.lbaMap.patterns)) rows.push([`router LBA map RAM, ${pattern} (${value.mapped} mapped)`, `${value.bytesPerCluster.toFixed(2)} B/cluster`]);
+  } else rows.push(['router LBA map RAM', 'error' in result.lbaMap ? `failed: ${result.lbaMap.error}` : `not run: ${result.lbaMap.skipped}`]);
+  return rows;
+}
+
+const mib = (bytes: number) => bytes / 2 ** 20;
+
+/** Writes <timestamp>.json, <timestamp>.md and latest.md into outDir; returns their paths. */
+export async function writeReport(result: BenchResult, outDir: string): Promise<{ json: string; markdown: string; latest: string }> {
+  await mkdir(outDir, { recursive: true });
+  const stamp = result.startedAt.replace(/[:.]/g, '-');
+  const json = path.join(outDir, `${stamp}.json`);
+  const markdown = path.join(outDir, `${stamp}.md`);
+  const latest = path.join(outDir, 'latest.md');
+  await writeFile(json, `${JSON.stringify(result, null, 2)}\n`);
+  await writeFile(markdown, renderMarkdown(result));
+  await copyFile(markdown, latest);
+  return { json, markdown, latest };
+}

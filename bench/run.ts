@@ -1,0 +1,220 @@
+/**
+ * `npm run bench`: measures Keel next to local and peer baselines in one run (issue 6, parts 1-3) and
+ * writes bench/results/<timestamp>.json and .md plus latest.md. Method and columns: docs/benchmark.md.
+ *
+ *   npm run bench                      full mode (20 s jobs after 3 s ramp, 1 GiB region)
+ *   npm run bench -- --quick           whole run under 2 minutes
+ *   npm run bench -- --only keel,nbdkit-memory --out /tmp/results
+ */
+import { execFile } from 'node:child_process';
+import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Command, InvalidArgumentError } from 'commander';
+import { isMounted, stopAll } from './child-processes.ts';
+import { fillJob, jobMatrix, runFio, type FioJob, type FioSettings, type JobId } from './fio-jobs.ts';
+import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type TargetResult } from './report.ts';
+import { measureEcEncode, measureLbaMap, repoDir, sampleProcess, writtenBytes, type ProcessUsage } from './system-metrics.ts';
+import { targetSpecs, type RunningTarget, type TargetId, type TargetSpec } from './targets.ts';
+
+type Mode = BenchResult['mode'];
+
+interface ModeSettings extends FioSettings {
+  deviceBytes: number;
+  scoSize: string;
+  /** The whole run is aborted (every child killed) past this. */
+  watchdogMs: number;
+  defaultTargets: readonly TargetId[];
+}
+
+const MiB = 2 ** 20;
+const allTargets = targetSpecs.map((t) => t.id);
+
+const modes: Record<Mode, ModeSettings> = {
+  full: {
+    runtimeSec: 20, rampSec: 3, regionBytes: 1024 * MiB, deviceBytes: 2048 * MiB, coldReadBytes: 128 * MiB,
+    coldRuntimeCapSec: 60, fillRuntimeCapSec: 120, scoSize: '64M', watchdogMs: 60 * 60_000, defaultTargets: allTargets,
+  },
+  quick: {
+    runtimeSec: 1.5, rampSec: 0.5, regionBytes: 128 * MiB, deviceBytes: 512 * MiB, coldReadBytes: 8 * MiB,
+    coldRuntimeCapSec: 10, fillRuntimeCapSec: 30, scoSize: '64M', watchdogMs: 5 * 60_000, defaultTargets: allTargets,
+  },
+  smoke: {
+    runtimeSec: 1, rampSec: 0, regionBytes: 32 * MiB, deviceBytes: 256 * MiB, coldReadBytes: 2 * MiB,
+    coldRuntimeCapSec: 10, fillRuntimeCapSec: 20, scoSize: '4M', watchdogMs: 2 * 60_000, defaultTargets: ['keel', 'nbdkit-memory'],
+  },
+};
+
+/** Jobs during which Keel's edge is sampled for RSS and CPU. */
+const sampledJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4k-qd32']);
+const edgeSampleIntervalMs = 200;
+const execFileAsync = promisify(execFile);
+
+function parseTargets(text: string): TargetId[] {
+  const ids = text.split(',').map((s) => s.trim()).filter(Boolean);
+  const unknown = ids.filter((id) => !allTargets.includes(id as TargetId));
+  if (unknown.length > 0 || ids.length === 0) throw new InvalidArgumentError(`targets are a comma-separated list of ${allTargets.join(', ')}`);
+  return ids as TargetId[];
+}
+
+async function main(): Promise<number> {
+  const program = new Command()
+    .name('npm run bench --')
+    .description('Keel measured side by side with nbdkit and s3backer (docs/benchmark.md)')
+    .option('--quick', 'short jobs on a small region: the whole run under 2 minutes')
+    .option('--smoke', 'tiny harness check for CI (1 s jobs, Keel and nbdkit memory); figures mean nothing')
+    .option('--only <targets>', `comma-separated subset of ${allTargets.join(',')}`, parseTargets)
+    .option('--out <dir>', 'directory for the results', path.join(repoDir, 'bench', 'results'))
+    .parse();
+  const options = program.opts<{ quick?: boolean; smoke?: boolean; only?: TargetId[]; out: string }>();
+  const mode: Mode = options.smoke ? 'smoke' : options.quick ? 'quick' : 'full';
+  const settings = modes[mode];
+  const selected = targetSpecs.filter((t) => (options.only ?? settings.defaultTargets).includes(t.id));
+
+  const watchdog = setTimeout(() => {
+    console.error(`bench: the run exceeded ${settings.watchdogMs / 1000} s; stopping`);
+    process.exit(2); // the 'exit' hook of child-processes.ts kills every child and unmounts
+  }, settings.watchdogMs);
+  watchdog.unref();
+
+  const startedMs = Date.now();
+  const startedAt = new Date(startedMs).toISOString();
+  const root = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-'));
+  const targets: TargetResult[] = [];
+  let ecEncode: BenchResult['ecEncode'] = { skipped: 'not reached' };
+  let lbaMap: BenchResult['lbaMap'] = { skipped: 'not reached' };
+  try {
+    log(`mode ${mode}: ${selected.map((t) => t.id).join(', ')}; scratch in ${root}`);
+    for (const spec of selected) targets.push(await benchTarget(spec, settings, root));
+    ecEncode = await measureEcEncode(60_000).catch((err: Error) => ({ error: err.message }));
+    lbaMap = await measureLbaMap(60_000).catch((err: Error) => ({ error: err.message }));
+  } finally {
+    await stopAll(30_000);
+    if (isMountedUnder(root)) log(`warning: a mount is still under ${root}; left in place`);
+    else await rm(root, { recursive: true, force: true });
+  }
+
+  const result: BenchResult = {
+    schemaVersion: 1,
+    mode,
+    startedAt,
+    wallSeconds: (Date.now() - startedMs) / 1000,
+    host: await hostInfo(),
+    settings: {
+      runtimeSec: settings.runtimeSec,
+      rampSec: settings.rampSec,
+      regionBytes: settings.regionBytes,
+      deviceBytes: settings.deviceBytes,
+      coldReadBytes: settings.coldReadBytes,
+      scoSize: settings.scoSize,
+    },
+    targets,
+    ecEncode,
+    lbaMap,
+    table: buildTable(targets),
+    ratioColumns: [...ratioColumns],
+  };
+  const files = await writeReport(result, path.resolve(options.out));
+  console.log(renderMarkdown(result));
+  log(`wrote ${files.json}, ${files.markdown} and ${files.latest} in ${result.wallSeconds.toFixed(0)} s`);
+  return targets.some((t) => t.status === 'failed') ? 1 : 0;
+}
+
+async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: string): Promise<TargetResult> {
+  const result: TargetResult = { id: spec.id, label: spec.label, method: spec.method, status: 'ok', jobs: {} };
+  const reason = await spec.unavailable();
+  if (reason) {
+    log(`${spec.id}: not available: ${reason}`);
+    return { ...result, status: 'skipped', note: `Not available: ${reason}.` };
+  }
+  const workDir = path.join(root, spec.id);
+  await mkdir(workDir);
+  let running: RunningTarget;
+  try {
+    running = await spec.start({ workDir, deviceBytes: settings.deviceBytes, regionBytes: settings.regionBytes, scoSize: settings.scoSize });
+    log(`${spec.id}: started`);
+  } catch (err) {
+    log(`${spec.id}: failed to start: ${(err as Error).message}`);
+    return { ...result, status: 'failed', note: `Failed to start: ${firstLine(err)}` };
+  }
+  try {
+    await runFio(fillJob, running.uri(), settings, workDir);
+    for (const job of jobMatrix) await runJob(job, running, settings, workDir, result);
+  } catch (err) {
+    result.status = 'failed';
+    result.note = firstLine(err);
+    log(`${spec.id}: ${(err as Error).message}`);
+  } finally {
+    await running.stop();
+  }
+  if (Object.values(result.jobs).some((o) => o && 'error' in o)) result.status = 'failed';
+  return result;
+}
+
+async function runJob(job: FioJob, running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<void> {
+  const id = job.id as JobId;
+  if (id === 'randread-4k-qd32-cold') {
+    if (!running.makeCold) {
+      result.jobs[id] = { skipped: 'no slower tier behind a cache to read from' };
+      return;
+    }
+    result.coldMethod = await running.makeCold();
+  }
+  const backendBefore = id === 'randread-4k-qd32-cold' && running.backendPid ? writtenBytes(running.backendPid) : undefined;
+  const sampler = running.edgePid && sampledJobs.has(id) ? delayedSampler(running.edgePid, settings.rampSec * 1000) : undefined;
+  try {
+    const figures = await runFio(job, running.uri(), settings, workDir);
+    result.jobs[id] = { figures };
+    const usage = sampler?.stop();
+    if (usage) (result.edgeUsage ??= {})[id] = { ...usage, cpuCoresPer10kIops: usage.cpuCores / (figures.iops / 10_000) };
+    if (backendBefore !== undefined) result.backendBytesPerColdRead = (writtenBytes(running.backendPid!) - backendBefore) / figures.ios;
+    log(`${result.id}: ${job.label}: ${figures.iops.toFixed(0)} IOPS, ${figures.mibPerSec.toFixed(1)} MiB/s, p50 ${figures.p50LatencyUs.toFixed(0)} µs, p99 ${figures.p99LatencyUs.toFixed(0)} µs`);
+  } catch (err) {
+    sampler?.stop();
+    result.jobs[id] = { error: firstLine(err) };
+    log(`${result.id}: ${job.label}: ${(err as Error).message}`);
+  }
+}
+
+/** Starts sampling after the ramp, so the figures cover the measured window only. */
+function delayedSampler(pid: number, delayMs: number): { stop(): ProcessUsage | undefined } {
+  let sampler: ReturnType<typeof sampleProcess> | undefined;
+  const timer = setTimeout(() => (sampler = sampleProcess(pid, edgeSampleIntervalMs)), delayMs);
+  if (delayMs === 0) {
+    clearTimeout(timer);
+    sampler = sampleProcess(pid, edgeSampleIntervalMs);
+  }
+  return {
+    stop() {
+      clearTimeout(timer);
+      return sampler?.stop();
+    },
+  };
+}
+
+async function hostInfo(): Promise<BenchResult['host']> {
+  const fio = await execFileAsync('fio', ['--version'], { timeout: 5000 }).then((r) => r.stdout.trim(), () => 'fio (version unknown)');
+  return { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, fio };
+}
+
+function isMountedUnder(root: string): boolean {
+  return targetSpecs.some((t) => isMounted(path.join(root, t.id, 's3backer-mount')));
+}
+
+function firstLine(err: unknown): string {
+  return ((err as Error).message ?? String(err)).split('\n')[0].slice(0, 300);
+}
+
+const processStartMs = Date.now();
+function log(message: string): void {
+  console.error(`bench [${((Date.now() - processStartMs) / 1000).toFixed(0).padStart(3)} s]: ${message}`);
+}
+
+try {
+  process.exitCode = await main();
+} catch (err) {
+  console.error(`bench: ${(err as Error).stack ?? err}`);
+  await stopAll(5000);
+  process.exitCode = 2;
+}

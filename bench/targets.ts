@@ -1,0 +1,344 @@
+/**
+ * The block devices the benchmark drives, each served over NBD on loopback so that one fio (nbd engine)
+ * measures them all the same way: Keel (edge -> routers, `keel up`), Keel on an S3 server, nbdkit's
+ * memory plugin (the ceiling for an NBD server here), nbdkit's file plugin (page cache), and s3backer
+ * (FUSE, on the same kind of S3 server) exported with nbdkit's file plugin. How each starts and stops is
+ * documented in docs/benchmark.md.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, open, readdir } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import net from 'node:net';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { isMounted, spawnTracked, stopTracked, trackMount, unmountLazily, untrackMount, waitForOutput, type TrackedChild } from './child-processes.ts';
+import { findProcess, repoDir } from './system-metrics.ts';
+
+export type TargetId = 'keel' | 'keel-s3' | 'nbdkit-memory' | 'nbdkit-file' | 's3backer';
+
+export interface TargetContext {
+  /** A fresh directory for this target, removed by the caller afterwards. */
+  workDir: string;
+  /** Size of the exported device (the fio region is a prefix of it). */
+  deviceBytes: number;
+  /** The prefix of the device the jobs use. */
+  regionBytes: number;
+  scoSize: string;
+}
+
+export interface RunningTarget {
+  uri(): string;
+  /** Keel's edge, sampled for RSS and CPU during the random-I/O jobs. */
+  edgePid?: number;
+  /** The S3 server's process, whose socket writes count the backend bytes fetched by cold reads. */
+  backendPid?: number;
+  /** Makes the next reads cold (restart, caches dropped) and says how; absent when there is no slower tier. */
+  makeCold?: () => Promise<string>;
+  stop(): Promise<void>;
+}
+
+export interface TargetSpec {
+  id: TargetId;
+  label: string;
+  /** One line for the report: what is being measured. */
+  method: string;
+  /** Why this target cannot run here, or undefined when it can. */
+  unavailable(): Promise<string | undefined>;
+  start(context: TargetContext): Promise<RunningTarget>;
+}
+
+const execFileAsync = promisify(execFile);
+const keelBin = path.join(repoDir, 'bin', 'keel.js');
+const s3rverBin = path.join(path.dirname(createRequire(import.meta.url).resolve('s3rver/package.json')), 'bin', 's3rver.js');
+const startTimeoutMs = 60_000;
+const stopGraceMs = 30_000;
+const keelS3ScoSize = '4M';
+/** The router requires a write buffer of at least tlogScosMax + 2 SCOs (backend/backend-config.ts). */
+const keelS3WriteBufferScos = 8;
+const s3Credentials = { AWS_ACCESS_KEY_ID: 'S3RVER', AWS_SECRET_ACCESS_KEY: 'S3RVER' };
+
+export const targetSpecs: readonly TargetSpec[] = [
+  {
+    id: 'keel',
+    label: 'Keel',
+    method: 'keel up: 3 router processes + 1 edge, embedded coordination, local write buffers',
+    unavailable: async () => undefined,
+    start: (context) => startKeel(context, false),
+  },
+  {
+    id: 'keel-s3',
+    label: 'Keel on S3',
+    method: `keel up --s3 on an s3rver on loopback, ${keelS3ScoSize} SCOs and a write buffer of 1/8 of the region (at least ${keelS3ScoSize} × ${keelS3WriteBufferScos}), so that most of the data lives only on the backend`,
+    unavailable: async () => ((await keelUpHelp()).includes('--s3') ? undefined : '`keel up --help` lists no --s3 option in this checkout'),
+    start: (context) => startKeel(context, true),
+  },
+  {
+    id: 'nbdkit-memory',
+    label: 'nbdkit memory',
+    method: 'nbdkit -f -i 127.0.0.1 memory size=DEVICE over TCP',
+    unavailable: () => missingProgram('nbdkit'),
+    start: async (context) => {
+      const server = await startNbdkit('nbdkit memory', [`size=${context.deviceBytes}`], 'memory');
+      return { uri: () => server.uri, stop: () => stopTracked(server.child, stopGraceMs) };
+    },
+  },
+  {
+    id: 'nbdkit-file',
+    label: 'nbdkit file',
+    method: 'nbdkit -f -i 127.0.0.1 file on a sparse file in a temp directory (page cache)',
+    unavailable: () => missingProgram('nbdkit'),
+    start: async (context) => {
+      const file = path.join(context.workDir, 'disk.img');
+      const handle = await open(file, 'w');
+      await handle.truncate(context.deviceBytes);
+      await handle.close();
+      const server = await startNbdkit('nbdkit file', [file], 'file');
+      return { uri: () => server.uri, stop: () => stopTracked(server.child, stopGraceMs) };
+    },
+  },
+  {
+    id: 's3backer',
+    label: 's3backer',
+    method: 's3backer (FUSE, 1 MiB blocks, default block cache) on an s3rver on loopback; MOUNT/file exported by nbdkit file',
+    unavailable: async () => (await missingProgram('s3backer')) ?? (await missingProgram('nbdkit')) ?? (existsSync('/dev/fuse') ? undefined : 'no /dev/fuse'),
+    start: startS3backer,
+  },
+];
+
+async function startKeel(context: TargetContext, onS3: boolean): Promise<RunningTarget> {
+  const s3 = onS3 ? await startS3rver(context.workDir, 'keel') : undefined;
+  try {
+    const dataDir = path.join(context.workDir, 'keel-data');
+    const port = await freePort();
+    const scoSize = onS3 ? keelS3ScoSize : context.scoSize;
+    const args = [keelBin, 'up', '--data', dataDir, '--port', String(port), '--volume-size', `${context.deviceBytes / 2 ** 20}M`, '--sco-size', scoSize];
+    if (s3) args.push('--s3', `${s3.endpoint}/keel`, ...(await keelS3BufferArgs(context)));
+    const env = { ...process.env, ...s3Credentials, KEEL_LOG_PRETTY: '0', KEEL_LOG_LEVEL: process.env.KEEL_LOG_LEVEL ?? 'warn' };
+    const up = spawnTracked(onS3 ? 'keel up --s3' : 'keel up', process.execPath, args, env);
+    const stop = async () => {
+      await stopTracked(up, stopGraceMs);
+      if (s3) await stopTracked(s3.child, stopGraceMs);
+    };
+    try {
+      await waitForOutput(up, /Keel is up/, startTimeoutMs);
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+    return {
+      uri: () => `nbd://127.0.0.1:${port}/demo`,
+      edgePid: findProcess(['keel.js', 'edge', '--data', dataDir]),
+      backendPid: s3?.child.process.pid,
+      makeCold: () => restartOwnerCold(dataDir),
+      stop,
+    };
+  } catch (err) {
+    if (s3) await stopTracked(s3.child, stopGraceMs);
+    throw err;
+  }
+}
+
+/**
+ * A write buffer far smaller than the region makes the router evict uploaded SCOs, so the cold reads
+ * after a restart go to the backend (the read cache starts empty). Needs `keel up --write-buffer`.
+ */
+async function keelS3BufferArgs(context: TargetContext): Promise<string[]> {
+  if (!(await keelUpHelp()).includes('--write-buffer')) return [];
+  const minimumBytes = keelS3WriteBufferScos * Number.parseInt(keelS3ScoSize, 10) * 2 ** 20;
+  return ['--write-buffer', `${Math.max(minimumBytes, context.regionBytes / 8) / 2 ** 20}M`];
+}
+
+/**
+ * Restarts the router owning `demo` (SIGTERM; `keel up` restarts it, and the recovered driver starts with
+ * an empty in-memory cache), then asks the kernel to drop the page cache of that volume's files
+ * (`dd iflag=nocache count=0` = posix_fadvise DONTNEED on the whole file), so reads come from disk — or
+ * from the backend when the router no longer holds the SCO locally.
+ */
+async function restartOwnerCold(dataDir: string): Promise<string> {
+  const owner = await ownerOf(dataDir);
+  const killedMs = Date.now();
+  process.kill(owner.pid, 'SIGTERM');
+  await waitFor(() => !isAlive(owner.pid), startTimeoutMs, () => `router ${owner.id} (pid ${owner.pid}) did not exit on SIGTERM`);
+  const exitedMs = Date.now();
+  let restarted: { id: string; pid: number } | undefined;
+  await waitFor(
+    async () => {
+      const now = await ownerOf(dataDir).catch(() => undefined);
+      if (now && now.pid !== owner.pid && now.state === 'up') restarted = now;
+      return restarted !== undefined;
+    },
+    startTimeoutMs,
+    () => `router ${owner.id} owning demo did not come back within ${startTimeoutMs} ms`,
+  );
+  const upMs = Date.now();
+  const dropped = await dropPageCache(path.join(dataDir, 'routers'));
+  return (
+    `owner router ${owner.id} (pid ${owner.pid}) got SIGTERM and exited in ${seconds(exitedMs - killedMs)} s; ` +
+    `router ${restarted!.id} owned demo again as pid ${restarted!.pid} ${seconds(upMs - exitedMs)} s later; page cache dropped for ${dropped} files`
+  );
+}
+
+async function ownerOf(dataDir: string): Promise<{ id: string; pid: number; state: string }> {
+  const info = await keelJson<{ owner: string }>(['volume', 'info', 'demo', '--json', '--data', dataDir]);
+  const routers = await keelJson<Array<{ id: string; pid: number; state: string }>>(['router', 'list', '--json', '--data', dataDir]);
+  const row = routers.find((r) => r.id === info.owner);
+  if (!row) throw new Error(`volume demo has no registered owner (${info.owner})`);
+  return row;
+}
+
+async function keelJson<T>(args: string[]): Promise<T> {
+  const { stdout } = await execFileAsync(process.execPath, [keelBin, ...args], { timeout: 30_000, killSignal: 'SIGKILL', env: { ...process.env, KEEL_LOG_PRETTY: '0' } });
+  return JSON.parse(stdout) as T;
+}
+
+async function dropPageCache(directory: string): Promise<number> {
+  const files = await listFiles(directory);
+  for (const file of files) await execFileAsync('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none'], { timeout: 10_000, killSignal: 'SIGKILL' });
+  return files.length;
+}
+
+async function listFiles(directory: string): Promise<string[]> {
+  const entries = await readdir(directory, { withFileTypes: true, recursive: true });
+  return entries.filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
+
+async function startS3backer(context: TargetContext): Promise<RunningTarget> {
+  const s3 = await startS3rver(context.workDir, 's3backer');
+  const mountDir = path.join(context.workDir, 's3backer-mount');
+  await mkdir(mountDir);
+  let fuse: TrackedChild | undefined;
+  let server: { child: TrackedChild; uri: string } | undefined;
+
+  const mount = async () => {
+    trackMount(mountDir);
+    fuse = spawnTracked('s3backer', 's3backer', [
+      `--baseURL=${s3.endpoint}/`,
+      '--accessId=S3RVER',
+      '--accessKey=S3RVER',
+      `--size=${context.deviceBytes}`,
+      '--blockSize=1M',
+      '--authVersion=aws4',
+      '-f',
+      's3backer',
+      mountDir,
+    ]);
+    await waitFor(() => isMounted(mountDir) && existsSync(path.join(mountDir, 'file')), startTimeoutMs, () => `s3backer did not mount: ${fuse!.output()}`);
+    server = await startNbdkit('nbdkit file (s3backer)', [path.join(mountDir, 'file')], 'file');
+  };
+  // s3backer writes its dirty blocks back to S3 when unmounted: SIGTERM and give it time.
+  const unmount = async () => {
+    if (server) await stopTracked(server.child, stopGraceMs);
+    if (fuse) await stopTracked(fuse, stopGraceMs);
+    unmountLazily(mountDir);
+    if (!isMounted(mountDir)) untrackMount(mountDir);
+    server = undefined;
+    fuse = undefined;
+  };
+  const stop = async () => {
+    await unmount();
+    await stopTracked(s3.child, stopGraceMs);
+  };
+  try {
+    await mount();
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return {
+    uri: () => server!.uri,
+    backendPid: s3.child.process.pid,
+    makeCold: async () => {
+      await unmount();
+      await mount();
+      return 's3backer unmounted (dirty blocks written back) and mounted again: its block cache starts empty';
+    },
+    stop,
+  };
+}
+
+async function startS3rver(workDir: string, bucket: string): Promise<{ child: TrackedChild; endpoint: string }> {
+  const directory = path.join(workDir, `s3rver-${bucket}`);
+  await mkdir(directory);
+  const child = spawnTracked(`s3rver (${bucket})`, process.execPath, [s3rverBin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '--silent', '--configure-bucket', bucket]);
+  try {
+    const output = await waitForOutput(child, /listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
+    const port = /listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
+    return { child, endpoint: `http://127.0.0.1:${port}` };
+  } catch (err) {
+    await stopTracked(child, stopGraceMs);
+    throw err;
+  }
+}
+
+async function startNbdkit(name: string, pluginArgs: string[], plugin: 'memory' | 'file'): Promise<{ child: TrackedChild; uri: string }> {
+  const port = await freePort();
+  const child = spawnTracked(name, 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), plugin, ...pluginArgs]);
+  try {
+    await waitFor(() => canConnect(port), startTimeoutMs, () => `${name} did not listen: ${child.output()}`);
+  } catch (err) {
+    await stopTracked(child, stopGraceMs);
+    throw err;
+  }
+  return { child, uri: `nbd://127.0.0.1:${port}/` };
+}
+
+let keelUpHelpText: Promise<string> | undefined;
+function keelUpHelp(): Promise<string> {
+  keelUpHelpText ??= execFileAsync(process.execPath, [keelBin, 'up', '--help'], { timeout: 30_000, killSignal: 'SIGKILL' }).then(
+    (r) => r.stdout,
+    () => '',
+  );
+  return keelUpHelpText;
+}
+
+async function missingProgram(program: string): Promise<string | undefined> {
+  try {
+    await execFileAsync('sh', ['-c', `command -v ${program}`], { timeout: 5000 });
+    return undefined;
+  } catch {
+    return `${program} is not installed (apt-get install ${program})`;
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port }, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs: number, describe: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await condition()) return;
+    await sleep(100);
+  }
+  throw new Error(describe());
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const seconds = (ms: number) => (ms / 1000).toFixed(1);
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
