@@ -2,7 +2,9 @@
 import { Command, CommanderError } from 'commander';
 import { isKeelError } from '../shared/errors.ts';
 import { closeCoordinations } from './data-dir.ts';
+import { addBackendCommands } from './backend-commands.ts';
 import { addEdgeCommand } from './edge-command.ts';
+import { addSnapshotCommands } from './snapshot-commands.ts';
 import { addRouterCommands } from './router-commands.ts';
 import { addUpCommand } from './up-command.ts';
 import { addVolumeCommands } from './volume-commands.ts';
@@ -17,6 +19,8 @@ addUpCommand(program);
 addRouterCommands(program);
 addEdgeCommand(program);
 addVolumeCommands(program);
+addSnapshotCommands(program);
+addBackendCommands(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -2,7 +2,17 @@
  * `keel up`: a whole local cluster on embedded defaults — embedded coordination, N routers and one edge,
  * each its own OS process (so one can be killed or upgraded alone), a demo volume, and the NBD URI.
  */
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
+import {
+  checkWriteBufferHoldsTlog,
+  defaultDirectoryBackend,
+  describeBackend,
+  openVpoolBackend,
+  parseVpoolDataSettings,
+  s3Backend,
+} from '../backend/backend-config.ts';
+import type { VpoolConfig } from '../shared/coordination.ts';
 import type { Command } from 'commander';
 import { isRouterAlive, type Coordination } from '../shared/coordination.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
@@ -22,6 +32,12 @@ interface UpOptions {
   volume: string;
   volumeSize: string;
   scoSize: string;
+  s3?: string;
+  s3AccessKey?: string;
+  s3SecretKey?: string;
+  config?: string;
+  writeBuffer?: string;
+  readCache?: string;
 }
 
 const readyTimeoutMs = 30_000;
@@ -37,6 +53,12 @@ export function addUpCommand(program: Command): void {
     .option('--volume <name>', 'volume created if absent', 'demo')
     .option('--volume-size <size>', 'size of that volume', '8G')
     .option('--sco-size <size>', 'SCO size of that volume', '64M')
+    .option('--s3 <urls>', 'backend on S3: http(s)://host:port/bucket (6 prefixes asd-1/..asd-6/ in it), or a comma-separated list of bucket URLs, one ASD each')
+    .option('--s3-access-key <key>', 'S3 access key (default: $AWS_ACCESS_KEY_ID in the routers)')
+    .option('--s3-secret-key <key>', 'S3 secret key (default: $AWS_SECRET_ACCESS_KEY in the routers)')
+    .option('--config <file>', 'vPool settings as JSON: { "backend": { "asds": [...], "preset": {...} }, "writeBufferBytesMax": ..., "readCacheBytesMax": ... }')
+    .option('--write-buffer <size>', 'write buffer bound per router (local bytes not yet on the backend)')
+    .option('--read-cache <size>', 'read cache size per router')
     .action(async (options: UpOptions) => runUp(options));
 }
 
@@ -50,6 +72,7 @@ async function runUp(options: UpOptions): Promise<void> {
   const dataDir = resolveDataDir(options.data);
   const logger = createLogger('keel-up');
   const coordination = await openCoordination(dataDir);
+  const vpool = await ensureVpool(coordination, dataDir, options, scoSizeBytes, logger);
 
   const routers = Array.from({ length: routerCount }, (_, i) => {
     const id = `r${i + 1}`;
@@ -67,12 +90,58 @@ async function runUp(options: UpOptions): Promise<void> {
   const uri = `nbd://${options.host}:${port}/${volumeName}`;
   console.log('');
   console.log(`Keel is up: ${routerCount} routers and an edge, data in ${dataDir}`);
+  console.log(`  backend: ${vpool}`);
   console.log(`  volume '${volumeName}' (${formatSize(volumeSizeBytes)}) at ${uri}`);
   console.log(`  try:  nbdinfo ${uri}`);
   console.log(`        qemu-img convert -n -O raw disk.img ${uri}`);
   console.log(`        fio --name=t --ioengine=nbd --uri=${uri} --rw=randwrite --bs=4k --iodepth=32 --size=1G`);
   console.log('Ctrl-C stops the cluster; `keel up` again finds the data.');
   await stopAll.done;
+}
+
+/**
+ * The vPool (backend ASDs + preset, write buffer, read cache) is set once, before any router starts:
+ * routers read it at start. An existing vPool is kept (its data lives there).
+ */
+async function ensureVpool(coordination: Coordination, dataDir: string, options: UpOptions, scoSizeBytes: number, logger: Logger): Promise<string> {
+  const existing = await coordination.getVpool();
+  if (existing?.backend) {
+    if (options.s3 || options.config || options.writeBuffer || options.readCache)
+      logger.warn('the vPool is already configured in this data directory: --s3/--config/--write-buffer/--read-cache are ignored');
+    return summarizeVpool(existing);
+  }
+  let config: VpoolConfig = { name: 'default' };
+  if (options.config) {
+    let raw: unknown;
+    try {
+      raw = JSON.parse(await readFile(options.config, 'utf8'));
+    } catch (err) {
+      throw KeelError.badConfig(`--config ${options.config}: ${(err as Error).message}`);
+    }
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw KeelError.badConfig(`--config ${options.config}: must be a JSON object`);
+    config = { ...config, ...(raw as Record<string, unknown>) };
+  }
+  if (options.s3) {
+    if ((options.s3AccessKey === undefined) !== (options.s3SecretKey === undefined))
+      throw KeelError.badArgument('give both --s3-access-key and --s3-secret-key, or neither (environment)');
+    const credentials = options.s3AccessKey ? { accessKeyId: options.s3AccessKey, secretAccessKey: options.s3SecretKey! } : undefined;
+    config.backend = s3Backend(options.s3.split(',').map((u) => u.trim()).filter(Boolean), credentials);
+  }
+  config.backend ??= defaultDirectoryBackend(dataDir);
+  if (options.writeBuffer) config.writeBufferBytesMax = parseSize(options.writeBuffer);
+  if (options.readCache) config.readCacheBytesMax = parseSize(options.readCache);
+  openVpoolBackend(config); // validates everything, credentials included, before anything is stored
+  checkWriteBufferHoldsTlog(parseVpoolDataSettings(config).writeBufferBytesMax, scoSizeBytes);
+  await coordination.setVpool(config);
+  return summarizeVpool(config);
+}
+
+function summarizeVpool(vpool: VpoolConfig): string {
+  const backend = describeBackend(openVpoolBackend(vpool).config);
+  const asds = backend.asds as Array<{ type: string }>;
+  const preset = backend.preset as { k?: number; m?: number };
+  const settings = parseVpoolDataSettings(vpool);
+  return `${asds.length} ${asds[0]?.type} ASDs, preset ${preset.k ?? 4}+${preset.m ?? 2}, write buffer ${formatSize(settings.writeBufferBytesMax)}`;
 }
 
 function installStopHandlers(logger: Logger, children: SupervisedChild[]): { done: Promise<void> } {

@@ -42,6 +42,14 @@ export class ClosedScoCache {
     this.insert(sco.scoSeq, Promise.resolve(sco));
   }
 
+  /** Forgets a SCO (its file is being evicted); its handle closes once the reads in flight finish. */
+  drop(scoSeq: number): void {
+    const entry = this.entries.get(scoSeq);
+    if (entry === undefined) return;
+    this.entries.delete(scoSeq);
+    entry.then((sco) => sco.close()).catch(() => undefined);
+  }
+
   async closeAll(): Promise<void> {
     const entries = [...this.entries.values()];
     this.entries.clear();

@@ -13,8 +13,14 @@ import { RpcServer } from '../shared/wire/rpc-server.ts';
 import { formatAddress } from '../shared/wire/tcp-transport.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
+import { openVpoolBackend, parseVpoolDataSettings, describeBackend, type VpoolBackend } from '../backend/backend-config.ts';
+import { MgmtServer } from './mgmt-server.ts';
+import { ReadCache } from './read-cache.ts';
+import type { RouterBackend } from './volume-backend.ts';
 import { createVolumeService } from './volume-service.ts';
+import { SnapshotService } from './snapshot-service.ts';
 import { VolumeRegistry } from './volume-registry.ts';
+import { WriteBuffer } from './write-buffer.ts';
 
 export interface RouterOptions {
   id: string;
@@ -30,21 +36,36 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const routerDir = path.join(options.dataDir, 'routers', options.id);
   await mkdir(routerDir, { recursive: true });
 
-  const registry = new VolumeRegistry(options.id, routerDir, coordination, logger);
+  const { backend, vpoolBackend } = await openRouterBackend(coordination, routerDir, logger);
+  const registry = new VolumeRegistry(options.id, routerDir, coordination, logger, backend);
+  const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
+  const mgmt = await MgmtServer.listen(options.host, 0, () => routerStatus(options.id, registry, backend, vpoolBackend), logger);
 
-  const server = new RpcServer({ transport: new TcpTransport(), handler: createVolumeService(registry, logger), logger, routerId: options.id });
+  snapshots.startBackgroundScrubber();
+  const server = new RpcServer({ transport: new TcpTransport(), handler: createVolumeService(registry, logger, snapshots), logger, routerId: options.id });
   const address = await server.listen(formatAddress(options.host, options.port));
   const startedAtMs = Date.now();
-  await coordination.registerRouter({ id: options.id, address, pid: process.pid, startedAtMs, heartbeatAtMs: startedAtMs, state: 'up' });
-  logger.info({ address, dataDir: options.dataDir }, 'router up');
+  await coordination.registerRouter({
+    id: options.id,
+    address,
+    mgmtAddress: mgmt.address,
+    pid: process.pid,
+    startedAtMs,
+    heartbeatAtMs: startedAtMs,
+    state: 'up',
+  });
+  logger.info({ address, mgmtAddress: mgmt.address, dataDir: options.dataDir }, 'router up');
 
   const ticker = startHeartbeat(options.id, coordination, registry, logger);
   const reason = await waitForStopSignal();
   logger.info({ reason }, 'router stopping');
   clearInterval(ticker);
+  snapshots.stopBackgroundScrubber();
   await server.close();
   await registry.closeAll();
+  await mgmt.close();
+  await backend?.readCache.close();
   await setState(coordination, options.id, 'down', logger);
   logger.info('router stopped');
   logger.flush();
@@ -68,4 +89,41 @@ function startHeartbeat(id: string, coordination: Coordination, registry: Volume
 
 async function setState(coordination: Coordination, id: string, state: RouterState, logger: Logger): Promise<void> {
   await coordination.setRouterState(id, state).catch((err) => logger.warn({ err }, 'could not record router state'));
+}
+
+/** The vPool's backend, write buffer and read cache; none when the vPool has no backend (local disk only). */
+async function openRouterBackend(
+  coordination: Coordination,
+  routerDir: string,
+  logger: Logger,
+): Promise<{ backend?: RouterBackend; vpoolBackend?: VpoolBackend }> {
+  const vpool = await coordination.getVpool();
+  if (!vpool?.backend) {
+    logger.warn('the vPool has no backend: volumes live on local disk only');
+    return {};
+  }
+  const vpoolBackend = openVpoolBackend(vpool, logger.child({ component: 'backend' }));
+  const settings = parseVpoolDataSettings(vpool);
+  const writeBuffer = new WriteBuffer({ bytesMax: settings.writeBufferBytesMax, logger: logger.child({ component: 'write-buffer' }) });
+  const readCache = await ReadCache.open(path.join(routerDir, 'read-cache'), settings.readCacheBytesMax);
+  logger.info({ backend: describeBackend(vpoolBackend.config), ...settings }, 'backend configured');
+  return { backend: { store: vpoolBackend.store, asds: vpoolBackend.asds, writeBuffer, readCache }, vpoolBackend };
+}
+
+function routerStatus(id: string, registry: VolumeRegistry, backend: RouterBackend | undefined, vpoolBackend: VpoolBackend | undefined): unknown {
+  return {
+    routerId: id,
+    pid: process.pid,
+    volumes: registry.list(),
+    ...(backend && vpoolBackend
+      ? {
+          backend: {
+            asds: vpoolBackend.store.asdStats(),
+            store: vpoolBackend.store.stats(),
+            writeBuffer: backend.writeBuffer.stats(),
+            readCache: backend.readCache.stats(),
+          },
+        }
+      : {}),
+  };
 }

@@ -16,6 +16,10 @@ export const tlogRecordType = {
   sync: 4,
   scoClosed: 5,
   tlogClosed: 6,
+  snapshot: 7,
+  snapshotDeleted: 8,
+  fallthrough: 9,
+  scoDeleted: 10,
 } as const;
 
 export type TlogRecord =
@@ -24,7 +28,14 @@ export type TlogRecord =
   | { type: 'trim'; lba: number; count: number }
   | { type: 'sync' }
   | { type: 'scoClosed'; sco: number; clusterCount: number; tableCrc: number }
-  | { type: 'tlogClosed'; tlogSeq: number; recordCount: number };
+  | { type: 'tlogClosed'; tlogSeq: number; recordCount: number }
+  /** A snapshot of the map as replayed up to here (docs/snapshots.md); nameCrc = crc32c of its name. */
+  | { type: 'snapshot'; snapshotId: number; createdAtMs: number; nameCrc: number }
+  | { type: 'snapshotDeleted'; snapshotId: number }
+  /** A clone's rollback: unmap [lba, lba+count) AND let it fall through to the parent snapshot again. */
+  | { type: 'fallthrough'; lba: number; count: number }
+  /** The scrubber deleted this SCO: nothing live maps into it; earlier WRITE records into it are dead. */
+  | { type: 'scoDeleted'; sco: number };
 
 // Field offsets inside a record (docs/tlog-format.md).
 const typeOffset = 0;
@@ -71,6 +82,14 @@ export function encodeTlogRecord(target: Buffer, at: number, record: TlogRecord)
       return writeFields(target, at, tlogRecordType.scoClosed, 0, record.clusterCount, 0, record.sco, record.tableCrc);
     case 'tlogClosed':
       return writeFields(target, at, tlogRecordType.tlogClosed, record.tlogSeq, record.recordCount, 0, 0, 0);
+    case 'snapshot':
+      return writeFields(target, at, tlogRecordType.snapshot, record.snapshotId, record.createdAtMs, 0, 0, record.nameCrc);
+    case 'snapshotDeleted':
+      return writeFields(target, at, tlogRecordType.snapshotDeleted, record.snapshotId, 0, 0, 0, 0);
+    case 'fallthrough':
+      return writeFields(target, at, tlogRecordType.fallthrough, record.lba, record.count, 0, 0, 0);
+    case 'scoDeleted':
+      return writeFields(target, at, tlogRecordType.scoDeleted, 0, 0, 0, record.sco, 0);
   }
 }
 
@@ -105,6 +124,14 @@ export function decodeTlogRecord(source: Buffer, at: number): TlogRecord | undef
       return { type: 'scoClosed', sco, clusterCount: b, tableCrc: checksum };
     case tlogRecordType.tlogClosed:
       return { type: 'tlogClosed', tlogSeq: a, recordCount: b };
+    case tlogRecordType.snapshot:
+      return { type: 'snapshot', snapshotId: a, createdAtMs: b, nameCrc: checksum };
+    case tlogRecordType.snapshotDeleted:
+      return { type: 'snapshotDeleted', snapshotId: a };
+    case tlogRecordType.fallthrough:
+      return { type: 'fallthrough', lba: a, count: b };
+    case tlogRecordType.scoDeleted:
+      return { type: 'scoDeleted', sco };
     default:
       return undefined;
   }

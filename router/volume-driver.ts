@@ -6,6 +6,11 @@
  * FLUSH/FUA fsync the SCO, append a SYNC marker and fsync the TLog. Reads look clusters up in the map
  * (unmapped clusters read as zeros without I/O), coalesce contiguous slots into one pread and verify
  * every cluster's crc32c.
+ *
+ * With a backend (docs/backend-volumes.md) sealed SCOs and closed TLogs are uploaded by a ScoUploader,
+ * writes pass the router's write buffer bound first, SCOs evicted from the write buffer are read through
+ * RemoteScoReader (read cache, then the backend), and a volume whose directory is empty is restored from
+ * the TLogs in the backend before recovery.
  */
 import assert from 'node:assert';
 import path from 'node:path';
@@ -19,9 +24,18 @@ import { ClosedScoCache } from './closed-sco-cache.ts';
 import { LbaMap, locationSco, locationSlot, packLocation } from './lba-map.ts';
 import { OpenSco } from './sco-file.ts';
 import { scoFileName } from './sco-format.ts';
-import { encodeTlogRecord, encodeWriteRecord, tlogFileName, tlogRecordBytes } from './tlog-format.ts';
+import { decodeTlogRecord, encodeTlogRecord, encodeWriteRecord, tlogFileName, tlogRecordBytes } from './tlog-format.ts';
 import { TlogWriter } from './tlog-writer.ts';
-import { recoverVolume } from './volume-recovery.ts';
+import { listSeqs, recoverVolume } from './volume-recovery.ts';
+import { restoreVolumeTlogs } from './backend-volume-objects.ts';
+import { RemoteScoReader, type RemoteReadStats } from './remote-sco-reader.ts';
+import { ScoUploader, type UploaderStats } from './sco-uploader.ts';
+import { scoChecksumBytes, scoTrailerBytes, parseScoFileName } from './sco-format.ts';
+import { parseTlogFileName } from './tlog-format.ts';
+import { decodeUploadManifest, emptyUploadManifest, encodeUploadManifest, uploadManifestFileName, type UploadManifest } from './upload-manifest.ts';
+import type { VolumeBackend } from './volume-backend.ts';
+import type { VolumeUnderlay } from './volume-underlay.ts';
+import { loadScrubbedScos } from './scrubbed-scos.ts';
 
 export interface VolumeDriverOptions {
   dir: string;
@@ -32,6 +46,16 @@ export interface VolumeDriverOptions {
   logger?: Logger;
   /** Tests only: allow SCOs smaller than limits.scoSizeBytesMin (rollover tests without 4 MiB writes). */
   scoSizeBytesMinOverride?: number;
+  /** Where the volume's data lives beyond the write buffer; without it the volume is local only. */
+  backend?: VolumeBackend;
+  /** A clone's parent snapshot: clusters this volume never wrote nor trimmed read from it (docs/snapshots.md). */
+  underlay?: VolumeUnderlay;
+}
+
+/** The backend side of a volume: uploads, and reads of SCOs no longer in the write buffer. */
+interface VolumeRemote {
+  uploader: ScoUploader;
+  reader: RemoteScoReader;
 }
 
 /** volume.json: what a volume directory is, written atomically. */
@@ -51,13 +75,17 @@ type VolumeStatus = 'open' | 'closing' | 'closed' | 'failed';
 
 /** Work for the append loop, in arrival order. One job per request, never one per cluster. */
 interface AppendJob {
-  kind: 'write' | 'trim' | 'sync';
+  kind: 'write' | 'trim' | 'sync' | 'records';
   lba: number;
   /** write: clusters in data; trim: clusters to unmap. */
   clusterCount: number;
   data: Buffer | undefined;
   /** write: clusters already placed into batches. */
   taken: number;
+  /** A scrubber rewrite (one cluster): written only if the LBA still maps here when its batch forms; else 0. */
+  expectedLocation: number;
+  /** records: encoded TLog records without data (snapshots, rollback remaps), applied like replay applies them. */
+  records: Buffer | undefined;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -96,7 +124,16 @@ export class VolumeDriver implements OpenBlockTarget {
   private readonly batchChecksums = new Uint32Array(limits.appendBatchClustersMax);
   private readonly batchRecords = Buffer.alloc((limits.appendBatchClustersMax + batchTrimRecordsMax + 4) * tlogRecordBytes);
 
-  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0 };
+  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0 };
+  /** Write buffer pressure asked for the open SCO and TLog to close early (done at the end of the next batch). */
+  private rollRequested = false;
+  /** The current TLog holds changes (so a clean close closes it for upload). */
+  private tlogDirty: boolean;
+  private remote: VolumeRemote | undefined;
+  private underlay: VolumeUnderlay | undefined;
+  /** The scrubber asked for the current TLog to close (so its SCO_DELETED records reach the backend). */
+  private tlogCloseRequested = false;
+  private volumeBackend: VolumeBackend | undefined;
 
   private constructor(
     private readonly disk: Disk,
@@ -113,6 +150,7 @@ export class VolumeDriver implements OpenBlockTarget {
     private tlogCount: number,
   ) {
     this.currentSizeBytes = sizeBytes;
+    this.tlogDirty = tlog.recordCount > 2; // a fresh TLog holds HEADER + the recovery SYNC
   }
 
   get sizeBytes(): number {
@@ -135,10 +173,29 @@ export class VolumeDriver implements OpenBlockTarget {
     const tlogDir = VolumeDriver.tlogDir(options.dir);
     await disk.mkdirp(scoDir);
     await disk.mkdirp(tlogDir);
+    const backend = options.backend;
+    let scoSeqFloor = 0;
+    if (backend !== undefined && (await disk.readFile(path.join(options.dir, metadataFileName))) === undefined) {
+      // An empty (or lost) volume directory: whatever is in the backend is the volume.
+      const restored = await restoreVolumeTlogs(backend, disk, tlogDir, logger);
+      scoSeqFloor = restored.scoSeqMax;
+      const manifest: UploadManifest = { tlogsUploadedThrough: restored.tlogCount, scosUploaded: [] };
+      await disk.writeFileAtomic(path.join(options.dir, uploadManifestFileName), encodeUploadManifest(manifest));
+    }
     const metadata = await loadOrCreateMetadata(disk, options, logger);
     const clustersPerSco = metadata.scoSizeBytes / clusterSizeBytes;
     const startedMs = Date.now();
-    const recovered = await recoverVolume({ disk, scoDir, tlogDir, clustersPerSco, logger });
+    const reader = backend !== undefined ? new RemoteScoReader(backend.store, backend.volumeId, backend.readCache) : undefined;
+    const remoteTable =
+      reader === undefined
+        ? undefined
+        : (sco: number) =>
+            reader.table(sco).catch((err: unknown) => {
+              if (isKeelError(err, 'OBJECT_NOT_FOUND')) return undefined;
+              throw err;
+            });
+    const deletedScos = await loadScrubbedScos(disk, options.dir);
+    const recovered = await recoverVolume({ disk, scoDir, tlogDir, clustersPerSco, logger, scoSeqFloor, deletedScos, ...(remoteTable ? { remoteTable } : {}) });
     const openSco = await OpenSco.create(disk, path.join(scoDir, scoFileName(recovered.nextScoSeq)), recovered.nextScoSeq, clustersPerSco);
     await disk.syncDir(scoDir);
     logger.info(
@@ -152,7 +209,7 @@ export class VolumeDriver implements OpenBlockTarget {
       },
       'volume driver open',
     );
-    return new VolumeDriver(
+    const driver = new VolumeDriver(
       disk,
       options.dir,
       metadata.name,
@@ -166,6 +223,31 @@ export class VolumeDriver implements OpenBlockTarget {
       recovered.scoCount + 1,
       recovered.tlogCount,
     );
+    if (backend !== undefined && reader !== undefined) {
+      const state = {
+        manifest: await loadUploadManifest(disk, options.dir),
+        localSealedScos: await sealedScoSizes(disk, scoDir, openSco.scoSeq),
+        closedTlogs: (await listSeqs(disk, tlogDir, parseTlogFileName)).filter((seq) => seq < recovered.tlog.tlogSeq),
+        scoClosedIn: recovered.scoClosedIn,
+      };
+      const uploader = new ScoUploader(
+        {
+          disk,
+          volumeName: metadata.name,
+          dir: options.dir,
+          backend,
+          logger,
+          relievePressure: () => driver.relievePressure(),
+          evictSco: (seq) => driver.evictLocalSco(seq),
+        },
+        state,
+      );
+      uploader.scoCreated(openSco.scoSeq);
+      driver.remote = { uploader, reader };
+    }
+    driver.underlay = options.underlay;
+    driver.volumeBackend = options.backend;
+    return driver;
   }
 
   /** Deletes every file of a volume. The volume must not be open. */
@@ -186,6 +268,10 @@ export class VolumeDriver implements OpenBlockTarget {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.checkRequest(offset, data.length, limits.nbdRequestBytesMax);
+    if (this.remote !== undefined) {
+      await this.remote.uploader.account.admit(data.length); // the write buffer bound: may delay or wait
+      this.checkUsable();
+    }
     await this.tracked(() => this.writeRange(offset, data));
     if (fua) await this.flush();
   }
@@ -231,7 +317,9 @@ export class VolumeDriver implements OpenBlockTarget {
     await this.whenIdle();
     try {
       if (!wasFailed) await this.sealOnClose();
+      if (!wasFailed && this.remote !== undefined) await this.closeForUpload(this.remote);
     } finally {
+      await this.remote?.uploader.close();
       await this.closedScos.closeAll();
       await this.tlog.close().catch(() => undefined);
       this.setStatus('closed');
@@ -252,6 +340,8 @@ export class VolumeDriver implements OpenBlockTarget {
     syncs: number;
     readClusters: number;
     checksumTablesCached: number;
+    pressureRolls: number;
+    backend?: UploaderStats & RemoteReadStats;
   } {
     return {
       mappedClusters: this.map.mappedCount,
@@ -267,7 +357,100 @@ export class VolumeDriver implements OpenBlockTarget {
       syncs: this.counters.syncs,
       readClusters: this.counters.readClusters,
       checksumTablesCached: this.closedScos.size,
+      pressureRolls: this.counters.pressureRolls,
+      ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),
     };
+  }
+
+  // ---------------------------------------------------------------- snapshots, clones, scrubbing (docs/snapshots.md)
+
+  /**
+   * Appends TLog records that carry no data (SNAPSHOT markers, rollback's WRITEs pointing at clusters that
+   * already exist, TRIMs) at the current point of the stream, applies them to the map the way replay
+   * does, and resolves once a SYNC after them is durable (`sync` false: once they are in the TLog).
+   */
+  async appendRecords(records: Buffer, sync = true): Promise<void> {
+    this.checkUsable();
+    const count = records.length / tlogRecordBytes;
+    assert(Number.isInteger(count) && count > 0 && count <= batchTrimRecordsMax, 'appendRecords takes 1..64 whole records');
+    await this.tracked(() => Promise.all([this.enqueue('records', 0, 0, undefined, records), sync ? this.enqueue('sync', 0, 0, undefined) : undefined]));
+  }
+
+  /** The scrubber deletes dead SCO objects from here (docs/snapshots.md, "Scrubbing"). */
+  get backend(): VolumeBackend | undefined {
+    return this.volumeBackend;
+  }
+
+  /** Most records one appendRecords call takes. */
+  static readonly recordsPerAppendMax = batchTrimRecordsMax;
+
+  /** The live map, read-only (a snapshot of it is only consistent while no request is running). */
+  mapView(): Pick<LbaMap, 'get' | 'forEach' | 'mappedCount'> {
+    return this.map;
+  }
+
+  /** Verified clusters of one SCO of this volume, wherever it is (open SCO, write buffer, backend). */
+  readScoClusters(scoSeq: number, slot: number, buffer: Buffer): Promise<void> {
+    this.checkUsable();
+    return this.tracked(() => this.readClustersOf(scoSeq, slot, buffer));
+  }
+
+  /** The scrubber deletes a sealed SCO nothing references (recorded in scrubbed-scos.json first). */
+  async deleteScoFile(scoSeq: number): Promise<void> {
+    assert(scoSeq !== this.openSco.scoSeq, 'the open SCO is never deleted');
+    this.closedScos.drop(scoSeq);
+    await this.disk.remove(path.join(VolumeDriver.scoDir(this.dir), scoFileName(scoSeq)));
+  }
+
+  /**
+   * The scrubber moves a live cluster out of a mostly-garbage SCO: `data` (read from `expectedLocation`)
+   * is appended like any write, but only if the LBA still maps to `expectedLocation` when the batch forms
+   * (the batch before it has been applied then), so a concurrent user write always wins. True if moved.
+   */
+  async rewriteCluster(lba: number, expectedLocation: number, data: Buffer): Promise<boolean> {
+    this.checkUsable();
+    assert(data.length === clusterSizeBytes && expectedLocation !== 0);
+    await this.tracked(() => this.enqueue('write', lba, 1, data, undefined, expectedLocation));
+    return this.map.get(lba) !== expectedLocation && this.map.get(lba) !== 0;
+  }
+
+  /** A rewrite is stale when its LBA moved, or an earlier job of the forming batch touches it. */
+  private rewriteIsStale(job: AppendJob, entries: BatchEntry[]): boolean {
+    if (this.map.get(job.lba) !== job.expectedLocation) return true;
+    return entries.some((entry) => entry.job.kind !== 'records' ? entry.job.lba <= job.lba && job.lba < entry.job.lba + entry.job.clusterCount : true);
+  }
+
+  /**
+   * Seals the open SCO (when it holds data) and closes the current TLog at the end of the next batch, so
+   * that the uploader can take them; resolves when done. Returns the seq of the TLog that was closed.
+   */
+  async closeCurrentTlog(): Promise<number> {
+    this.checkUsable();
+    const tlogSeq = this.tlog.tlogSeq;
+    this.tlogCloseRequested = true;
+    await this.tracked(() => this.enqueue('sync', 0, 0, undefined));
+    return tlogSeq;
+  }
+
+  private async closeTlogForUpload(): Promise<void> {
+    this.tlogCloseRequested = false;
+    if (this.openSco.clusterCount > 0) await this.rollSco();
+    if (this.tlog.recordCount > 2) await this.rollTlog(); // more than HEADER + a SYNC: something to upload
+  }
+
+  private applyRecords(records: Buffer): void {
+    for (let at = 0; at < records.length; at += tlogRecordBytes) {
+      const record = decodeTlogRecord(records, at);
+      assert(record !== undefined, 'appendRecords encodes valid records');
+      if (record.type === 'write') this.map.set(record.lba, packLocation(record.sco, record.slot));
+      else if (record.type === 'trim') {
+        this.map.deleteRange(record.lba, record.count);
+        this.underlay?.mask(record.lba, record.count);
+      } else if (record.type === 'fallthrough') {
+        this.map.deleteRange(record.lba, record.count);
+        this.underlay?.unmask(record.lba, record.count);
+      }
+    }
   }
 
   // ---------------------------------------------------------------- state
@@ -412,13 +595,13 @@ export class VolumeDriver implements OpenBlockTarget {
     };
   }
 
-  private async enqueue(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined): Promise<void> {
+  private async enqueue(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0): Promise<void> {
     while (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax && this.failure === undefined) {
       await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
     }
     if (this.failure !== undefined) throw this.failure;
     const done = new Promise<void>((resolve, reject) => {
-      this.queue.push({ kind, lba, clusterCount, data, taken: 0, resolve, reject });
+      this.queue.push({ kind, lba, clusterCount, data, taken: 0, expectedLocation, records, resolve, reject });
     });
     this.jobsEnqueued += 1;
     this.pump();
@@ -483,6 +666,17 @@ export class VolumeDriver implements OpenBlockTarget {
         continue; // consecutive flushes share one fsync; a write after a flush waits for the next batch
       }
       if (syncs.length > 0) break;
+      if (job.kind === 'records') {
+        // Snapshot markers and remaps share the TRIM records' room in the batch buffer.
+        const records = job.records!;
+        if (trims.length + records.length / tlogRecordBytes > batchTrimRecordsMax) break;
+        records.copy(this.batchRecords, recordBytes);
+        recordBytes += records.length;
+        for (let at = 0; at < records.length; at += tlogRecordBytes) trims.push(job);
+        entries.push({ job, from: 0, count: 0, firstSlot: 0 });
+        this.dequeue();
+        continue;
+      }
       if (job.kind === 'trim') {
         if (trims.length >= batchTrimRecordsMax) break;
         encodeTlogRecord(this.batchRecords, recordBytes, { type: 'trim', lba: job.lba, count: job.clusterCount });
@@ -490,6 +684,11 @@ export class VolumeDriver implements OpenBlockTarget {
         trims.push(job);
         entries.push({ job, from: 0, count: 0, firstSlot: 0 });
         this.dequeue();
+        continue;
+      }
+      if (job.expectedLocation !== 0 && this.rewriteIsStale(job, entries)) {
+        this.dequeue();
+        this.completeJob(job); // a user write won the race: the scrubber's copy is dropped
         continue;
       }
       const count = Math.min(job.clusterCount - job.taken, clusterRoom - clusters);
@@ -515,6 +714,8 @@ export class VolumeDriver implements OpenBlockTarget {
       if (clusters > 0) writes.push(sco.append(buffers, this.batchChecksums.subarray(0, clusters)));
       if (recordBytes > 0) writes.push(this.tlog.append(this.batchRecords.subarray(0, recordBytes)));
       await Promise.all(writes);
+      if (clusters > 0) this.remote?.uploader.account.addPending(clusters * clusterSizeBytes);
+      if (recordBytes > 0) this.tlogDirty = true;
       this.counters.appendBatches += 1;
       this.counters.appendedClusters += clusters;
       this.applyBatch(entries);
@@ -528,6 +729,47 @@ export class VolumeDriver implements OpenBlockTarget {
     for (const job of syncs) this.completeJob(job);
     if (this.openSco.freeClusters === 0) await this.rollSco();
     else if (this.tlog.recordCount >= limits.tlogRecordsMax) await this.rollTlog();
+    if (this.rollRequested) await this.rollForPressure();
+    if (this.tlogCloseRequested) await this.closeTlogForUpload();
+  }
+
+  /**
+   * Write buffer pressure: closed SCOs of a TLog that is still open cannot be evicted, so seal the open
+   * SCO and close the TLog now (the next batch, a sync job, runs this). Costs a partly filled SCO.
+   */
+  private async rollForPressure(): Promise<void> {
+    this.rollRequested = false;
+    if (this.tlog.scoClosedCount === 0) return;
+    this.counters.pressureRolls += 1;
+    if (this.openSco.clusterCount > 0) await this.rollSco();
+    if (this.tlog.scoClosedCount > 0) await this.rollTlog();
+  }
+
+  /** Called by the write buffer (via the uploader's account) when writes wait at the hard limit. */
+  private relievePressure(): void {
+    if (this.rollRequested || this.status !== 'open' || this.tlog.scoClosedCount === 0) return;
+    this.rollRequested = true;
+    this.enqueue('sync', 0, 0, undefined).catch(() => undefined);
+  }
+
+  /** The write buffer evicts a SCO whose TLog is on the backend: later reads go to the backend. */
+  private async evictLocalSco(scoSeq: number): Promise<void> {
+    this.closedScos.drop(scoSeq);
+    await this.disk.remove(path.join(VolumeDriver.scoDir(this.dir), scoFileName(scoSeq)));
+  }
+
+  /** Clean close with a backend: close the TLog too, so everything can go up, and wait a bounded time. */
+  private async closeForUpload(remote: VolumeRemote): Promise<void> {
+    if (this.tlogDirty) {
+      const closing = this.tlog;
+      encodeTlogRecord(this.batchRecords, 0, { type: 'tlogClosed', tlogSeq: closing.tlogSeq, recordCount: closing.recordCount });
+      await closing.append(this.batchRecords.subarray(0, tlogRecordBytes));
+      await closing.sync();
+      await closing.close();
+      remote.uploader.tlogClosed(closing.tlogSeq);
+    }
+    const drained = await remote.uploader.drain(limits.uploadDrainOnCloseMs);
+    if (!drained) this.logger.warn({ volume: this.volumeName, ...remote.uploader.stats() }, 'closing with uploads left: they resume at the next open');
   }
 
   /** Map updates in slot order, so overlapping writes resolve in arrival order; then acknowledgements. */
@@ -537,6 +779,12 @@ export class VolumeDriver implements OpenBlockTarget {
       const job = entry.job;
       if (job.kind === 'trim') {
         this.map.deleteRange(job.lba, job.clusterCount);
+        this.underlay?.mask(job.lba, job.clusterCount);
+        this.completeJob(job);
+        continue;
+      }
+      if (job.kind === 'records') {
+        this.applyRecords(job.records!);
         this.completeJob(job);
         continue;
       }
@@ -563,6 +811,7 @@ export class VolumeDriver implements OpenBlockTarget {
   private async rollSco(): Promise<void> {
     const sealed = await this.openSco.seal();
     this.closedScos.add(sealed);
+    this.remote?.uploader.scoSealed(sealed.scoSeq);
     encodeTlogRecord(this.batchRecords, 0, {
       type: 'scoClosed',
       sco: sealed.scoSeq,
@@ -575,6 +824,7 @@ export class VolumeDriver implements OpenBlockTarget {
     const scoDir = VolumeDriver.scoDir(this.dir);
     this.openSco = await OpenSco.create(this.disk, path.join(scoDir, scoFileName(nextSeq)), nextSeq, this.openSco.capacityClusters);
     await this.disk.syncDir(scoDir);
+    this.remote?.uploader.scoCreated(nextSeq);
     this.scoCount += 1;
     this.counters.scosCreated += 1;
     if (this.tlog.scoClosedCount >= limits.tlogScosMax || this.tlog.recordCount >= limits.tlogRecordsMax) await this.rollTlog();
@@ -592,6 +842,8 @@ export class VolumeDriver implements OpenBlockTarget {
     const nextSeq = closing.tlogSeq + 1;
     this.tlog = await TlogWriter.create(this.disk, path.join(tlogDir, tlogFileName(nextSeq)), nextSeq);
     await this.disk.syncDir(tlogDir);
+    this.tlogDirty = false;
+    this.remote?.uploader.tlogClosed(closing.tlogSeq);
     this.tlogCount += 1;
     this.counters.tlogsCreated += 1;
   }
@@ -613,6 +865,8 @@ export class VolumeDriver implements OpenBlockTarget {
     await this.tlog.append(this.batchRecords.subarray(0, 2 * tlogRecordBytes));
     await this.tlog.sync();
     await sealed.close();
+    this.tlogDirty = true;
+    this.remote?.uploader.scoSealed(sealed.scoSeq);
   }
 
   // ---------------------------------------------------------------- read path
@@ -626,6 +880,11 @@ export class VolumeDriver implements OpenBlockTarget {
     let lba = firstLba;
     while (lba <= lastLba) {
       const location = this.map.get(lba);
+      if (location === 0 && this.underlay?.covers(lba)) {
+        reads.push(this.underlay.readInto(lba, target, offset));
+        lba += 1;
+        continue;
+      }
       if (location === 0) {
         target.fill(0, Math.max(0, lba * clusterSizeBytes - offset), Math.min(target.length, (lba + 1) * clusterSizeBytes - offset));
         lba += 1;
@@ -642,17 +901,30 @@ export class VolumeDriver implements OpenBlockTarget {
   /** One pread for `count` clusters that lie in consecutive slots of one SCO, verified, copied in place. */
   private async readRun(target: Buffer, offset: number, lba: number, count: number, location: number): Promise<void> {
     const scoSeq = locationSco(location);
-    const sco = scoSeq === this.openSco.scoSeq ? this.openSco : await this.closedScos.get(scoSeq);
     const runStart = lba * clusterSizeBytes;
     const runEnd = runStart + count * clusterSizeBytes;
     const inPlace = runStart >= offset && runEnd <= offset + target.length;
     const buffer = inPlace ? target.subarray(runStart - offset, runEnd - offset) : Buffer.allocUnsafe(count * clusterSizeBytes);
-    await sco.readClusters(locationSlot(location), buffer);
+    await this.readClustersOf(scoSeq, locationSlot(location), buffer);
     this.counters.readClusters += count;
     if (!inPlace) {
       const from = Math.max(runStart, offset);
       const to = Math.min(runEnd, offset + target.length);
       buffer.copy(target, from - offset, from - runStart, to - runStart);
+    }
+  }
+
+  /** Local SCO (open, or closed in the write buffer) from disk; an evicted one through the backend. */
+  private async readClustersOf(scoSeq: number, slot: number, buffer: Buffer): Promise<void> {
+    if (scoSeq === this.openSco.scoSeq) return this.openSco.readClusters(slot, buffer);
+    const remote = this.remote;
+    if (remote !== undefined && !remote.uploader.isLocal(scoSeq)) return remote.reader.readClusters(scoSeq, slot, buffer);
+    try {
+      await (await this.closedScos.get(scoSeq)).readClusters(slot, buffer);
+    } catch (err) {
+      // Evicted while this read was opening the file: read the backend copy instead.
+      if (remote === undefined || remote.uploader.isLocal(scoSeq)) throw err;
+      await remote.reader.readClusters(scoSeq, slot, buffer);
     }
   }
 
@@ -722,4 +994,26 @@ async function loadOrCreateMetadata(disk: Disk, options: VolumeDriverOptions, lo
   }
   assert(metadata.name.length > 0);
   return metadata;
+}
+
+async function loadUploadManifest(disk: Disk, dir: string): Promise<UploadManifest> {
+  const filePath = path.join(dir, uploadManifestFileName);
+  const bytes = await disk.readFile(filePath);
+  return bytes === undefined ? emptyUploadManifest() : decodeUploadManifest(bytes, filePath);
+}
+
+/** Sealed SCO files of a volume (all but the open one after recovery): seq -> cluster count, from the file size. */
+async function sealedScoSizes(disk: Disk, scoDir: string, openScoSeq: number): Promise<Map<number, number>> {
+  const sizes = new Map<number, number>();
+  for (const seq of await listSeqs(disk, scoDir, parseScoFileName)) {
+    if (seq === openScoSeq) continue;
+    const file = await disk.open(path.join(scoDir, scoFileName(seq)), 'read');
+    try {
+      const clusterCount = ((await file.sizeBytes()) - scoTrailerBytes) / (clusterSizeBytes + scoChecksumBytes);
+      sizes.set(seq, Number.isInteger(clusterCount) && clusterCount >= 0 ? clusterCount : 0);
+    } finally {
+      await file.close();
+    }
+  }
+  return sizes;
 }

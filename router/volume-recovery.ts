@@ -27,6 +27,18 @@ export interface RecoveryOptions {
   tlogDir: string;
   clustersPerSco: number;
   logger: Logger;
+  /**
+   * The crc table of a sealed SCO that is not on local disk (evicted from the write buffer, or a volume
+   * restored from the backend): fetched from its backend copy. Without it such a SCO is missing.
+   */
+  remoteTable?: (sco: number) => Promise<Uint32Array | undefined>;
+  /**
+   * SCOs the scrubber deleted (scrubbed-scos.json): nothing live maps into them, so WRITE records that
+   * point there are replayed without a checksum check; later records overwrite them.
+   */
+  deletedScos?: ReadonlySet<number>;
+  /** New SCO numbers start above this (SCOs of this volume may exist in the backend beyond its TLogs). */
+  scoSeqFloor?: number;
 }
 
 export interface RecoveredVolume {
@@ -39,6 +51,8 @@ export interface RecoveredVolume {
   /** Records cut from the end of the last TLog: torn records and unflushed writes whose data was torn. */
   discardedRecords: number;
   sealedScos: number[];
+  /** SCO -> the TLog holding its SCO_CLOSED record (the upload pipeline evicts by it). */
+  scoClosedIn: Map<number, number>;
 }
 
 /** Sorted sequence numbers of the files in a directory that parse. */
@@ -67,6 +81,7 @@ class ScoChecksumSource {
     private readonly disk: Disk,
     private readonly scoDir: string,
     private readonly clustersPerSco: number,
+    private readonly remoteTable?: (sco: number) => Promise<Uint32Array | undefined>,
   ) {}
 
   cached(sco: number): ScoChecksums | undefined | typeof notCached {
@@ -85,6 +100,9 @@ class ScoChecksumSource {
       } finally {
         await file.close();
       }
+    } else if (this.remoteTable !== undefined) {
+      const table = await this.remoteTable(sco);
+      entry = table === undefined ? undefined : { table, sealed: true };
     }
     if (this.tables.size >= ScoChecksumSource.tablesMax) this.tables.delete(this.tables.keys().next().value!);
     this.tables.set(sco, entry);
@@ -97,7 +115,8 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
   const tlogSeqs = await listSeqs(disk, tlogDir, parseTlogFileName);
   const scoSeqs = await listSeqs(disk, scoDir, parseScoFileName);
   const map = new LbaMap();
-  const checksums = new ScoChecksumSource(disk, scoDir, options.clustersPerSco);
+  const checksums = new ScoChecksumSource(disk, scoDir, options.clustersPerSco, options.remoteTable);
+  const scoClosedIn = new Map<number, number>();
   /** Highest kept slot + 1 per SCO, and SCOs whose SCO_CLOSED record was seen. */
   const keptClusters = new Map<number, number>();
   const closedRecorded = new Set<number>();
@@ -120,7 +139,9 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
   for (const tlogSeq of tlogSeqs) {
     const isLast = tlogSeq === lastSeq;
     const applyWrite = (record: WriteRecord, index: number, source: ScoChecksums | undefined): boolean => {
-      const matches = source !== undefined && record.slot < source.table.length && source.table[record.slot] === record.dataCrc;
+      const matches =
+        (source !== undefined && record.slot < source.table.length && source.table[record.slot] === record.dataCrc) ||
+        (source === undefined && options.deletedScos?.has(record.sco) === true);
       if (!matches) {
         if (!isLast || index < lastSyncIndex) {
           throw KeelError.corrupt(`TLog ${tlogSeq} record ${index}: SCO ${record.sco} slot ${record.slot} does not match`, {
@@ -143,9 +164,10 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
         if (cached !== notCached) return applyWrite(record, index, cached);
         return checksums.load(record.sco).then((source) => applyWrite(record, index, source));
       }
-      if (record.type === 'trim') map.deleteRange(record.lba, record.count);
+      if (record.type === 'trim' || record.type === 'fallthrough') map.deleteRange(record.lba, record.count);
       else if (record.type === 'scoClosed') {
         closedRecorded.add(record.sco);
+        scoClosedIn.set(record.sco, tlogSeq);
         if (isLast) scosClosedInLast += 1;
       }
       return true;
@@ -168,12 +190,13 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
   for (const sealed of sealedScos) {
     await tlog.append(encodeTlogRecordToBuffer({ type: 'scoClosed', ...sealed }));
     tlog.noteScoClosed();
+    scoClosedIn.set(sealed.sco, tlog.tlogSeq);
   }
   await tlog.append(encodeTlogRecordToBuffer({ type: 'sync' }));
   await tlog.sync();
   await disk.syncDir(tlogDir);
 
-  const maxSco = Math.max(0, ...scoSeqs, ...keptClusters.keys());
+  const maxSco = Math.max(options.scoSeqFloor ?? 0, ...scoSeqs, ...keptClusters.keys(), ...closedRecorded);
   return {
     map,
     tlog,
@@ -183,6 +206,7 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
     replayedWrites,
     discardedRecords,
     sealedScos: sealedScos.map((sealed) => sealed.sco),
+    scoClosedIn,
   };
 }
 

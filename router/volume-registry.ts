@@ -8,11 +8,18 @@ import type { Coordination, VolumeRecord } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
+import { checkWriteBufferHoldsTlog } from '../backend/backend-config.ts';
+import { volumeObjectPrefix } from './backend-object-names.ts';
+import { deleteVolumeObjects } from './backend-volume-objects.ts';
+import type { RouterBackend } from './volume-backend.ts';
 import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeHost } from './volume-service.ts';
+import type { VolumeUnderlay } from './volume-underlay.ts';
 
 interface OwnedVolume {
   driver: VolumeDriver;
+  /** VolumeRecord.id: names its backend objects. */
+  volumeId: string;
   /** Epoch at which we own it: if coordination moves past it, we were fenced out. */
   ownerEpoch: number;
   sessions: number;
@@ -22,12 +29,16 @@ export class VolumeRegistry implements VolumeHost {
   private readonly owned = new Map<string, OwnedVolume>();
   /** Opens in progress, so that concurrent sessions share one recovery. */
   private readonly opening = new Map<string, Promise<OwnedVolume>>();
+  /** Clones: the parent snapshot a volume's unwritten clusters fall through to (router/snapshot-service.ts). */
+  underlaySource: ((volumeName: string) => Promise<VolumeUnderlay | undefined>) | undefined;
 
   constructor(
     private readonly routerId: string,
     private readonly routerDir: string,
     private readonly coordination: Coordination,
     private readonly logger: Logger,
+    /** Where volumes' data lives beyond the local write buffer; undefined: local disk only. */
+    private readonly backend?: RouterBackend,
   ) {}
 
   volumeDir(name: string): string {
@@ -69,10 +80,12 @@ export class VolumeRegistry implements VolumeHost {
 
   async closeAll(): Promise<void> {
     await Promise.allSettled([...this.opening.values()]);
-    for (const [name, owned] of this.owned) {
+    // In parallel: with a backend each close waits (bounded) for its uploads, and a stop must stay short.
+    const closing = [...this.owned].map(async ([name, owned]) => {
       this.owned.delete(name);
       await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing volume failed'));
-    }
+    });
+    await Promise.all(closing);
   }
 
   private async claimAndOpen(volumeName: string): Promise<OwnedVolume> {
@@ -103,14 +116,18 @@ export class VolumeRegistry implements VolumeHost {
   private async openDriver(record: VolumeRecord): Promise<OwnedVolume> {
     if (this.owned.size >= limits.volumesPerRouterMax) throw KeelError.busy(`router ${this.routerId} (volumesPerRouterMax)`);
     const startedMs = Date.now();
+    if (this.backend) checkWriteBufferHoldsTlog(this.backend.writeBuffer.bytesMax, record.scoSizeBytes);
+    const underlay = await this.underlaySource?.(record.name);
     const driver = await VolumeDriver.open({
+      ...(underlay ? { underlay } : {}),
       dir: this.volumeDir(record.name),
       volumeName: record.name,
       sizeBytes: record.sizeBytes,
       scoSizeBytes: record.scoSizeBytes,
       logger: this.logger.child({ volume: record.name }),
+      ...(this.backend ? { backend: { ...this.backend, volumeId: record.id } } : {}),
     });
-    const owned: OwnedVolume = { driver, ownerEpoch: record.ownerEpoch, sessions: 0 };
+    const owned: OwnedVolume = { driver, volumeId: record.id, ownerEpoch: record.ownerEpoch, sessions: 0 };
     this.owned.set(record.name, owned);
     this.logger.info(
       { volume: record.name, ownerEpoch: record.ownerEpoch, openMs: Date.now() - startedMs, ...driver.stats() },
@@ -124,6 +141,14 @@ export class VolumeRegistry implements VolumeHost {
     await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing deleted volume failed'));
     await VolumeDriver.destroy(this.volumeDir(name));
     this.logger.info({ volume: name }, 'volume deleted, local data removed');
+    const backend = this.backend;
+    if (backend) {
+      backend.readCache.invalidatePrefix(volumeObjectPrefix(owned.volumeId));
+      // In the background: a large volume has many objects, and reconcile must keep its pace.
+      deleteVolumeObjects({ ...backend, volumeId: owned.volumeId }, this.logger).catch((err) =>
+        this.logger.error({ err, volume: name, volumeId: owned.volumeId }, 'deleting the volume objects from the backend failed'),
+      );
+    }
   }
 
   private async dropFenced(name: string, owned: OwnedVolume): Promise<void> {

@@ -17,9 +17,20 @@ export interface VolumeHost {
   releaseVolume(volumeName: string, target: OpenBlockTarget): void;
 }
 
-export function createVolumeService(host: VolumeHost, logger: Logger): RpcHandler {
+/**
+ * Snapshots, clones and scrubbing (router/snapshot-service.ts): opens export names (`VOL`, `VOL@SNAP`,
+ * templates read-only) in place of the host, and runs the admin ops (docs/wire-protocol.md, "Admin ops").
+ */
+export interface VolumeAdmin {
+  openExport(exportName: string): Promise<OpenBlockTarget>;
+  releaseExport(exportName: string, target: OpenBlockTarget): void;
+  handles(op: string): boolean;
+  run(header: RequestHeader): Promise<RpcResult>;
+}
+
+export function createVolumeService(host: VolumeHost, logger: Logger, admin?: VolumeAdmin): RpcHandler {
   return {
-    openSession: (peer: RpcPeer) => new VolumeSession(host, logger.child({ peer: peer.remoteAddress })),
+    openSession: (peer: RpcPeer) => new VolumeSession(host, logger.child({ peer: peer.remoteAddress }), admin),
   };
 }
 
@@ -42,6 +53,7 @@ class VolumeSession implements RpcSession {
   constructor(
     private readonly host: VolumeHost,
     private readonly logger: Logger,
+    private readonly admin?: VolumeAdmin,
   ) {}
 
   handle(request: RpcRequest): Promise<RpcResult> {
@@ -77,6 +89,7 @@ class VolumeSession implements RpcSession {
           return emptyResult;
         });
       default:
+        if (this.admin?.handles(header.op)) return this.admin.run(header);
         return Promise.reject(KeelError.protocol(`unknown op '${header.op}'`, { op: header.op }));
     }
   }
@@ -87,7 +100,8 @@ class VolumeSession implements RpcSession {
   }
 
   private async open(header: RequestHeader): Promise<RpcResult> {
-    const volumeName = header.volume;
+    // `snapshot` (optional) opens VOL@SNAP read-only; the name may also carry it as `VOL@SNAP`.
+    const volumeName = typeof header.snapshot === 'string' && typeof header.volume === 'string' ? `${header.volume}@${header.snapshot}` : header.volume;
     if (typeof volumeName !== 'string' || volumeName.length === 0 || volumeName.length > limits.volumeNameLengthMax) {
       throw KeelError.protocol('open needs a volume name');
     }
@@ -97,12 +111,12 @@ class VolumeSession implements RpcSession {
     this.opensInFlight++;
     let target: OpenBlockTarget;
     try {
-      target = await this.host.openVolume(volumeName);
+      target = this.admin ? await this.admin.openExport(volumeName) : await this.host.openVolume(volumeName);
     } finally {
       this.opensInFlight--;
     }
     if (this.closed) {
-      this.host.releaseVolume(volumeName, target);
+      this.releaseTarget(volumeName, target);
       throw KeelError.closed('connection');
     }
     const handle = ++this.lastHandle;
@@ -142,8 +156,13 @@ class VolumeSession implements RpcSession {
     if (open.requestsInFlight === 0) this.release(open);
   }
 
+  private releaseTarget(volumeName: string, target: OpenBlockTarget): void {
+    if (this.admin) this.admin.releaseExport(volumeName, target);
+    else this.host.releaseVolume(volumeName, target);
+  }
+
   private release(open: OpenHandle): void {
-    this.host.releaseVolume(open.volumeName, open.target);
+    this.releaseTarget(open.volumeName, open.target);
     this.logger.debug({ volume: open.volumeName }, 'volume released');
   }
 }

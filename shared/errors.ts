@@ -23,7 +23,10 @@ export type KeelErrorCode =
   | 'READ_ONLY'
   | 'CLOSED' // the object was closed while the operation was pending
   | 'BUSY'
-  | 'OBJECT_NOT_FOUND'; // a backend object or fragment does not exist
+  | 'OBJECT_NOT_FOUND' // a backend object or fragment does not exist
+  | 'SNAPSHOT_NOT_FOUND'
+  | 'SNAPSHOT_EXISTS'
+  | 'HAS_DEPENDENTS'; // a snapshot or volume that clones depend on
 
 export class KeelError extends Error {
   readonly code: KeelErrorCode;
@@ -108,6 +111,15 @@ export class KeelError extends Error {
   }
   static busy(what: string) {
     return new KeelError('BUSY', `${what} is busy`);
+  }
+  static snapshotNotFound(volume: string, snapshot: string) {
+    return new KeelError('SNAPSHOT_NOT_FOUND', `volume '${volume}' has no snapshot '${snapshot}'`, { volume, snapshot });
+  }
+  static snapshotExists(volume: string, snapshot: string) {
+    return new KeelError('SNAPSHOT_EXISTS', `volume '${volume}' already has a snapshot '${snapshot}'`, { volume, snapshot });
+  }
+  static hasDependents(what: string, dependents: string[]) {
+    return new KeelError('HAS_DEPENDENTS', `${what} has dependent clones: ${dependents.join(', ')} (delete them first)`, { dependents });
   }
 }
 

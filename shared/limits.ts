@@ -96,7 +96,9 @@ export const limits = {
   /** Router backend: pause before a failed SCO/TLog upload is tried again (the store already retried it). */
   uploadRetryDelayMs: 1_000,
   /** Router backend: on a clean close, how long a volume waits for its uploads before leaving them for the next start. */
-  uploadDrainOnCloseMs: 7_000,
+  uploadDrainOnCloseMs: 5_000,
+  /** Router backend: after the drain, how long a closing volume waits for uploads still in flight (their data stays local). */
+  uploadAbandonOnCloseMs: 1_000,
   /** Router backend: backend objects deleted at once when a deleted volume is dropped. */
   objectDeletesInFlightMax: 8,
   /** Write buffer: default bound of local bytes not yet evictable (open + not yet uploaded SCOs) per router. */
@@ -137,6 +139,25 @@ export const limits = {
   childRestartWindowMs: 60_000,
   childRestartBackoffMaxMs: 2_000,
   childStopTimeoutMs: 10_000,
+
+  // Snapshots, clones, scrubbing (docs/snapshots.md).
+  /** Snapshots one volume keeps; creating more fails with BUSY (delete old ones). */
+  snapshotsPerVolumeMax: 100_000,
+  snapshotNameLengthMax: 64,
+  snapshotLabelsMax: 32,
+  snapshotLabelBytesMax: 256,
+  /** Snapshot maps (replayed from the TLogs) kept in RAM per volume, LRU; clones pin their parent's. */
+  snapshotMapsCachedMax: 4,
+  /** The scrubber rewrites a SCO's live clusters when at least this fraction of it is garbage. */
+  scrubGarbageFractionMin: 0.5,
+  /** Background scrubbing pace: clusters copied per second per router. */
+  scrubClustersPerSecondMax: 25_600,
+  /** How often the background scrubber looks at a router's volumes. */
+  scrubIntervalMs: 60_000,
+  /** How long a scrub waits for the TLog recording its deletions to reach the backend before deleting objects. */
+  scrubUploadWaitMs: 30_000,
+  /** Clusters per extent in an export stream (docs/export-stream.md). */
+  exportExtentClustersMax: 256,
 } as const;
 
 export type Limits = typeof limits;

@@ -26,10 +26,12 @@ export class KeelCluster {
     private readonly upArgs: string[],
   ) {}
 
-  static async start(options: { volumeSize?: string; scoSize?: string; routers?: number; dataDir?: string } = {}): Promise<KeelCluster> {
+  static async start(
+    options: { volumeSize?: string; scoSize?: string; routers?: number; dataDir?: string; /** Extra `keel up` arguments (e.g. --s3 URL). */ upArgs?: string[] } = {},
+  ): Promise<KeelCluster> {
     const dataDir = options.dataDir ?? (await mkdtemp(path.join(tmpdir(), 'keel-it-')));
     const port = await freePort();
-    const args = ['--volume-size', options.volumeSize ?? '1G', '--sco-size', options.scoSize ?? '4M', '--routers', String(options.routers ?? 3)];
+    const args = ['--volume-size', options.volumeSize ?? '1G', '--sco-size', options.scoSize ?? '4M', '--routers', String(options.routers ?? 3), ...(options.upArgs ?? [])];
     const cluster = new KeelCluster(dataDir, port, args);
     await cluster.startUp();
     return cluster;

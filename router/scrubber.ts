@@ -1,0 +1,227 @@
+/**
+ * Scrubbing one volume (docs/snapshots.md, "Scrubbing"). Live clusters = the current map ∪ every
+ * snapshot's map (clones of this volume depend on its snapshots, so they are covered). A sealed SCO with
+ * no live cluster is deleted; a SCO whose garbage fraction reaches limits.scrubGarbageFractionMin and
+ * that no snapshot references has its live clusters rewritten through the normal append path
+ * (VolumeDriver.rewriteCluster: a concurrent user write wins), and is deleted once nothing maps into it.
+ * The final check and the deletions run under the volume's snapshot lock, so no snapshot taken meanwhile
+ * can reference a deleted SCO. A SCO_DELETED TLog record is durable before a SCO's files go.
+ *
+ * With a backend, a SCO is deleted only once it is settled (its SCO_CLOSED record is in a TLog already
+ * uploaded: the uploader is done with it), and its backend object only once the TLog holding its
+ * SCO_DELETED record is uploaded too, so a router restoring the volume from the backend always finds
+ * the record that explains the missing object. Objects not yet deletable are deleted by a later scrub.
+ */
+import path from 'node:path';
+import type { Disk } from '../shared/disk.ts';
+import { clusterSizeBytes, limits } from '../shared/limits.ts';
+import type { Logger } from '../shared/logger.ts';
+import { locationSco, locationSlot } from './lba-map.ts';
+import { parseScoFileName, scoChecksumBytes, scoFileName, scoTrailerBytes } from './sco-format.ts';
+import { listObjectNames } from '../backend/object-listing.ts';
+import { isKeelError } from '../shared/errors.ts';
+import { parseVolumeObjectName, volumeObjectKindPrefix, volumeObjectName } from './backend-object-names.ts';
+import { scanScoHistory } from './scrubbed-scos.ts';
+import { encodeTlogRecord, tlogRecordBytes } from './tlog-format.ts';
+import type { VolumeDriver } from './volume-driver.ts';
+import { listSeqs } from './volume-recovery.ts';
+import type { VolumeSnapshots } from './volume-snapshots.ts';
+
+export interface ScrubReport {
+  volume: string;
+  scosBefore: number;
+  bytesBefore: number;
+  scosAfter: number;
+  bytesAfter: number;
+  scosDeleted: number;
+  /** The volume's SCO objects in the backend (logical bytes), when it has one. */
+  backendBytesBefore?: number;
+  backendBytesAfter?: number;
+  backendObjectsDeleted?: number;
+  scosRewritten: number;
+  clustersRewritten: number;
+  durationMs: number;
+}
+
+export type ScrubProgress = (event: { phase: 'mark' | 'rewrite' | 'delete'; done: number; total: number }) => void;
+
+/** Per sealed SCO: which slots are live, and which a snapshot holds (those are never moved). */
+interface ScoLiveness {
+  clusterCount: number;
+  live: Uint8Array;
+  liveCount: number;
+  inSnapshot: boolean;
+}
+
+export async function scrubVolume(options: {
+  disk: Disk;
+  dir: string;
+  driver: VolumeDriver;
+  snapshots: VolumeSnapshots;
+  logger: Logger;
+  garbageFractionMin?: number;
+  clustersPerSecondMax?: number;
+  onProgress?: ScrubProgress;
+}): Promise<ScrubReport> {
+  const { disk, dir, driver, snapshots, logger } = options;
+  const startedMs = Date.now();
+  const garbageFractionMin = options.garbageFractionMin ?? limits.scrubGarbageFractionMin;
+  const scoDir = path.join(dir, 'scos');
+  await driver.flush();
+  const before = await scoSizes(disk, scoDir);
+  const backendBefore = await backendScoSizes(driver);
+  const history = await scanScoHistory(disk, dir);
+  const known = new Map(before);
+  for (const [sco, sizeBytes] of backendBefore ?? []) if (!known.has(sco)) known.set(sco, sizeBytes);
+  for (const sco of history.deletedIn.keys()) known.delete(sco);
+  const openScoSeq = driver.stats().openScoSeq;
+
+  // Mark.
+  let liveness = await markLive(known, openScoSeq, driver, snapshots);
+  options.onProgress?.({ phase: 'mark', done: 1, total: 1 });
+
+  // Rewrite the live clusters of mostly-garbage SCOs that no snapshot holds.
+  const candidates = [...liveness].filter(([, l]) => !l.inSnapshot && l.liveCount > 0 && 1 - l.liveCount / l.clusterCount >= garbageFractionMin).map(([sco]) => sco);
+  const candidateSet = new Set(candidates);
+  const moves: Array<{ lba: number; location: number }> = [];
+  driver.mapView().forEach((lba, location) => {
+    if (candidateSet.has(locationSco(location))) moves.push({ lba, location });
+  });
+  let clustersRewritten = 0;
+  const cluster = Buffer.alloc(clusterSizeBytes);
+  const paceMs = 1000 / (options.clustersPerSecondMax ?? Number.POSITIVE_INFINITY);
+  for (const [index, move] of moves.entries()) {
+    await driver.readScoClusters(locationSco(move.location), locationSlot(move.location), cluster);
+    if (await driver.rewriteCluster(move.lba, move.location, Buffer.from(cluster))) clustersRewritten += 1;
+    if (paceMs > 0 && Number.isFinite(paceMs) && index % 64 === 63) await new Promise((resolve) => setTimeout(resolve, 64 * paceMs));
+    if (index % 1024 === 1023) options.onProgress?.({ phase: 'rewrite', done: index + 1, total: moves.length });
+  }
+  options.onProgress?.({ phase: 'rewrite', done: moves.length, total: moves.length });
+
+  // Delete what nothing references, checked again under the snapshot lock.
+  const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
+  const settled = (sco: number) => uploadedThrough === undefined || (history.closedIn.get(sco) ?? Number.MAX_SAFE_INTEGER) <= uploadedThrough;
+  const deleted = await snapshots.exclusive(async () => {
+    await driver.flush();
+    liveness = await markLive(known, driver.stats().openScoSeq, driver, snapshots);
+    const dead = [...liveness].filter(([sco, l]) => l.liveCount === 0 && settled(sco)).map(([sco]) => sco);
+    for (let at = 0; at < dead.length; at += 64) {
+      const chunk = dead.slice(at, at + 64);
+      const records = Buffer.alloc(chunk.length * tlogRecordBytes);
+      chunk.forEach((sco, index) => encodeTlogRecord(records, index * tlogRecordBytes, { type: 'scoDeleted', sco }));
+      await driver.appendRecords(records); // durable before any file goes
+    }
+    for (const [index, sco] of dead.entries()) {
+      await driver.deleteScoFile(sco);
+      options.onProgress?.({ phase: 'delete', done: index + 1, total: dead.length });
+    }
+    return dead;
+  });
+  if (deleted.length > 0 && driver.backend !== undefined) await waitForTlogUpload(driver, await driver.closeCurrentTlog());
+  const backendObjectsDeleted = await deleteSettledObjects(driver, disk, dir);
+  const after = await scoSizes(disk, scoDir);
+  const backendAfter = await backendScoSizes(driver);
+  const report: ScrubReport = {
+    volume: driver.volumeName,
+    scosBefore: before.size,
+    bytesBefore: sum(before.values()),
+    scosAfter: after.size,
+    bytesAfter: sum(after.values()),
+    scosDeleted: deleted.length,
+    ...(backendBefore && backendAfter
+      ? { backendBytesBefore: sum(backendBefore.values()), backendBytesAfter: sum(backendAfter.values()), backendObjectsDeleted }
+      : {}),
+    scosRewritten: candidates.filter((sco) => deleted.includes(sco)).length,
+    clustersRewritten,
+    durationMs: Date.now() - startedMs,
+  };
+  logger.info(report, 'volume scrubbed');
+  return report;
+}
+
+/** SCO seq -> object bytes of the volume's SCO objects in the backend; undefined without a backend. */
+async function backendScoSizes(driver: VolumeDriver): Promise<Map<number, number> | undefined> {
+  const backend = driver.backend;
+  if (backend === undefined) return undefined;
+  const { names } = await listObjectNames(backend.asds, volumeObjectKindPrefix(backend.volumeId, 'sco'));
+  const sizes = new Map<number, number>();
+  for (const name of names) {
+    const parsed = parseVolumeObjectName(backend.volumeId, name);
+    if (parsed?.kind !== 'sco') continue;
+    const stat = await backend.store.statObject(name).catch((err: unknown) => {
+      if (isKeelError(err, 'OBJECT_NOT_FOUND')) return undefined;
+      throw err;
+    });
+    if (stat) sizes.set(parsed.seq, stat.sizeBytes);
+  }
+  return sizes;
+}
+
+/** Waits (bounded) until TLog `tlogSeq` is in the backend; objects not deletable yet go at a later scrub. */
+async function waitForTlogUpload(driver: VolumeDriver, tlogSeq: number): Promise<void> {
+  const deadlineMs = Date.now() + limits.scrubUploadWaitMs;
+  while ((driver.stats().backend?.tlogsUploadedThrough ?? tlogSeq) < tlogSeq && Date.now() < deadlineMs) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Deletes the backend objects of SCOs whose SCO_DELETED record is in an uploaded TLog. */
+async function deleteSettledObjects(driver: VolumeDriver, disk: Disk, dir: string): Promise<number> {
+  const backend = driver.backend;
+  const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
+  if (backend === undefined || uploadedThrough === undefined) return 0;
+  const present = await backendScoSizes(driver);
+  let deleted = 0;
+  for (const [sco, tlogSeq] of (await scanScoHistory(disk, dir)).deletedIn) {
+    if (tlogSeq > uploadedThrough || !present?.has(sco)) continue;
+    await backend.store.deleteObject(volumeObjectName(backend.volumeId, 'sco', sco));
+    deleted += 1;
+  }
+  return deleted;
+}
+
+/** SCO seq -> file bytes, for the SCO files in the directory. */
+async function scoSizes(disk: Disk, scoDir: string): Promise<Map<number, number>> {
+  const sizes = new Map<number, number>();
+  for (const seq of await listSeqs(disk, scoDir, parseScoFileName)) {
+    const file = await disk.open(path.join(scoDir, scoFileName(seq)), 'read').catch(() => undefined);
+    if (file === undefined) continue; // deleted meanwhile
+    try {
+      sizes.set(seq, await file.sizeBytes());
+    } finally {
+      await file.close();
+    }
+  }
+  return sizes;
+}
+
+/** Liveness of every sealed SCO in `sizes` (the open SCO is never a candidate). */
+async function markLive(sizes: Map<number, number>, openScoSeq: number, driver: VolumeDriver, snapshots: VolumeSnapshots): Promise<Map<number, ScoLiveness>> {
+  const liveness = new Map<number, ScoLiveness>();
+  for (const [sco, sizeBytes] of sizes) {
+    if (sco >= openScoSeq) continue;
+    const clusterCount = Math.max(1, Math.floor((sizeBytes - scoTrailerBytes) / (clusterSizeBytes + scoChecksumBytes)));
+    liveness.set(sco, { clusterCount, live: new Uint8Array(Math.ceil(clusterCount / 8) + 1), liveCount: 0, inSnapshot: false });
+  }
+  const mark = (location: number, inSnapshot: boolean) => {
+    const entry = liveness.get(locationSco(location));
+    if (entry === undefined) return;
+    const slot = locationSlot(location);
+    if (inSnapshot) entry.inSnapshot = true;
+    const bit = 1 << (slot & 7);
+    if ((entry.live[slot >>> 3] & bit) !== 0) return;
+    entry.live[slot >>> 3] |= bit;
+    entry.liveCount += 1;
+  };
+  driver.mapView().forEach((_lba, location) => mark(location, false));
+  for (const info of snapshots.list()) {
+    (await snapshots.image(info)).map.forEach((_lba, location) => mark(location, true));
+  }
+  return liveness;
+}
+
+function sum(values: Iterable<number>): number {
+  let total = 0;
+  for (const value of values) total += value;
+  return total;
+}

@@ -1,0 +1,148 @@
+/**
+ * snapshots.jsonl, a volume's snapshot catalog (docs/snapshots.md, "Catalog"): an append-only journal of
+ * JSON lines, folded in order at load. Pure codec; the I/O is snapshot-catalog.ts. One line per change
+ * keeps a snapshot O(1) however many snapshots the volume has (a snapshot every 10 ms must not rewrite a
+ * growing file).
+ */
+import { KeelError } from '../shared/errors.ts';
+
+export const snapshotCatalogFileName = 'snapshots.jsonl';
+export const snapshotCatalogFormat = 'keel-snapshots';
+export const snapshotCatalogVersion = 1;
+
+export interface SnapshotInfo {
+  id: number;
+  name: string;
+  createdAtMs: number;
+  /** Volume size when the snapshot was taken: the size of the `VOL@SNAP` export. */
+  sizeBytes: number;
+  labels: Record<string, string>;
+}
+
+/** A clone made from one of this volume's snapshots (the clone's own side is clone.json). */
+export interface CloneRef {
+  clone: string;
+  snapshotId: number;
+}
+
+export type CatalogEvent =
+  | { e: 'header'; format: string; version: number }
+  | { e: 'create'; id: number; name: string; createdAtMs: number; sizeBytes: number; labels?: Record<string, string> }
+  | { e: 'delete'; id: number }
+  | { e: 'label'; id: number; labels: Record<string, string> }
+  | { e: 'template'; value: boolean }
+  | { e: 'clone'; clone: string; snapshotId: number }
+  | { e: 'uncloned'; clone: string }
+  | { e: 'nextId'; value: number };
+
+export interface CatalogState {
+  template: boolean;
+  /** The next snapshot id (ids are never reused, so a TLog's SNAPSHOT record names one snapshot). */
+  nextId: number;
+  /** In creation order (ids grow). */
+  snapshots: Map<number, SnapshotInfo>;
+  clones: CloneRef[];
+}
+
+export function emptyCatalog(): CatalogState {
+  return { template: false, nextId: 1, snapshots: new Map(), clones: [] };
+}
+
+export function encodeCatalogEvent(event: CatalogEvent): string {
+  return JSON.stringify(event) + '\n';
+}
+
+/** Applies one event (events are validated by decodeCatalog before they get here). */
+export function applyCatalogEvent(state: CatalogState, event: CatalogEvent): void {
+  switch (event.e) {
+    case 'header':
+      return;
+    case 'create':
+      state.snapshots.set(event.id, { id: event.id, name: event.name, createdAtMs: event.createdAtMs, sizeBytes: event.sizeBytes, labels: event.labels ?? {} });
+      state.nextId = Math.max(state.nextId, event.id + 1);
+      return;
+    case 'delete':
+      state.snapshots.delete(event.id);
+      return;
+    case 'label': {
+      const info = state.snapshots.get(event.id);
+      if (info) info.labels = event.labels;
+      return;
+    }
+    case 'template':
+      state.template = event.value;
+      return;
+    case 'clone':
+      state.clones.push({ clone: event.clone, snapshotId: event.snapshotId });
+      return;
+    case 'uncloned':
+      state.clones = state.clones.filter((c) => c.clone !== event.clone);
+      return;
+    case 'nextId':
+      state.nextId = Math.max(state.nextId, event.value);
+      return;
+  }
+}
+
+/**
+ * Folds a journal. A torn last line (no newline, or not JSON: a crash during an append) is ignored and
+ * reported as `tornTail`; any other bad line is CORRUPT.
+ */
+export function decodeCatalog(text: string, where: string): { state: CatalogState; lines: number; tornTail: boolean } {
+  const state = emptyCatalog();
+  const lines = text.split('\n');
+  const complete = lines.slice(0, -1); // the part after the last '\n' is a torn append or ''
+  let tornTail = lines[lines.length - 1] !== '';
+  complete.forEach((line, index) => {
+    let event: CatalogEvent;
+    try {
+      event = JSON.parse(line) as CatalogEvent;
+    } catch {
+      if (index === complete.length - 1) {
+        tornTail = true;
+        return;
+      }
+      throw KeelError.corrupt(`${where} line ${index + 1}: not JSON`, { path: where, line: index + 1 });
+    }
+    if (index === 0 && (event.e !== 'header' || event.format !== snapshotCatalogFormat || event.version !== snapshotCatalogVersion)) {
+      throw KeelError.corrupt(`${where}: not a version ${snapshotCatalogVersion} snapshot catalog`, { path: where });
+    }
+    if (!isCatalogEvent(event)) throw KeelError.corrupt(`${where} line ${index + 1}: bad event`, { path: where, line: index + 1 });
+    applyCatalogEvent(state, event);
+  });
+  return { state, lines: complete.length, tornTail };
+}
+
+function isCatalogEvent(value: CatalogEvent): boolean {
+  const id = (v: unknown) => Number.isSafeInteger(v) && (v as number) > 0;
+  switch (value?.e) {
+    case 'header':
+      return true;
+    case 'create':
+      return id(value.id) && typeof value.name === 'string' && Number.isSafeInteger(value.createdAtMs) && Number.isSafeInteger(value.sizeBytes);
+    case 'delete':
+      return id(value.id);
+    case 'label':
+      return id(value.id) && typeof value.labels === 'object' && value.labels !== null;
+    case 'template':
+      return typeof value.value === 'boolean';
+    case 'clone':
+      return typeof value.clone === 'string' && id(value.snapshotId);
+    case 'uncloned':
+      return typeof value.clone === 'string';
+    case 'nextId':
+      return id(value.value);
+    default:
+      return false;
+  }
+}
+
+/** The events that recreate `state` (compaction rewrites the journal with them). */
+export function catalogEvents(state: CatalogState): CatalogEvent[] {
+  const events: CatalogEvent[] = [{ e: 'header', format: snapshotCatalogFormat, version: snapshotCatalogVersion }];
+  events.push({ e: 'nextId', value: state.nextId });
+  if (state.template) events.push({ e: 'template', value: true });
+  for (const info of state.snapshots.values()) events.push({ e: 'create', ...info });
+  for (const ref of state.clones) events.push({ e: 'clone', ...ref });
+  return events;
+}

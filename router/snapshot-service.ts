@@ -1,0 +1,374 @@
+/**
+ * The router's snapshot, clone and scrub surface (docs/snapshots.md): the admin ops of the wire protocol
+ * (docs/wire-protocol.md, "Admin ops": snapshot-create, snapshot-list, ...; results are JSON in the reply
+ * payload), the read-only exports `VOL@SNAP` and templates, the clone underlays the registry gives a
+ * clone's driver, and the background scrubber. It works on the VolumeRegistry's public API: every op
+ * opens the volume like a session does (claiming it when unowned, NOT_OWNER when another router owns it)
+ * and releases it at the end.
+ */
+import path from 'node:path';
+import type { OpenBlockTarget } from '../shared/block-target.ts';
+import type { Coordination } from '../shared/coordination.ts';
+import { NodeDisk, type Disk } from '../shared/disk.ts';
+import { KeelError, isKeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
+import type { Logger } from '../shared/logger.ts';
+import { parseSnapshotRef } from '../shared/snapshot-ref.ts';
+import { checkVolumeName } from '../shared/volume-name.ts';
+import type { RpcResult } from '../shared/wire/rpc-server.ts';
+import type { RequestHeader } from '../shared/wire/wire-format.ts';
+import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
+import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin, type CloneOrigin } from './clone-format.ts';
+import { ReadOnlyTarget } from './read-only-target.ts';
+import { scrubVolume, type ScrubReport } from './scrubber.ts';
+import type { SnapshotInfo } from './snapshot-catalog-format.ts';
+import { replaySnapshotImage, replayTrimMask } from './snapshot-map-builder.ts';
+import { SnapshotTarget } from './snapshot-target.ts';
+import { VolumeDriver } from './volume-driver.ts';
+import type { VolumeRegistry } from './volume-registry.ts';
+import type { VolumeAdmin } from './volume-service.ts';
+import { checkSnapshotName, VolumeSnapshots } from './volume-snapshots.ts';
+
+/** One volume in `keel tree`. */
+export interface TreeVolume {
+  volume: string;
+  sizeBytes: number;
+  router: string;
+  template: boolean;
+  origin: CloneOrigin | undefined;
+  snapshots: Array<SnapshotInfo & { clones: string[] }>;
+}
+
+export const adminOps = [
+  'snapshot-create',
+  'snapshot-list',
+  'snapshot-delete',
+  'snapshot-label',
+  'snapshot-rollback',
+  'snapshot-diff',
+  'clone-create',
+  'volume-template',
+  'volume-tree',
+  'volume-scrub',
+] as const;
+
+export class SnapshotService implements VolumeAdmin {
+  /** Catalogs by volume name, tagged with the coordination id they belong to (a re-created name is a new volume). */
+  private readonly catalogs = new Map<string, { volumeId: string; snapshots: Promise<VolumeSnapshots> }>();
+  private readonly underlays = new Map<string, CloneUnderlay>();
+  /** Sessions that open clones hold on their parent volumes (they read its SCOs): not clients. */
+  private readonly cloneSessions = new Map<string, number>();
+  private scrubTimer: NodeJS.Timeout | undefined;
+  private scrubbing = false;
+
+  constructor(
+    private readonly registry: VolumeRegistry,
+    private readonly coordination: Coordination,
+    private readonly routerId: string,
+    private readonly logger: Logger,
+    private readonly disk: Disk = new NodeDisk(),
+  ) {
+    registry.underlaySource = (name) => this.underlayFor(name);
+  }
+
+  // ---------------------------------------------------------------- exports (VolumeAdmin)
+
+  async openExport(exportName: string): Promise<OpenBlockTarget> {
+    const ref = parseSnapshotRef(exportName);
+    if (ref.snapshot !== undefined) return this.openSnapshot(ref.volume, ref.snapshot);
+    const target = await this.registry.openVolume(ref.volume);
+    try {
+      if (!(await this.snapshotsOf(ref.volume)).template) return target;
+    } catch (err) {
+      this.registry.releaseVolume(ref.volume);
+      throw err;
+    }
+    return new ReadOnlyTarget(target, `template volume '${ref.volume}'`, () => this.registry.releaseVolume(ref.volume));
+  }
+
+  releaseExport(exportName: string, target: OpenBlockTarget): void {
+    if (target instanceof SnapshotTarget || target instanceof ReadOnlyTarget) void target.close();
+    else this.registry.releaseVolume(exportName);
+  }
+
+  handles(op: string): boolean {
+    return (adminOps as readonly string[]).includes(op);
+  }
+
+  async run(header: RequestHeader): Promise<RpcResult> {
+    const result = await this.dispatch(header);
+    return { payload: Buffer.from(JSON.stringify(result ?? null)) };
+  }
+
+  // ---------------------------------------------------------------- background scrubber
+
+  startBackgroundScrubber(intervalMs = limits.scrubIntervalMs): void {
+    this.scrubTimer = setInterval(() => void this.scrubAllInBackground(), intervalMs);
+    this.scrubTimer.unref();
+  }
+
+  stopBackgroundScrubber(): void {
+    if (this.scrubTimer) clearInterval(this.scrubTimer);
+  }
+
+  private async scrubAllInBackground(): Promise<void> {
+    if (this.scrubbing) return;
+    this.scrubbing = true;
+    try {
+      for (const { name } of this.registry.list()) {
+        await this.scrub(name, limits.scrubClustersPerSecondMax).catch((err) => this.logger.warn({ err, volume: name }, 'background scrub failed'));
+      }
+    } finally {
+      this.scrubbing = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- ops
+
+  private async dispatch(header: RequestHeader): Promise<unknown> {
+    switch (header.op) {
+      case 'snapshot-create':
+        return this.withDriver(volumeField(header), async (driver, snapshots) =>
+          snapshots.create(driver, optionalString(header, 'name'), labelsField(header), header.durable !== false),
+        );
+      case 'snapshot-list':
+        return this.withDriver(volumeField(header), async (_driver, snapshots) => ({
+          template: snapshots.template,
+          snapshots: snapshots.list(),
+          clones: snapshots.clones(),
+        }));
+      case 'snapshot-delete':
+        return this.withDriver(volumeField(header), async (driver, snapshots) => {
+          await this.pruneClones(snapshots);
+          return snapshots.delete(driver, stringField(header, 'snapshot'));
+        });
+      case 'snapshot-label':
+        return this.withDriver(volumeField(header), (_driver, snapshots) => snapshots.label(stringField(header, 'snapshot'), labelsField(header)));
+      case 'snapshot-rollback':
+        return this.rollback(volumeField(header), stringField(header, 'snapshot'));
+      case 'snapshot-diff':
+        return this.withDriver(volumeField(header), async (driver, snapshots) => {
+          const from = optionalString(header, 'from');
+          const to = optionalString(header, 'to');
+          const toInfo = to === undefined ? undefined : snapshots.find(to);
+          const extents = await snapshots.diff(from === undefined ? undefined : snapshots.find(from), toInfo, driver);
+          return { sizeBytes: toInfo?.sizeBytes || driver.sizeBytes, extents };
+        });
+      case 'clone-create':
+        return this.createClone(volumeField(header), optionalString(header, 'snapshot'), stringField(header, 'clone'));
+      case 'volume-template':
+        return this.makeTemplate(volumeField(header));
+      case 'volume-tree':
+        return this.tree();
+      case 'volume-scrub':
+        return this.scrub(volumeField(header));
+      default:
+        throw KeelError.protocol(`unknown op '${header.op}'`, { op: header.op });
+    }
+  }
+
+  private async rollback(volume: string, snapshot: string): Promise<unknown> {
+    return this.withDriver(volume, async (driver, snapshots) => {
+      const clients = this.clientSessions(volume);
+      if (clients > 0) throw new KeelError('BUSY', `volume '${volume}' has ${clients} open session(s): disconnect its NBD clients and snapshot exports before a rollback`);
+      await this.pruneClones(snapshots);
+      return snapshots.rollback(driver, snapshot, this.underlays.get(volume)?.trimmed);
+    });
+  }
+
+  private async createClone(volume: string, snapshot: string | undefined, clone: string): Promise<unknown> {
+    checkVolumeName(clone);
+    if (await this.coordination.getVolume(clone)) throw KeelError.volumeExists(clone);
+    const parentRecord = await this.coordination.getVolume(volume);
+    if (!parentRecord) throw KeelError.volumeNotFound(volume);
+    const info = await this.withDriver(volume, async (driver, snapshots) => {
+      let chosen: SnapshotInfo | undefined;
+      if (snapshot !== undefined) chosen = snapshots.find(snapshot);
+      else if (snapshots.template) chosen = snapshots.latest();
+      // A clone of a live volume without a named snapshot gets an implicit one.
+      chosen ??= await snapshots.create(driver, checkSnapshotName(`for-${clone}`));
+      await snapshots.addClone(clone, chosen.id);
+      return chosen;
+    });
+    const dir = this.registry.volumeDir(clone);
+    await this.disk.remove(dir); // a leftover of a volume coordination no longer knows
+    await this.disk.mkdirp(dir);
+    const origin: CloneOrigin = { parentVolume: volume, parentSnapshotId: info.id, parentSnapshotName: info.name };
+    await this.disk.writeFileAtomic(path.join(dir, cloneFileName), encodeCloneOrigin(origin));
+    try {
+      await this.coordination.createVolume({ name: clone, sizeBytes: info.sizeBytes || parentRecord.sizeBytes, scoSizeBytes: parentRecord.scoSizeBytes, owner: this.routerId }, Date.now());
+    } catch (err) {
+      await (await this.snapshotsOf(volume)).removeClone(clone);
+      throw err;
+    }
+    await this.registry.openVolume(clone);
+    this.registry.releaseVolume(clone); // open now: a broken origin fails here
+    this.logger.info({ clone, ...origin }, 'clone created');
+    return { clone, parent: volume, snapshot: info.name };
+  }
+
+  private async makeTemplate(volume: string): Promise<unknown> {
+    return this.withDriver(volume, async (driver, snapshots) => {
+      const clients = this.clientSessions(volume);
+      if (clients > 0) throw new KeelError('BUSY', `volume '${volume}' has ${clients} open session(s): disconnect its writers before making it a template`);
+      const taken = new Set(snapshots.list().map((s) => s.name));
+      let name = 'template';
+      for (let n = 2; taken.has(name); n++) name = `template-${n}`;
+      const info = await snapshots.create(driver, name);
+      await snapshots.setTemplate(true);
+      return { volume, snapshot: info.name };
+    });
+  }
+
+  private async tree(): Promise<TreeVolume[]> {
+    const volumes: TreeVolume[] = [];
+    for (const record of await this.coordination.listVolumes()) {
+      if (record.owner !== this.routerId) continue;
+      const snapshots = await this.snapshotsOf(record.name);
+      const clones = snapshots.clones();
+      volumes.push({
+        volume: record.name,
+        sizeBytes: record.sizeBytes,
+        router: this.routerId,
+        template: snapshots.template,
+        origin: await this.originOf(record.name),
+        snapshots: snapshots.list().map((info) => ({ ...info, clones: clones.filter((c) => c.snapshotId === info.id).map((c) => c.clone) })),
+      });
+    }
+    return volumes;
+  }
+
+  private async scrub(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
+    return this.withDriver(volume, (driver, snapshots) =>
+      scrubVolume({
+        disk: this.disk,
+        dir: this.registry.volumeDir(volume),
+        driver,
+        snapshots,
+        logger: this.logger,
+        ...(clustersPerSecondMax ? { clustersPerSecondMax } : {}),
+      }),
+    );
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private async openSnapshot(volume: string, snapshot: string): Promise<SnapshotTarget> {
+    const driver = await this.openDriver(volume);
+    try {
+      const snapshots = await this.snapshotsOf(volume);
+      const info = snapshots.find(snapshot);
+      const image = await snapshots.image(info);
+      const parent = this.underlays.get(volume)?.parent;
+      const reader = { readScoClusters: (sco: number, slot: number, buffer: Buffer) => driver.readScoClusters(sco, slot, buffer), ...(parent ? { parent } : {}) };
+      return new SnapshotTarget(info.sizeBytes || driver.sizeBytes, image, reader, `snapshot '${volume}@${snapshot}'`, () => this.registry.releaseVolume(volume));
+    } catch (err) {
+      this.registry.releaseVolume(volume);
+      throw err;
+    }
+  }
+
+  private async withDriver<T>(volume: string, work: (driver: VolumeDriver, snapshots: VolumeSnapshots) => Promise<T>): Promise<T> {
+    const driver = await this.openDriver(volume);
+    try {
+      return await work(driver, await this.snapshotsOf(volume));
+    } finally {
+      this.registry.releaseVolume(volume);
+    }
+  }
+
+  /** Sessions on a volume besides the running op's own and those its open clones hold. */
+  private clientSessions(volume: string): number {
+    const sessions = this.registry.list().find((v) => v.name === volume)?.sessions ?? 0;
+    return sessions - 1 - (this.cloneSessions.get(volume) ?? 0);
+  }
+
+  private async openDriver(volume: string): Promise<VolumeDriver> {
+    const target = await this.registry.openVolume(volume);
+    if (!(target instanceof VolumeDriver)) {
+      this.registry.releaseVolume(volume);
+      throw KeelError.badArgument(`volume '${volume}' is not served by a volume driver here`);
+    }
+    return target;
+  }
+
+  private async snapshotsOf(volume: string): Promise<VolumeSnapshots> {
+    const record = await this.coordination.getVolume(volume);
+    if (!record) throw KeelError.volumeNotFound(volume);
+    const cached = this.catalogs.get(volume);
+    if (cached && cached.volumeId === record.id) return cached.snapshots;
+    const dir = this.registry.volumeDir(volume);
+    const snapshots = (async () => VolumeSnapshots.load(this.disk, volume, dir, await this.disk.exists(path.join(dir, cloneFileName))))();
+    snapshots.catch(() => this.catalogs.delete(volume));
+    this.catalogs.set(volume, { volumeId: record.id, snapshots });
+    return snapshots;
+  }
+
+  private async originOf(volume: string): Promise<CloneOrigin | undefined> {
+    const filePath = path.join(this.registry.volumeDir(volume), cloneFileName);
+    const bytes = await this.disk.readFile(filePath);
+    return bytes === undefined ? undefined : decodeCloneOrigin(bytes, filePath);
+  }
+
+  /** Forgets clones that were deleted (`keel volume delete` goes through coordination only). */
+  private async pruneClones(snapshots: VolumeSnapshots): Promise<void> {
+    for (const { clone } of snapshots.clones()) {
+      if (!(await this.coordination.getVolume(clone))) await snapshots.removeClone(clone);
+    }
+  }
+
+  /**
+   * The registry asks this before opening a volume: a clone gets its parent snapshot's image (replayed
+   * and pinned for the clone's life) read through the parent's driver (opened here, held as a session),
+   * plus its trim mask rebuilt from its own TLogs.
+   */
+  private async underlayFor(volume: string): Promise<CloneUnderlay | undefined> {
+    const origin = await this.originOf(volume);
+    if (origin === undefined) return undefined;
+    const parentDriver = await this.openDriver(origin.parentVolume);
+    try {
+      const parentSnapshots = await this.snapshotsOf(origin.parentVolume);
+      const info = parentSnapshots.list().find((s) => s.id === origin.parentSnapshotId);
+      if (!info) throw KeelError.corrupt(`clone '${volume}': snapshot '${origin.parentVolume}@${origin.parentSnapshotName}' is gone`, { ...origin });
+      const image = await replaySnapshotImage(this.disk, this.registry.volumeDir(origin.parentVolume), info.id, parentSnapshots.isClone);
+      const grandParent = this.underlays.get(origin.parentVolume)?.parent;
+      const reader = {
+        readScoClusters: (sco: number, slot: number, buffer: Buffer) => parentDriver.readScoClusters(sco, slot, buffer),
+        ...(grandParent ? { parent: grandParent } : {}),
+      };
+      const underlay = new CloneUnderlay(new ParentSnapshotReader(image, reader, info.sizeBytes || parentDriver.sizeBytes), await replayTrimMask(this.disk, this.registry.volumeDir(volume)));
+      this.underlays.set(volume, underlay);
+      this.cloneSessions.set(origin.parentVolume, (this.cloneSessions.get(origin.parentVolume) ?? 0) + 1);
+      return underlay;
+    } catch (err) {
+      this.registry.releaseVolume(origin.parentVolume);
+      if (isKeelError(err)) throw err;
+      throw KeelError.io(`opening the parent of clone '${volume}' failed`, err);
+    }
+  }
+}
+
+function volumeField(header: RequestHeader): string {
+  return stringField(header, 'volume');
+}
+
+function stringField(header: RequestHeader, field: string): string {
+  const value = header[field];
+  if (typeof value !== 'string' || value.length === 0 || value.length > limits.volumeNameLengthMax + limits.snapshotNameLengthMax + 1) {
+    throw KeelError.protocol(`'${header.op}' needs a '${field}' string`);
+  }
+  return value;
+}
+
+function optionalString(header: RequestHeader, field: string): string | undefined {
+  return header[field] === undefined || header[field] === null ? undefined : stringField(header, field);
+}
+
+function labelsField(header: RequestHeader): Record<string, string> {
+  const labels = header.labels;
+  if (labels === undefined || labels === null) return {};
+  if (typeof labels !== 'object' || Array.isArray(labels) || !Object.values(labels).every((v) => typeof v === 'string')) {
+    throw KeelError.protocol(`'${header.op}' labels must be a map of strings`);
+  }
+  return labels as Record<string, string>;
+}

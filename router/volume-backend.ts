@@ -1,0 +1,28 @@
+/**
+ * What a router's volumes need from the backend (docs/backend-volumes.md): the erasure-coded object store
+ * (an interface, so tests can hold or fail individual puts), the ASDs (to list objects: restore, delete),
+ * the router's write buffer and read cache. One RouterBackend per router; each volume adds its id.
+ */
+import type { Asd } from '../backend/asd.ts';
+import type { ReadRangeOptions } from '../backend/object-store.ts';
+import type { ReadCache } from './read-cache.ts';
+import type { WriteBuffer } from './write-buffer.ts';
+
+export interface BackendObjectStore {
+  putObject(name: string, data: Buffer | readonly Buffer[]): Promise<void>;
+  readRange(name: string, offset: number, length: number, options?: ReadRangeOptions): Promise<Buffer>;
+  statObject(name: string): Promise<{ sizeBytes: number }>;
+  deleteObject(name: string): Promise<void>;
+}
+
+export interface RouterBackend {
+  store: BackendObjectStore;
+  asds: readonly Asd[];
+  writeBuffer: WriteBuffer;
+  readCache: ReadCache;
+}
+
+export interface VolumeBackend extends RouterBackend {
+  /** VolumeRecord.id: names the volume's objects (router/backend-object-names.ts). */
+  volumeId: string;
+}

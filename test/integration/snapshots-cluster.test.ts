@@ -1,0 +1,155 @@
+/**
+ * Snapshots, clones, rollback, scrubbing and export streams end to end: a real `keel up` cluster, the
+ * `keel` CLI, and Debian's NBD clients (qemu-io, qemu-img, nbdinfo) plus Keel's own NBD client for the
+ * write that must be refused with EPERM.
+ */
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NbdClient } from '../../edge/nbd-client.ts';
+import { isKeelError } from '../../shared/errors.ts';
+import { KeelCluster } from '../helpers/keel-cluster.ts';
+import { keelBin, run } from '../helpers/processes.ts';
+
+describe('snapshots on a keel up cluster', () => {
+  let cluster: KeelCluster;
+  let work: string;
+
+  beforeAll(async () => {
+    cluster = await KeelCluster.start({ volumeSize: '64M', scoSize: '4M', routers: 2 });
+    work = await mkdtemp(path.join(tmpdir(), 'keel-snap-'));
+  }, 90_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+    await cluster?.destroy();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const keelOk = async (...args: string[]) => {
+    const result = await cluster.keel(...args);
+    expect(result.code, `keel ${args.join(' ')}: ${result.stderr}`).toBe(0);
+    return result.stdout;
+  };
+  /** qemu-io commands against an export; fails the test unless every command succeeds. */
+  const qemuIo = async (exportName: string, commands: string[], readOnly = false) => {
+    const args = ['-f', 'raw', ...(readOnly ? ['-r'] : []), ...commands.flatMap((c) => ['-c', c]), cluster.uri(exportName)];
+    const result = await run('qemu-io', args);
+    expect(result.stdout + result.stderr, `qemu-io ${commands.join('; ')}`).not.toMatch(/Pattern verification failed|error|failed/i);
+    expect(result.code).toBe(0);
+    return result.stdout;
+  };
+
+  it('serves VOL@SNAP read-only with the data of that moment; writes get EPERM', async () => {
+    await qemuIo('demo', ['write -P 0xa1 0 1M', 'write -P 0xa2 8M 256k']);
+    expect((await keelOk('snapshot', 'create', 'demo', 's1')).trim()).toBe('s1');
+    await qemuIo('demo', ['write -P 0xb1 0 512k', 'write -z 8M 256k']);
+
+    await qemuIo('demo@s1', ['read -P 0xa1 0 1M', 'read -P 0xa2 8M 256k', 'read -P 0 16M 64k'], true);
+    await qemuIo('demo', ['read -P 0xb1 0 512k', 'read -P 0xa1 512k 512k', 'read -P 0 8M 256k'], true);
+
+    const info = JSON.parse((await run('nbdinfo', ['--json', cluster.uri('demo@s1')])).stdout).exports[0];
+    expect(info['export-size']).toBe(64 * 2 ** 20);
+    expect(info.is_read_only).toBe(true);
+
+    const client = await NbdClient.connect(cluster.uri('demo@s1'));
+    try {
+      expect(client.readOnly).toBe(true);
+      const refused = await client.write(0, Buffer.alloc(4096, 1)).then(() => undefined, (err: unknown) => err);
+      expect(isKeelError(refused, 'READ_ONLY')).toBe(true);
+      expect((refused as Error).message).toMatch(/EPERM/);
+      expect((await client.read(0, 4096)).every((b) => b === 0xa1)).toBe(true);
+    } finally {
+      await client.close();
+    }
+
+    const missing = await run('qemu-io', ['-f', 'raw', '-r', '-c', 'read 0 4k', cluster.uri('demo@nope')]);
+    expect(missing.code).not.toBe(0);
+  }, 60_000);
+
+  it('lists, labels, refuses duplicates, and clones that fall through to the parent snapshot', async () => {
+    const duplicate = await cluster.keel('snapshot', 'create', 'demo', 's1');
+    expect(duplicate.code).toBe(1);
+    expect(duplicate.stderr).toMatch(/already has a snapshot 's1'/);
+    await keelOk('snapshot', 'label', 'demo', 's1', 'purpose=test', 'owner=ci');
+    const listed = JSON.parse(await keelOk('snapshot', 'list', 'demo', '--json'));
+    expect(listed.snapshots).toMatchObject([{ name: 's1', labels: { purpose: 'test', owner: 'ci' }, sizeBytes: 64 * 2 ** 20 }]);
+
+    expect(await keelOk('snapshot', 'clone', 'demo@s1', 'c1')).toMatch(/created clone 'c1' of demo@s1/);
+    await qemuIo('c1', ['read -P 0xa1 0 1M', 'write -P 0xc1 4k 4k', 'read -P 0xc1 4k 4k', 'read -P 0xa1 8k 8k', 'write -z 0 4k', 'read -P 0 0 4k', 'read -P 0xa2 8M 256k']);
+    await qemuIo('demo', ['read -P 0xb1 0 512k'], true); // the parent is untouched
+
+    const refused = await cluster.keel('snapshot', 'delete', 'demo', 's1');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/dependent clones: c1/);
+
+    const tree = await keelOk('tree');
+    expect(tree).toMatch(/demo \(64 MiB/);
+    expect(tree).toMatch(/@s1/);
+    expect(tree).toMatch(/↳ c1/);
+    const treeJson = JSON.parse(await keelOk('tree', '--json'));
+    expect(treeJson.find((v: { volume: string }) => v.volume === 'c1').origin).toMatchObject({ parentVolume: 'demo', parentSnapshotName: 's1' });
+  }, 60_000);
+
+  it('rolls back (deleting newer snapshots), survives a restart, scrubs space back', async () => {
+    await keelOk('snapshot', 'create', 'demo', 's2');
+    await qemuIo('demo', ['write -P 0xd1 0 2M']);
+    const rollback = await keelOk('snapshot', 'rollback', 'demo', 's1');
+    expect(rollback).toMatch(/rolled back 'demo' to snapshot 's1'/);
+    expect(rollback).toMatch(/deleted newer snapshots: s2/);
+    await qemuIo('demo', ['read -P 0xa1 0 1M', 'read -P 0 1M 1M', 'read -P 0xa2 8M 256k'], true);
+
+    await cluster.stop();
+    await cluster.startUp();
+    const listed = JSON.parse(await keelOk('snapshot', 'list', 'demo', '--json'));
+    expect(listed.snapshots.map((s: { name: string }) => s.name)).toEqual(['s1']);
+    await qemuIo('demo@s1', ['read -P 0xa1 0 1M'], true);
+    await qemuIo('c1', ['read -P 0xc1 4k 4k', 'read -P 0 0 4k', 'read -P 0xa1 8k 8k'], true);
+
+    // Overwrite 12 MiB twice: the first copy is garbage no snapshot references.
+    await qemuIo('demo', ['write -P 0xe1 16M 12M']);
+    await qemuIo('demo', ['write -P 0xe2 16M 12M']);
+    const report = JSON.parse(await keelOk('scrub', 'demo', '--json'));
+    expect(report.scosDeleted).toBeGreaterThan(0);
+    expect(report.bytesAfter).toBeLessThan(report.bytesBefore - 8 * 2 ** 20);
+    if (report.backendBytesBefore !== undefined) expect(report.backendBytesAfter).toBeLessThan(report.backendBytesBefore);
+    await qemuIo('demo', ['read -P 0xe2 16M 12M', 'read -P 0xa1 0 1M'], true);
+    await qemuIo('demo@s1', ['read -P 0xa1 0 1M', 'read -P 0 16M 12M'], true);
+    await qemuIo('c1', ['read -P 0xa1 8k 8k'], true);
+  }, 90_000);
+
+  it('exports a snapshot and the changes between two, and imports them into another volume', async () => {
+    await keelOk('snapshot', 'create', 'demo', 'x1');
+    await qemuIo('demo', ['write -P 0xf1 40M 64k', 'write -z 0 256k']);
+    await keelOk('snapshot', 'create', 'demo', 'x2');
+    const diff = JSON.parse(await keelOk('snapshot', 'diff', 'demo', 'x1', 'x2', '--json'));
+    expect(diff).toEqual([
+      { offset: 0, length: 256 * 1024, kind: 'zero' },
+      { offset: 40 * 2 ** 20, length: 64 * 1024, kind: 'data' },
+    ]);
+    await keelOk('volume', 'create', 'copy', '64M', '--sco-size', '4M');
+    const full = path.join(work, 'full.kexp');
+    const incremental = path.join(work, 'inc.kexp');
+    const sh = (command: string) => run('sh', ['-c', command]);
+    const keel = `${process.execPath} ${keelBin}`;
+    const data = `--data ${cluster.dataDir}`;
+    expect((await sh(`${keel} snapshot export demo x1 ${data} > ${full}`)).code).toBe(0);
+    expect((await sh(`${keel} snapshot export demo x2 --from x1 ${data} > ${incremental}`)).code).toBe(0);
+    expect((await stat(incremental)).size).toBeLessThan(100 * 1024);
+
+    // A truncated stream is refused with a clear error and applies no snapshot.
+    const truncated = await sh(`head -c 5000 ${full} | ${keel} snapshot import copy ${data}`);
+    expect(truncated.code).toBe(1);
+    expect(truncated.stderr).toMatch(/truncated|checksum/);
+    // An incremental stream needs its base.
+    const baseless = await sh(`${keel} snapshot import copy ${data} < ${incremental}`);
+    expect(baseless.stderr).toMatch(/x1/);
+    expect(baseless.code).toBe(1);
+
+    expect((await sh(`${keel} snapshot import copy ${data} < ${full}`)).stdout).toMatch(/imported copy@x1/);
+    expect((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cluster.uri('demo@x1'), cluster.uri('copy')])).code).toBe(0);
+    expect((await sh(`${keel} snapshot import copy ${data} < ${incremental}`)).stdout).toMatch(/incremental from x1/);
+    expect((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cluster.uri('demo@x2'), cluster.uri('copy')])).code).toBe(0);
+  }, 90_000);
+});

@@ -1,0 +1,167 @@
+/**
+ * The upload pipeline of a volume with a real erasure-coded backend (directory ASDs behind FaultyAsd):
+ * a TLog goes up only after every SCO it references; a SCO is evicted only after its TLog is up; evicted
+ * SCOs read back from the backend; an empty volume directory is restored from the backend.
+ */
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DirectoryAsd } from '../../backend/asd-directory.ts';
+import { FaultyAsd } from '../../backend/asd.ts';
+import { ErasureObjectStore } from '../../backend/object-store.ts';
+import { parsePreset } from '../../backend/preset.ts';
+import { ReadCache } from '../../router/read-cache.ts';
+import { VolumeDriver } from '../../router/volume-driver.ts';
+import type { VolumeBackend } from '../../router/volume-backend.ts';
+import { WriteBuffer } from '../../router/write-buffer.ts';
+import { limits } from '../../shared/limits.ts';
+import { HeldObjectStore } from '../helpers/held-object-store.ts';
+
+const KiB = 1024;
+const scoSizeBytes = 64 * KiB; // 16 clusters: SCOs roll quickly
+const volumeSizeBytes = 4 * 1024 * KiB;
+
+let work: string;
+let asds: FaultyAsd[];
+let held: HeldObjectStore;
+let drivers: VolumeDriver[];
+let caches: ReadCache[];
+
+function pattern(seq: number): Buffer {
+  const data = Buffer.alloc(scoSizeBytes);
+  for (let i = 0; i < data.length; i += 4) data.writeUInt32LE((seq * 2654435761 + i) >>> 0, i);
+  return data;
+}
+
+async function backendFor(writeBufferBytes: number, cacheName: string): Promise<VolumeBackend> {
+  const readCache = await ReadCache.open(path.join(work, cacheName), 512 * KiB);
+  caches.push(readCache);
+  return {
+    store: held,
+    asds,
+    writeBuffer: new WriteBuffer({ bytesMax: writeBufferBytes }),
+    readCache,
+    volumeId: 'vol-0001',
+  };
+}
+
+async function openDriver(backend: VolumeBackend): Promise<VolumeDriver> {
+  const driver = await VolumeDriver.open({
+    dir: path.join(work, 'volume'),
+    volumeName: 'v',
+    sizeBytes: volumeSizeBytes,
+    scoSizeBytes,
+    scoSizeBytesMinOverride: scoSizeBytes,
+    backend,
+  });
+  drivers.push(driver);
+  return driver;
+}
+
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const scoName = (seq: number) => `vol/vol-0001/sco/${String(seq).padStart(8, '0')}`;
+const tlogName = (seq: number) => `vol/vol-0001/tlog/${String(seq).padStart(8, '0')}`;
+const localScos = async () => (await readdir(path.join(work, 'volume', 'scos'))).sort();
+
+beforeEach(async () => {
+  work = await mkdtemp(path.join(os.tmpdir(), 'keel-uploader-'));
+  asds = [0, 1, 2].map((i) => new FaultyAsd(new DirectoryAsd(`asd-${i}`, path.join(work, `asd-${i}`))));
+  held = new HeldObjectStore(new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }), retriesMax: 1, retryBackoffBaseMs: 1 }));
+  drivers = [];
+  caches = [];
+});
+
+afterEach(async () => {
+  held.release(/./);
+  for (const driver of drivers) await driver.close().catch(() => undefined);
+  for (const cache of caches) await cache.close();
+  await rm(work, { recursive: true, force: true });
+});
+
+describe('upload ordering', () => {
+  it('puts a TLog only after every SCO it references is on the backend', async () => {
+    expect(limits.tlogScosMax).toBe(4);
+    held.hold(/\/sco\//);
+    const driver = await openDriver(await backendFor(64 * scoSizeBytes, 'cache'));
+    for (let seq = 1; seq <= 5; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    // SCOs 1..5 sealed, TLog 1 (SCO_CLOSED of 1..4) closed; SCO puts are held.
+    await until(() => held.heldNames().length >= 2);
+    await until(() => {
+      held.release(/sco\/0000000[123]$/); // at most scoUploadsInFlightMax are in flight: release as they come
+      return held.completed.includes(scoName(3));
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(held.started).not.toContain(tlogName(1)); // SCO 4 is still missing
+    held.release(/\/sco\//);
+    await until(() => held.completed.includes(tlogName(1)));
+    const tlogAt = held.completed.indexOf(tlogName(1));
+    for (const seq of [1, 2, 3, 4]) expect(held.completed.indexOf(scoName(seq))).toBeLessThan(tlogAt);
+    expect(held.started.indexOf(tlogName(1))).toBeGreaterThan(held.completed.indexOf(scoName(4)));
+  });
+
+  it('evicts a SCO only once its TLog is up, then reads it back from the backend', async () => {
+    held.hold(/\/tlog\//);
+    const bufferBytes = (limits.tlogScosMax + 2) * scoSizeBytes;
+    const backend = await backendFor(bufferBytes, 'cache');
+    const driver = await openDriver(backend);
+    for (let seq = 1; seq <= 5; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await until(() => held.completed.includes(scoName(5)));
+    await until(() => held.heldNames().includes(tlogName(1)));
+    // Every SCO is uploaded, but its TLog is not: nothing is evictable, every file stays.
+    expect(backend.writeBuffer.stats().evictableBytes).toBe(0);
+    expect(await localScos()).toHaveLength(6);
+
+    held.release(/\/tlog\//);
+    await until(() => backend.writeBuffer.stats().evictableBytes > 0 || backend.writeBuffer.stats().evictedScos > 0);
+    // More writes push the local total past the bound: the oldest evictable SCOs go.
+    for (let seq = 6; seq <= 9; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await until(() => backend.writeBuffer.stats().evictedScos >= 2);
+    expect(await localScos()).not.toContain('00000001.sco');
+    for (let seq = 1; seq <= 9; seq++) expect((await driver.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
+    expect(driver.stats().backend!.remoteClustersFetched).toBeGreaterThan(0);
+    // Read again: served by the read cache, no more backend reads.
+    const fetched = driver.stats().backend!.remoteBytesFetched;
+    expect((await driver.read(0, scoSizeBytes)).equals(pattern(1))).toBe(true);
+    expect(driver.stats().backend!.remoteBytesFetched).toBe(fetched);
+  });
+
+  it('restores a volume whose directory is gone from the TLogs in the backend', async () => {
+    const driver = await openDriver(await backendFor(64 * scoSizeBytes, 'cache'));
+    for (let seq = 1; seq <= 6; seq++) await driver.write((seq - 1) * scoSizeBytes + 4096, pattern(seq).subarray(0, scoSizeBytes - 4096), false);
+    await driver.trim(2 * scoSizeBytes, 8192, false);
+    await driver.close(); // closes the TLog and waits for the uploads
+    await rm(path.join(work, 'volume'), { recursive: true });
+
+    const restored = await openDriver(await backendFor(64 * scoSizeBytes, 'cache-2'));
+    for (let seq = 1; seq <= 6; seq++) {
+      const expected = Buffer.concat([Buffer.alloc(4096), pattern(seq).subarray(0, scoSizeBytes - 4096)]);
+      if (seq === 3) expected.fill(0, 0, 8192);
+      expect((await restored.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(expected)).toBe(true);
+    }
+    // New SCOs never reuse a number that exists in the backend.
+    await restored.write(0, pattern(42), true);
+    expect(restored.stats().openScoSeq).toBeGreaterThan(7);
+    expect((await restored.read(0, scoSizeBytes)).equals(pattern(42))).toBe(true);
+  });
+
+  it('retries uploads while the backend fails, without losing or evicting anything', async () => {
+    const backend = await backendFor(64 * scoSizeBytes, 'cache');
+    for (const asd of asds) asd.setFaults({ fail: ['put'] });
+    const driver = await openDriver(backend);
+    for (let seq = 1; seq <= 5; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(driver.stats().backend!.uploadFailures).toBeGreaterThan(0);
+    expect(driver.stats().backend!.tlogsUploaded).toBe(0);
+    for (const asd of asds) asd.clearFaults();
+    await until(() => driver.stats().backend!.tlogsUploaded === 1, 10_000);
+    for (let seq = 1; seq <= 5; seq++) expect((await driver.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
+  });
+});
