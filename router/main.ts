@@ -15,6 +15,7 @@ import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
 import { openVpoolBackend, parseVpoolDataSettings, describeBackend, type VpoolBackend } from '../backend/backend-config.ts';
 import { MgmtServer } from './mgmt-server.ts';
+import { RouterMetrics } from './router-metrics.ts';
 import { ReadCache } from './read-cache.ts';
 import type { RouterBackend } from './volume-backend.ts';
 import { createVolumeService } from './volume-service.ts';
@@ -40,7 +41,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const registry = new VolumeRegistry(options.id, routerDir, coordination, logger, backend);
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
-  const mgmt = await MgmtServer.listen(options.host, 0, () => routerStatus(options.id, registry, backend, vpoolBackend), logger);
+  const mgmt = await MgmtServer.listen(options.host, 0, () => routerStatus(options.id, registry, backend, vpoolBackend), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const server = new RpcServer({ transport: new TcpTransport(), handler: createVolumeService(registry, logger, snapshots), logger, routerId: options.id });

@@ -1,5 +1,6 @@
 /**
- * The router's management HTTP server (node:http, loopback by default): GET /status answers JSON with
+ * The router's management HTTP server (node:http, loopback by default): GET /metrics is the Prometheus
+ * exposition of the same counters (router-metrics.ts); GET /status answers JSON with
  * the router's volumes and their counters, and the backend's per-ASD and store counters, the write buffer
  * and the read cache. Its address is registered in coordination (RouterRecord.mgmtAddress) so that
  * `keel backend status` can collect every router's live counters. Read-only; every response is bounded
@@ -9,6 +10,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
+import type { MetricsStatus, RouterMetrics } from './router-metrics.ts';
 
 export type StatusSource = () => unknown;
 
@@ -18,12 +20,22 @@ export class MgmtServer {
     readonly address: string,
   ) {}
 
-  static async listen(host: string, port: number, status: StatusSource, logger: Logger): Promise<MgmtServer> {
+  static async listen(host: string, port: number, status: StatusSource, logger: Logger, metrics?: RouterMetrics): Promise<MgmtServer> {
     const server = http.createServer((request, response) => {
       response.setTimeout(limits.mgmtRequestTimeoutMs, () => response.destroy());
       const url = new URL(request.url ?? '/', 'http://localhost');
+      if (request.method === 'GET' && url.pathname === '/metrics' && metrics) {
+        metrics
+          .render(status() as MetricsStatus)
+          .then((text) => response.writeHead(200, { 'content-type': metrics.contentType }).end(text))
+          .catch((err: unknown) => {
+            logger.warn({ err }, 'metrics request failed');
+            response.writeHead(500).end();
+          });
+        return;
+      }
       if (request.method !== 'GET' || url.pathname !== '/status') {
-        response.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not found: GET /status' }));
+        response.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: 'not found: GET /status or /metrics' }));
         return;
       }
       try {
