@@ -56,6 +56,8 @@ export const limits = {
   scoSizeBytesMin: 4 * 1024 * 1024,
   scoSizeBytesMax: 128 * 1024 * 1024,
   scoSizeBytesDefault: 64 * 1024 * 1024,
+  /** Volume driver: the open SCO is fsynced in the background after this many appended bytes (see OpenSco). */
+  scoBackgroundSyncBytes: 4 * 1024 * 1024,
   /** Volume driver: SCOs per TLog before it rolls over. */
   tlogScosMax: 4,
   /** Volume driver: records in one TLog before it rolls over anyway (trims and syncs add records without SCOs). */
@@ -134,7 +136,29 @@ export const limits = {
   /** Coordination (Redis): records fetched per round trip when listing routers or volumes. */
   coordinationListBatchMax: 512,
 
-  /** Supervisor: restarts of one child within the window before `keel up` gives up on it. */
+  // High availability: DTL, takeover, handover (docs/dtl.md, docs/high-availability.md).
+  /** DTL: bytes of one volume's records not yet on the backend (owner's resend backlog and the peer's files); beyond it writes wait. */
+  dtlBytesMax: 256 * 1024 * 1024,
+  /** DTL: above this fraction of dtlBytesMax the owner closes its TLog early so uploads can trim the DTL. */
+  dtlEarlyRollFraction: 0.5,
+  /** DTL: a peer's segment file rolls over at this size (trimming deletes whole segments). */
+  dtlSegmentBytes: 8 * 1024 * 1024,
+  /** DTL: records sent to the peer in one dtl-append (one per event-loop turn, up to this), and per dtl-fetch reply. */
+  dtlBatchBytesMax: 8 * 1024 * 1024,
+  /** DTL: how often the owner trims its DTL by the TLogs the uploader has put on the backend. */
+  dtlTrimIntervalMs: 100,
+  /** DTL: deadline of one request to the peer; past it the peer counts as lost and another is chosen. */
+  dtlRequestTimeoutMs: 3_000,
+  /** DTL: pause between attempts to find a peer while none is available. */
+  dtlPeerRetryMs: 250,
+  /** Takeover: how long a router probes a volume's recorded owner (connect + hello) before calling it unreachable. */
+  ownerProbeTimeoutMs: 1_000,
+  /** Takeover: an owner whose heartbeat is younger than this is never taken over (it may be restarting its connection). */
+  takeoverHeartbeatAgeMinMs: 2_000,
+  /** Handover: how long the old owner waits for its last SCO and TLog to reach the backend before giving up the move. */
+  handoverUploadWaitMs: 20_000,
+
+
   childRestartsMax: 10,
   childRestartWindowMs: 60_000,
   childRestartBackoffMaxMs: 2_000,
@@ -180,6 +204,9 @@ export function checkLimits(l: Limits = limits): void {
   if (l.scoSizeBytesMax / clusterSizeBytes > 65536) fail('a SCO may hold at most 65536 clusters (16-bit slot)');
   if (l.appendBatchClustersMax * clusterSizeBytes < l.nbdRequestBytesMax)
     fail('appendBatchClustersMax must hold one nbdRequestBytesMax write, or a large write could never be appended');
+  if (l.exportExtentClustersMax * clusterSizeBytes > l.nbdRequestBytesMax)
+    fail('exportExtentClustersMax must fit one nbdRequestBytesMax read (export reads an extent at a time)');
+  if (!(l.scrubGarbageFractionMin > 0 && l.scrubGarbageFractionMin <= 1)) fail('scrubGarbageFractionMin must lie in (0, 1]');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
@@ -188,6 +215,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
   if (l.readCacheBlockBytes % clusterSizeBytes !== 0 || l.readCacheBlockBytes / clusterSizeBytes > 32)
     fail('readCacheBlockBytes must be whole clusters, at most 32 (one u32 presence mask per block)');
+  if (l.scoBackgroundSyncBytes > l.scoSizeBytesMin) fail('scoBackgroundSyncBytes must not exceed scoSizeBytesMin, or small SCOs would seal with their whole backlog');
   if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
   if (l.coordinationCommandTimeoutMs * 2 > l.routerDeadAfterMs)
     fail('coordinationCommandTimeoutMs must let a router retry a timed-out heartbeat before it is declared dead');
