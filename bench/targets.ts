@@ -14,6 +14,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { isMounted, spawnTracked, stopTracked, trackMount, unmountLazily, untrackMount, waitForOutput, type TrackedChild } from './child-processes.ts';
 import { findProcess, repoDir } from './system-metrics.ts';
+import { freePort } from '../test/helpers/processes.ts';
 
 export type TargetId = 'keel' | 'keel-s3' | 'nbdkit-memory' | 'nbdkit-file' | 's3backer';
 
@@ -301,16 +302,6 @@ async function missingProgram(program: string): Promise<string | undefined> {
   }
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {
