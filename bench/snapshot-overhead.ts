@@ -56,7 +56,7 @@ async function fioRandwrite(port: number, volume: string): Promise<number> {
     ],
     { timeoutMs: (seconds + 60) * 1000 },
   );
-  if (result.code !== 0) throw new Error(`fio failed: ${result.stderr}`);
+  if (result.code !== 0) throw new Error(`fio failed (exit ${result.code}): ${result.stderr} ${result.stdout.slice(-2000)}`);
   // The nbd engine prints "fio: connected to NBD server" before the JSON.
   return (JSON.parse(result.stdout.slice(result.stdout.indexOf('{'))) as { jobs: Array<{ write: { iops: number } }> }).jobs[0].write.iops;
 }

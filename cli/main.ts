@@ -8,6 +8,7 @@ import { addSnapshotCommands } from './snapshot-commands.ts';
 import { addRouterCommands } from './router-commands.ts';
 import { addUpCommand } from './up-command.ts';
 import { addVolumeCommands } from './volume-commands.ts';
+import { addHaCommands } from './ha-commands.ts';
 
 const program = new Command('keel')
   .description('Keel: distributed block storage — NBD edge, log-structured routers, object-store backend')
@@ -19,6 +20,7 @@ addUpCommand(program);
 addRouterCommands(program);
 addEdgeCommand(program);
 addVolumeCommands(program);
+addHaCommands(program);
 addSnapshotCommands(program);
 addBackendCommands(program);
 

@@ -13,12 +13,13 @@ export function addRouterCommands(program: Command): void {
     .option('--data <dir>', 'cluster data directory (default ./data or $KEEL_DATA)')
     .option('--host <host>', 'address to listen on for edges', '127.0.0.1')
     .option('--port <port>', 'wire protocol port (0 picks a free one)', '0')
-    .action(async (options: { id?: string; data?: string; host: string; port: string }) => {
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
+    .action(async (options: { id?: string; data?: string; host: string; port: string; redis?: string }) => {
       if (!options.id) {
         router.help({ error: true });
       }
       const { runRouter } = await import('../router/main.ts'); // loaded only when running a router
-      await runRouter({ id: options.id!, dataDir: resolveDataDir(options.data), host: options.host, port: parsePort(options.port) });
+      await runRouter({ id: options.id!, dataDir: resolveDataDir(options.data), host: options.host, port: parsePort(options.port), redisUrl: resolveRedisUrl(options.redis) });
     });
 
   router

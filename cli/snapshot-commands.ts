@@ -4,7 +4,7 @@
  */
 import type { Command } from 'commander';
 import type { Coordination } from '../shared/coordination.ts';
-import { KeelError } from '../shared/errors.ts';
+import { KeelError, isKeelError } from '../shared/errors.ts';
 import { formatSize } from '../shared/sizes.ts';
 import { parseSnapshotRef } from '../shared/snapshot-ref.ts';
 import type { ScrubReport } from '../router/scrubber.ts';
@@ -226,6 +226,26 @@ export function addSnapshotCommands(program: Command): void {
         console.log(`backend: ${formatSize(report.backendBytesBefore)} -> ${formatSize(report.backendBytesAfter ?? 0)} of SCO objects (${report.backendObjectsDeleted ?? 0} deleted)`);
       }
     });
+}
+
+/**
+ * `keel volume delete` of a volume whose snapshots clones depend on would break the clones: refused.
+ * A volume never opened has no snapshots; an unreachable owner skips the check (with a warning).
+ */
+export async function refuseIfCloned(coordination: Coordination, volume: string): Promise<void> {
+  const record = await coordination.getVolume(volume);
+  if (!record || record.owner === '') return;
+  let clones: Array<{ clone: string }>;
+  try {
+    clones = (await volumeAdmin<{ clones: Array<{ clone: string }> }>(coordination, volume, { op: 'snapshot-list' })).clones;
+  } catch (err) {
+    if (isKeelError(err, 'VOLUME_NOT_FOUND')) return;
+    console.error(`keel: warning: could not ask the owner of '${volume}' about clones (${(err as Error).message})`);
+    return;
+  }
+  const alive: string[] = [];
+  for (const { clone } of clones) if (await coordination.getVolume(clone)) alive.push(clone);
+  if (alive.length > 0) throw KeelError.hasDependents(`volume '${volume}'`, alive);
 }
 
 async function createClone(source: string, clone: string, options: DataOptions): Promise<void> {

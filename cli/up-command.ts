@@ -19,9 +19,9 @@ import { checkLimits, limits } from '../shared/limits.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
-import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
+import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
 import { SupervisedChild } from './child-process-supervisor.ts';
-import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { KeelError } from '../shared/errors.ts';
 
 interface UpOptions {
@@ -38,6 +38,7 @@ interface UpOptions {
   config?: string;
   writeBuffer?: string;
   readCache?: string;
+  redis?: string;
 }
 
 const readyTimeoutMs = 30_000;
@@ -59,6 +60,7 @@ export function addUpCommand(program: Command): void {
     .option('--config <file>', 'vPool settings as JSON: { "backend": { "asds": [...], "preset": {...} }, "writeBufferBytesMax": ..., "readCacheBytesMax": ... }')
     .option('--write-buffer <size>', 'write buffer bound per router (local bytes not yet on the backend)')
     .option('--read-cache <size>', 'read cache size per router')
+    .option('--redis <url>', 'coordination on Redis (redis://host:port) instead of the embedded document; default $KEEL_REDIS_URL')
     .action(async (options: UpOptions) => runUp(options));
 }
 
@@ -71,15 +73,17 @@ async function runUp(options: UpOptions): Promise<void> {
   const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
   const dataDir = resolveDataDir(options.data);
   const logger = createLogger('keel-up');
-  const coordination = await openCoordination(dataDir);
+  const redisUrl = resolveRedisUrl(options.redis);
+  const coordination = await openCoordination(dataDir, redisUrl);
+  const redisArgs = redisUrl ? ['--redis', redisUrl] : [];
   const vpool = await ensureVpool(coordination, dataDir, options, scoSizeBytes, logger);
 
   const routers = Array.from({ length: routerCount }, (_, i) => {
     const id = `r${i + 1}`;
-    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir], logger);
+    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir, ...redisArgs], logger);
   });
-  const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, '--host', options.host, '--port', String(port)], logger);
-  const stopAll = installStopHandlers(logger, [edge, ...routers]);
+  const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, ...redisArgs, '--host', options.host, '--port', String(port)], logger);
+  const stopAll = installStopHandlers(logger, [edge, ...routers], () => markRoutersDraining(coordination, logger));
 
   for (const router of routers) router.start();
   await waitForRouters(coordination, routers);
@@ -144,7 +148,16 @@ function summarizeVpool(vpool: VpoolConfig): string {
   return `${asds.length} ${asds[0]?.type} ASDs, preset ${preset.k ?? 4}+${preset.m ?? 2}, write buffer ${formatSize(settings.writeBufferBytesMax)}`;
 }
 
-function installStopHandlers(logger: Logger, children: SupervisedChild[]): { done: Promise<void> } {
+/**
+ * A router stopped with SIGTERM hands its volumes to other routers (rolling upgrade). When the whole
+ * cluster stops there is nowhere to go: marking every router draining first makes each stop at once.
+ */
+async function markRoutersDraining(coordination: Coordination, logger: Logger): Promise<void> {
+  const routers = await coordination.listRouters().catch(() => []);
+  await Promise.all(routers.map((r) => coordination.setRouterState(r.id, 'draining').catch((err) => logger.warn({ err, router: r.id }, 'could not mark the router draining'))));
+}
+
+function installStopHandlers(logger: Logger, children: SupervisedChild[], beforeStop: () => Promise<void>): { done: Promise<void> } {
   let stopping = false;
   let finish!: () => void;
   const done = new Promise<void>((resolve) => (finish = resolve));
@@ -153,6 +166,7 @@ function installStopHandlers(logger: Logger, children: SupervisedChild[]): { don
     stopping = true;
     logger.info({ signal }, 'stopping the cluster');
     for (const child of children) child.holdRestarts();
+    await beforeStop();
     // Edge first, so that clients see a clean disconnect rather than errors from vanished routers.
     for (const child of children) await child.stop();
     logger.info('cluster stopped');
@@ -179,9 +193,11 @@ async function waitForRouters(coordination: Coordination, routers: SupervisedChi
 
 async function ensureVolume(coordination: Coordination, name: string, sizeBytes: number, scoSizeBytes: number): Promise<void> {
   if (await coordination.getVolume(name)) return;
-  const routers = placeableRouters(await coordination.listRouters(), Date.now());
+  const registered = await coordination.listRouters();
+  const routers = placeableRouters(registered, Date.now());
   const owner = leastLoadedRouter(routers, await coordination.listVolumes())?.id;
-  await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner }, Date.now());
+  const dtlMode = defaultDtlMode(routers.length, registered.length);
+  await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner, ...(dtlMode ? { dtlMode } : {}) }, Date.now());
 }
 
 async function waitForPort(host: string, port: number): Promise<void> {

@@ -2,9 +2,11 @@ import type { Command } from 'commander';
 import { KeelError } from '../shared/errors.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
-import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
+import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
+import { parseDtlMode } from './ha-commands.ts';
+import { refuseIfCloned } from './snapshot-commands.ts';
 
 interface DataOptions {
   data?: string;
@@ -21,10 +23,12 @@ export function addVolumeCommands(program: Command): void {
     .argument('<size>', 'size, e.g. 10G, 512M, 1T')
     .option('--sco-size <size>', 'SCO size (4M-128M)', '64M')
     .option('--owner <router>', 'router that serves it (default: the least loaded live router)')
+    .option('--dtl-mode <mode>', 'DTL mode: none, async or sync (default sync; none on a one-router cluster)')
     .option('--data <dir>', 'cluster data directory (default ./data or $KEEL_DATA)')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
     .option('--json', 'print the volume as JSON')
-    .action(async (name: string, size: string, options: DataOptions & { scoSize: string; owner?: string; json?: boolean }) => {
+    .action(async (name: string, size: string, options: DataOptions & { scoSize: string; owner?: string; dtlMode?: string; json?: boolean }) => {
+      const requestedDtlMode = options.dtlMode === undefined ? undefined : parseDtlMode(options.dtlMode);
       checkVolumeName(name);
       const sizeBytes = checkVolumeSize(parseSize(size));
       const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
@@ -32,7 +36,8 @@ export function addVolumeCommands(program: Command): void {
       const routers = await coordination.listRouters();
       if (options.owner && !routers.some((r) => r.id === options.owner)) throw KeelError.routerNotFound(options.owner);
       const owner = options.owner ?? leastLoadedRouter(placeableRouters(routers, Date.now()), await coordination.listVolumes())?.id;
-      const record = await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner }, Date.now());
+      const dtlMode = requestedDtlMode ?? defaultDtlMode(placeableRouters(routers, Date.now()).length, routers.length);
+      const record = await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner, ...(dtlMode ? { dtlMode } : {}) }, Date.now());
       if (options.json) printJson(record);
       else console.log(`created volume '${name}' of ${formatSize(sizeBytes)}${owner ? ` on router ${owner}` : ''}`);
     });
@@ -48,8 +53,15 @@ export function addVolumeCommands(program: Command): void {
       const volumes = await coordination.listVolumes();
       if (options.json) return printJson(volumes);
       printTable(
-        volumes.map((v) => ({ name: v.name, size: formatSize(v.sizeBytes), sco: formatSize(v.scoSizeBytes), owner: v.owner || '-', epoch: v.ownerEpoch })),
-        ['name', 'size', 'sco', 'owner', 'epoch'],
+        volumes.map((v) => ({
+          name: v.name,
+          size: formatSize(v.sizeBytes),
+          sco: formatSize(v.scoSizeBytes),
+          owner: v.owner || '-',
+          epoch: v.ownerEpoch,
+          dtl: `${v.dtlMode ?? 'sync'}${v.dtlPeer ? ` on ${v.dtlPeer}` : ''}${v.dtlInSync ? '' : ' (not in sync)'}`,
+        })),
+        ['name', 'size', 'sco', 'owner', 'epoch', 'dtl'],
       );
     });
 
@@ -69,6 +81,7 @@ export function addVolumeCommands(program: Command): void {
       console.log(`size:        ${formatSize(record.sizeBytes)} (${record.sizeBytes} bytes)`);
       console.log(`sco size:    ${formatSize(record.scoSizeBytes)}`);
       console.log(`owner:       ${record.owner || '(unclaimed)'} (epoch ${record.ownerEpoch})`);
+      console.log(`dtl:         ${record.dtlMode ?? 'sync'}, peer ${record.dtlPeer || '-'}, ${record.dtlInSync ? 'in sync' : 'not in sync'}`);
       console.log(`created:     ${new Date(record.createdAtMs).toISOString()}`);
     });
 
@@ -100,6 +113,7 @@ export function addVolumeCommands(program: Command): void {
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (name: string, options: DataOptions) => {
       const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
+      await refuseIfCloned(coordination, name);
       await coordination.deleteVolume(name);
       console.log(`deleted volume '${name}'`);
     });

@@ -1,9 +1,14 @@
 /**
  * Finds the router that serves a volume, through coordination. A volume nobody has claimed yet goes to the
  * live router with the fewest volumes; that router claims it (epoch 0 -> 1) when the edge opens it.
+ * When the recorded owner looks gone (marked down, or silent for takeoverHeartbeatAgeMinMs), the edge is
+ * sent to a live router — the volume's DTL peer first, it holds the DTL — which takes the volume over if
+ * the owner is really unreachable and the DTL allows it (docs/high-availability.md), else answers
+ * NOT_OWNER / TAKEOVER_REFUSED and the edge keeps looking until ownerWaitMaxMs.
  */
 import type { Coordination, RouterRecord } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
 import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
 import type { OwnerLocator } from './remote-volume.ts';
 
@@ -17,7 +22,14 @@ export class CoordinationOwnerLocator implements OwnerLocator {
     const volume = await this.coordination.getVolume(volumeName);
     if (!volume) throw KeelError.volumeNotFound(volumeName);
     const routers = await this.coordination.listRouters();
-    const router = volume.owner ? routers.find((r) => r.id === volume.owner) : await this.leastLoaded(routers);
+    const owner = volume.owner ? routers.find((r) => r.id === volume.owner) : undefined;
+    const nowMs = this.nowMs();
+    const ownerGone = volume.owner !== '' && (owner === undefined || owner.state === 'down' || nowMs - owner.heartbeatAtMs > limits.takeoverHeartbeatAgeMinMs);
+    let router = volume.owner && !ownerGone ? owner : undefined;
+    if (ownerGone) {
+      const candidates = placeableRouters(routers, nowMs).filter((r) => r.id !== volume.owner);
+      router = candidates.find((r) => r.id === volume.dtlPeer) ?? (await this.leastLoaded(candidates)) ?? owner;
+    } else if (!volume.owner) router = await this.leastLoaded(routers);
     if (!router) throw KeelError.noOwner(volumeName, 0);
     return { routerId: router.id, address: router.address };
   }

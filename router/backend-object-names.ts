@@ -1,12 +1,17 @@
 /**
- * Names of a volume's objects in the backend (docs/backend-volumes.md). Every name is built here, so the
- * owner epoch can later join the name (fencing, high-availability issue) in one place. The volume's stable
- * id (VolumeRecord.id, a UUID) is used rather than its name, so a re-created name never meets old objects.
+ * Names of a volume's objects in the backend (docs/backend-volumes.md, fencing in
+ * docs/high-availability.md). Every name is built here. The volume's stable id (VolumeRecord.id, a UUID)
+ * is used rather than its name, so a re-created name never meets old objects.
  *
- *   vol/<volumeId>/sco/<seq 8 digits>    a closed SCO file, byte for byte (data, crc table, trailer)
- *   vol/<volumeId>/tlog/<seq 8 digits>   a closed TLog file, byte for byte
+ *   vol/<volumeId>/sco/<seq 8 digits>                 a closed SCO file, byte for byte
+ *   vol/<volumeId>/tlog/<seq 8 digits>-<epoch 8 digits> a closed TLog file, byte for byte, put by the owner at that epoch
+ *   vol/<volumeId>/tlog/<seq 8 digits>                (before owner epochs were in names: read as epoch 0)
+ *   vol/<volumeId>/epoch/<epoch 8 digits>              fencing marker of a new owner: JSON { "tlogsRestored": n }
+ *
+ * The epoch in TLog names keeps an old owner's late upload from replacing a newer owner's TLog of the
+ * same number; the marker tells restore which TLogs of older epochs to ignore (those above n).
  */
-export type VolumeObjectKind = 'sco' | 'tlog';
+export type VolumeObjectKind = 'sco' | 'tlog' | 'epoch';
 
 const seqDigits = 8;
 
@@ -18,15 +23,18 @@ export function volumeObjectKindPrefix(volumeId: string, kind: VolumeObjectKind)
   return `${volumeObjectPrefix(volumeId)}${kind}/`;
 }
 
-export function volumeObjectName(volumeId: string, kind: VolumeObjectKind, seq: number): string {
-  return `${volumeObjectKindPrefix(volumeId, kind)}${String(seq).padStart(seqDigits, '0')}`;
+/** `ownerEpoch` is part of TLog names only (SCO numbers never collide: docs/high-availability.md). */
+export function volumeObjectName(volumeId: string, kind: VolumeObjectKind, seq: number, ownerEpoch?: number): string {
+  const base = `${volumeObjectKindPrefix(volumeId, kind)}${String(seq).padStart(seqDigits, '0')}`;
+  return kind === 'tlog' && ownerEpoch !== undefined ? `${base}-${String(ownerEpoch).padStart(seqDigits, '0')}` : base;
 }
 
-/** The kind and seq of an object name of this volume, or undefined for anything else. */
-export function parseVolumeObjectName(volumeId: string, name: string): { kind: VolumeObjectKind; seq: number } | undefined {
+/** The kind, seq (the epoch for markers) and epoch of an object name of this volume, or undefined for anything else. */
+export function parseVolumeObjectName(volumeId: string, name: string): { kind: VolumeObjectKind; seq: number; epoch: number } | undefined {
   const prefix = volumeObjectPrefix(volumeId);
   if (!name.startsWith(prefix)) return undefined;
-  const match = /^(sco|tlog)\/(\d+)$/.exec(name.slice(prefix.length));
-  if (match === null) return undefined;
-  return { kind: match[1] as VolumeObjectKind, seq: Number(match[2]) };
+  const match = /^(sco|tlog|epoch)\/(\d+)(?:-(\d+))?$/.exec(name.slice(prefix.length));
+  if (match === null || (match[3] !== undefined && match[1] !== 'tlog')) return undefined;
+  const seq = Number(match[2]);
+  return { kind: match[1] as VolumeObjectKind, seq, epoch: match[1] === 'epoch' ? seq : Number(match[3] ?? 0) };
 }

@@ -5,7 +5,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { EmbeddedCoordination } from '../shared/coordination-embedded.ts';
+import { openCoordination } from '../shared/coordination-factory.ts';
 import type { Coordination, RouterState } from '../shared/coordination.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
@@ -22,29 +22,43 @@ import { createVolumeService } from './volume-service.ts';
 import { SnapshotService } from './snapshot-service.ts';
 import { VolumeRegistry } from './volume-registry.ts';
 import { WriteBuffer } from './write-buffer.ts';
+import { DtlStore } from './dtl-store.ts';
+import { withHaOps } from './ha-service.ts';
+import { VolumeHa } from './volume-ha.ts';
 
 export interface RouterOptions {
   id: string;
   dataDir: string;
   host: string;
   port: number;
+  /** Redis coordination URL; none: the embedded document under dataDir. */
+  redisUrl?: string;
 }
 
 export async function runRouter(options: RouterOptions): Promise<void> {
   checkLimits();
   const logger = createLogger('router', { router: options.id });
-  const coordination = await EmbeddedCoordination.open(options.dataDir);
+  const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger: logger.child({ component: 'coordination' }) });
   const routerDir = path.join(options.dataDir, 'routers', options.id);
   await mkdir(routerDir, { recursive: true });
 
   const { backend, vpoolBackend } = await openRouterBackend(coordination, routerDir, logger);
   const registry = new VolumeRegistry(options.id, routerDir, coordination, logger, backend);
+  const transport = new TcpTransport();
+  const ha = new VolumeHa(options.id, registry, coordination, transport, logger.child({ component: 'ha' }), backend !== undefined);
+  registry.lifecycle = ha;
+  const dtl = await DtlStore.open(path.join(routerDir, 'dtl'), logger.child({ component: 'dtl' }));
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
-  const mgmt = await MgmtServer.listen(options.host, 0, () => routerStatus(options.id, registry, backend, vpoolBackend), logger, new RouterMetrics(options.id));
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
-  const server = new RpcServer({ transport: new TcpTransport(), handler: createVolumeService(registry, logger, snapshots), logger, routerId: options.id });
+  const drain = async () => {
+    await setState(coordination, options.id, 'draining', logger);
+    return ha.drain();
+  };
+  const handler = withHaOps(createVolumeService(registry, logger, snapshots), { dtl, ha, drain });
+  const server = new RpcServer({ transport, handler, logger, routerId: options.id });
   const address = await server.listen(formatAddress(options.host, options.port));
   const startedAtMs = Date.now();
   await coordination.registerRouter({
@@ -58,34 +72,59 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   });
   logger.info({ address, mgmtAddress: mgmt.address, dataDir: options.dataDir }, 'router up');
 
-  const ticker = startHeartbeat(options.id, coordination, registry, logger);
+  const ticker = startHeartbeat(options.id, coordination, registry, ha, logger);
   const reason = await waitForStopSignal();
   logger.info({ reason }, 'router stopping');
-  clearInterval(ticker);
   snapshots.stopBackgroundScrubber();
+  // A rolling upgrade: hand every volume to another router first, so edges switch without an error.
+  if (backend) {
+    const drained = await drain().catch((err) => logger.error({ err }, 'drain failed'));
+    logger.info({ ...drained }, 'volumes handed over before the stop');
+  }
+  ticker.stop();
   await server.close();
   await registry.closeAll();
+  await dtl.close();
   await mgmt.close();
   await backend?.readCache.close();
   await setState(coordination, options.id, 'down', logger);
+  await coordination.close();
   logger.info('router stopped');
   logger.flush();
 }
 
-function startHeartbeat(id: string, coordination: Coordination, registry: VolumeRegistry, logger: Logger): NodeJS.Timeout {
-  let busy = false; // never stack heartbeats behind a slow coordination store
-  return setInterval(async () => {
-    if (busy) return;
-    busy = true;
+/**
+ * Heartbeat and reconcile run on separate loops: a reconcile that closes a fenced volume may wait for its
+ * uploads (uploadDrainOnCloseMs), and the heartbeat must not stall meanwhile, or this router would look
+ * dead and its other volumes be taken over.
+ */
+function startHeartbeat(id: string, coordination: Coordination, registry: VolumeRegistry, ha: VolumeHa, logger: Logger): { stop(): void } {
+  let beating = false; // never stack heartbeats behind a slow coordination store
+  let reconciling = false;
+  const heartbeat = setInterval(async () => {
+    if (beating) return;
+    beating = true;
+    await coordination.heartbeat(id, Date.now()).catch((err) => logger.warn({ err }, 'heartbeat failed'));
+    beating = false;
+  }, limits.heartbeatIntervalMs);
+  const reconcile = setInterval(async () => {
+    if (reconciling) return;
+    reconciling = true;
     try {
-      await coordination.heartbeat(id, Date.now());
       await registry.reconcile();
+      await ha.reconcileModes(await coordination.listVolumes());
     } catch (err) {
-      logger.warn({ err }, 'heartbeat or reconcile failed');
+      logger.warn({ err }, 'reconcile failed');
     } finally {
-      busy = false;
+      reconciling = false;
     }
   }, limits.heartbeatIntervalMs);
+  return {
+    stop: () => {
+      clearInterval(heartbeat);
+      clearInterval(reconcile);
+    },
+  };
 }
 
 async function setState(coordination: Coordination, id: string, state: RouterState, logger: Logger): Promise<void> {

@@ -238,7 +238,7 @@ export class ScoUploader {
       }
       this.waitingOnUnsealed = false;
       if (this.closed) return;
-      const name = volumeObjectName(this.options.backend.volumeId, 'tlog', seq);
+      const name = volumeObjectName(this.options.backend.volumeId, 'tlog', seq, this.options.backend.ownerEpoch);
       const done = await this.retryForever(`TLog ${seq}`, () => this.options.backend.store.putObject(name, data).then(() => true));
       if (done === undefined) return;
       this.tlogQueue.shift();

@@ -22,6 +22,7 @@ import { listObjectNames } from '../backend/object-listing.ts';
 import { isKeelError } from '../shared/errors.ts';
 import { parseVolumeObjectName, volumeObjectKindPrefix, volumeObjectName } from './backend-object-names.ts';
 import { scanScoHistory } from './scrubbed-scos.ts';
+import { markSnapshotLocations } from './scrub-marker.ts';
 import { encodeTlogRecord, tlogRecordBytes } from './tlog-format.ts';
 import type { VolumeDriver } from './volume-driver.ts';
 import { listSeqs } from './volume-recovery.ts';
@@ -77,7 +78,7 @@ export async function scrubVolume(options: {
   const openScoSeq = driver.stats().openScoSeq;
 
   // Mark.
-  let liveness = await markLive(known, openScoSeq, driver, snapshots);
+  let liveness = await markLive(known, openScoSeq, driver, snapshots, disk, dir);
   options.onProgress?.({ phase: 'mark', done: 1, total: 1 });
 
   // Rewrite the live clusters of mostly-garbage SCOs that no snapshot holds.
@@ -103,7 +104,7 @@ export async function scrubVolume(options: {
   const settled = (sco: number) => uploadedThrough === undefined || (history.closedIn.get(sco) ?? Number.MAX_SAFE_INTEGER) <= uploadedThrough;
   const deleted = await snapshots.exclusive(async () => {
     await driver.flush();
-    liveness = await markLive(known, driver.stats().openScoSeq, driver, snapshots);
+    liveness = await markLive(known, driver.stats().openScoSeq, driver, snapshots, disk, dir);
     const dead = [...liveness].filter(([sco, l]) => l.liveCount === 0 && settled(sco)).map(([sco]) => sco);
     for (let at = 0; at < dead.length; at += 64) {
       const chunk = dead.slice(at, at + 64);
@@ -196,7 +197,14 @@ async function scoSizes(disk: Disk, scoDir: string): Promise<Map<number, number>
 }
 
 /** Liveness of every sealed SCO in `sizes` (the open SCO is never a candidate). */
-async function markLive(sizes: Map<number, number>, openScoSeq: number, driver: VolumeDriver, snapshots: VolumeSnapshots): Promise<Map<number, ScoLiveness>> {
+async function markLive(
+  sizes: Map<number, number>,
+  openScoSeq: number,
+  driver: VolumeDriver,
+  snapshots: VolumeSnapshots,
+  disk: Disk,
+  dir: string,
+): Promise<Map<number, ScoLiveness>> {
   const liveness = new Map<number, ScoLiveness>();
   for (const [sco, sizeBytes] of sizes) {
     if (sco >= openScoSeq) continue;
@@ -214,9 +222,7 @@ async function markLive(sizes: Map<number, number>, openScoSeq: number, driver: 
     entry.liveCount += 1;
   };
   driver.mapView().forEach((_lba, location) => mark(location, false));
-  for (const info of snapshots.list()) {
-    (await snapshots.image(info)).map.forEach((_lba, location) => mark(location, true));
-  }
+  await markSnapshotLocations(disk, dir, new Set(snapshots.list().map((info) => info.id)), mark);
   return liveness;
 }
 

@@ -59,6 +59,8 @@ export class SnapshotService implements VolumeAdmin {
   /** Sessions that open clones hold on their parent volumes (they read its SCOs): not clients. */
   private readonly cloneSessions = new Map<string, number>();
   private scrubTimer: NodeJS.Timeout | undefined;
+  /** Scrubs running, by volume: a second request joins the running one. */
+  private readonly scrubs = new Map<string, Promise<ScrubReport>>();
   private scrubbing = false;
 
   constructor(
@@ -151,7 +153,9 @@ export class SnapshotService implements VolumeAdmin {
           const from = optionalString(header, 'from');
           const to = optionalString(header, 'to');
           const toInfo = to === undefined ? undefined : snapshots.find(to);
-          const extents = await snapshots.diff(from === undefined ? undefined : snapshots.find(from), toInfo, driver);
+          const underlay = this.underlays.get(volumeField(header));
+          const clone = underlay ? { parent: underlay.parent, liveTrimmed: underlay.trimmed } : undefined;
+          const extents = await snapshots.diff(from === undefined ? undefined : snapshots.find(from), toInfo, driver, clone);
           return { sizeBytes: toInfo?.sizeBytes || driver.sizeBytes, extents };
         });
       case 'clone-create':
@@ -238,7 +242,15 @@ export class SnapshotService implements VolumeAdmin {
     return volumes;
   }
 
-  private async scrub(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
+  private scrub(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
+    const running = this.scrubs.get(volume);
+    if (running) return running;
+    const scrub = this.scrubOnce(volume, clustersPerSecondMax).finally(() => this.scrubs.delete(volume));
+    this.scrubs.set(volume, scrub);
+    return scrub;
+  }
+
+  private async scrubOnce(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
     return this.withDriver(volume, (driver, snapshots) =>
       scrubVolume({
         disk: this.disk,

@@ -25,4 +25,6 @@ export interface RouterBackend {
 export interface VolumeBackend extends RouterBackend {
   /** VolumeRecord.id: names the volume's objects (router/backend-object-names.ts). */
   volumeId: string;
+  /** The owner epoch this router holds the volume at: in TLog object names and fencing markers (docs/high-availability.md). */
+  ownerEpoch?: number;
 }

@@ -35,6 +35,7 @@ import { parseTlogFileName } from './tlog-format.ts';
 import { decodeUploadManifest, emptyUploadManifest, encodeUploadManifest, uploadManifestFileName, type UploadManifest } from './upload-manifest.ts';
 import type { VolumeBackend } from './volume-backend.ts';
 import type { VolumeUnderlay } from './volume-underlay.ts';
+import type { WriteJournal } from './write-journal.ts';
 import { loadScrubbedScos } from './scrubbed-scos.ts';
 
 export interface VolumeDriverOptions {
@@ -68,6 +69,8 @@ interface VolumeMetadata {
 }
 const volumeFormatVersion = 1;
 const metadataFileName = 'volume.json';
+/** How a dropped scrubber rewrite completes (rewriteCluster turns it into `false`). */
+const rewriteDropped = new KeelError('BUSY', 'scrubber rewrite dropped: the cluster changed meanwhile');
 /** TRIM records one batch may carry besides its clusters (the record buffer is sized for them). */
 const batchTrimRecordsMax = 64;
 
@@ -112,6 +115,8 @@ export class VolumeDriver implements OpenBlockTarget {
   private readonly queue: AppendJob[] = [];
   private queueHead = 0;
   private appending = false;
+  /** The running append loop: requests are acknowledged before it finishes a SCO roll, so close() waits for it. */
+  private appendLoopRunning: Promise<void> = Promise.resolve();
   private readonly spaceWaiters: Array<() => void> = [];
   private jobsEnqueued = 0;
   private jobsCompleted = 0;
@@ -134,6 +139,8 @@ export class VolumeDriver implements OpenBlockTarget {
   /** The scrubber asked for the current TLog to close (so its SCO_DELETED records reach the backend). */
   private tlogCloseRequested = false;
   private volumeBackend: VolumeBackend | undefined;
+  /** Set by the router's HA layer: every write and trim also goes to the volume's DTL. */
+  journal: WriteJournal | undefined;
 
   private constructor(
     private readonly disk: Disk,
@@ -155,6 +162,14 @@ export class VolumeDriver implements OpenBlockTarget {
 
   get sizeBytes(): number {
     return this.currentSizeBytes;
+  }
+
+  /** The TLog being written now, and the last one on the backend: the DTL trims by them (router/dtl-journal.ts). */
+  get currentTlogSeq(): number {
+    return this.tlog.tlogSeq;
+  }
+  get tlogsUploadedThrough(): number | undefined {
+    return this.remote?.uploader.stats().tlogsUploadedThrough;
   }
 
   private static scoDir(dir: string): string {
@@ -272,7 +287,8 @@ export class VolumeDriver implements OpenBlockTarget {
       await this.remote.uploader.account.admit(data.length); // the write buffer bound: may delay or wait
       this.checkUsable();
     }
-    await this.tracked(() => this.writeRange(offset, data));
+    const journal = this.journal; // DTL (docs/dtl.md): records the write and decides when it may be acknowledged
+    await this.tracked(() => (journal ? journal.write(offset, data, () => this.writeRange(offset, data)) : this.writeRange(offset, data)));
     if (fua) await this.flush();
   }
 
@@ -283,7 +299,8 @@ export class VolumeDriver implements OpenBlockTarget {
 
   async trim(offset: number, length: number, fua: boolean): Promise<void> {
     this.checkRequest(offset, length, Number.MAX_SAFE_INTEGER);
-    await this.tracked(() => this.unmapRange(offset, length));
+    const journal = this.journal;
+    await this.tracked(() => (journal ? journal.trim(offset, length, () => this.unmapRange(offset, length)) : this.unmapRange(offset, length)));
     if (fua) await this.flush();
   }
 
@@ -315,6 +332,7 @@ export class VolumeDriver implements OpenBlockTarget {
     const wasFailed = this.status === 'failed';
     this.setStatus('closing');
     await this.whenIdle();
+    await this.appendLoopRunning;
     try {
       if (!wasFailed) await this.sealOnClose();
       if (!wasFailed && this.remote !== undefined) await this.closeForUpload(this.remote);
@@ -405,13 +423,18 @@ export class VolumeDriver implements OpenBlockTarget {
   /**
    * The scrubber moves a live cluster out of a mostly-garbage SCO: `data` (read from `expectedLocation`)
    * is appended like any write, but only if the LBA still maps to `expectedLocation` when the batch forms
-   * (the batch before it has been applied then), so a concurrent user write always wins. True if moved.
+   * (the batch before it has been applied then), so a concurrent user write always wins. True if written.
    */
   async rewriteCluster(lba: number, expectedLocation: number, data: Buffer): Promise<boolean> {
     this.checkUsable();
     assert(data.length === clusterSizeBytes && expectedLocation !== 0);
-    await this.tracked(() => this.enqueue('write', lba, 1, data, undefined, expectedLocation));
-    return this.map.get(lba) !== expectedLocation && this.map.get(lba) !== 0;
+    try {
+      await this.tracked(() => this.enqueue('write', lba, 1, data, undefined, expectedLocation));
+      return true;
+    } catch (err) {
+      if (err === rewriteDropped) return false;
+      throw err;
+    }
   }
 
   /** A rewrite is stale when its LBA moved, or an earlier job of the forming batch touches it. */
@@ -614,16 +637,17 @@ export class VolumeDriver implements OpenBlockTarget {
     return new Promise((resolve, reject) => this.appliedWaiters.push({ target, resolve, reject }));
   }
 
-  private completeJob(job: AppendJob): void {
+  private completeJob(job: AppendJob, dropped = false): void {
     this.jobsCompleted += 1;
-    job.resolve();
+    if (dropped) job.reject(rewriteDropped);
+    else job.resolve();
     while (this.appliedWaiters.length > 0 && this.appliedWaiters[0].target <= this.jobsCompleted) this.appliedWaiters.shift()!.resolve();
   }
 
   private pump(): void {
     if (this.appending || this.failure !== undefined || this.queueHead === this.queue.length) return;
     this.appending = true;
-    void this.appendLoop();
+    this.appendLoopRunning = this.appendLoop();
   }
 
   private async appendLoop(): Promise<void> {
@@ -688,7 +712,7 @@ export class VolumeDriver implements OpenBlockTarget {
       }
       if (job.expectedLocation !== 0 && this.rewriteIsStale(job, entries)) {
         this.dequeue();
-        this.completeJob(job); // a user write won the race: the scrubber's copy is dropped
+        this.completeJob(job, true); // a user write won the race: the scrubber's copy is dropped
         continue;
       }
       const count = Math.min(job.clusterCount - job.taken, clusterRoom - clusters);

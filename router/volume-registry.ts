@@ -15,6 +15,7 @@ import type { RouterBackend } from './volume-backend.ts';
 import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeHost } from './volume-service.ts';
 import type { VolumeUnderlay } from './volume-underlay.ts';
+import type { VolumeLifecycle } from './volume-lifecycle.ts';
 
 interface OwnedVolume {
   driver: VolumeDriver;
@@ -31,6 +32,10 @@ export class VolumeRegistry implements VolumeHost {
   private readonly opening = new Map<string, Promise<OwnedVolume>>();
   /** Clones: the parent snapshot a volume's unwritten clusters fall through to (router/snapshot-service.ts). */
   underlaySource: ((volumeName: string) => Promise<VolumeUnderlay | undefined>) | undefined;
+  /** DTL, takeover and handover (router/volume-ha.ts); undefined: plain single owner. */
+  lifecycle: VolumeLifecycle | undefined;
+  /** Volumes being handed over: opens wait for the handover, then find the new owner. */
+  private readonly handingOver = new Map<string, Promise<void>>();
 
   constructor(
     private readonly routerId: string,
@@ -46,6 +51,7 @@ export class VolumeRegistry implements VolumeHost {
   }
 
   async openVolume(volumeName: string): Promise<OpenBlockTarget> {
+    await this.handingOver.get(volumeName);
     const owned = this.owned.get(volumeName) ?? (await this.claimAndOpen(volumeName));
     owned.sessions += 1;
     return owned.driver;
@@ -65,8 +71,12 @@ export class VolumeRegistry implements VolumeHost {
 
   /** Applies coordination's view: resizes, deletes, and gives up volumes another router now owns. */
   async reconcile(): Promise<void> {
+    // Only volumes open before the list is read: one opened meanwhile is missing from a list read before
+    // it was created, and must not be taken for deleted (that would destroy its data).
+    const openBefore = [...this.owned];
     const records = new Map((await this.coordination.listVolumes()).map((v) => [v.name, v]));
-    for (const [name, owned] of this.owned) {
+    for (const [name, owned] of openBefore) {
+      if (this.owned.get(name) !== owned) continue; // closed or handed over meanwhile
       const record = records.get(name);
       if (!record) await this.dropDeleted(name, owned);
       else if (record.owner !== this.routerId || record.ownerEpoch !== owned.ownerEpoch) await this.dropFenced(name, owned);
@@ -84,6 +94,7 @@ export class VolumeRegistry implements VolumeHost {
     const closing = [...this.owned].map(async ([name, owned]) => {
       this.owned.delete(name);
       await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing volume failed'));
+      await this.lifecycle?.closed(name);
     });
     await Promise.all(closing);
   }
@@ -92,7 +103,11 @@ export class VolumeRegistry implements VolumeHost {
     const record = await this.coordination.getVolume(volumeName);
     if (!record) throw KeelError.volumeNotFound(volumeName);
     if (record.owner === this.routerId) return this.ensureOpen(record);
-    if (record.owner !== '') throw KeelError.notOwner(volumeName, record.owner);
+    if (record.owner !== '') {
+      const takenOver = await this.lifecycle?.takeOver(record);
+      if (takenOver === undefined) throw KeelError.notOwner(volumeName, record.owner);
+      return this.ensureOpen(takenOver);
+    }
     const claimed = await this.coordination.claimVolume(volumeName, this.routerId, record.ownerEpoch);
     if (!claimed) {
       const now = await this.coordination.getVolume(volumeName);
@@ -117,6 +132,7 @@ export class VolumeRegistry implements VolumeHost {
     if (this.owned.size >= limits.volumesPerRouterMax) throw KeelError.busy(`router ${this.routerId} (volumesPerRouterMax)`);
     const startedMs = Date.now();
     if (this.backend) checkWriteBufferHoldsTlog(this.backend.writeBuffer.bytesMax, record.scoSizeBytes);
+    await this.lifecycle?.beforeOpen(record, this.volumeDir(record.name));
     const underlay = await this.underlaySource?.(record.name);
     const driver = await VolumeDriver.open({
       ...(underlay ? { underlay } : {}),
@@ -125,8 +141,15 @@ export class VolumeRegistry implements VolumeHost {
       sizeBytes: record.sizeBytes,
       scoSizeBytes: record.scoSizeBytes,
       logger: this.logger.child({ volume: record.name }),
-      ...(this.backend ? { backend: { ...this.backend, volumeId: record.id } } : {}),
+      ...(this.backend ? { backend: { ...this.backend, volumeId: record.id, ownerEpoch: record.ownerEpoch, store: this.lifecycle?.fencedStore(record, this.backend.store) ?? this.backend.store } } : {}),
     });
+    try {
+      await this.lifecycle?.afterOpen(record, driver);
+    } catch (err) {
+      await driver.close().catch(() => undefined);
+      await this.lifecycle?.closed(record.name);
+      throw err;
+    }
     const owned: OwnedVolume = { driver, volumeId: record.id, ownerEpoch: record.ownerEpoch, sessions: 0 };
     this.owned.set(record.name, owned);
     this.logger.info(
@@ -139,6 +162,7 @@ export class VolumeRegistry implements VolumeHost {
   private async dropDeleted(name: string, owned: OwnedVolume): Promise<void> {
     this.owned.delete(name);
     await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing deleted volume failed'));
+    await this.lifecycle?.closed(name);
     await VolumeDriver.destroy(this.volumeDir(name));
     this.logger.info({ volume: name }, 'volume deleted, local data removed');
     const backend = this.backend;
@@ -154,7 +178,41 @@ export class VolumeRegistry implements VolumeHost {
   private async dropFenced(name: string, owned: OwnedVolume): Promise<void> {
     this.owned.delete(name);
     await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing fenced volume failed'));
+    await this.lifecycle?.closed(name);
     this.logger.warn({ volume: name, ownerEpoch: owned.ownerEpoch }, 'volume now owned elsewhere: closed here');
+  }
+
+  /**
+   * Graceful handover (docs/high-availability.md): new opens wait; the driver closes (in-flight requests
+   * finish, later ones get CLOSED and the edge re-sends them), seals and uploads its open SCO and TLog;
+   * only when all of it is on the backend does `transfer` move the ownership (epoch compare-and-set).
+   * Throws BUSY (ownership unchanged, the volume reopens here at the next open) when the upload did not finish.
+   */
+  async handOver(name: string, transfer: (ownerEpoch: number) => Promise<void>): Promise<{ closeMs: number }> {
+    const owned = this.owned.get(name);
+    if (!owned) throw KeelError.notOwner(name);
+    let done!: () => void;
+    this.handingOver.set(name, new Promise<void>((resolve) => (done = resolve)));
+    const startedMs = Date.now();
+    try {
+      this.owned.delete(name);
+      await owned.driver.close();
+      await this.lifecycle?.closed(name);
+      const left = owned.driver.stats().backend;
+      if (left && left.scosQueued + left.scosUploading + left.tlogsQueued > 0) {
+        throw KeelError.busy(`volume '${name}': its last SCOs and TLogs did not reach the backend in time; not handed over`);
+      }
+      await transfer(owned.ownerEpoch);
+      return { closeMs: Date.now() - startedMs };
+    } finally {
+      this.handingOver.delete(name);
+      done();
+    }
+  }
+
+  /** Names of the volumes open here. */
+  ownedNames(): string[] {
+    return [...this.owned.keys()];
   }
 
   private async resize(name: string, owned: OwnedVolume, sizeBytes: number): Promise<void> {

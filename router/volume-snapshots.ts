@@ -10,6 +10,7 @@ import { crc32c } from '../shared/checksum.ts';
 import { KeelError } from '../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import type { ClusterMask } from './cluster-mask.ts';
+import type { ParentReader } from './snapshot-target.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
 import { SnapshotCatalog } from './snapshot-catalog.ts';
 import type { CatalogEvent, CloneRef, SnapshotInfo } from './snapshot-catalog-format.ts';
@@ -198,24 +199,48 @@ export class VolumeSnapshots {
     });
   }
 
-  /** Extents that differ between `from` (undefined: an empty volume) and `to` (undefined: the live map). */
-  async diff(from: SnapshotInfo | undefined, to: SnapshotInfo | undefined, driver: VolumeDriver | undefined): Promise<ChangedExtent[]> {
-    const older = from === undefined ? undefined : (await this.image(from)).map;
-    let newer: Pick<SnapshotImage['map'], 'get' | 'forEach'>;
-    if (to !== undefined) newer = (await this.image(to)).map;
+  /**
+   * Extents that differ between `from` (undefined: an empty volume) and `to` (undefined: the live map).
+   * In a clone (`clone` given), a cluster is also "data" where it falls through to the parent snapshot,
+   * so a clone's streams carry the parent's data too; `liveTrimmed` is the clone's live trim mask.
+   */
+  async diff(
+    from: SnapshotInfo | undefined,
+    to: SnapshotInfo | undefined,
+    driver: VolumeDriver | undefined,
+    clone?: { parent: ParentReader; liveTrimmed: ClusterMask },
+  ): Promise<ChangedExtent[]> {
+    const older = from === undefined ? undefined : await this.image(from);
+    let newer: { map: Pick<SnapshotImage['map'], 'get' | 'forEach'>; trimmed: ClusterMask | undefined };
+    if (to !== undefined) newer = await this.image(to);
     else {
       assert(driver !== undefined, 'diff against the live map needs the driver');
       await driver.flush();
-      newer = driver.mapView();
+      newer = { map: driver.mapView(), trimmed: clone?.liveTrimmed };
     }
     const changed: Array<{ lba: number; mapped: boolean }> = [];
-    newer.forEach((lba, location) => {
-      if (older === undefined || older.get(lba) !== location) changed.push({ lba, mapped: true });
-    });
-    older?.forEach((lba) => {
-      if (newer.get(lba) === 0) changed.push({ lba, mapped: false });
-    });
-    changed.sort((a, b) => a.lba - b.lba);
+    if (clone === undefined) {
+      newer.map.forEach((lba, location) => {
+        if (older === undefined || older.map.get(lba) !== location) changed.push({ lba, mapped: true });
+      });
+      older?.map.forEach((lba) => {
+        if (newer.map.get(lba) === 0) changed.push({ lba, mapped: false });
+      });
+      changed.sort((a, b) => a.lba - b.lba);
+    } else {
+      // Where a clone's cluster comes from: its own location, the parent (-1), or nowhere (0: zeros).
+      const source = (image: typeof newer | undefined, lba: number): number => {
+        if (image === undefined) return 0;
+        const location = image.map.get(lba);
+        if (location !== 0) return location;
+        return !image.trimmed?.has(lba) && clone.parent.covers(lba) ? -1 : 0;
+      };
+      const clusters = Math.ceil((to?.sizeBytes || driver?.sizeBytes || 0) / clusterSizeBytes);
+      for (let lba = 0; lba < clusters; lba++) {
+        const now = source(newer, lba);
+        if (now !== source(older, lba)) changed.push({ lba, mapped: now !== 0 });
+      }
+    }
     const extents: ChangedExtent[] = [];
     for (const { lba, mapped } of changed) {
       const last = extents[extents.length - 1];

@@ -10,7 +10,7 @@ import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { KeelError } from './errors.ts';
 import { limits } from './limits.ts';
-import type { Coordination, RouterRecord, RouterState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
+import type { Coordination, RouterRecord, RouterState, VolumeDtlState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
 
 const documentVersion = 1;
 
@@ -76,6 +76,7 @@ export class EmbeddedCoordination implements Coordination {
         owner: spec.owner ?? '',
         ownerEpoch: spec.owner ? 1 : 0,
         createdAtMs: nowMs,
+        ...(spec.dtlMode ? { dtlMode: spec.dtlMode } : {}),
       };
       doc.volumes[spec.name] = record;
       return { ...record };
@@ -115,6 +116,17 @@ export class EmbeddedCoordination implements Coordination {
       record.owner = owner;
       record.ownerEpoch += 1;
       return { ...record };
+    });
+  }
+
+  async setVolumeDtl(name: string, expectedEpoch: number, state: VolumeDtlState): Promise<boolean> {
+    return this.update((doc) => {
+      const record = this.volume(doc, name);
+      if (record.ownerEpoch !== expectedEpoch) return false;
+      if (state.dtlMode !== undefined) record.dtlMode = state.dtlMode;
+      if (state.dtlPeer !== undefined) record.dtlPeer = state.dtlPeer;
+      if (state.dtlInSync !== undefined) record.dtlInSync = state.dtlInSync;
+      return true;
     });
   }
 

@@ -8,7 +8,7 @@
  * digits. The scripts only ever touch single string fields; numbers are formatted and parsed here.
  */
 import { KeelError } from './errors.ts';
-import type { RouterRecord, RouterState, VolumeRecord, VpoolConfig } from './coordination.ts';
+import { dtlModes, type DtlMode, type RouterRecord, type RouterState, type VolumeDtlState, type VolumeRecord, type VpoolConfig } from './coordination.ts';
 
 /** Bumped when the layout changes incompatibly; stored under `<prefix>format`. */
 export const redisLayoutVersion = 1;
@@ -110,6 +110,20 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'ownerEpoch', 1)
 return redis.call('HGETALL', KEYS[1])`,
   },
+  /**
+   * KEYS: volume hash. ARGV: expected epoch, field, value, ... Sets the fields only while the epoch is the
+   * expected one (a fenced owner cannot overwrite its successor's DTL state): nil when the volume does not
+   * exist, 0 when the epoch moved, 1 when written.
+   */
+  setVolumeFieldsAtEpoch: {
+    name: 'keelSetVolumeFieldsAtEpoch',
+    numberOfKeys: 1,
+    lua: `
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if tonumber(redis.call('HGET', KEYS[1], 'ownerEpoch')) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1`,
+  },
 } as const satisfies Record<string, RedisScript>;
 
 const routerStates: readonly RouterState[] = ['up', 'draining', 'down'];
@@ -137,7 +151,17 @@ export function volumeFields(record: VolumeRecord): string[] {
     'owner', record.owner,
     'ownerEpoch', String(record.ownerEpoch),
     'createdAtMs', String(record.createdAtMs),
+    ...volumeDtlFields(record),
   ]; // prettier-ignore
+}
+
+/** The DTL fields that are set, as a flat HSET list (booleans as '1'/'0'). */
+export function volumeDtlFields(state: VolumeDtlState): string[] {
+  const fields: string[] = [];
+  if (state.dtlMode !== undefined) fields.push('dtlMode', state.dtlMode);
+  if (state.dtlPeer !== undefined) fields.push('dtlPeer', state.dtlPeer);
+  if (state.dtlInSync !== undefined) fields.push('dtlInSync', state.dtlInSync ? '1' : '0');
+  return fields;
 }
 
 /** A Lua HGETALL reply (field, value, field, value, ...) as an object, like ioredis's own hgetall. */
@@ -201,7 +225,7 @@ export function decodeRouter(key: string, fields: Record<string, string>): Route
 
 export function decodeVolume(key: string, fields: Record<string, string>): VolumeRecord {
   const reader = new FieldReader(key, fields);
-  return {
+  const record: VolumeRecord = {
     id: reader.string('id'),
     name: reader.string('name'),
     sizeBytes: reader.integer('sizeBytes'),
@@ -210,6 +234,19 @@ export function decodeVolume(key: string, fields: Record<string, string>): Volum
     ownerEpoch: reader.integer('ownerEpoch'),
     createdAtMs: reader.number('createdAtMs'),
   };
+  const dtlMode = reader.optionalString('dtlMode');
+  if (dtlMode !== undefined) {
+    if (!dtlModes.includes(dtlMode as DtlMode)) throw KeelError.corrupt(`coordination record ${key}`, { field: 'dtlMode', reason: dtlMode });
+    record.dtlMode = dtlMode as DtlMode;
+  }
+  const dtlPeer = reader.optionalString('dtlPeer');
+  if (dtlPeer !== undefined) record.dtlPeer = dtlPeer;
+  const dtlInSync = reader.optionalString('dtlInSync');
+  if (dtlInSync !== undefined) {
+    if (dtlInSync !== '0' && dtlInSync !== '1') throw KeelError.corrupt(`coordination record ${key}`, { field: 'dtlInSync', reason: dtlInSync });
+    record.dtlInSync = dtlInSync === '1';
+  }
+  return record;
 }
 
 export function decodeVpool(key: string, text: string): VpoolConfig {

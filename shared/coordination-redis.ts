@@ -14,7 +14,7 @@ import { Redis } from 'ioredis';
 import { KeelError, isKeelError } from './errors.ts';
 import { limits } from './limits.ts';
 import { createLogger, type Logger } from './logger.ts';
-import type { Coordination, RouterRecord, RouterState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
+import type { Coordination, RouterRecord, RouterState, VolumeDtlState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
 import {
   decodeRouter,
   decodeVolume,
@@ -25,6 +25,7 @@ import {
   redisLayoutVersion,
   redisScripts,
   routerFields,
+  volumeDtlFields,
   volumeFields,
   type RedisKeys,
 } from './coordination-redis-format.ts';
@@ -142,6 +143,7 @@ export class RedisCoordination implements Coordination {
       owner: spec.owner ?? '',
       ownerEpoch: spec.owner ? 1 : 0,
       createdAtMs: nowMs,
+      ...(spec.dtlMode ? { dtlMode: spec.dtlMode } : {}),
     };
     const created = await this.script(
       redisScripts.createVolume.name,
@@ -183,6 +185,14 @@ export class RedisCoordination implements Coordination {
     if (reply === null) throw KeelError.volumeNotFound(name);
     const flat = reply as string[];
     return flat.length === 0 ? undefined : decodeVolume(key, fieldsFromFlat(flat));
+  }
+
+  async setVolumeDtl(name: string, expectedEpoch: number, state: VolumeDtlState): Promise<boolean> {
+    const fields = volumeDtlFields(state);
+    if (fields.length === 0) return (await this.getVolume(name))?.ownerEpoch === expectedEpoch;
+    const reply = await this.script(redisScripts.setVolumeFieldsAtEpoch.name, [this.keys.volume(name)], [String(expectedEpoch), ...fields]);
+    if (reply === null) throw KeelError.volumeNotFound(name);
+    return reply === 1;
   }
 
   async getVpool(): Promise<VpoolConfig | undefined> {

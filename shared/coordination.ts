@@ -2,9 +2,22 @@
  * Coordination: which routers exist, which volumes exist, who owns each volume and at which epoch.
  * Never on the data path: the edge asks it where a volume lives, routers ask it what they own.
  * Implementations: embedded (one host, a file under the data directory: coordination-embedded.ts) and,
- * for clusters, Redis (the high-availability issue). Both honour the same contract, checked by one test.
+ * for clusters, Redis (coordination-redis.ts). Both honour the same contract, checked by one test.
  */
 export type RouterState = 'up' | 'draining' | 'down';
+
+/** How a volume's writes not yet on the backend are protected (docs/dtl.md). */
+export type DtlMode = 'none' | 'async' | 'sync';
+export const dtlModes: readonly DtlMode[] = ['none', 'async', 'sync'];
+
+/** The DTL state of a volume, written by its owner (conditional on its epoch), read by a taking-over router. */
+export interface VolumeDtlState {
+  dtlMode?: DtlMode;
+  /** Router holding the owner's DTL stream ('' while none). */
+  dtlPeer?: string;
+  /** True while every acknowledged write not yet on the backend is held by dtlPeer. */
+  dtlInSync?: boolean;
+}
 
 export interface RouterRecord {
   id: string;
@@ -29,6 +42,10 @@ export interface VolumeRecord {
   /** Grows at every change of owner; fences out an old owner. */
   ownerEpoch: number;
   createdAtMs: number;
+  /** DTL mode (absent: the cluster default, sync) and state (docs/dtl.md). */
+  dtlMode?: DtlMode;
+  dtlPeer?: string;
+  dtlInSync?: boolean;
 }
 
 export interface VolumeSpec {
@@ -36,6 +53,7 @@ export interface VolumeSpec {
   sizeBytes: number;
   scoSizeBytes: number;
   owner?: string;
+  dtlMode?: DtlMode;
 }
 
 /**
@@ -71,6 +89,11 @@ export interface Coordination {
    * (someone else changed the owner first). Throws VOLUME_NOT_FOUND.
    */
   claimVolume(name: string, owner: string, expectedEpoch: number): Promise<VolumeRecord | undefined>;
+  /**
+   * Sets the given DTL fields, only while the volume's epoch equals expectedEpoch (a fenced owner cannot
+   * overwrite its successor's state). False when the epoch moved. Throws VOLUME_NOT_FOUND.
+   */
+  setVolumeDtl(name: string, expectedEpoch: number, state: VolumeDtlState): Promise<boolean>;
 
   /** The vPool's configuration, or undefined before one was set. */
   getVpool(): Promise<VpoolConfig | undefined>;
@@ -82,4 +105,9 @@ export interface Coordination {
 /** A router is alive while its heartbeat is recent and it is not marked down. */
 export function isRouterAlive(router: RouterRecord, nowMs: number, deadAfterMs: number): boolean {
   return router.state !== 'down' && nowMs - router.heartbeatAtMs <= deadAfterMs;
+}
+
+/** A volume's effective DTL mode: sync unless set otherwise. */
+export function volumeDtlMode(volume: Pick<VolumeRecord, 'dtlMode'>): DtlMode {
+  return volume.dtlMode ?? 'sync';
 }

@@ -26,7 +26,9 @@ export type KeelErrorCode =
   | 'OBJECT_NOT_FOUND' // a backend object or fragment does not exist
   | 'SNAPSHOT_NOT_FOUND'
   | 'SNAPSHOT_EXISTS'
-  | 'HAS_DEPENDENTS'; // a snapshot or volume that clones depend on
+  | 'HAS_DEPENDENTS' // a snapshot or volume that clones depend on
+  | 'FENCED' // a newer owner epoch exists: the sender is an old owner and must stop
+  | 'TAKEOVER_REFUSED'; // taking the volume over would lose acknowledged writes (docs/high-availability.md)
 
 export class KeelError extends Error {
   readonly code: KeelErrorCode;

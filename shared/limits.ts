@@ -149,6 +149,8 @@ export const limits = {
   dtlTrimIntervalMs: 100,
   /** DTL: deadline of one request to the peer; past it the peer counts as lost and another is chosen. */
   dtlRequestTimeoutMs: 3_000,
+  /** DTL: a sync-mode write fails (EIO) when no peer holds it within this; below wireRequestTimeoutMs so the edge sees the error, not a timeout. */
+  dtlSyncWaitMaxMs: 5_000,
   /** DTL: pause between attempts to find a peer while none is available. */
   dtlPeerRetryMs: 250,
   /** Takeover: how long a router probes a volume's recorded owner (connect + hello) before calling it unreachable. */
@@ -215,6 +217,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
   if (l.readCacheBlockBytes % clusterSizeBytes !== 0 || l.readCacheBlockBytes / clusterSizeBytes > 32)
     fail('readCacheBlockBytes must be whole clusters, at most 32 (one u32 presence mask per block)');
+  if (l.dtlSyncWaitMaxMs >= l.wireRequestTimeoutMs) fail('dtlSyncWaitMaxMs must be below wireRequestTimeoutMs, or the edge would time out and resend instead of seeing the error');
   if (l.scoBackgroundSyncBytes > l.scoSizeBytesMin) fail('scoBackgroundSyncBytes must not exceed scoSizeBytesMin, or small SCOs would seal with their whole backlog');
   if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
   if (l.coordinationCommandTimeoutMs * 2 > l.routerDeadAfterMs)

@@ -1,4 +1,4 @@
-import { isRouterAlive, type RouterRecord, type VolumeRecord } from './coordination.ts';
+import { isRouterAlive, type DtlMode, type RouterRecord, type VolumeRecord } from './coordination.ts';
 import { limits } from './limits.ts';
 
 /** Routers that accept new volumes now: up (not draining) and heartbeating. */
@@ -11,4 +11,14 @@ export function leastLoadedRouter(routers: RouterRecord[], volumes: VolumeRecord
   const load = new Map(routers.map((r) => [r.id, 0]));
   for (const v of volumes) if (load.has(v.owner)) load.set(v.owner, load.get(v.owner)! + 1);
   return [...routers].sort((a, b) => load.get(a.id)! - load.get(b.id)! || a.id.localeCompare(b.id))[0];
+}
+
+/**
+ * A new volume's DTL mode when none is asked for: `sync` needs a peer on another router, so a cluster with
+ * one router gets `none` (a sync volume there could never acknowledge a write). With no router registered
+ * yet the choice is left to the default (sync).
+ */
+export function defaultDtlMode(placeableRouterCount: number, registeredRouterCount: number): DtlMode | undefined {
+  if (registeredRouterCount === 0) return undefined;
+  return placeableRouterCount >= 2 ? 'sync' : 'none';
 }

@@ -21,7 +21,38 @@ export const helloRequestId = 0;
 export const requestIdMax = 0xffff_ffff;
 
 /** The operations a client may request. `hello` is only valid as the first frame of a connection. */
-export const wireOps = ['hello', 'open', 'read', 'write', 'flush', 'trim', 'zero', 'close'] as const;
+export const wireOps = [
+  'hello',
+  'open',
+  'read',
+  'write',
+  'flush',
+  'trim',
+  'zero',
+  'close',
+  // Admin ops (docs/wire-protocol.md "Admin ops", docs/snapshots.md): JSON result in the reply payload.
+  'snapshot-create',
+  'snapshot-list',
+  'snapshot-delete',
+  'snapshot-label',
+  'snapshot-rollback',
+  'snapshot-diff',
+  'clone-create',
+  'volume-template',
+  'volume-tree',
+  'volume-scrub',
+  // High availability (docs/dtl.md, docs/high-availability.md; router/ha-service.ts).
+  'dtl-open',
+  'dtl-append',
+  'dtl-trim',
+  'dtl-fetch',
+  'dtl-read',
+  'dtl-drop',
+  'volume-move',
+  'volume-takeover',
+  'volume-set-dtl',
+  'router-drain',
+] as const;
 export type WireOp = (typeof wireOps)[number];
 
 /** Who opens a connection; a router may later talk to a peer router (DTL) over the same protocol. */
@@ -48,7 +79,10 @@ export interface HelloResult {
 
 export interface OpenRequest extends RequestHeader {
   op: 'open';
+  /** A volume name, or `VOL@SNAP` for a snapshot (read-only). */
   volume: string;
+  /** Optional: open this snapshot of `volume`, read-only (same as `volume@snapshot`). */
+  snapshot?: string;
 }
 export interface OpenResult {
   handle: number;

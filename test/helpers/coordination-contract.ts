@@ -248,6 +248,27 @@ export function coordinationContract(name: string, makeCoordination: MakeCoordin
       });
     });
 
+    describe('DTL state (setVolumeDtl)', () => {
+      it('stores the mode at create and the DTL fields only at the current epoch', async () => {
+        await c.createVolume(spec('v', { owner: 'r1', dtlMode: 'async' }), 0);
+        expect(await c.getVolume('v')).toMatchObject({ dtlMode: 'async', ownerEpoch: 1 });
+        expect(await c.setVolumeDtl('v', 1, { dtlPeer: 'r2', dtlInSync: true })).toBe(true);
+        expect(await c.getVolume('v')).toMatchObject({ dtlMode: 'async', dtlPeer: 'r2', dtlInSync: true });
+        await c.claimVolume('v', 'r3', 1);
+        expect(await c.setVolumeDtl('v', 1, { dtlInSync: false })).toBe(false); // fenced: epoch moved to 2
+        expect(await c.getVolume('v')).toMatchObject({ owner: 'r3', ownerEpoch: 2, dtlPeer: 'r2', dtlInSync: true });
+        expect(await c.setVolumeDtl('v', 2, { dtlMode: 'sync', dtlPeer: '', dtlInSync: false })).toBe(true);
+        expect(await c.getVolume('v')).toMatchObject({ dtlMode: 'sync', dtlPeer: '', dtlInSync: false });
+      });
+
+      it('a volume created without a mode has no DTL fields; an unknown volume is VOLUME_NOT_FOUND', async () => {
+        const created = await c.createVolume(spec('plain'), 0);
+        expect(created.dtlMode).toBeUndefined();
+        expect((await c.getVolume('plain'))?.dtlInSync).toBeUndefined();
+        await expectKeelError(c.setVolumeDtl('nope', 0, { dtlInSync: true }), 'VOLUME_NOT_FOUND');
+      });
+    });
+
     describe('vPool', () => {
       it('is undefined until set, then returns what was set, replaced as a whole', async () => {
         expect(await c.getVpool()).toBeUndefined();

@@ -152,4 +152,28 @@ describe('snapshots on a keel up cluster', () => {
     expect((await sh(`${keel} snapshot import copy ${data} < ${incremental}`)).stdout).toMatch(/incremental from x1/);
     expect((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cluster.uri('demo@x2'), cluster.uri('copy')])).code).toBe(0);
   }, 90_000);
+
+  it('serves templates read-only, clones them, and exports a clone with its parent data', async () => {
+    await keelOk('volume', 'create', 'golden', '64M', '--sco-size', '4M');
+    await qemuIo('golden', ['write -P 0x61 0 2M', 'write -P 0x62 32M 1M']);
+    expect(await keelOk('volume', 'template', 'golden')).toMatch(/read-only template \(snapshot 'template'\)/);
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write 0 4k', cluster.uri('golden')]);
+    expect(write.code).not.toBe(0);
+    expect(write.stderr).toMatch(/Permission denied|read-only/i);
+
+    expect(await keelOk('volume', 'clone', 'golden', 'vm1')).toMatch(/clone 'vm1' of golden@template/);
+    await qemuIo('vm1', ['read -P 0x61 0 2M', 'write -P 0x71 1M 4k', 'read -P 0x71 1M 4k', 'read -P 0x62 32M 1M']);
+    await keelOk('snapshot', 'create', 'vm1', 'v1');
+    await keelOk('volume', 'create', 'vm1-copy', '64M', '--sco-size', '4M');
+    const stream = path.join(work, 'vm1.kexp');
+    const keel = `${process.execPath} ${keelBin} `;
+    const data = ` --data ${cluster.dataDir}`;
+    expect((await run('sh', ['-c', `${keel}snapshot export vm1 v1${data} > ${stream} && ${keel}snapshot import vm1-copy${data} < ${stream}`])).code).toBe(0);
+    expect((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cluster.uri('vm1@v1'), cluster.uri('vm1-copy')])).code).toBe(0);
+    await qemuIo('vm1-copy', ['read -P 0x61 0 1M', 'read -P 0x71 1M 4k', 'read -P 0x62 32M 1M'], true);
+
+    const refused = await cluster.keel('volume', 'delete', 'golden');
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/dependent clones: vm1/);
+  }, 60_000);
 });

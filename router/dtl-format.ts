@@ -1,0 +1,87 @@
+/**
+ * The DTL record: one acknowledged write (or trim) of a volume that may not be on the backend yet, as the
+ * owner sends it to its DTL peer (dtl-append payloads, dtl-fetch replies) and as the peer stores it in its
+ * segment files — the same bytes in all three places. Layout and rules: docs/dtl.md. Pure codec, no I/O.
+ *
+ *   offset size  field
+ *   0      4     magic       'KDTL' (0x4b44544c)
+ *   4      4     crc32c      of bytes 8 .. end of data
+ *   8      8     seq         u64 BE, grows by one per record of one stream (first record: 1)
+ *   16     8     offset      u64 BE, byte offset in the volume
+ *   24     8     length      u64 BE, bytes written (write: the data that follows) or trimmed
+ *   32     1     op          1 = write, 2 = trim (also write-zeroes)
+ *   33     7     reserved    zero
+ *   40     n     data        write only: `length` bytes
+ */
+import { crc32c } from '../shared/checksum.ts';
+import { KeelError } from '../shared/errors.ts';
+
+export const dtlRecordMagic = 0x4b44544c;
+export const dtlHeaderBytes = 40;
+export type DtlOp = 'write' | 'trim';
+const opCodes: Record<DtlOp, number> = { write: 1, trim: 2 };
+
+export interface DtlRecord {
+  seq: number;
+  op: DtlOp;
+  offset: number;
+  length: number;
+  /** write: the data (a view into the decoded buffer); trim: undefined. */
+  data: Buffer | undefined;
+}
+
+function writeU64(target: Buffer, at: number, value: number): void {
+  target.writeUInt32BE(Math.floor(value / 2 ** 32), at);
+  target.writeUInt32BE(value >>> 0, at + 4);
+}
+
+function readU64(source: Buffer, at: number): number {
+  return source.readUInt32BE(at) * 2 ** 32 + source.readUInt32BE(at + 4);
+}
+
+/** The header of a record; the data (for writes) follows it unchanged, so a sender can writev both. */
+export function encodeDtlHeader(seq: number, op: DtlOp, offset: number, length: number, data: Buffer | undefined): Buffer {
+  const header = Buffer.alloc(dtlHeaderBytes);
+  header.writeUInt32BE(dtlRecordMagic, 0);
+  writeU64(header, 8, seq);
+  writeU64(header, 16, offset);
+  writeU64(header, 24, length);
+  header[32] = opCodes[op];
+  let crc = crc32c(header.subarray(8));
+  if (data !== undefined) crc = crc32c(data, crc);
+  header.writeUInt32BE(crc, 4);
+  return header;
+}
+
+/** Bytes a record takes: header plus data for a write. */
+export function dtlRecordBytes(op: DtlOp, length: number): number {
+  return dtlHeaderBytes + (op === 'write' ? length : 0);
+}
+
+/**
+ * Decodes the whole records in `buffer` from `start`. A record that is torn at the end stops the walk
+ * (`tornAt` tells where; a file's torn tail is cut there); a bad magic, op, length or checksum is CORRUPT.
+ */
+export function decodeDtlRecords(buffer: Buffer, start = 0): { records: DtlRecord[]; tornAt: number | undefined } {
+  const records: DtlRecord[] = [];
+  let at = start;
+  while (at < buffer.length) {
+    if (buffer.length - at < dtlHeaderBytes) return { records, tornAt: at };
+    if (buffer.readUInt32BE(at) !== dtlRecordMagic) throw KeelError.corrupt('DTL record: bad magic', { at });
+    const seq = readU64(buffer, at + 8);
+    const offset = readU64(buffer, at + 16);
+    const length = readU64(buffer, at + 24);
+    const code = buffer[at + 32];
+    const op: DtlOp | undefined = code === 1 ? 'write' : code === 2 ? 'trim' : undefined;
+    if (op === undefined || !Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(offset + length)) {
+      throw KeelError.corrupt('DTL record: bad header', { at, code, seq });
+    }
+    const end = at + dtlRecordBytes(op, length);
+    if (end > buffer.length) return { records, tornAt: at };
+    const data = op === 'write' ? buffer.subarray(at + dtlHeaderBytes, end) : undefined;
+    if (crc32c(buffer.subarray(at + 8, end)) !== buffer.readUInt32BE(at + 4)) throw KeelError.checksumMismatch(`DTL record ${seq}`, { seq });
+    records.push({ seq, op, offset, length, data });
+    at = end;
+  }
+  return { records, tornAt: undefined };
+}

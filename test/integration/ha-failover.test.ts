@@ -1,0 +1,203 @@
+/**
+ * High availability with real processes (docs/high-availability.md): fio (nbd engine, verify=crc32c,
+ * iodepth 16) writes through the edge of a `keel up` cluster while
+ *   1. every router is restarted in turn with SIGTERM (rolling upgrade: each hands its volumes over), and
+ *   2. the owner is killed with SIGKILL (DTL sync);
+ * afterwards fio's verify pass reads everything back with no error. The longest I/O pause of each run is
+ * fio's largest completion latency (an I/O in flight across the pause waits for all of it).
+ * Also: a takeover with DTL replay (owner frozen with SIGSTOP, then fenced when it wakes), a takeover
+ * refused while the DTL is not in sync (and forced), and a cluster on a real redis-server.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { KeelCluster } from '../helpers/keel-cluster.ts';
+import { run, runKeel } from '../helpers/processes.ts';
+import { startRedisServer, type TestRedisServer } from '../helpers/redis-server.ts';
+
+interface FioJob {
+  error: number;
+  write: { io_bytes: number; clat_ns: { max: number } };
+  read: { io_bytes: number };
+}
+
+const figures: Record<string, unknown> = {};
+
+function fioArgs(uri: string, output: string, sizeMiB: number, rateIops: number): string[] {
+  return [
+    '--name=ha', '--ioengine=nbd', `--uri=${uri}`, '--rw=randwrite', '--bs=4k', '--iodepth=16', `--size=${sizeMiB}m`,
+    `--rate_iops=${rateIops}`, '--verify=crc32c', '--do_verify=1', '--verify_fatal=1', '--verify_state_save=0',
+    '--output-format=json', `--output=${output}`,
+  ]; // prettier-ignore
+}
+
+async function fioResult(output: string): Promise<FioJob> {
+  return JSON.parse(await readFile(output, 'utf8')).jobs[0] as FioJob;
+}
+
+describe('high availability on a keel up cluster', () => {
+  let cluster: KeelCluster;
+  let work: string;
+
+  beforeAll(async () => {
+    cluster = await KeelCluster.start({ volumeSize: '64M', scoSize: '4M', routers: 3 });
+    work = await mkdtemp(path.join(tmpdir(), 'keel-ha-'));
+  }, 90_000);
+
+  afterAll(async () => {
+    console.log('HA figures', JSON.stringify(figures, null, 2));
+    await cluster?.stop();
+    await cluster?.destroy();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const createVolume = async (name: string, ...extra: string[]) => {
+    const created = await cluster.keel('volume', 'create', name, '64M', '--sco-size', '4M', ...extra);
+    expect(created.code, created.stderr).toBe(0);
+  };
+
+  it('fio verifies with no error while every router is restarted in turn with SIGTERM (rolling upgrade)', async () => {
+    await createVolume('rolling');
+    const output = path.join(work, 'rolling.json');
+    const fio = run('fio', fioArgs(cluster.uri('rolling'), output, 48, 1500), { timeoutMs: 120_000 });
+    await new Promise((r) => setTimeout(r, 1500));
+    const routers = await cluster.routers();
+    for (const router of routers) {
+      process.kill(router.pid, 'SIGTERM');
+      await cluster.waitForRestart(router.id, router.pid);
+    }
+    const result = await fio;
+    expect(result.code, `${result.stdout}${result.stderr}\ncluster log tail:\n${cluster.stderr.slice(-6000)}`).toBe(0);
+    const job = await fioResult(output);
+    expect(job.error).toBe(0);
+    expect(job.write.io_bytes).toBe(48 * 2 ** 20);
+    expect(job.read.io_bytes).toBe(48 * 2 ** 20); // the verify pass read every block back
+    figures.rollingLongestPauseMs = Math.round(job.write.clat_ns.max / 1e6);
+    // The edge switched because the old owner closed the volume for a handover (CLOSED), never gave up.
+    expect(cluster.stderr).toMatch(/"volume":"rolling".*"reason":"CLOSED: volume 'rolling' is closed"/);
+    expect(cluster.stderr).not.toMatch(/"volume":"rolling".*"to":"no-owner"/);
+  }, 150_000);
+
+  it('fio verifies with no error when the owner is killed with SIGKILL mid-write (DTL sync)', async () => {
+    await createVolume('crash');
+    const output = path.join(work, 'crash.json');
+    const fio = run('fio', fioArgs(cluster.uri('crash'), output, 48, 3000), { timeoutMs: 120_000 });
+    await new Promise((r) => setTimeout(r, 1500)); // well into the write phase (about 4 s long)
+    const owner = await cluster.ownerOf('crash');
+    process.kill(owner.pid, 'SIGKILL');
+    const killedAtMs = Date.now();
+    const result = await fio;
+    expect(result.code, `${result.stdout}${result.stderr}\ncluster log tail:\n${cluster.stderr.slice(-6000)}`).toBe(0);
+    const job = await fioResult(output);
+    expect(job.error).toBe(0);
+    expect(job.read.io_bytes).toBe(48 * 2 ** 20);
+    expect(Date.now() - killedAtMs).toBeGreaterThan(1000); // fio was still running when the owner died
+    figures.crashLongestPauseMs = Math.round(job.write.clat_ns.max / 1e6);
+    expect(cluster.stderr).toMatch(/"volume":"crash".*"to":"failing-over"/);
+  }, 150_000);
+
+  it('a frozen owner is taken over by its DTL peer, which replays the DTL; the old owner is fenced when it wakes', async () => {
+    await createVolume('frozen');
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x3c 0 2M', '-c', 'write -P 0xc3 1M 4096', cluster.uri('frozen')]); // no flush
+    expect(write.code, write.stderr).toBe(0);
+    const before = JSON.parse((await cluster.keel('volume', 'info', 'frozen', '--json')).stdout);
+    expect(before).toMatchObject({ dtlInSync: true });
+    const owner = await cluster.ownerOf('frozen');
+    process.kill(owner.pid, 'SIGSTOP');
+    try {
+      const startedMs = Date.now();
+      const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x3c 0 1M', '-c', 'read -P 0xc3 1M 4096', '-c', 'read -P 0x3c 1052672 1044480', cluster.uri('frozen')]);
+      figures.frozenOwnerTakeoverMs = Date.now() - startedMs;
+      expect(read.code, read.stdout + read.stderr).toBe(0);
+      expect(read.stdout).not.toMatch(/Pattern verification failed/);
+      const after = JSON.parse((await cluster.keel('volume', 'info', 'frozen', '--json')).stdout);
+      expect(after.owner).toBe(before.dtlPeer); // the DTL peer took it
+      expect(after.ownerEpoch).toBe(before.ownerEpoch + 1);
+      expect(cluster.stderr).toMatch(/"volume":"frozen".*"msg":"DTL replayed"/);
+    } finally {
+      process.kill(owner.pid, 'SIGCONT');
+    }
+    // The woken old owner gives the volume up at its next reconcile.
+    const deadline = Date.now() + 10_000;
+    while (!/"volume":"frozen".*"msg":"volume now owned elsewhere: closed here"/.test(cluster.stderr) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    expect(cluster.stderr).toMatch(/"volume":"frozen".*"msg":"volume now owned elsewhere: closed here"/);
+  }, 90_000);
+
+  it('refuses a takeover while the DTL is not in sync, and takes over when forced', async () => {
+    await createVolume('unsafe', '--dtl-mode', 'none');
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 1M', '-c', 'flush', cluster.uri('unsafe')]);
+    expect(write.code, write.stderr).toBe(0);
+    const owner = await cluster.ownerOf('unsafe');
+    const other = (await cluster.routers()).find((r) => r.id !== owner.id)!;
+    process.kill(owner.pid, 'SIGSTOP');
+    try {
+      await new Promise((r) => setTimeout(r, 2500)); // heartbeat older than takeoverHeartbeatAgeMinMs
+      const refused = await cluster.keel('volume', 'takeover', 'unsafe', '--to', other.id);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/DTL mode none.*could lose acknowledged writes/);
+      expect(JSON.parse((await cluster.keel('volume', 'info', 'unsafe', '--json')).stdout).owner).toBe(owner.id);
+      const forced = await cluster.keel('volume', 'takeover', 'unsafe', '--to', other.id, '--force');
+      expect(forced.code, forced.stderr).toBe(0);
+      expect(JSON.parse((await cluster.keel('volume', 'info', 'unsafe', '--json')).stdout).owner).toBe(other.id);
+    } finally {
+      process.kill(owner.pid, 'SIGCONT');
+    }
+  }, 60_000);
+
+  it('keel volume move hands a volume over with its data; keel router drain empties a router', async () => {
+    await createVolume('moving');
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 3M', cluster.uri('moving')]);
+    expect(write.code, write.stderr).toBe(0);
+    const owner = await cluster.ownerOf('moving');
+    const target = (await cluster.routers()).find((r) => r.id !== owner.id)!;
+    const moved = await cluster.keel('volume', 'move', 'moving', '--to', target.id, '--json');
+    expect(moved.code, moved.stderr).toBe(0);
+    figures.movePauseMs = JSON.parse(moved.stdout).pauseMs;
+    expect((await cluster.ownerOf('moving')).id).toBe(target.id);
+    const drained = await cluster.keel('router', 'drain', target.id, '--json');
+    expect(drained.code, drained.stderr).toBe(0);
+    expect(JSON.parse(drained.stdout).moved).toContain('moving');
+    const rows = await cluster.routers();
+    expect(rows.find((r) => r.id === target.id)).toMatchObject({ state: 'draining', volumes: '-' });
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 0 3M', cluster.uri('moving')]);
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+  }, 60_000);
+});
+
+describe('keel up --redis: coordination on a real redis-server', () => {
+  let redis: TestRedisServer;
+  let cluster: KeelCluster;
+
+  beforeAll(async () => {
+    redis = await startRedisServer();
+    cluster = await KeelCluster.start({ volumeSize: '64M', scoSize: '4M', routers: 2, upArgs: ['--redis', redis.url] });
+  }, 90_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+    await cluster?.destroy();
+    await redis?.close();
+  });
+
+  it('serves, hands over and survives a SIGKILL with every record in Redis', async () => {
+    const keel = (...args: string[]) => runKeel([...args, '--data', cluster.dataDir, '--redis', redis.url]);
+    const list = await keel('router', 'list', '--json');
+    expect(list.code, list.stderr).toBe(0);
+    expect(JSON.parse(list.stdout).map((r: { id: string }) => r.id)).toEqual(['r1', 'r2']);
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6b 0 2M', cluster.uri()]);
+    expect(write.code, write.stderr).toBe(0);
+    const info = JSON.parse((await keel('volume', 'info', 'demo', '--json')).stdout);
+    expect(info).toMatchObject({ dtlInSync: true });
+    const other = info.owner === 'r1' ? 'r2' : 'r1';
+    expect((await keel('volume', 'move', 'demo', '--to', other)).code).toBe(0);
+    const owner = JSON.parse((await keel('router', 'list', '--json')).stdout).find((r: { id: string }) => r.id === other);
+    process.kill(owner.pid, 'SIGKILL');
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x6b 0 2M', cluster.uri()]);
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+    // Nothing was written to the embedded document: coordination lives in Redis.
+    await expect(readFile(path.join(cluster.dataDir, 'coordination.json'), 'utf8')).rejects.toThrow();
+  }, 90_000);
+});

@@ -1,0 +1,159 @@
+/**
+ * The owner side of the DTL against real peers: DtlStores behind real RpcServers on loopback (the
+ * router's own ha-service), a fake volume host. Sync acknowledges only once a peer holds the write; a
+ * lost peer is replaced and the backlog re-sent; uploads trim; a sealed stream fences the owner.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { isKeelError, KeelError } from '../../shared/errors.ts';
+import { silentLogger } from '../../shared/logger.ts';
+import { RpcServer, type RpcHandler } from '../../shared/wire/rpc-server.ts';
+import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
+import { decodeDtlRecords } from '../../router/dtl-format.ts';
+import { DtlJournal, type DtlJournalHost } from '../../router/dtl-journal.ts';
+import { DtlStore } from '../../router/dtl-store.ts';
+import { withHaOps } from '../../router/ha-service.ts';
+import type { VolumeHa } from '../../router/volume-ha.ts';
+
+interface Peer {
+  routerId: string;
+  address: string;
+  store: DtlStore;
+  server: RpcServer | undefined;
+  alive: boolean;
+}
+
+const noVolumeOps: RpcHandler = { openSession: () => ({ handle: () => Promise.reject(KeelError.protocol('no volume ops here')), close: () => undefined }) };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not reached');
+    await sleep(20);
+  }
+}
+
+describe('DtlJournal with real peers', () => {
+  let dir: string;
+  let peers: Peer[];
+  let tlog: number;
+  let uploaded: number;
+  let published: Array<{ dtlPeer?: string; dtlInSync?: boolean }>;
+  let journal: DtlJournal | undefined;
+
+  const startPeer = async (routerId: string): Promise<Peer> => {
+    const store = await DtlStore.open(path.join(dir, routerId), silentLogger());
+    const handler = withHaOps(noVolumeOps, { dtl: store, ha: {} as VolumeHa, drain: async () => ({}) });
+    const server = new RpcServer({ transport: new TcpTransport(), handler, logger: silentLogger(), routerId });
+    const address = await server.listen('127.0.0.1:0');
+    const peer = { routerId, address, store, server, alive: true };
+    peers.push(peer);
+    return peer;
+  };
+  const host = (): DtlJournalHost => ({
+    volumeName: 'v',
+    volumeId: 'vol-1',
+    ownerEpoch: 1,
+    transport: new TcpTransport(),
+    logger: silentLogger(),
+    currentTlogSeq: () => tlog,
+    tlogsUploadedThrough: () => uploaded,
+    closeCurrentTlog: async () => {
+      tlog += 1;
+      return tlog - 1;
+    },
+    choosePeer: async (exclude) => peers.find((p) => p.alive && !exclude.has(p.routerId)),
+    publish: async (state) => {
+      published.push(state);
+      return true;
+    },
+  });
+  const recordsOn = async (peer: Peer) => {
+    const streams = await peer.store.seal('vol-1', 1);
+    const seqs: number[] = [];
+    for (const s of streams) seqs.push(...decodeDtlRecords((await peer.store.read('vol-1', 1, s.streamId, 0)).payload).records.map((r) => r.seq));
+    return seqs;
+  };
+
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'keel-dtl-journal-'));
+    peers = [];
+    tlog = 1;
+    uploaded = 0;
+    published = [];
+  });
+  afterEach(async () => {
+    await journal?.close();
+    journal = undefined;
+    for (const peer of peers) {
+      await peer.server?.close();
+      await peer.store.close();
+    }
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('sync: a write is acknowledged only once a peer holds it; waits while there is none', async () => {
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    let acked = false;
+    const write = journal.write(0, Buffer.alloc(4096, 1), async () => undefined).then(() => (acked = true));
+    await sleep(400);
+    expect(acked).toBe(false); // no peer yet: the write waits, it is not acknowledged unprotected
+    const peer = await startPeer('p1');
+    await write;
+    expect(await recordsOn(peer)).toEqual([1]);
+  });
+
+  it('re-sends the whole backlog to a new peer when the peer dies, and records the state', async () => {
+    uploaded = 1; // the baseline TLog (closed at start) is on the backend
+    const first = await startPeer('p1');
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    for (let i = 0; i < 20; i++) await journal.write(i * 4096, Buffer.alloc(4096, i), async () => undefined);
+    await until(() => published.some((s) => s.dtlInSync === true && s.dtlPeer === 'p1'));
+    const second = await startPeer('p2');
+    first.alive = false;
+    await first.server!.close();
+    first.server = undefined;
+    await journal.write(20 * 4096, Buffer.alloc(4096, 20), async () => undefined); // waits for the resync to p2
+    expect(await recordsOn(second)).toEqual(Array.from({ length: 21 }, (_, i) => i + 1));
+    const afterLoss = published.slice(published.findIndex((s) => s.dtlPeer === 'p1' && s.dtlInSync));
+    expect(afterLoss.some((s) => s.dtlInSync === false)).toBe(true); // cleared before in sync again
+    await until(() => published.at(-1)?.dtlPeer === 'p2' && published.at(-1)?.dtlInSync === true);
+  });
+
+  it('trims what reached the backend, on the owner and on the peer', async () => {
+    uploaded = 1;
+    const peer = await startPeer('p1');
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start(); // tlog is 2 now
+    for (let i = 0; i < 5; i++) await journal.write(i * 4096, Buffer.alloc(4096, 7), async () => undefined);
+    expect(journal.stats().backlogRecords).toBe(5);
+    uploaded = 2;
+    await until(() => journal!.stats().backlogRecords === 0);
+    await until(async () => peer.store.stats().liveBytes === 0);
+  });
+
+  it('a sealed stream fences the owner: writes fail with NOT_OWNER', async () => {
+    const peer = await startPeer('p1');
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    await journal.write(0, Buffer.alloc(4096), async () => undefined);
+    await peer.store.seal('vol-1', 1); // a takeover read the DTL
+    const err = await journal.write(4096, Buffer.alloc(4096), async () => undefined).then(() => undefined, (e: unknown) => e);
+    expect(isKeelError(err, 'NOT_OWNER')).toBe(true);
+  });
+
+  it('async acknowledges before the peer has the write; none records nothing', async () => {
+    journal = new DtlJournal(host(), 'async');
+    await journal.start();
+    await journal.write(0, Buffer.alloc(4096), async () => undefined); // no peer at all, still acknowledged
+    expect(journal.stats().backlogRecords).toBe(1);
+    await journal.setMode('none');
+    await journal.write(0, Buffer.alloc(4096), async () => undefined);
+    expect(journal.stats().backlogRecords).toBe(0);
+  });
+});

@@ -1,0 +1,139 @@
+/**
+ * The DTL's pieces on their own: the record codec, the peer's segment store (bounds, trimming, sealing,
+ * reload after a crash), and restore's choice of TLogs when a fenced owner uploaded late.
+ */
+import { mkdtemp, readdir, rm, writeFile, appendFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { isKeelError } from '../../shared/errors.ts';
+import { limits } from '../../shared/limits.ts';
+import { silentLogger } from '../../shared/logger.ts';
+import { chooseTlogChain } from '../../router/backend-volume-objects.ts';
+import { parseVolumeObjectName, volumeObjectName } from '../../router/backend-object-names.ts';
+import { decodeDtlRecords, encodeDtlHeader } from '../../router/dtl-format.ts';
+import { DtlStore } from '../../router/dtl-store.ts';
+
+function record(seq: number, offset: number, data?: Buffer, trimLength = 0): Buffer {
+  const header = encodeDtlHeader(seq, data ? 'write' : 'trim', offset, data ? data.length : trimLength, data);
+  return data ? Buffer.concat([header, data]) : header;
+}
+
+async function expectCode(promise: Promise<unknown>, code: string): Promise<void> {
+  const err = await promise.then(() => undefined, (e: unknown) => e);
+  expect(isKeelError(err) ? err.code : err).toBe(code);
+}
+
+describe('DTL records', () => {
+  it('round-trip writes and trims, stop at a torn tail, and reject a flipped bit', () => {
+    const data = Buffer.alloc(8192, 7);
+    const bytes = Buffer.concat([record(1, 4096, data), record(2, 2 ** 40, undefined, 2 ** 33)]);
+    const { records, tornAt } = decodeDtlRecords(bytes);
+    expect(tornAt).toBeUndefined();
+    expect(records.map((r) => [r.seq, r.op, r.offset, r.length])).toEqual([[1, 'write', 4096, 8192], [2, 'trim', 2 ** 40, 2 ** 33]]);
+    expect(records[0]!.data!.equals(data)).toBe(true);
+    expect(decodeDtlRecords(bytes.subarray(0, bytes.length - 3)).tornAt).toBe(8192 + 40);
+    const flipped = Buffer.from(bytes);
+    flipped[100] ^= 1;
+    expect(() => decodeDtlRecords(flipped)).toThrow(/DTL record 1/);
+    const badMagic = Buffer.from(bytes);
+    badMagic[0] = 0;
+    expect(() => decodeDtlRecords(badMagic)).toThrow(/bad magic/);
+  });
+});
+
+describe('DTL store (the peer side)', () => {
+  let dir: string;
+  let store: DtlStore;
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'keel-dtl-'));
+    store = await DtlStore.open(dir, silentLogger());
+  });
+  afterEach(async () => {
+    await store.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('appends, skips re-sent records, refuses a gap, trims whole segments and reads pages', async () => {
+    await store.openStream('vol-a', 3, 's1');
+    const big = Buffer.alloc(limits.dtlSegmentBytes / 2, 1);
+    expect(await store.append('vol-a', 3, 's1', Buffer.concat([record(1, 0, big), record(2, 0, big)]))).toEqual({ lastSeq: 2 });
+    expect(await store.append('vol-a', 3, 's1', Buffer.concat([record(2, 0, big), record(3, 4096, Buffer.alloc(4096, 3))]))).toEqual({ lastSeq: 3 });
+    await expectCode(store.append('vol-a', 3, 's1', record(5, 0, Buffer.alloc(4096))), 'PROTOCOL');
+    const streamDir = path.join(dir, 'vol-a', (await readdir(path.join(dir, 'vol-a')))[0]!);
+    expect((await readdir(streamDir)).length).toBe(2); // rolled at dtlSegmentBytes
+    await store.trim('vol-a', 3, 's1', 2);
+    expect((await readdir(streamDir)).length).toBe(1);
+    const page = await store.read('vol-a', 3, 's1', 0);
+    expect(decodeDtlRecords(page.payload).records.map((r) => r.seq)).toEqual([3]);
+    expect(page.more).toBe(false);
+  });
+
+  it('refuses appends beyond dtlBytesMax with BUSY, never dropping', async () => {
+    await store.openStream('vol-b', 1, 's1');
+    const chunk = Buffer.alloc(16 * 1024 * 1024, 2);
+    let seq = 0;
+    let refused = false;
+    while (seq * chunk.length <= limits.dtlBytesMax) {
+      try {
+        await store.append('vol-b', 1, 's1', record(seq + 1, 0, chunk));
+        seq += 1;
+      } catch (err) {
+        expect(isKeelError(err, 'BUSY')).toBe(true);
+        refused = true;
+        break;
+      }
+    }
+    expect(refused).toBe(true);
+    expect(store.stats().liveBytes).toBeLessThanOrEqual(limits.dtlBytesMax);
+    await store.trim('vol-b', 1, 's1', seq);
+    await store.append('vol-b', 1, 's1', record(seq + 1, 0, chunk)); // room again after the trim
+  }, 30_000);
+
+  it('sealing for a takeover fences the old owner; a newer epoch fences older ones and drops them', async () => {
+    await store.openStream('vol-c', 1, 'a');
+    await store.append('vol-c', 1, 'a', record(1, 0, Buffer.alloc(4096, 9)));
+    await store.openStream('vol-c', 1, 'b'); // the owner restarted: a second stream of the same epoch
+    await store.append('vol-c', 1, 'b', record(1, 8192, Buffer.alloc(4096, 8)));
+    const sealed = await store.seal('vol-c', 1);
+    expect(sealed.map((s) => [s.streamId, s.lastSeq])).toEqual([['a', 1], ['b', 1]]);
+    await expectCode(store.append('vol-c', 1, 'b', record(2, 0, Buffer.alloc(4096))), 'FENCED');
+    await expectCode(store.openStream('vol-c', 1, 'c'), 'FENCED');
+    await store.openStream('vol-c', 2, 'new');
+    await expectCode(store.read('vol-c', 1, 'a', 0), 'FENCED'); // dropped: the new owner replayed it already
+    await expectCode(store.openStream('vol-c', 1, 'late'), 'FENCED');
+  });
+
+  it('a restarted peer loads its streams, cutting a torn tail', async () => {
+    await store.openStream('vol-d', 4, 's');
+    await store.append('vol-d', 4, 's', Buffer.concat([record(1, 0, Buffer.alloc(4096, 1)), record(2, 4096, Buffer.alloc(4096, 2))]));
+    await store.close();
+    const streamDir = path.join(dir, 'vol-d', (await readdir(path.join(dir, 'vol-d')))[0]!);
+    const segment = path.join(streamDir, (await readdir(streamDir))[0]!);
+    await appendFile(segment, record(3, 0, Buffer.alloc(4096, 3)).subarray(0, 100)); // torn by a crash
+    await writeFile(path.join(streamDir, 'junk.txt'), 'ignored');
+    store = await DtlStore.open(dir, silentLogger());
+    const [info] = await store.seal('vol-d', 4);
+    expect(info).toMatchObject({ streamId: 's', lastSeq: 2 });
+    expect(decodeDtlRecords((await store.read('vol-d', 4, 's', 0)).payload).records.map((r) => r.seq)).toEqual([1, 2]);
+  });
+});
+
+describe('fencing in backend object names', () => {
+  it('puts the epoch in TLog names and parses old names as epoch 0', () => {
+    expect(volumeObjectName('v', 'tlog', 7, 3)).toBe('vol/v/tlog/00000007-00000003');
+    expect(parseVolumeObjectName('v', 'vol/v/tlog/00000007-00000003')).toEqual({ kind: 'tlog', seq: 7, epoch: 3 });
+    expect(parseVolumeObjectName('v', 'vol/v/tlog/00000007')).toEqual({ kind: 'tlog', seq: 7, epoch: 0 });
+    expect(parseVolumeObjectName('v', 'vol/v/epoch/00000004')).toEqual({ kind: 'epoch', seq: 4, epoch: 4 });
+    expect(parseVolumeObjectName('v', 'vol/v/sco/00000001-00000002')).toBeUndefined();
+  });
+
+  it('restore ignores a late upload of a fenced owner and prefers the newer epoch', () => {
+    const t = (seq: number, epoch: number) => ({ seq, epoch, name: `${seq}-${epoch}` });
+    // Owner at epoch 1 wrote 1..3; epoch 2 took over after restoring 1..2 and wrote 3, 4; epoch 1's 3 and 5 landed late.
+    const chain = chooseTlogChain([t(1, 1), t(2, 1), t(3, 1), t(5, 1), t(3, 2), t(4, 2)], new Map([[2, 2]]));
+    expect(chain.map((c) => c.name)).toEqual(['1-1', '2-1', '3-2', '4-2']);
+    // The new owner has written nothing yet: the fenced owner's TLog 3 still must not count.
+    expect(chooseTlogChain([t(1, 1), t(2, 1), t(3, 1)], new Map([[2, 2]])).map((c) => c.name)).toEqual(['1-1', '2-1']);
+  });
+});

@@ -1,0 +1,46 @@
+/**
+ * Regression: a reconcile whose volume list was read before a volume was created must not take that
+ * volume — opened while the list was in flight — for deleted (that destroyed its data under load).
+ */
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import type { Coordination, VolumeRecord } from '../../shared/coordination.ts';
+import { EmbeddedCoordination } from '../../shared/coordination-embedded.ts';
+import { silentLogger } from '../../shared/logger.ts';
+import { VolumeRegistry } from '../../router/volume-registry.ts';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(tmpdir(), 'keel-registry-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+it('keeps a volume opened while a reconcile was reading an older volume list', async () => {
+  const embedded = await EmbeddedCoordination.open(dir);
+  let releaseList!: () => void;
+  const listGate = new Promise<void>((resolve) => (releaseList = resolve));
+  let staleList: VolumeRecord[] | undefined;
+  const coordination: Coordination = Object.assign(Object.create(embedded) as Coordination, {
+    listVolumes: async () => {
+      staleList ??= await embedded.listVolumes(); // read before the volume exists...
+      await listGate; // ...and answered after it was opened
+      return staleList;
+    },
+  });
+  const registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  const reconciling = registry.reconcile();
+  await new Promise((r) => setTimeout(r, 20));
+  await embedded.createVolume({ name: 'v', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' }, Date.now());
+  const target = await registry.openVolume('v');
+  await target.write(0, Buffer.alloc(4096, 1), false);
+  releaseList();
+  await reconciling;
+  expect(registry.ownedNames()).toEqual(['v']);
+  expect((await stat(registry.volumeDir('v'))).isDirectory()).toBe(true);
+  expect((await target.read(0, 4096)).equals(Buffer.alloc(4096, 1))).toBe(true);
+  await registry.closeAll();
+});
