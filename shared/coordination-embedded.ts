@@ -5,12 +5,11 @@
  * a writer killed mid-update leaves the previous version. Not for more than one host: use Redis there.
  */
 import { promises as fs } from 'node:fs';
-import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { KeelError } from './errors.ts';
 import { limits } from './limits.ts';
-import type { Coordination, RouterRecord, RouterState, VolumeDtlState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
+import { newVolumeRecord, type Coordination, type RouterRecord, type RouterState, type VolumeDtlState, type VolumeRecord, type VolumeSpec, type VpoolConfig } from './coordination.ts';
 
 const documentVersion = 1;
 
@@ -68,16 +67,7 @@ export class EmbeddedCoordination implements Coordination {
   async createVolume(spec: VolumeSpec, nowMs: number): Promise<VolumeRecord> {
     return this.update((doc) => {
       if (doc.volumes[spec.name]) throw KeelError.volumeExists(spec.name);
-      const record: VolumeRecord = {
-        id: randomUUID(),
-        name: spec.name,
-        sizeBytes: spec.sizeBytes,
-        scoSizeBytes: spec.scoSizeBytes,
-        owner: spec.owner ?? '',
-        ownerEpoch: spec.owner ? 1 : 0,
-        createdAtMs: nowMs,
-        ...(spec.dtlMode ? { dtlMode: spec.dtlMode } : {}),
-      };
+      const record = newVolumeRecord(spec, nowMs);
       doc.volumes[spec.name] = record;
       return { ...record };
     });

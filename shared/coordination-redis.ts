@@ -9,12 +9,11 @@
  * claim that in fact won). The client keeps reconnecting in the background; callers retry on their own
  * schedule (heartbeats, reconciles, edge owner lookups).
  */
-import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { KeelError, isKeelError } from './errors.ts';
 import { limits } from './limits.ts';
 import { createLogger, type Logger } from './logger.ts';
-import type { Coordination, RouterRecord, RouterState, VolumeDtlState, VolumeRecord, VolumeSpec, VpoolConfig } from './coordination.ts';
+import { newVolumeRecord, type Coordination, type RouterRecord, type RouterState, type VolumeDtlState, type VolumeRecord, type VolumeSpec, type VpoolConfig } from './coordination.ts';
 import {
   decodeRouter,
   decodeVolume,
@@ -135,16 +134,7 @@ export class RedisCoordination implements Coordination {
   }
 
   async createVolume(spec: VolumeSpec, nowMs: number): Promise<VolumeRecord> {
-    const record: VolumeRecord = {
-      id: randomUUID(),
-      name: spec.name,
-      sizeBytes: spec.sizeBytes,
-      scoSizeBytes: spec.scoSizeBytes,
-      owner: spec.owner ?? '',
-      ownerEpoch: spec.owner ? 1 : 0,
-      createdAtMs: nowMs,
-      ...(spec.dtlMode ? { dtlMode: spec.dtlMode } : {}),
-    };
+    const record = newVolumeRecord(spec, nowMs);
     const created = await this.script(
       redisScripts.createVolume.name,
       [this.keys.volume(spec.name), this.keys.volumes],

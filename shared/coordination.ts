@@ -4,6 +4,8 @@
  * Implementations: embedded (one host, a file under the data directory: coordination-embedded.ts) and,
  * for clusters, Redis (coordination-redis.ts). Both honour the same contract, checked by one test.
  */
+import { randomUUID } from 'node:crypto';
+
 export type RouterState = 'up' | 'draining' | 'down';
 
 /** How a volume's writes not yet on the backend are protected (docs/dtl.md). */
@@ -100,6 +102,20 @@ export interface Coordination {
   setVpool(config: VpoolConfig): Promise<void>;
 
   close(): Promise<void>;
+}
+
+/** The record of a new volume: both implementations create exactly this, then store it atomically. */
+export function newVolumeRecord(spec: VolumeSpec, nowMs: number): VolumeRecord {
+  return {
+    id: randomUUID(),
+    name: spec.name,
+    sizeBytes: spec.sizeBytes,
+    scoSizeBytes: spec.scoSizeBytes,
+    owner: spec.owner ?? '',
+    ownerEpoch: spec.owner ? 1 : 0,
+    createdAtMs: nowMs,
+    ...(spec.dtlMode ? { dtlMode: spec.dtlMode } : {}),
+  };
 }
 
 /** A router is alive while its heartbeat is recent and it is not marked down. */
