@@ -1,28 +1,23 @@
 /**
- * A volume served read-only (a template: docs/snapshots.md, "Templates"): reads go to the volume, every
- * change fails with READ_ONLY (the NBD edge answers EPERM). close() releases the volume once.
+ * Read-only exports: every change fails with READ_ONLY (the NBD edge answers EPERM), flush is a no-op,
+ * and close() releases what the export holds exactly once. ReadOnlyTarget serves a live volume read-only
+ * (a template: docs/snapshots.md, "Templates"); SnapshotTarget (snapshot-target.ts) serves `VOL@SNAP`.
  */
 import type { OpenBlockTarget } from '../shared/block-target.ts';
 import { KeelError } from '../shared/errors.ts';
 
-export class ReadOnlyTarget implements OpenBlockTarget {
+export abstract class ReadOnlyExport implements OpenBlockTarget {
   readonly readOnly = true as const;
-  private closed = false;
+  protected closed = false;
 
-  constructor(
-    private readonly inner: OpenBlockTarget,
-    private readonly what: string,
+  protected constructor(
+    protected readonly what: string,
     private readonly onClose: () => void,
   ) {}
 
-  get sizeBytes(): number {
-    return this.inner.sizeBytes;
-  }
+  abstract get sizeBytes(): number;
+  abstract read(offset: number, length: number): Promise<Buffer>;
 
-  read(offset: number, length: number): Promise<Buffer> {
-    if (this.closed) return Promise.reject(KeelError.closed(this.what));
-    return this.inner.read(offset, length);
-  }
   async write(): Promise<void> {
     throw KeelError.readOnly(this.what);
   }
@@ -38,5 +33,24 @@ export class ReadOnlyTarget implements OpenBlockTarget {
     if (this.closed) return;
     this.closed = true;
     this.onClose();
+  }
+}
+
+export class ReadOnlyTarget extends ReadOnlyExport {
+  constructor(
+    private readonly inner: OpenBlockTarget,
+    what: string,
+    onClose: () => void,
+  ) {
+    super(what, onClose);
+  }
+
+  get sizeBytes(): number {
+    return this.inner.sizeBytes;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    if (this.closed) return Promise.reject(KeelError.closed(this.what));
+    return this.inner.read(offset, length);
   }
 }

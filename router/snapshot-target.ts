@@ -4,10 +4,10 @@
  * like every read. For a clone's snapshot, clusters it never wrote nor trimmed fall through to the
  * clone's parent snapshot. Writes, trims and zeroing fail with READ_ONLY (the NBD edge answers EPERM).
  */
-import type { OpenBlockTarget } from '../shared/block-target.ts';
 import { KeelError } from '../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
+import { ReadOnlyExport } from './read-only-target.ts';
 import type { SnapshotImage } from './snapshot-map-builder.ts';
 
 /** Reads clusters of an image: the owning volume's SCOs, and (clones) the parent snapshot. */
@@ -21,17 +21,16 @@ export interface ParentReader {
   readInto(lba: number, target: Buffer, offset: number): Promise<void>;
 }
 
-export class SnapshotTarget implements OpenBlockTarget {
-  readonly readOnly = true as const;
-  private closed = false;
-
+export class SnapshotTarget extends ReadOnlyExport {
   constructor(
     readonly sizeBytes: number,
     private readonly image: SnapshotImage,
     private readonly reader: ImageReader,
-    private readonly what: string,
-    private readonly onClose: () => void,
-  ) {}
+    what: string,
+    onClose: () => void,
+  ) {
+    super(what, onClose);
+  }
 
   async read(offset: number, length: number): Promise<Buffer> {
     if (this.closed) throw KeelError.closed(this.what);
@@ -45,22 +44,6 @@ export class SnapshotTarget implements OpenBlockTarget {
     return target;
   }
 
-  async write(): Promise<void> {
-    throw KeelError.readOnly(this.what);
-  }
-  async trim(): Promise<void> {
-    throw KeelError.readOnly(this.what);
-  }
-  async writeZeroes(): Promise<void> {
-    throw KeelError.readOnly(this.what);
-  }
-  async flush(): Promise<void> {}
-
-  async close(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    this.onClose();
-  }
 }
 
 /** Fills target with the image's bytes at volume offset `offset`; runs of consecutive slots are one read. */
