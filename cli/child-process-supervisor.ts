@@ -2,6 +2,10 @@
  * Runs one Keel process (router or edge) as a child, restarting it when it dies unexpectedly. Restarts are
  * bounded (childRestartsMax within childRestartWindowMs) with growing backoff; past that the child is left
  * failed instead of crash-looping.
+ *
+ * KEEL_NO_RESTART=1 in `keel up`'s environment turns restarts off: a child that dies stays down (status
+ * failed). Tests use it to keep a killed router dead, so that its volumes are taken over by another router
+ * (docs/high-availability.md) instead of recovered by the restarted owner.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -72,6 +76,10 @@ export class SupervisedChild {
   private onExit(code: number | null, signal: NodeJS.Signals | null): void {
     if (this.status === 'stopping' || this.restartsHeld) {
       this.setStatus('stopped', { code, signal });
+      return;
+    }
+    if (this.env.KEEL_NO_RESTART === '1') {
+      this.setStatus('failed', { code, signal, reason: 'restarts are off (KEEL_NO_RESTART=1)' });
       return;
     }
     const nowMs = Date.now();

@@ -24,15 +24,25 @@ export class KeelCluster {
     readonly dataDir: string,
     readonly port: number,
     private readonly upArgs: string[],
+    private readonly upEnv: NodeJS.ProcessEnv,
   ) {}
 
   static async start(
-    options: { volumeSize?: string; scoSize?: string; routers?: number; dataDir?: string; /** Extra `keel up` arguments (e.g. --s3 URL). */ upArgs?: string[] } = {},
+    options: {
+      volumeSize?: string;
+      scoSize?: string;
+      routers?: number;
+      dataDir?: string;
+      /** Extra `keel up` arguments (e.g. --s3 URL). */
+      upArgs?: string[];
+      /** Extra environment for `keel up` (e.g. KEEL_NO_RESTART: '1' keeps a killed router down). */
+      env?: NodeJS.ProcessEnv;
+    } = {},
   ): Promise<KeelCluster> {
     const dataDir = options.dataDir ?? (await mkdtemp(path.join(tmpdir(), 'keel-it-')));
     const port = await freePort();
     const args = ['--volume-size', options.volumeSize ?? '1G', '--sco-size', options.scoSize ?? '4M', '--routers', String(options.routers ?? 3), ...(options.upArgs ?? [])];
-    const cluster = new KeelCluster(dataDir, port, args);
+    const cluster = new KeelCluster(dataDir, port, args, options.env ?? {});
     await cluster.startUp();
     return cluster;
   }
@@ -44,7 +54,7 @@ export class KeelCluster {
   async startUp(): Promise<void> {
     this.up = spawn(process.execPath, [keelBin, 'up', '--data', this.dataDir, '--port', String(this.port), ...this.upArgs], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, KEEL_LOG_PRETTY: '0', KEEL_LOG_LEVEL: process.env.KEEL_LOG_LEVEL ?? 'warn' },
+      env: { ...process.env, ...this.upEnv, KEEL_LOG_PRETTY: '0', KEEL_LOG_LEVEL: process.env.KEEL_LOG_LEVEL ?? 'warn' },
     });
     this.up.stderr!.on('data', (chunk: Buffer) => {
       this.stderr += chunk.toString();

@@ -6,7 +6,9 @@
  * afterwards fio's verify pass reads everything back with no error. The longest I/O pause of each run is
  * fio's largest completion latency (an I/O in flight across the pause waits for all of it).
  * Also: a takeover with DTL replay (owner frozen with SIGSTOP, then fenced when it wakes), a takeover
- * refused while the DTL is not in sync (and forced), and a cluster on a real redis-server.
+ * refused while the DTL is not in sync (and forced), a cluster on a real redis-server, and a crash
+ * takeover: the owner killed with SIGKILL mid-write and kept down (KEEL_NO_RESTART=1), so that its DTL
+ * peer takes the volume over and replays the DTL while fio runs.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -199,5 +201,72 @@ describe('keel up --redis: coordination on a real redis-server', () => {
     expect(read.stdout).not.toMatch(/Pattern verification failed/);
     // Nothing was written to the embedded document: coordination lives in Redis.
     await expect(readFile(path.join(cluster.dataDir, 'coordination.json'), 'utf8')).rejects.toThrow();
+  }, 90_000);
+});
+
+describe('crash takeover: the owner is killed with SIGKILL and stays down (keel up with KEEL_NO_RESTART=1)', () => {
+  let cluster: KeelCluster;
+  let work: string;
+  const crashFigures: Record<string, unknown> = {};
+
+  beforeAll(async () => {
+    cluster = await KeelCluster.start({ volumeSize: '64M', scoSize: '4M', routers: 3, env: { KEEL_NO_RESTART: '1' } });
+    work = await mkdtemp(path.join(tmpdir(), 'keel-ha-crash-'));
+  }, 90_000);
+
+  afterAll(async () => {
+    console.log('HA figures', JSON.stringify(crashFigures, null, 2));
+    await cluster?.stop();
+    await cluster?.destroy();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('fio verifies with no error while the DTL peer takes the volume over and replays the DTL', async () => {
+    const created = await cluster.keel('volume', 'create', 'orphan', '64M', '--sco-size', '4M', '--dtl-mode', 'sync');
+    expect(created.code, created.stderr).toBe(0);
+    const output = path.join(work, 'orphan.json');
+    const fio = run('fio', fioArgs(cluster.uri('orphan'), output, 40, 3000), { timeoutMs: 80_000 }); // ~3.5 s of writes
+    await new Promise((r) => setTimeout(r, 1000));
+    const before = JSON.parse((await cluster.keel('volume', 'info', 'orphan', '--json')).stdout);
+    expect(before).toMatchObject({ dtlMode: 'sync', dtlInSync: true }); // else the takeover would be refused
+    const owner = await cluster.ownerOf('orphan');
+    process.kill(owner.pid, 'SIGKILL');
+    const killedAtMs = Date.now();
+    const result = await fio;
+    const logs = `${result.stdout}${result.stderr}\ncluster log tail:\n${cluster.stderr.slice(-8000)}`;
+    expect(result.code, logs).toBe(0);
+    expect(Date.now() - killedAtMs).toBeGreaterThan(1000); // fio was still running when the owner died
+    const job = await fioResult(output);
+    expect(job.error).toBe(0);
+    expect(job.write.io_bytes).toBe(40 * 2 ** 20);
+    expect(job.read.io_bytes).toBe(40 * 2 ** 20); // the verify pass read every block back
+
+    // The killed router stayed down: same pid, no longer heartbeating, and the supervisor did not restart it.
+    expect(() => process.kill(owner.pid, 0)).toThrow();
+    expect((await cluster.routers()).find((r) => r.id === owner.id)).toMatchObject({ pid: owner.pid, state: 'unreachable' });
+    expect(cluster.stderr).toContain(`"msg":"router ${owner.id}: running -> failed"`);
+    // Another router owns the volume now, under a newer epoch: the DTL peer, which held the DTL.
+    const after = JSON.parse((await cluster.keel('volume', 'info', 'orphan', '--json')).stdout);
+    expect(after.owner).not.toBe(owner.id);
+    expect(after.owner).toBe(before.dtlPeer);
+    expect(after.ownerEpoch).toBe(before.ownerEpoch + 1);
+    // ... and opened it by a takeover that replayed the old owner's DTL (records acknowledged, not on the backend).
+    const replays = cluster.stderr
+      .split('\n')
+      .filter((line) => line.includes('"msg":"DTL replayed"'))
+      .map((line) => JSON.parse(line) as { volume: string; dtlPeer: string; oldEpoch: number; streams: number; records: number; replayMs: number })
+      .filter((entry) => entry.volume === 'orphan');
+    expect(replays, logs).toHaveLength(1);
+    expect(replays[0]).toMatchObject({ dtlPeer: before.dtlPeer, oldEpoch: before.ownerEpoch });
+    expect(replays[0]!.records).toBeGreaterThan(0);
+    Object.assign(crashFigures, {
+      crashTakeoverLongestPauseMs: Math.round(job.write.clat_ns.max / 1e6),
+      ownerEpochBefore: before.ownerEpoch,
+      ownerEpochAfter: after.ownerEpoch,
+      oldOwner: owner.id,
+      newOwner: after.owner,
+      dtlRecordsReplayed: replays[0]!.records,
+      dtlReplayMs: replays[0]!.replayMs,
+    });
   }, 90_000);
 });

@@ -90,6 +90,11 @@ describe('snapshots on a keel up cluster', () => {
     expect(tree).toMatch(/↳ c1/);
     const treeJson = JSON.parse(await keelOk('tree', '--json'));
     expect(treeJson.find((v: { volume: string }) => v.volume === 'c1').origin).toMatchObject({ parentVolume: 'demo', parentSnapshotName: 's1' });
+
+    // A pipelined snapshot (the near-continuous mode: not fsynced before the call returns) of the clone.
+    expect((await keelOk('snapshot', 'create', 'c1', 'p1', '--pipelined')).trim()).toBe('p1');
+    await qemuIo('c1', ['write -P 0xc2 4k 4k']);
+    await qemuIo('c1@p1', ['read -P 0xc1 4k 4k', 'read -P 0 0 4k', 'read -P 0xa1 8k 8k'], true);
   }, 60_000);
 
   it('rolls back (deleting newer snapshots), survives a restart, scrubs space back', async () => {
@@ -105,7 +110,8 @@ describe('snapshots on a keel up cluster', () => {
     const listed = JSON.parse(await keelOk('snapshot', 'list', 'demo', '--json'));
     expect(listed.snapshots.map((s: { name: string }) => s.name)).toEqual(['s1']);
     await qemuIo('demo@s1', ['read -P 0xa1 0 1M'], true);
-    await qemuIo('c1', ['read -P 0xc1 4k 4k', 'read -P 0 0 4k', 'read -P 0xa1 8k 8k'], true);
+    await qemuIo('c1', ['read -P 0xc2 4k 4k', 'read -P 0 0 4k', 'read -P 0xa1 8k 8k'], true);
+    await qemuIo('c1@p1', ['read -P 0xc1 4k 4k'], true); // the pipelined snapshot survived the restart
 
     // Overwrite 12 MiB twice: the first copy is garbage no snapshot references.
     await qemuIo('demo', ['write -P 0xe1 16M 12M']);
