@@ -90,7 +90,7 @@ export class DtlJournal implements WriteJournal {
   private peerFull = false;
   private firstInSyncDone = false;
   private readonly excluded = new Set<string>();
-  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0, syncTimeouts: 0 };
+  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0 };
 
   constructor(
     private readonly host: DtlJournalHost,
@@ -168,27 +168,8 @@ export class DtlJournal implements WriteJournal {
       entry.tlogTag = this.host.currentTlogSeq(); // an upper bound of the TLog that holds it
     }
     if (this.mode === 'sync') {
-      await this.waitForPeer(acked);
+      await acked;
       if ((this.status as DtlJournalStatus).state === 'fenced') throw KeelError.notOwner(this.host.volumeName);
-    }
-  }
-
-  /**
-   * Sync mode acknowledges only what a peer holds. With no peer for dtlSyncWaitMaxMs (every other router
-   * down) the write fails rather than hang or be acknowledged unprotected; the data may still be applied
-   * locally, which NBD allows for a failed write. `keel volume set-dtl VOL async` lifts the requirement.
-   */
-  private async waitForPeer(acked: Promise<void>): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), limits.dtlSyncWaitMaxMs)));
-    const outcome = await Promise.race([acked, timedOut]);
-    clearTimeout(timer);
-    if (outcome === 'timeout') {
-      this.counters.syncTimeouts += 1;
-      throw KeelError.io(`volume '${this.host.volumeName}': DTL mode sync, but no peer router held the write within ${limits.dtlSyncWaitMaxMs} ms`, undefined, {
-        volume: this.host.volumeName,
-        dtlState: this.status.state,
-      });
     }
   }
 

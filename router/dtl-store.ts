@@ -107,6 +107,12 @@ export class DtlStore {
       if (stream.sealed) throw this.fenced(stream);
       const fresh = records.filter((r) => r.seq > stream.lastSeq);
       if (fresh.length === 0) return { lastSeq: stream.lastSeq };
+      // A new, empty stream (a new peer, or one restarted without it) starts where the owner's untrimmed
+      // backlog starts: everything before it is on the backend already. Only a gap inside a stream is an error.
+      if (stream.lastSeq === 0 && stream.segments.length === 0) {
+        stream.lastSeq = fresh[0]!.seq - 1;
+        stream.trimmedThrough = stream.lastSeq;
+      }
       if (fresh[0]!.seq !== stream.lastSeq + 1) {
         throw KeelError.protocol(`dtl-append: seq ${fresh[0]!.seq} does not follow ${stream.lastSeq}`, { streamId });
       }

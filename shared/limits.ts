@@ -125,8 +125,12 @@ export const limits = {
   heartbeatIntervalMs: 1_000,
   routerDeadAfterMs: 5_000,
   coordinationLockRetriesMax: 50,
-  /** Coordination: a lock older than this is taken over (its holder was killed). */
-  coordinationLockStaleMs: 5_000,
+  /**
+   * Coordination: a lock older than this is taken over (its holder was killed or frozen). Well inside
+   * routerDeadAfterMs, or a frozen lock holder would stall every other router's heartbeat into looking dead.
+   * proper-lockfile refreshes a held lock every stale/2 and accepts no less than 2 s.
+   */
+  coordinationLockStaleMs: 2_000,
   /** Coordination (Redis): TCP connect + ready check of a connection, and one command's reply deadline. */
   coordinationConnectTimeoutMs: 3_000,
   coordinationCommandTimeoutMs: 2_000,
@@ -149,8 +153,6 @@ export const limits = {
   dtlTrimIntervalMs: 100,
   /** DTL: deadline of one request to the peer; past it the peer counts as lost and another is chosen. */
   dtlRequestTimeoutMs: 3_000,
-  /** DTL: a sync-mode write fails (EIO) when no peer holds it within this; below wireRequestTimeoutMs so the edge sees the error, not a timeout. */
-  dtlSyncWaitMaxMs: 5_000,
   /** DTL: pause between attempts to find a peer while none is available. */
   dtlPeerRetryMs: 250,
   /** Takeover: how long a router probes a volume's recorded owner (connect + hello) before calling it unreachable. */
@@ -217,8 +219,9 @@ export function checkLimits(l: Limits = limits): void {
     fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
   if (l.readCacheBlockBytes % clusterSizeBytes !== 0 || l.readCacheBlockBytes / clusterSizeBytes > 32)
     fail('readCacheBlockBytes must be whole clusters, at most 32 (one u32 presence mask per block)');
-  if (l.dtlSyncWaitMaxMs >= l.wireRequestTimeoutMs) fail('dtlSyncWaitMaxMs must be below wireRequestTimeoutMs, or the edge would time out and resend instead of seeing the error');
   if (l.scoBackgroundSyncBytes > l.scoSizeBytesMin) fail('scoBackgroundSyncBytes must not exceed scoSizeBytesMin, or small SCOs would seal with their whole backlog');
+  if (l.coordinationLockStaleMs * 2 > l.routerDeadAfterMs)
+    fail('coordinationLockStaleMs must be at most half of routerDeadAfterMs, or a frozen lock holder makes live routers look dead');
   if (l.routerDeadAfterMs < 3 * l.heartbeatIntervalMs) fail('routerDeadAfterMs must cover at least 3 heartbeats');
   if (l.coordinationCommandTimeoutMs * 2 > l.routerDeadAfterMs)
     fail('coordinationCommandTimeoutMs must let a router retry a timed-out heartbeat before it is declared dead');

@@ -69,6 +69,16 @@ describe('DTL store (the peer side)', () => {
     expect(page.more).toBe(false);
   });
 
+  it('a new stream starts at the owner\'s first untrimmed record; a gap inside a stream is still refused', async () => {
+    // The owner's backlog after trimming starts at 4097 (earlier records are on the backend): a new peer
+    // must take it from there, or the owner could never get back in sync after a peer change.
+    await store.openStream('vol-b', 1, 's9');
+    expect(await store.append('vol-b', 1, 's9', Buffer.concat([record(4097, 0, Buffer.alloc(4096, 7)), record(4098, 4096, Buffer.alloc(4096, 8))]))).toEqual({ lastSeq: 4098 });
+    await expectCode(store.append('vol-b', 1, 's9', record(4100, 0, Buffer.alloc(4096))), 'PROTOCOL');
+    const page = await store.read('vol-b', 1, 's9', 0);
+    expect(decodeDtlRecords(page.payload).records.map((r) => r.seq)).toEqual([4097, 4098]);
+  });
+
   it('refuses appends beyond dtlBytesMax with BUSY, never dropping', async () => {
     await store.openStream('vol-b', 1, 's1');
     const chunk = Buffer.alloc(16 * 1024 * 1024, 2);
