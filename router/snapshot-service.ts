@@ -16,7 +16,7 @@ import type { Logger } from '../shared/logger.ts';
 import { parseSnapshotRef } from '../shared/snapshot-ref.ts';
 import { checkVolumeName } from '../shared/volume-name.ts';
 import type { RpcResult } from '../shared/wire/rpc-server.ts';
-import type { RequestHeader } from '../shared/wire/wire-format.ts';
+import { snapshotAdminOps, type RequestHeader } from '../shared/wire/wire-format.ts';
 import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
 import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin, type CloneOrigin } from './clone-format.ts';
 import { ReadOnlyTarget } from './read-only-target.ts';
@@ -39,18 +39,6 @@ export interface TreeVolume {
   snapshots: Array<SnapshotInfo & { clones: string[] }>;
 }
 
-export const adminOps = [
-  'snapshot-create',
-  'snapshot-list',
-  'snapshot-delete',
-  'snapshot-label',
-  'snapshot-rollback',
-  'snapshot-diff',
-  'clone-create',
-  'volume-template',
-  'volume-tree',
-  'volume-scrub',
-] as const;
 
 export class SnapshotService implements VolumeAdmin {
   /** Catalogs by volume name, tagged with the coordination id they belong to (a re-created name is a new volume). */
@@ -94,7 +82,7 @@ export class SnapshotService implements VolumeAdmin {
   }
 
   handles(op: string): boolean {
-    return (adminOps as readonly string[]).includes(op);
+    return (snapshotAdminOps as readonly string[]).includes(op);
   }
 
   async run(header: RequestHeader): Promise<RpcResult> {

@@ -20,17 +20,8 @@ export const framePreambleBytes = frameLengthFieldBytes + headerLengthFieldBytes
 export const helloRequestId = 0;
 export const requestIdMax = 0xffff_ffff;
 
-/** The operations a client may request. `hello` is only valid as the first frame of a connection. */
-export const wireOps = [
-  'hello',
-  'open',
-  'read',
-  'write',
-  'flush',
-  'trim',
-  'zero',
-  'close',
-  // Admin ops (docs/wire-protocol.md "Admin ops", docs/snapshots.md): JSON result in the reply payload.
+/** Admin ops (docs/wire-protocol.md "Admin ops", docs/snapshots.md): JSON result in the reply payload. */
+export const snapshotAdminOps = [
   'snapshot-create',
   'snapshot-list',
   'snapshot-delete',
@@ -41,6 +32,19 @@ export const wireOps = [
   'volume-template',
   'volume-tree',
   'volume-scrub',
+] as const;
+
+/** The operations a client may request. `hello` is only valid as the first frame of a connection. */
+export const wireOps = [
+  'hello',
+  'open',
+  'read',
+  'write',
+  'flush',
+  'trim',
+  'zero',
+  'close',
+  ...snapshotAdminOps,
   // High availability (docs/dtl.md, docs/high-availability.md; router/ha-service.ts).
   'dtl-open',
   'dtl-append',
