@@ -79,19 +79,7 @@ export class DtlStore {
         // the same stream id restarts from scratch (the owner re-sends its whole backlog).
         if (stream.epoch < epoch || (stream.epoch === epoch && stream.streamId === streamId)) await this.remove(stream);
       }
-      const stream: Stream = {
-        volumeId,
-        epoch,
-        streamId,
-        dir: path.join(this.dir, volumeId, `${String(epoch).padStart(epochDigits, '0')}-${streamId}`),
-        segments: [],
-        handle: undefined,
-        lastSeq: 0,
-        trimmedThrough: 0,
-        liveBytes: 0,
-        sealed: false,
-        chain: Promise.resolve(),
-      };
+      const stream = newStream(volumeId, epoch, streamId, path.join(this.dir, volumeId, `${String(epoch).padStart(epochDigits, '0')}-${streamId}`));
       await mkdir(stream.dir, { recursive: true });
       this.streams.set(streamKey(volumeId, epoch, streamId), stream);
       this.logger.info({ volumeId, epoch, streamId }, 'DTL stream opened');
@@ -282,19 +270,7 @@ export class DtlStore {
       for (const name of await readdir(path.join(this.dir, volumeId)).catch(() => [] as string[])) {
         const match = /^(\d+)-(.+)$/.exec(name);
         if (match === null) continue;
-        const stream: Stream = {
-          volumeId,
-          epoch: Number(match[1]),
-          streamId: match[2]!,
-          dir: path.join(this.dir, volumeId, name),
-          segments: [],
-          handle: undefined,
-          lastSeq: 0,
-          trimmedThrough: 0,
-          liveBytes: 0,
-          sealed: false,
-          chain: Promise.resolve(),
-        };
+        const stream = newStream(volumeId, Number(match[1]), match[2]!, path.join(this.dir, volumeId, name));
         try {
           for (const file of (await readdir(stream.dir)).filter((f) => f.endsWith('.seg')).sort()) {
             const filePath = path.join(stream.dir, file);
@@ -321,4 +297,9 @@ export class DtlStore {
 
 function streamKey(volumeId: string, epoch: number, streamId: string): string {
   return `${volumeId}/${epoch}/${streamId}`;
+}
+
+/** An empty stream: opened fresh, or about to be filled from its segment files by load(). */
+function newStream(volumeId: string, epoch: number, streamId: string, dir: string): Stream {
+  return { volumeId, epoch, streamId, dir, segments: [], handle: undefined, lastSeq: 0, trimmedThrough: 0, liveBytes: 0, sealed: false, chain: Promise.resolve() };
 }
