@@ -42,15 +42,24 @@ function readU64(source: Buffer, at: number): number {
 /** The header of a record; the data (for writes) follows it unchanged, so a sender can writev both. */
 export function encodeDtlHeader(seq: number, op: DtlOp, offset: number, length: number, data: Buffer | undefined): Buffer {
   const header = Buffer.alloc(dtlHeaderBytes);
-  header.writeUInt32BE(dtlRecordMagic, 0);
-  writeU64(header, 8, seq);
-  writeU64(header, 16, offset);
-  writeU64(header, 24, length);
-  header[32] = opCodes[op];
-  let crc = crc32c(header.subarray(8));
-  if (data !== undefined) crc = crc32c(data, crc);
-  header.writeUInt32BE(crc, 4);
+  writeDtlHeader(header, 0, seq, op, offset, length, data);
   return header;
+}
+
+/**
+ * Writes a record's header at `at` in `target`, whose bytes from `at + dtlHeaderBytes` must already hold
+ * `data` (or be where the caller copies it: the checksum covers it, so it is computed from `data`).
+ */
+export function writeDtlHeader(target: Buffer, at: number, seq: number, op: DtlOp, offset: number, length: number, data: Buffer | undefined): void {
+  target.writeUInt32BE(dtlRecordMagic, at);
+  writeU64(target, at + 8, seq);
+  writeU64(target, at + 16, offset);
+  writeU64(target, at + 24, length);
+  target[at + 32] = opCodes[op];
+  target.fill(0, at + 33, at + dtlHeaderBytes);
+  let crc = crc32c(target.subarray(at + 8, at + dtlHeaderBytes));
+  if (data !== undefined) crc = crc32c(data, crc);
+  target.writeUInt32BE(crc, at + 4);
 }
 
 /** Bytes a record takes: header plus data for a write. */

@@ -19,7 +19,8 @@ import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { RpcClient } from '../shared/wire/rpc-client.ts';
 import type { Transport } from '../shared/wire/transport.ts';
-import { dtlHeaderBytes, encodeDtlHeader, type DtlOp } from './dtl-format.ts';
+import { dtlHeaderBytes, writeDtlHeader, type DtlOp } from './dtl-format.ts';
+import { coalesceAdjacent, DtlRecordArena } from './dtl-record-arena.ts';
 import type { WriteJournal } from './write-journal.ts';
 
 export interface DtlPeerCandidate {
@@ -71,6 +72,7 @@ export class DtlJournal implements WriteJournal {
   private status: DtlJournalStatus = { state: 'off' };
   private readonly streamId = `${String(Date.now()).padStart(15, '0')}${randomBytes(4).toString('hex')}`;
   private readonly backlog: BacklogEntry[] = [];
+  private readonly arena = new DtlRecordArena();
   private backlogHead = 0;
   private backlogBytes = 0;
   private lastSeq = 0;
@@ -151,9 +153,10 @@ export class DtlJournal implements WriteJournal {
     const bytes = dtlHeaderBytes + (data?.length ?? 0);
     await this.waitForSpace(bytes);
     const seq = ++this.lastSeq;
-    const header = encodeDtlHeader(seq, op, offset, length, data);
-    // One copy: the record must not pin the socket chunk the payload arrived in.
-    const record = data === undefined ? header : Buffer.concat([header, data], bytes);
+    // One copy, into the arena: the record must not pin the socket chunk the payload arrived in.
+    const record = this.arena.take(bytes);
+    if (data !== undefined) data.copy(record, dtlHeaderBytes);
+    writeDtlHeader(record, 0, seq, op, offset, length, data);
     let acked!: Promise<void>;
     const entry: BacklogEntry = { seq, record, tlogTag: undefined, acked: false, onAcked: undefined };
     acked = new Promise<void>((resolve) => (entry.onAcked = resolve));
@@ -231,19 +234,21 @@ export class DtlJournal implements WriteJournal {
     return this.mode !== 'none' && this.status.state !== 'closed' && this.status.state !== 'fenced' && this.status.state !== 'off';
   }
 
-  private nextBatch(): { entries: BacklogEntry[]; payload: Buffer } | undefined {
+  private nextBatch(): { entries: BacklogEntry[]; payload: Buffer[] } | undefined {
     const entries: BacklogEntry[] = [];
     let bytes = 0;
-    for (let index = this.backlogHead; index < this.backlog.length; index++) {
+    // Seqs in the backlog are consecutive, so the first unsent record is found without a scan.
+    const head = this.backlog[this.backlogHead];
+    const first = head === undefined ? this.backlog.length : this.backlogHead + Math.max(0, this.sentSeq + 1 - head.seq);
+    for (let index = first; index < this.backlog.length; index++) {
       const entry = this.backlog[index]!;
-      if (entry.seq <= this.sentSeq) continue;
       if (bytes > 0 && bytes + entry.record.length > limits.dtlBatchBytesMax) break;
       entries.push(entry);
       bytes += entry.record.length;
     }
     if (entries.length === 0) return undefined;
     this.sentSeq = entries[entries.length - 1]!.seq;
-    return { entries, payload: entries.length === 1 ? entries[0]!.record : Buffer.concat(entries.map((e) => e.record), bytes) };
+    return { entries, payload: coalesceAdjacent(entries.map((e) => e.record)) };
   }
 
   private ack(entry: BacklogEntry): void {

@@ -12,8 +12,9 @@
  * and epoch, and a stream of a newer epoch fences older ones: appends to a sealed or older stream fail
  * with FENCED, so an old owner cannot acknowledge a write the new owner will never replay.
  */
-import { mkdir, open, readdir, readFile, rm, truncate, type FileHandle } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, truncate } from 'node:fs/promises';
 import path from 'node:path';
+import { NodeDisk, type Disk, type DiskFile } from '../shared/disk.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -33,7 +34,7 @@ interface Stream {
   dir: string;
   segments: Segment[];
   /** Open handle of the last segment, while appending. */
-  handle: FileHandle | undefined;
+  handle: DiskFile | undefined;
   lastSeq: number;
   trimmedThrough: number;
   liveBytes: number;
@@ -59,6 +60,8 @@ export class DtlStore {
   private constructor(
     private readonly dir: string,
     private readonly logger: Logger,
+    /** Segment appends go through the Disk (inline while the page cache answers, see inline-io-gate.ts). */
+    private readonly disk: Disk = new NodeDisk(),
   ) {}
 
   /** Opens the store and loads the streams a previous run of this router left (torn tails cut). */
@@ -111,7 +114,7 @@ export class DtlStore {
         throw KeelError.busy(`DTL stream of volume ${volumeId} (dtlBytesMax ${limits.dtlBytesMax})`);
       }
       const segment = await this.writableSegment(stream, fresh[0]!.seq);
-      await stream.handle!.write(bytes);
+      await stream.handle!.write(bytes, segment.bytes);
       segment.bytes += bytes.length;
       segment.lastSeq = fresh[fresh.length - 1]!.seq;
       stream.lastSeq = segment.lastSeq;
@@ -250,7 +253,7 @@ export class DtlStore {
     if (segment !== undefined && stream.handle !== undefined && segment.bytes < limits.dtlSegmentBytes) return segment;
     await stream.handle?.close();
     const filePath = path.join(stream.dir, `${String(firstSeq).padStart(seqDigits, '0')}.seg`);
-    stream.handle = await open(filePath, 'a');
+    stream.handle = await this.disk.open(filePath, 'createNew');
     segment = { filePath, firstSeq, lastSeq: 0, bytes: 0 };
     stream.segments.push(segment);
     return segment;

@@ -7,6 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { openCoordination } from '../shared/coordination-factory.ts';
 import type { Coordination, RouterState } from '../shared/coordination.ts';
+import { processInlineIoGate } from '../shared/inline-io-gate.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
 import { RpcServer } from '../shared/wire/rpc-server.ts';
@@ -50,7 +51,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const dtl = await DtlStore.open(path.join(routerDir, 'dtl'), logger.child({ component: 'dtl' }));
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
-  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats() }), logger, new RouterMetrics(options.id));
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const drain = async () => {

@@ -25,6 +25,18 @@ export const limits = {
   /** NBD: after the server's FIN (DISC, ABORT, stop), how long the client may keep its side open. */
   nbdCloseLingerMs: 2_000,
 
+  /**
+   * Disk: a data read or write done inline (synchronous pread/pwrite on the event loop, see
+   * shared/inline-io-gate.ts) that takes longer than this missed the page cache; inline I/O then pauses.
+   */
+  inlineIoSlowUsMax: 400,
+  /** Disk: the copy time an inline operation is allowed per byte on top of inlineIoSlowUsMax (1 ns: 1 GB/s). */
+  inlineIoCopyNsPerByteMax: 1,
+  /** Disk: this many slow inline operations in a row pause inline I/O (one alone may be a preemption). */
+  inlineIoSlowStreakMax: 2,
+  /** Disk: how long data I/O goes through the thread pool after a slow inline operation. */
+  inlineIoPauseMs: 1_000,
+
   /** Wire: the largest frame (header + payload); a request of nbdRequestBytesMax must fit. */
   wireFrameBytesMax: 32 * 1024 * 1024 + 64 * 1024,
   /** Wire: the largest msgpack header in a frame. */
@@ -149,6 +161,8 @@ export const limits = {
   dtlSegmentBytes: 8 * 1024 * 1024,
   /** DTL: records sent to the peer in one dtl-append (one per event-loop turn, up to this), and per dtl-fetch reply. */
   dtlBatchBytesMax: 8 * 1024 * 1024,
+  /** DTL: the owner carves its backlog records out of slabs this large (dtl-record-arena.ts). */
+  dtlRecordSlabBytes: 4 * 1024 * 1024,
   /** DTL: how often the owner trims its DTL by the TLogs the uploader has put on the backend. */
   dtlTrimIntervalMs: 100,
   /** DTL: deadline of one request to the peer; past it the peer counts as lost and another is chosen. */
@@ -213,6 +227,8 @@ export function checkLimits(l: Limits = limits): void {
   if (!(l.scrubGarbageFractionMin > 0 && l.scrubGarbageFractionMin <= 1)) fail('scrubGarbageFractionMin must lie in (0, 1]');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
+  if (l.inlineIoSlowUsMax <= 0 || l.inlineIoPauseMs <= 0 || l.inlineIoSlowStreakMax < 1)
+    fail('inlineIoSlowUsMax, inlineIoPauseMs and inlineIoSlowStreakMax must be positive');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
   if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
   if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)

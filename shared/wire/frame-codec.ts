@@ -32,16 +32,17 @@ const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
 const emptyPayload = Buffer.alloc(0);
 
 /**
- * Encodes one frame as [preamble + header, payload?]. The payload is referenced, not copied.
- * Throws PROTOCOL if the header is too large and REQUEST_TOO_LARGE if the frame is.
+ * Encodes one frame as [preamble + header, ...payload]. The payload (one buffer, or several sent back to
+ * back) is referenced, not copied. Throws PROTOCOL if the header is too large and REQUEST_TOO_LARGE if
+ * the frame is.
  */
-export function encodeFrame(header: object, payload?: Buffer, frameLimits: FrameLimits = defaultFrameLimits): Buffer[] {
+export function encodeFrame(header: object, payload?: Buffer | readonly Buffer[], frameLimits: FrameLimits = defaultFrameLimits): Buffer[] {
   // packr returns a view of its reusable scratch buffer: copy it out before the next pack().
   const headerBytes = packr.pack(header);
   if (headerBytes.length > frameLimits.headerBytesMax) {
     throw KeelError.protocol(`frame header of ${headerBytes.length} bytes exceeds ${frameLimits.headerBytesMax}`);
   }
-  const payloadBytes = payload?.length ?? 0;
+  const payloadBytes = payloadLength(payload);
   const restBytes = headerLengthFieldBytes + headerBytes.length + payloadBytes;
   if (frameLengthFieldBytes + restBytes > frameLimits.frameBytesMax) {
     throw KeelError.requestTooLarge(frameLengthFieldBytes + restBytes, frameLimits.frameBytesMax);
@@ -50,7 +51,16 @@ export function encodeFrame(header: object, payload?: Buffer, frameLimits: Frame
   head.writeUInt32BE(restBytes, 0);
   head.writeUInt32BE(headerBytes.length, frameLengthFieldBytes);
   headerBytes.copy(head, framePreambleBytes);
-  return payloadBytes > 0 ? [head, payload!] : [head];
+  if (payloadBytes === 0) return [head];
+  return Buffer.isBuffer(payload) ? [head, payload] : [head, ...(payload as readonly Buffer[]).filter((part) => part.length > 0)];
+}
+
+function payloadLength(payload: Buffer | readonly Buffer[] | undefined): number {
+  if (payload === undefined) return 0;
+  if (Buffer.isBuffer(payload)) return payload.length;
+  let total = 0;
+  for (const part of payload as readonly Buffer[]) total += part.length;
+  return total;
 }
 
 /**

@@ -2,7 +2,8 @@
  * One wire-protocol connection from a client (the edge) to one router (docs/wire-protocol.md).
  * Runs the versioned handshake, numbers requests, keeps at most limits.wireRequestsInFlightMax of them
  * on the wire (callers queue beyond that, up to limits.wireRequestsQueuedMax), and matches replies,
- * which may come in any order, by id. Each request has its own deadline, counted from when it is sent.
+ * which may come in any order, by id. Each request has its own deadline, counted from when it is sent
+ * (checked by one shared timer).
  * The client does not reconnect: when the connection dies every pending request fails with
  * CONNECTION_CLOSED and the owner of the client (edge/remote-volume.ts) decides what to do.
  */
@@ -28,7 +29,7 @@ export type RpcClientStatus =
   | { state: 'ready'; routerId: string; version: number }
   | { state: 'closed'; reason: KeelError };
 
-/** The request header minus `id`, which the client assigns. */
+/** The request header minus `id`, which the client assigns (on this object: pass a fresh one per request). */
 export interface RpcRequestFields {
   op: string;
   [field: string]: unknown;
@@ -53,10 +54,13 @@ export interface RpcClientOptions {
 
 interface PendingRequest {
   fields: RpcRequestFields;
-  payload: Buffer | undefined;
+  payload: Buffer | readonly Buffer[] | undefined;
   timeoutMs: number;
   resolve: (response: RpcResponse) => void;
   reject: (error: KeelError) => void;
+  /** performance.now() past which the request fails with TIMEOUT (set when it is written). */
+  deadlineMs: number;
+  /** Only the handshake has its own timer; requests share the sweep (see armSweep). */
   timer?: NodeJS.Timeout;
 }
 
@@ -122,13 +126,13 @@ export class RpcClient {
    * an error, TIMEOUT if it did not answer in time, CONNECTION_CLOSED if the connection died, or BUSY if
    * too many requests are already waiting.
    */
-  request(fields: RpcRequestFields, payload?: Buffer, timeoutMs = this.requestTimeoutMs): Promise<RpcResponse> {
+  request(fields: RpcRequestFields, payload?: Buffer | readonly Buffer[], timeoutMs = this.requestTimeoutMs): Promise<RpcResponse> {
     if (this.status.state !== 'ready') return Promise.reject(this.notReadyError());
     if (this.queued.length - this.queuedHead >= this.requestsQueuedMax) {
       return Promise.reject(KeelError.busy(`request queue to ${this.address}`));
     }
     return new Promise((resolve, reject) => {
-      this.queued.push({ fields, payload, timeoutMs, resolve, reject });
+      this.queued.push({ fields, payload, timeoutMs, resolve, reject, deadlineMs: 0 });
       this.pump();
     });
   }
@@ -144,6 +148,7 @@ export class RpcClient {
         fields: { op: 'hello', magic: wireMagic, version: wireVersion, role },
         payload: undefined,
         timeoutMs: this.requestTimeoutMs,
+        deadlineMs: 0,
         resolve: (response) => {
           const result = response.header as unknown as HelloResult;
           if (result.version !== wireVersion) {
@@ -220,15 +225,50 @@ export class RpcClient {
   private send(id: number, request: PendingRequest): void {
     let buffers: Buffer[];
     try {
-      buffers = encodeFrame({ ...request.fields, id }, request.payload);
+      // The fields object is the caller's fresh literal, encoded right here: tag it instead of copying it.
+      request.fields.id = id;
+      buffers = encodeFrame(request.fields, request.payload);
     } catch (err) {
       request.reject(err as KeelError);
       return;
     }
-    if (id !== helloRequestId) this.inFlight.set(id, request);
-    request.timer = setTimeout(() => this.onRequestTimeout(id, request), request.timeoutMs);
+    if (id === helloRequestId) {
+      request.timer = setTimeout(() => this.onRequestTimeout(id, request), request.timeoutMs);
+    } else {
+      this.inFlight.set(id, request);
+      request.deadlineMs = performance.now() + request.timeoutMs;
+      this.armSweep(request.deadlineMs);
+    }
     if (!this.connection.write(buffers)) this.sendBlocked = true;
   }
+
+  /*
+   * Deadlines without a timer per request: one timer, armed for the earliest deadline that may be due.
+   * Requests usually share one timeout, so deadlines grow in send order and a busy connection re-arms
+   * about once per timeout period instead of setting and clearing a timer for every request.
+   */
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private sweepAtMs = Number.POSITIVE_INFINITY;
+
+  private armSweep(deadlineMs: number): void {
+    if (deadlineMs >= this.sweepAtMs) return;
+    clearTimeout(this.sweepTimer);
+    this.sweepAtMs = deadlineMs;
+    this.sweepTimer = setTimeout(this.sweep, Math.max(0, deadlineMs - performance.now()) + 1);
+    this.sweepTimer.unref();
+  }
+
+  private readonly sweep = (): void => {
+    this.sweepTimer = undefined;
+    this.sweepAtMs = Number.POSITIVE_INFINITY;
+    const nowMs = performance.now();
+    let nextMs = Number.POSITIVE_INFINITY;
+    for (const [id, request] of this.inFlight) {
+      if (request.deadlineMs <= nowMs) this.onRequestTimeout(id, request);
+      else nextMs = Math.min(nextMs, request.deadlineMs);
+    }
+    if (nextMs !== Number.POSITIVE_INFINITY && !this.isClosed()) this.armSweep(nextMs);
+  };
 
   private nextRequestId(): number {
     // Skips 0 (the handshake) and ids still in flight after a wrap-around.
@@ -286,7 +326,6 @@ export class RpcClient {
       return;
     }
     this.inFlight.delete(header.id);
-    clearTimeout(request.timer);
     if (err) request.reject(keelErrorFromWire(err));
     else request.resolve({ header: header as ResponseOkHeader, payload: frame.payload });
     this.pump();
@@ -327,10 +366,9 @@ export class RpcClient {
       this.handshake = undefined;
     }
     const requestError = this.requestErrorFor(reason);
-    for (const request of this.inFlight.values()) {
-      clearTimeout(request.timer);
-      request.reject(requestError);
-    }
+    clearTimeout(this.sweepTimer);
+    this.sweepTimer = undefined;
+    for (const request of this.inFlight.values()) request.reject(requestError);
     this.inFlight.clear();
     for (let i = this.queuedHead; i < this.queued.length; i++) this.queued[i]!.reject(requestError);
     this.queued = [];

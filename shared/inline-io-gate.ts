@@ -1,0 +1,75 @@
+/**
+ * Decides whether a data read or write runs inline: a synchronous pread/pwrite on the event loop
+ * instead of a round trip through libuv's thread pool. A page-cache hit costs about 2 us inline against
+ * 8-14 us of CPU through the pool (a futex wake, a worker, an async completion and another event-loop
+ * turn), and the request finishes in the same turn, so replies batch into fewer socket writes. Redis
+ * writes its AOF from the main thread for the same reason.
+ *
+ * The risk is a miss that goes to the device while the whole router waits. The gate times every inline
+ * operation against limits.inlineIoSlowUsMax plus a copy allowance per byte (a 1 MiB write into the page
+ * cache legitimately takes a few hundred microseconds here). limits.inlineIoSlowStreakMax slow operations
+ * in a row send all data I/O back to the thread pool for limits.inlineIoPauseMs, after which inline I/O is
+ * tried again. A streak, not a single slow call: on a busy 2-core host the scheduler preempts the event
+ * loop in the middle of a call now and then, and that looks just as slow as a miss; misses come in runs.
+ * So a cold or slow disk blocks the event loop for at most a streak of misses per pause. fsync always goes
+ * through the pool.
+ */
+import { limits } from './limits.ts';
+
+export interface InlineIoClock {
+  nowNs(): bigint;
+}
+
+const hrClock: InlineIoClock = { nowNs: () => process.hrtime.bigint() };
+
+export class InlineIoGate {
+  private pausedUntilNs = 0n;
+  private slowInRow = 0;
+  private readonly counters = { inline: 0, pooled: 0, slow: 0, pauses: 0 };
+
+  constructor(
+    private readonly clock: InlineIoClock = hrClock,
+    private readonly slowUsMax = limits.inlineIoSlowUsMax,
+    private readonly pauseMs = limits.inlineIoPauseMs,
+    private enabled = true,
+  ) {}
+
+  /**
+   * Runs `inline`, which moves `bytes`, when allowed and times it; otherwise returns undefined and the
+   * caller uses the thread pool.
+   */
+  run<T>(bytes: number, inline: () => T): T | undefined {
+    if (!this.enabled) return undefined;
+    const startNs = this.clock.nowNs();
+    if (startNs < this.pausedUntilNs) {
+      this.counters.pooled += 1;
+      return undefined;
+    }
+    const result = inline();
+    const elapsedNs = this.clock.nowNs() - startNs;
+    this.counters.inline += 1;
+    if (elapsedNs <= BigInt(this.slowUsMax * 1000 + bytes * limits.inlineIoCopyNsPerByteMax)) {
+      this.slowInRow = 0;
+      return result;
+    }
+    this.counters.slow += 1;
+    this.slowInRow += 1;
+    if (this.slowInRow >= limits.inlineIoSlowStreakMax) {
+      this.slowInRow = 0;
+      this.counters.pauses += 1;
+      this.pausedUntilNs = startNs + elapsedNs + BigInt(this.pauseMs) * 1_000_000n;
+    }
+    return result;
+  }
+
+  setEnabled(enabled: boolean): void {
+    this.enabled = enabled;
+  }
+
+  stats(): { inline: number; pooled: number; slow: number; pauses: number } {
+    return { ...this.counters };
+  }
+}
+
+/** One gate per process: every file shares the device, and a miss on one says the cache is cold for all. */
+export const processInlineIoGate = new InlineIoGate();

@@ -1,0 +1,89 @@
+import { describe, expect, it } from 'vitest';
+import { InlineIoGate } from '../../shared/inline-io-gate.ts';
+import { limits } from '../../shared/limits.ts';
+import { coalesceAdjacent, DtlRecordArena } from '../../router/dtl-record-arena.ts';
+
+/** A clock the test moves: each inline call "takes" the next duration in the list. */
+function scriptedGate(durationsUs: number[]) {
+  let nowNs = 0n;
+  const gate = new InlineIoGate({ nowNs: () => nowNs }, 400, 1_000);
+  const runOnce = (bytes = 4096) =>
+    gate.run(bytes, () => {
+      nowNs += BigInt(durationsUs.shift() ?? 5) * 1000n;
+      return 'inline';
+    });
+  const advanceMs = (ms: number) => (nowNs += BigInt(ms) * 1_000_000n);
+  return { gate, runOnce, advanceMs };
+}
+
+describe('InlineIoGate', () => {
+  it('runs fast operations inline and keeps doing so', () => {
+    const { gate, runOnce } = scriptedGate([3, 4, 5]);
+    expect([runOnce(), runOnce(), runOnce()]).toEqual(['inline', 'inline', 'inline']);
+    expect(gate.stats()).toMatchObject({ inline: 3, pooled: 0, slow: 0, pauses: 0 });
+  });
+
+  it('tolerates one slow operation (a preemption) but pauses after a streak of them', () => {
+    const { gate, runOnce } = scriptedGate([900, 5, 900, 900]);
+    runOnce();
+    runOnce();
+    expect(gate.stats().pauses).toBe(0);
+    runOnce();
+    runOnce(); // second slow one in a row
+    expect(gate.stats()).toMatchObject({ slow: 3, pauses: 1 });
+    expect(runOnce()).toBeUndefined(); // the caller goes to the thread pool
+    expect(gate.stats().pooled).toBe(1);
+  });
+
+  it('tries inline again once the pause is over', () => {
+    const { runOnce, advanceMs } = scriptedGate(Array(limits.inlineIoSlowStreakMax).fill(5_000));
+    for (let i = 0; i < limits.inlineIoSlowStreakMax; i++) runOnce();
+    expect(runOnce()).toBeUndefined();
+    advanceMs(999);
+    expect(runOnce()).toBeUndefined();
+    advanceMs(10);
+    expect(runOnce()).toBe('inline');
+  });
+
+  it('allows large transfers their copy time', () => {
+    // 1 MiB at 1 ns per byte is about 1 ms on top of the 400 us base: 1.2 ms is not slow.
+    const { gate, runOnce } = scriptedGate([1_200, 1_200, 1_200]);
+    runOnce(1 << 20);
+    runOnce(1 << 20);
+    expect(gate.stats().slow).toBe(0);
+    runOnce(4096);
+    expect(gate.stats().slow).toBe(1);
+  });
+
+  it('does nothing inline when disabled', () => {
+    const gate = new InlineIoGate(undefined, 400, 1000, false);
+    expect(gate.run(1, () => 'inline')).toBeUndefined();
+  });
+});
+
+describe('DtlRecordArena', () => {
+  it('carves consecutive records out of one slab and coalesces them into one view', () => {
+    const arena = new DtlRecordArena(64 * 1024);
+    const records = [arena.take(100), arena.take(200), arena.take(300)];
+    records.forEach((r, i) => r.fill(i + 1));
+    const joined = coalesceAdjacent(records);
+    expect(joined).toHaveLength(1);
+    expect(joined[0]!.length).toBe(600);
+    expect([joined[0]![0], joined[0]![100], joined[0]![300]]).toEqual([1, 2, 3]);
+  });
+
+  it('starts a new slab when one is full, and gives large records their own buffer', () => {
+    const arena = new DtlRecordArena(1024);
+    const a = arena.take(200);
+    const b = arena.take(200); // 400 used
+    const big = arena.take(600); // > slab / 4: separate
+    const c = arena.take(200);
+    const d = arena.take(200);
+    const e = arena.take(200); // 1000 used
+    const f = arena.take(200); // does not fit: new slab
+    expect(big.buffer).not.toBe(a.buffer);
+    expect(f.buffer).not.toBe(a.buffer);
+    expect(coalesceAdjacent([a, b, c, d, e, f]).map((v) => v.length)).toEqual([1000, 200]);
+    expect(coalesceAdjacent([a, c])).toHaveLength(2); // not adjacent: kept apart
+  });
+});
