@@ -56,6 +56,10 @@ interface BacklogEntry {
   tlogTag: number | undefined;
   acked: boolean;
   onAcked: (() => void) | undefined;
+  /** In a batch on the wire: its memory may still be read by the socket. */
+  sending: boolean;
+  /** Left the backlog (trimmed or cleared): its memory goes back to the arena once not sending. */
+  dropped: boolean;
 }
 
 type PeerLink = { routerId: string; client: RpcClient };
@@ -158,7 +162,7 @@ export class DtlJournal implements WriteJournal {
     if (data !== undefined) data.copy(record, dtlHeaderBytes);
     writeDtlHeader(record, 0, seq, op, offset, length, data);
     let acked!: Promise<void>;
-    const entry: BacklogEntry = { seq, record, tlogTag: undefined, acked: false, onAcked: undefined };
+    const entry: BacklogEntry = { seq, record, tlogTag: undefined, acked: false, onAcked: undefined, sending: false, dropped: false };
     acked = new Promise<void>((resolve) => (entry.onAcked = resolve));
     this.backlog.push(entry);
     this.backlogBytes += bytes;
@@ -203,6 +207,7 @@ export class DtlJournal implements WriteJournal {
           break;
         }
         const peer = this.peer;
+        for (const entry of batch.entries) entry.sending = true;
         try {
           await peer.client.request(
             { op: 'dtl-append', volumeId: this.host.volumeId, epoch: this.host.ownerEpoch, streamId: this.streamId },
@@ -223,6 +228,12 @@ export class DtlJournal implements WriteJournal {
             continue;
           }
           this.lostPeer(peer, err);
+        } finally {
+          // Settled, and on failure the connection is closed: the socket no longer reads these records.
+          for (const entry of batch.entries) {
+            entry.sending = false;
+            if (entry.dropped) this.arena.release(entry.record);
+          }
         }
       }
     } finally {
@@ -249,6 +260,11 @@ export class DtlJournal implements WriteJournal {
     if (entries.length === 0) return undefined;
     this.sentSeq = entries[entries.length - 1]!.seq;
     return { entries, payload: coalesceAdjacent(entries.map((e) => e.record)) };
+  }
+
+  private drop(entry: BacklogEntry): void {
+    entry.dropped = true;
+    if (!entry.sending) this.arena.release(entry.record);
   }
 
   private ack(entry: BacklogEntry): void {
@@ -362,6 +378,7 @@ export class DtlJournal implements WriteJournal {
       this.backlogBytes -= entry.record.length;
       trimmedSeq = entry.seq;
       this.ack(entry); // on the backend: durable, so a writer still waiting for the peer may go
+      this.drop(entry);
       this.backlogHead += 1;
     }
     if (trimmedSeq === 0) return;
@@ -431,7 +448,10 @@ export class DtlJournal implements WriteJournal {
   }
 
   private clearBacklog(): void {
-    for (const entry of this.pendingEntries()) this.ack(entry);
+    for (const entry of this.pendingEntries()) {
+      this.ack(entry);
+      this.drop(entry);
+    }
     this.backlog.length = 0;
     this.backlogHead = 0;
     this.backlogBytes = 0;
@@ -464,6 +484,7 @@ export class DtlJournal implements WriteJournal {
       backlogRecords: this.backlog.length - this.backlogHead,
       backlogBytes: this.backlogBytes,
       ...this.counters,
+      ...this.arena.stats(),
     };
   }
 

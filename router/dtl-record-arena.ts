@@ -1,31 +1,79 @@
 /**
  * Memory for the DTL backlog's records. Records are carved one after another out of large slabs, so
  * the records of a batch are usually one contiguous range that goes to the peer without a copy, and the
- * backlog costs no per-record allocation. Records leave the backlog in order (oldest first), so a slab's
- * memory is released (by the garbage collector) soon after its last record is trimmed.
+ * backlog costs no per-record allocation. A slab whose records were all released is kept for reuse
+ * (up to limits.dtlRecordSlabsFreeMax): fresh memory costs a page fault per 4 KiB on first touch, which
+ * measured here was 2.5 us per record against 0.1 us in a reused slab.
+ *
+ * The caller releases a record only when nothing can still read it (trimmed from the backlog, and not in
+ * a batch still being sent): a reused slab overwrites it.
  */
+import assert from 'node:assert';
 import { limits } from '../shared/limits.ts';
 
+interface Slab {
+  memory: Buffer;
+  used: number;
+  /** Records taken from this slab and not yet released. */
+  live: number;
+}
+
 export class DtlRecordArena {
-  private slab: Buffer = Buffer.alloc(0);
-  private used = 0;
+  private current: Slab | undefined;
+  private readonly slabs = new Map<ArrayBufferLike, Slab>();
+  private readonly free: Buffer[] = [];
+  private readonly counters = { slabsAllocated: 0, slabsReused: 0 };
 
-  constructor(private readonly slabBytes = limits.dtlRecordSlabBytes) {}
+  constructor(
+    private readonly slabBytes: number = limits.dtlRecordSlabBytes,
+    private readonly freeSlabsMax: number = limits.dtlRecordSlabsFreeMax,
+  ) {}
 
-  /** A region of `bytes` that no other record uses; the caller fills all of it. */
+  /** A region of `bytes` that no other live record uses; the caller fills all of it. */
   take(bytes: number): Buffer {
     if (bytes > this.slabBytes / 4) return Buffer.allocUnsafeSlow(bytes); // large writes: no slab waste
-    if (this.used + bytes > this.slab.length) {
-      this.slab = Buffer.allocUnsafeSlow(this.slabBytes);
-      this.used = 0;
+    let slab = this.current;
+    if (slab === undefined || slab.used + bytes > slab.memory.length) {
+      if (slab !== undefined && slab.live === 0) this.retire(slab);
+      slab = this.newSlab();
     }
-    const region = this.slab.subarray(this.used, this.used + bytes);
-    this.used += bytes;
+    const region = slab.memory.subarray(slab.used, slab.used + bytes);
+    slab.used += bytes;
+    slab.live += 1;
     return region;
+  }
+
+  /** The record will not be read again: its slab may be reused once all its records are released. */
+  release(record: Buffer): void {
+    const slab = this.slabs.get(record.buffer);
+    if (slab === undefined) return; // a large record with its own memory
+    assert(slab.live > 0, 'DTL record released twice');
+    slab.live -= 1;
+    if (slab.live === 0 && slab !== this.current) this.retire(slab);
+  }
+
+  stats(): { slabsAllocated: number; slabsReused: number; slabsLive: number } {
+    return { ...this.counters, slabsLive: this.slabs.size };
+  }
+
+  private newSlab(): Slab {
+    const reused = this.free.pop();
+    if (reused !== undefined) this.counters.slabsReused += 1;
+    else this.counters.slabsAllocated += 1;
+    const slab: Slab = { memory: reused ?? Buffer.allocUnsafeSlow(this.slabBytes), used: 0, live: 0 };
+    this.slabs.set(slab.memory.buffer, slab);
+    this.current = slab;
+    return slab;
+  }
+
+  private retire(slab: Slab): void {
+    this.slabs.delete(slab.memory.buffer);
+    if (this.current === slab) this.current = undefined;
+    if (this.free.length < this.freeSlabsMax) this.free.push(slab.memory);
   }
 }
 
-/** Joins records that lie back to back in one slab into single views (the batch goes out as few buffers). */
+/** Joins records that lie back to back in memory into single views (the batch goes out as few buffers). */
 export function coalesceAdjacent(records: readonly Buffer[]): Buffer[] {
   const out: Buffer[] = [];
   for (const record of records) {

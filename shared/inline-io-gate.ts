@@ -29,8 +29,8 @@ export class InlineIoGate {
 
   constructor(
     private readonly clock: InlineIoClock = hrClock,
-    private readonly slowUsMax = limits.inlineIoSlowUsMax,
-    private readonly pauseMs = limits.inlineIoPauseMs,
+    private readonly slowUsMax: number = limits.inlineIoSlowUsMax,
+    private readonly pauseMs: number = limits.inlineIoPauseMs,
     private enabled = true,
   ) {}
 

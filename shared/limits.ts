@@ -163,6 +163,8 @@ export const limits = {
   dtlBatchBytesMax: 8 * 1024 * 1024,
   /** DTL: the owner carves its backlog records out of slabs this large (dtl-record-arena.ts). */
   dtlRecordSlabBytes: 4 * 1024 * 1024,
+  /** DTL: emptied record slabs kept for reuse per volume (fresh memory costs a page fault per page). */
+  dtlRecordSlabsFreeMax: 4,
   /** DTL: how often the owner trims its DTL by the TLogs the uploader has put on the backend. */
   dtlTrimIntervalMs: 100,
   /** DTL: deadline of one request to the peer; past it the peer counts as lost and another is chosen. */

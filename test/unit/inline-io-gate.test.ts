@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InlineIoGate } from '../../shared/inline-io-gate.ts';
 import { limits } from '../../shared/limits.ts';
-import { coalesceAdjacent, DtlRecordArena } from '../../router/dtl-record-arena.ts';
 
 /** A clock the test moves: each inline call "takes" the next duration in the list. */
 function scriptedGate(durationsUs: number[]) {
@@ -58,32 +57,5 @@ describe('InlineIoGate', () => {
   it('does nothing inline when disabled', () => {
     const gate = new InlineIoGate(undefined, 400, 1000, false);
     expect(gate.run(1, () => 'inline')).toBeUndefined();
-  });
-});
-
-describe('DtlRecordArena', () => {
-  it('carves consecutive records out of one slab and coalesces them into one view', () => {
-    const arena = new DtlRecordArena(64 * 1024);
-    const records = [arena.take(100), arena.take(200), arena.take(300)];
-    records.forEach((r, i) => r.fill(i + 1));
-    const joined = coalesceAdjacent(records);
-    expect(joined).toHaveLength(1);
-    expect(joined[0]!.length).toBe(600);
-    expect([joined[0]![0], joined[0]![100], joined[0]![300]]).toEqual([1, 2, 3]);
-  });
-
-  it('starts a new slab when one is full, and gives large records their own buffer', () => {
-    const arena = new DtlRecordArena(1024);
-    const a = arena.take(200);
-    const b = arena.take(200); // 400 used
-    const big = arena.take(600); // > slab / 4: separate
-    const c = arena.take(200);
-    const d = arena.take(200);
-    const e = arena.take(200); // 1000 used
-    const f = arena.take(200); // does not fit: new slab
-    expect(big.buffer).not.toBe(a.buffer);
-    expect(f.buffer).not.toBe(a.buffer);
-    expect(coalesceAdjacent([a, b, c, d, e, f]).map((v) => v.length)).toEqual([1000, 200]);
-    expect(coalesceAdjacent([a, c])).toHaveLength(2); // not adjacent: kept apart
   });
 });

@@ -1,0 +1,46 @@
+import { describe, expect, it } from 'vitest';
+import { coalesceAdjacent, DtlRecordArena } from '../../router/dtl-record-arena.ts';
+
+describe('DtlRecordArena', () => {
+  it('carves consecutive records out of one slab and coalesces them into one view', () => {
+    const arena = new DtlRecordArena(64 * 1024);
+    const records = [arena.take(100), arena.take(200), arena.take(300)];
+    records.forEach((r, i) => r.fill(i + 1));
+    const joined = coalesceAdjacent(records);
+    expect(joined).toHaveLength(1);
+    expect(joined[0]!.length).toBe(600);
+    expect([joined[0]![0], joined[0]![100], joined[0]![300]]).toEqual([1, 2, 3]);
+  });
+
+  it('starts a new slab when one is full, and gives large records their own buffer', () => {
+    const arena = new DtlRecordArena(1024);
+    const a = arena.take(200);
+    const b = arena.take(200); // 400 used
+    const big = arena.take(600); // > slab / 4: separate
+    const c = arena.take(200);
+    const d = arena.take(200);
+    const e = arena.take(200); // 1000 used
+    const f = arena.take(200); // does not fit: new slab
+    expect(big.buffer).not.toBe(a.buffer);
+    expect(f.buffer).not.toBe(a.buffer);
+    expect(coalesceAdjacent([a, b, c, d, e, f]).map((v) => v.length)).toEqual([1000, 200]);
+    expect(coalesceAdjacent([a, c])).toHaveLength(2); // not adjacent: kept apart
+  });
+
+  it('reuses a slab once every record in it was released, never while one is live', () => {
+    const arena = new DtlRecordArena(1000, 2); // records of 240 bytes: 4 per slab
+    const slab1 = [arena.take(240), arena.take(240), arena.take(240), arena.take(240)];
+    const slab2 = [arena.take(240)];
+    expect(slab2[0]!.buffer).not.toBe(slab1[0]!.buffer);
+    for (const record of slab1.slice(0, 3)) arena.release(record);
+    slab2.push(arena.take(240), arena.take(240), arena.take(240));
+    const slab3 = arena.take(240); // slab 1 still holds a live record: not reused
+    expect(slab3.buffer).not.toBe(slab1[0]!.buffer);
+    expect(arena.stats()).toMatchObject({ slabsAllocated: 3, slabsReused: 0 });
+    arena.release(slab1[3]!); // slab 1 empty: kept for reuse
+    for (let i = 0; i < 3; i++) arena.take(240); // fills slab 3
+    const reused = arena.take(240);
+    expect(reused.buffer).toBe(slab1[0]!.buffer);
+    expect(arena.stats()).toMatchObject({ slabsAllocated: 3, slabsReused: 1 });
+  });
+});
