@@ -37,6 +37,9 @@ export const limits = {
   /** Disk: how long data I/O goes through the thread pool after a slow inline operation. */
   inlineIoPauseMs: 1_000,
 
+  /** Bytes of checksumming (or similar CPU work on data) done in one go on the event loop before it yields. */
+  eventLoopSliceBytesMax: 256 * 1024,
+
   /** Wire: the largest frame (header + payload); a request of nbdRequestBytesMax must fit. */
   wireFrameBytesMax: 32 * 1024 * 1024 + 64 * 1024,
   /** Wire: the largest msgpack header in a frame. */

@@ -14,6 +14,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { limits } from '../../shared/limits.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
 import { run, runKeel } from '../helpers/processes.ts';
 import { startRedisServer, type TestRedisServer } from '../helpers/redis-server.ts';
@@ -242,7 +243,9 @@ describe('crash takeover: the owner is killed with SIGKILL and stays down (keel 
     expect(job.read.io_bytes).toBe(40 * 2 ** 20); // the verify pass read every block back
 
     // The killed router stayed down: same pid, no longer heartbeating, and the supervisor did not restart it.
+    // (Listing calls it unreachable once its heartbeat is routerDeadAfterMs old; fio may finish sooner.)
     expect(() => process.kill(owner.pid, 0)).toThrow();
+    await new Promise((r) => setTimeout(r, Math.max(0, killedAtMs + limits.routerDeadAfterMs + 500 - Date.now())));
     expect((await cluster.routers()).find((r) => r.id === owner.id)).toMatchObject({ pid: owner.pid, state: 'unreachable' });
     expect(cluster.stderr).toContain(`"msg":"router ${owner.id}: running -> failed"`);
     // Another router owns the volume now, under a newer epoch: the DTL peer, which held the DTL.
