@@ -7,6 +7,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { openCoordination } from '../shared/coordination-factory.ts';
 import type { Coordination, RouterState } from '../shared/coordination.ts';
+import { BufferPool } from '../shared/buffer-pool.ts';
 import { processInlineIoGate } from '../shared/inline-io-gate.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
 import { createLogger, type Logger } from '../shared/logger.ts';
@@ -51,14 +52,15 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const dtl = await DtlStore.open(path.join(routerDir, 'dtl'), logger.child({ component: 'dtl' }));
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
-  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats() }), logger, new RouterMetrics(options.id));
+  const replyBuffers = new BufferPool();
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const drain = async () => {
     await setState(coordination, options.id, 'draining', logger);
     return ha.drain();
   };
-  const handler = withHaOps(createVolumeService(registry, logger, snapshots), { dtl, ha, drain });
+  const handler = withHaOps(createVolumeService(registry, logger, snapshots, replyBuffers), { dtl, ha, drain });
   const server = new RpcServer({ transport, handler, logger, routerId: options.id });
   const address = await server.listen(formatAddress(options.host, options.port));
   const startedAtMs = Date.now();

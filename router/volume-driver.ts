@@ -273,12 +273,16 @@ export class VolumeDriver implements OpenBlockTarget {
   // ---------------------------------------------------------------- BlockTarget
 
   async read(offset: number, length: number): Promise<Buffer> {
-    this.checkRequest(offset, length, limits.nbdRequestBytesMax);
-    return this.tracked(async () => {
-      const result = Buffer.alloc(length);
-      if (length > 0) await this.readInto(result, offset);
-      return result;
-    });
+    const result = Buffer.allocUnsafe(length);
+    await this.readInto(result, offset);
+    return result;
+  }
+
+  /** Fills all of target (holes read as zeros) from `offset`. */
+  async readInto(target: Buffer, offset: number): Promise<void> {
+    this.checkRequest(offset, target.length, limits.nbdRequestBytesMax);
+    if (target.length === 0) return;
+    return this.tracked(() => this.readRange(target, offset));
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -556,8 +560,8 @@ export class VolumeDriver implements OpenBlockTarget {
       await this.waitForApplied(this.jobsEnqueued); // the edges must reflect every earlier write
       const clusters = lastLba - firstLba + 1;
       const merged = Buffer.allocUnsafe(clusters * clusterSizeBytes);
-      const readers = [this.readInto(merged.subarray(0, clusterSizeBytes), firstLba * clusterSizeBytes)];
-      if (clusters > 1) readers.push(this.readInto(merged.subarray((clusters - 1) * clusterSizeBytes), lastLba * clusterSizeBytes));
+      const readers = [this.readRange(merged.subarray(0, clusterSizeBytes), firstLba * clusterSizeBytes)];
+      if (clusters > 1) readers.push(this.readRange(merged.subarray((clusters - 1) * clusterSizeBytes), lastLba * clusterSizeBytes));
       await Promise.all(readers);
       data.copy(merged, offset - firstLba * clusterSizeBytes);
       await this.enqueue('write', firstLba, clusters, merged);
@@ -898,7 +902,7 @@ export class VolumeDriver implements OpenBlockTarget {
   // ---------------------------------------------------------------- read path
 
   /** Fills target with the volume's bytes at `offset` (target.length bytes). */
-  private async readInto(target: Buffer, offset: number): Promise<void> {
+  private async readRange(target: Buffer, offset: number): Promise<void> {
     const firstLba = Math.floor(offset / clusterSizeBytes);
     const endByte = offset + target.length;
     const lastLba = Math.floor((endByte - 1) / clusterSizeBytes);

@@ -5,6 +5,7 @@
  * Volume drivers are shared between connections: the service releases them, it never closes them.
  */
 import type { OpenBlockTarget } from '../shared/block-target.ts';
+import { BufferPool } from '../shared/buffer-pool.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -28,9 +29,9 @@ export interface VolumeAdmin {
   run(header: RequestHeader): Promise<RpcResult>;
 }
 
-export function createVolumeService(host: VolumeHost, logger: Logger, admin?: VolumeAdmin): RpcHandler {
+export function createVolumeService(host: VolumeHost, logger: Logger, admin?: VolumeAdmin, replyBuffers = new BufferPool()): RpcHandler {
   return {
-    openSession: (peer: RpcPeer) => new VolumeSession(host, logger.child({ peer: peer.remoteAddress }), admin),
+    openSession: (peer: RpcPeer) => new VolumeSession(host, logger.child({ peer: peer.remoteAddress }), replyBuffers, admin),
   };
 }
 
@@ -53,6 +54,7 @@ class VolumeSession implements RpcSession {
   constructor(
     private readonly host: VolumeHost,
     private readonly logger: Logger,
+    private readonly replyBuffers: BufferPool,
     private readonly admin?: VolumeAdmin,
   ) {}
 
@@ -64,9 +66,7 @@ class VolumeSession implements RpcSession {
       case 'close':
         return this.closeHandle(header);
       case 'read':
-        return this.withHandle(header, async (target) => ({
-          payload: await target.read(offsetField(header), lengthField(header)),
-        }));
+        return this.withHandle(header, (target) => this.read(target, offsetField(header), lengthField(header)));
       case 'write':
         return this.withHandle(header, async (target) => {
           if (payload.length > limits.nbdRequestBytesMax) throw KeelError.requestTooLarge(payload.length, limits.nbdRequestBytesMax);
@@ -92,6 +92,19 @@ class VolumeSession implements RpcSession {
         if (this.admin?.handles(header.op)) return this.admin.run(header);
         return Promise.reject(KeelError.protocol(`unknown op '${header.op}'`, { op: header.op }));
     }
+  }
+
+  /** Into a pooled buffer when the target can fill one: it goes back to the pool once the reply is sent. */
+  private async read(target: OpenBlockTarget, offset: number, length: number): Promise<RpcResult> {
+    const buffer = target.readInto === undefined ? undefined : this.replyBuffers.acquire(length);
+    if (buffer === undefined) return { payload: await target.read(offset, length) };
+    try {
+      await target.readInto!(buffer, offset);
+    } catch (err) {
+      this.replyBuffers.release(buffer);
+      throw err;
+    }
+    return { payload: buffer, onSent: () => this.replyBuffers.release(buffer) };
   }
 
   close(): void {

@@ -8,6 +8,8 @@ export interface BlockTarget {
   readonly sizeBytes: number;
   readonly readOnly: boolean;
   read(offset: number, length: number): Promise<Buffer>;
+  /** Optional: reads target.length bytes at offset into the caller's buffer (every byte is written). */
+  readInto?(target: Buffer, offset: number): Promise<void>;
   /** With fua, resolves only once this write (and all acknowledged before it) is durable. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** Makes every write acknowledged before this call durable. */

@@ -37,6 +37,10 @@ export const limits = {
   /** Disk: how long data I/O goes through the thread pool after a slow inline operation. */
   inlineIoPauseMs: 1_000,
 
+  /** Router: read replies up to this size use buffers from a pool (shared/buffer-pool.ts); larger ones allocate. */
+  replyBufferBytesMax: 256 * 1024,
+  /** Router: free reply buffers kept for reuse, in bytes. */
+  replyBufferPoolBytesMax: 32 * 1024 * 1024,
   /** Bytes of checksumming (or similar CPU work on data) done in one go on the event loop before it yields. */
   eventLoopSliceBytesMax: 256 * 1024,
 
@@ -232,6 +236,7 @@ export function checkLimits(l: Limits = limits): void {
   if (!(l.scrubGarbageFractionMin > 0 && l.scrubGarbageFractionMin <= 1)) fail('scrubGarbageFractionMin must lie in (0, 1]');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
+  if (l.replyBufferPoolBytesMax < l.replyBufferBytesMax) fail('replyBufferPoolBytesMax must hold at least one replyBufferBytesMax buffer');
   if (l.inlineIoSlowUsMax <= 0 || l.inlineIoPauseMs <= 0 || l.inlineIoSlowStreakMax < 1)
     fail('inlineIoSlowUsMax, inlineIoPauseMs and inlineIoSlowStreakMax must be positive');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');

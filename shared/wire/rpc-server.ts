@@ -37,6 +37,8 @@ export interface RpcResult {
   /** Added to the reply header next to `id` and `ok`. */
   fields?: Record<string, unknown>;
   payload?: Buffer;
+  /** Runs once the payload is no longer needed: sent, or dropped with the connection (e.g. back to a pool). */
+  onSent?: () => void;
 }
 
 /** Per-connection state of a handler, created after the handshake. */
@@ -200,14 +202,15 @@ class ServerConnection {
   }
 
   private reply(id: number, result: RpcResult): void {
-    if (this.status.state === 'closed') return;
+    if (this.status.state === 'closed') return result.onSent?.();
     let buffers: Buffer[];
     try {
       buffers = encodeFrame({ ...result.fields, id, ok: true }, result.payload);
     } catch (err) {
+      result.onSent?.();
       return this.replyError(id, toWireError(err));
     }
-    this.write(buffers);
+    this.write(buffers, result.onSent);
   }
 
   private replyError(id: number, error: WireError): void {
@@ -222,8 +225,8 @@ class ServerConnection {
     this.write(buffers);
   }
 
-  private write(buffers: Buffer[]): void {
-    if (!this.connection.write(buffers)) this.sendBlocked = true;
+  private write(buffers: Buffer[], onWritten?: () => void): void {
+    if (!this.connection.write(buffers, onWritten)) this.sendBlocked = true;
   }
 
   /** A connection-level failure: tell the client why (id 0), then close this connection only. */

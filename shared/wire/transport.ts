@@ -11,8 +11,10 @@ export interface TransportConnection {
    * Queues the buffers to be sent in order as one unit (writev), without copying them. Returns false
    * once the bytes queued for sending exceed the transport's bound: the caller should then hold further
    * writes until onDrain fires. Writes after close are dropped.
+   * `onWritten` runs once the transport no longer reads the buffers (sent, or dropped by a close), so
+   * their memory may be reused.
    */
-  write(buffers: readonly Buffer[]): boolean;
+  write(buffers: readonly Buffer[], onWritten?: () => void): boolean;
   /** Received bytes, in order. Chunks may split or join frames arbitrarily. */
   onData(listener: (chunk: Buffer) => void): void;
   /** The send queue went back below its bound after write() returned false. */
