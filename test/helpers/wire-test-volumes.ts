@@ -27,6 +27,12 @@ export class MemoryVolume implements OpenBlockTarget {
     return Buffer.from(this.bytes.subarray(offset, offset + length));
   }
 
+  /** Like a volume driver: fills the caller's buffer (the volume service reads into pooled ones). */
+  async readInto(target: Buffer, offset: number): Promise<void> {
+    await this.before('read', offset, target.length);
+    this.bytes.copy(target, 0, offset, offset + target.length);
+  }
+
   async write(offset: number, data: Buffer): Promise<void> {
     await this.before('write', offset, data.length);
     data.copy(this.bytes, offset);
@@ -97,6 +103,7 @@ function ownershipChecked(volume: MemoryVolume, volumeName: string, host: Memory
     },
     readOnly: false,
     read: async (offset, length) => (check(), volume.read(offset, length)),
+    readInto: async (target, offset) => (check(), volume.readInto(target, offset)),
     write: async (offset, data, fua) => (check(), volume.write(offset, data)),
     flush: async () => (check(), volume.flush()),
     trim: async (offset, length, fua) => (check(), volume.trim(offset, length)),

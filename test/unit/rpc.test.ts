@@ -8,6 +8,7 @@ import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
 import type { TransportConnection } from '../../shared/wire/transport.ts';
 import { wireMagic, wireVersion } from '../../shared/wire/wire-format.ts';
 import { createVolumeService } from '../../router/volume-service.ts';
+import { BufferPool } from '../../shared/buffer-pool.ts';
 import { capturingLogger, delay, MemoryVolume, MemoryVolumeHost, patternBytes } from '../helpers/wire-test-volumes.ts';
 
 const transport = new TcpTransport();
@@ -294,6 +295,34 @@ describe('volume service over the wire', () => {
     host.owner = 'r2';
     await expect(client.request({ op: 'flush', handle })).rejects.toMatchObject({ code: 'NOT_OWNER', details: { owner: 'r2' } });
     await expect(client.request({ op: 'open', volume: 'v1' })).rejects.toMatchObject({ code: 'NOT_OWNER' });
+  });
+
+  it('reads into pooled buffers that go back once sent, or once the connection is gone', async () => {
+    const volume = new MemoryVolume(patternBytes(1 << 20, 5));
+    const pool = new BufferPool(64 * 1024, 1 << 20);
+    const server = await startServer(createVolumeService(new MemoryVolumeHost('r1', new Map([['v1', volume]])), logger, undefined, pool));
+    const client = await connect(server.address);
+    const handle = (await client.request({ op: 'open', volume: 'v1' })).header.handle;
+    for (let i = 0; i < 20; i++) {
+      const read = await client.request({ op: 'read', handle, offset: i * 4096, length: 4096 });
+      expect(read.payload.equals(volume.bytes.subarray(i * 4096, (i + 1) * 4096))).toBe(true);
+    }
+    await delay(10);
+    expect(pool.stats()).toMatchObject({ acquired: 20, allocated: 1, outstanding: 0 }); // one buffer, used 20 times
+    const big = await client.request({ op: 'read', handle, offset: 0, length: 128 * 1024 }); // above the pooled size
+    expect(big.payload.equals(volume.bytes.subarray(0, 128 * 1024))).toBe(true);
+    expect(pool.stats().acquired).toBe(20);
+
+    let finishRead!: () => void;
+    volume.hook = (op) => (op === 'read' ? new Promise<void>((resolve) => (finishRead = resolve)) : undefined);
+    const pending = client.request({ op: 'read', handle, offset: 0, length: 4096 });
+    await delay(20);
+    expect(pool.stats().outstanding).toBe(1);
+    client.close();
+    await expect(pending).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    finishRead();
+    await delay(20);
+    expect(pool.stats().outstanding).toBe(0); // the reply had nowhere to go: its buffer came back anyway
   });
 
   it('releases every handle of a connection when it drops, after running requests finish', async () => {
