@@ -3,11 +3,17 @@
  * subdirectories. PUT is atomic (temp file, writev, fsync, rename, fsync of the directory); ranged reads
  * are one positional read. Local file calls cannot be cancelled, so an aborted call is abandoned (its
  * result ignored) rather than interrupted.
+ *
+ * A ranged read runs inline (open, pread, close as synchronous calls on the event loop) while the
+ * inline I/O gate allows it (shared/inline-io-gate.ts): through the thread pool the three calls cost
+ * about 40 us of CPU per 4 KiB read, and a volume whose data was evicted from the write buffer reads
+ * every cluster this way.
  */
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import fsSync, { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { KeelError } from '../shared/errors.ts';
+import { processInlineIoGate, type InlineIoGate } from '../shared/inline-io-gate.ts';
 import { limits } from '../shared/limits.ts';
 import { abortable, type Asd } from './asd.ts';
 
@@ -17,6 +23,7 @@ export class DirectoryAsd implements Asd {
   constructor(
     readonly id: string,
     readonly root: string,
+    private readonly gate: InlineIoGate = processInlineIoGate,
   ) {}
 
   async put(key: string, buffers: readonly Buffer[], signal?: AbortSignal): Promise<void> {
@@ -86,6 +93,18 @@ export class DirectoryAsd implements Asd {
   }
 
   private async readAt(file: string, offset: number, length: number): Promise<Buffer> {
+    const target = Buffer.allocUnsafe(length);
+    let done: number | undefined;
+    try {
+      done = this.gate.run(length, () => readRangeSync(file, target, offset));
+    } catch (err) {
+      throw this.wrap('getRange', file, err);
+    }
+    if (done === undefined) return this.readAtPooled(file, offset, length);
+    return done === length ? target : target.subarray(0, done);
+  }
+
+  private async readAtPooled(file: string, offset: number, length: number): Promise<Buffer> {
     let handle: fs.FileHandle;
     try {
       handle = await fs.open(file, 'r');
@@ -154,5 +173,21 @@ async function writeAll(handle: fs.FileHandle, buffers: readonly Buffer[]): Prom
     const rest = pending.slice(consumed);
     if (left > 0) rest[0] = rest[0]!.subarray(left);
     pending = rest;
+  }
+}
+
+/** open + pread (looping over short reads) + close, synchronously: bytes read (short at end of file). */
+function readRangeSync(file: string, target: Buffer, offset: number): number {
+  const fd = fsSync.openSync(file, 'r');
+  try {
+    let done = 0;
+    while (done < target.length) {
+      const bytesRead = fsSync.readSync(fd, target, done, target.length - done, offset + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    return done;
+  } finally {
+    fsSync.closeSync(fd);
   }
 }
