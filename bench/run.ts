@@ -179,6 +179,8 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     sampler?.stop();
     result.jobs[id] = { error: firstLine(err) };
     log(`${result.id}: ${job.label}: ${(err as Error).message}`);
+    const tail = running.logTail?.(20);
+    if (tail) log(`${result.id}: last lines of its log:\n${tail}`);
   }
 }
 

@@ -36,6 +36,8 @@ export interface RunningTarget {
   backendPid?: number;
   /** Makes the next reads cold (restart, caches dropped) and says how; absent when there is no slower tier. */
   makeCold?: () => Promise<string>;
+  /** The last lines the target printed (warnings and errors), to explain a failed job. */
+  logTail?: (lines: number) => string;
   stop(): Promise<void>;
 }
 
@@ -150,6 +152,7 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
       edgePid: findProcess(['keel.js', 'edge', '--data', dataDir]),
       backendPid: s3?.child.process.pid,
       makeCold: () => restartOwnerCold(dataDir),
+      logTail: (lines) => up.output().trimEnd().split('\n').slice(-lines).join('\n'),
       stop,
     };
   } catch (err) {
