@@ -151,7 +151,7 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
       uri: () => `nbd://127.0.0.1:${port}/demo`,
       edgePid: findProcess(['keel.js', 'edge', '--data', dataDir]),
       backendPid: s3?.child.process.pid,
-      makeCold: () => restartOwnerCold(dataDir),
+      makeCold: () => restartOwnerCold(dataDir, `nbd://127.0.0.1:${port}/demo`),
       logTail: (lines) => up.output().trimEnd().split('\n').slice(-lines).join('\n'),
       stop,
     };
@@ -194,7 +194,7 @@ function keelS3WriteBufferBytes(regionBytes: number): number {
  * (`dd iflag=nocache count=0` = posix_fadvise DONTNEED on the whole file), so reads come from disk — or
  * from the backend when the router no longer holds the SCO locally.
  */
-async function restartOwnerCold(dataDir: string): Promise<string> {
+async function restartOwnerCold(dataDir: string, uri: string): Promise<string> {
   const owner = await ownerOf(dataDir);
   const killedMs = Date.now();
   process.kill(owner.pid, 'SIGTERM');
@@ -211,11 +211,33 @@ async function restartOwnerCold(dataDir: string): Promise<string> {
     () => `router ${owner.id} owning demo did not come back within ${startTimeoutMs} ms`,
   );
   const upMs = Date.now();
+  // "Cold" means an empty cache, not a closed volume: open it once (its TLogs replayed) before the timed
+  // reads, and drop the page cache after that. A volume with much data on S3 can take longer to open than
+  // one NBD handshake waits, hence the retries.
+  const attempts = await openOnce(uri, openWaitMaxMs);
+  const openMs = Date.now();
   const dropped = await dropPageCache(path.join(dataDir, 'routers'));
   return (
     `owner router ${owner.id} (pid ${owner.pid}) got SIGTERM and exited in ${seconds(exitedMs - killedMs)} s; ` +
-    `router ${restarted!.id} owned demo again as pid ${restarted!.pid} ${seconds(upMs - exitedMs)} s later; page cache dropped for ${dropped} files`
+    `router ${restarted!.id} owned demo again as pid ${restarted!.pid} ${seconds(upMs - exitedMs)} s later; ` +
+    `the volume opened ${seconds(openMs - upMs)} s after that (${attempts} NBD connection${attempts === 1 ? '' : 's'}); page cache dropped for ${dropped} files`
   );
+}
+
+const openWaitMaxMs = 180_000;
+
+/** Connects with nbdinfo until the export opens; returns how many connections it took. */
+async function openOnce(uri: string, waitMaxMs: number): Promise<number> {
+  const deadline = Date.now() + waitMaxMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await execFileAsync('nbdinfo', ['--size', uri], { timeout: 60_000, killSignal: 'SIGKILL' });
+      return attempt;
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`${uri} did not open within ${waitMaxMs / 1000} s: ${(err as Error).message.split('\n')[0]}`);
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+    }
+  }
 }
 
 async function ownerOf(dataDir: string): Promise<{ id: string; pid: number; state: string }> {
