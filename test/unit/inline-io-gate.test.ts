@@ -1,4 +1,8 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { NodeDisk } from '../../shared/disk.ts';
 import { InlineIoGate } from '../../shared/inline-io-gate.ts';
 import { limits } from '../../shared/limits.ts';
 
@@ -59,3 +63,34 @@ describe('InlineIoGate', () => {
     expect(gate.run(1, () => 'inline')).toBeUndefined();
   });
 });
+
+describe('NodeDisk through the gate', () => {
+  async function roundTrip(gate: InlineIoGate): Promise<Buffer> {
+    const dir = await mkdtemp(path.join(tmpdir(), 'keel-gate-'));
+    try {
+      const disk = new NodeDisk(gate);
+      const file = await disk.open(path.join(dir, 'f'), 'createNew');
+      await file.writev([Buffer.alloc(4096, 1), Buffer.alloc(4096, 2)], 0);
+      await file.write(Buffer.alloc(100, 3), 8192);
+      const back = Buffer.alloc(8292 + 50);
+      const read = await file.read(back, 0);
+      await file.close();
+      return back.subarray(0, read);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('reads back the same bytes inline and through the thread pool', async () => {
+    const inline = new InlineIoGate();
+    const pooled = new InlineIoGate(undefined, 400, 1000, false);
+    const viaInline = await roundTrip(inline);
+    const viaPool = await roundTrip(pooled);
+    expect(viaInline.length).toBe(8292); // short at end of file
+    expect([viaInline[0], viaInline[4096], viaInline[8192]]).toEqual([1, 2, 3]);
+    expect(viaPool.equals(viaInline)).toBe(true);
+    expect(inline.stats().inline).toBeGreaterThanOrEqual(3);
+    expect(pooled.stats().inline).toBe(0);
+  });
+});
+
