@@ -1,0 +1,56 @@
+#!/bin/bash
+# Per-process CPU per I/O of Keel's data path under fio (docs/benchmark.md, "Profiling Keel").
+# Starts `keel up` (3 routers + 1 edge) in a temp directory, fills the region, runs each fio job at
+# 4k QD32 and prints IOPS, p50 latency, fio's CPU and, for every edge/router process, its CPU share and
+# microseconds of CPU (utime+stime from /proc/PID/stat) per I/O. Stops the cluster afterwards.
+#
+#   scripts/measure-data-path.sh [randwrite|randread ...]     (default: randwrite randread)
+# Environment:
+#   RT=8            seconds per job           REGION=256M   fio region (and fill size)
+#   VOLSIZE=1G      volume size               FILL=0        skip the 1M fill
+#   DTL=none|async|sync   measure a volume created with that DTL mode instead of the demo volume (sync)
+#   UPARGS="--write-buffer 384M"   extra `keel up` options
+#   PROF=DIR        V8 CPU profiles of every router and the edge into DIR (KEEL_CHILD_NODE_ARGS)
+#   PORT=11809
+set -euo pipefail
+cd "$(dirname "$0")/.."
+D=$(mktemp -d /tmp/keel-measure.XXXX)
+PORT=${PORT:-11809}
+RT=${RT:-8}
+REGION=${REGION:-256M}
+if [ -n "${PROF:-}" ]; then export KEEL_CHILD_NODE_ARGS="--cpu-prof --cpu-prof-dir=$PROF"; fi
+# shellcheck disable=SC2086
+node bin/keel.js up --data "$D/data" --port "$PORT" --volume-size "${VOLSIZE:-1G}" ${UPARGS:-} > "$D/up.log" 2>&1 &
+UP=$!
+trap 'kill -INT $UP 2>/dev/null; wait $UP 2>/dev/null; rm -rf "$D"' EXIT
+for _ in $(seq 1 150); do grep -q "Keel is up" "$D/up.log" && break; sleep 0.2; done
+grep -q "Keel is up" "$D/up.log" || { echo "keel up did not start:"; cat "$D/up.log"; exit 1; }
+VOL=demo
+if [ -n "${DTL:-}" ]; then
+  VOL="v$DTL"
+  node bin/keel.js volume create "$VOL" "${VOLSIZE:-1G}" --dtl-mode "$DTL" --data "$D/data" > /dev/null
+fi
+URI="nbd://127.0.0.1:$PORT/$VOL"
+if [ "${FILL:-1}" = 1 ]; then
+  fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --size="$REGION" --output="$D/fill.txt" > /dev/null
+fi
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+name_of() { tr '\0' ' ' < "/proc/$1/cmdline" | grep -o "router --id r[0-9]*\|edge" | sed 's/router --id //' | head -1; }
+for rw in "${@:-randwrite randread}"; do
+  for rwi in $rw; do
+    declare -A before=()
+    for p in $(pgrep -P $UP); do before[$p]=$(cpu_ticks "$p"); done
+    t0=$(date +%s.%N)
+    fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs=4k --iodepth=32 --size="$REGION" --time_based --runtime="$RT" \
+      --norandommap --randrepeat=0 --output-format=json --output="$D/$rwi.json" > /dev/null
+    t1=$(date +%s.%N)
+    read -r iops rest < <(node -e "const j=require('$D/$rwi.json').jobs[0]; const d=j['${rwi#rand}'];
+      console.log(Math.round(d.iops), Math.round(d.clat_ns.percentile['50.000000']/1000)+' us p50, fio CPU '+(j.usr_cpu+j.sys_cpu).toFixed(0)+'%')")
+    line="$rwi: $iops IOPS, $rest |"
+    for p in $(pgrep -P $UP); do
+      ticks=$(( $(cpu_ticks "$p") - ${before[$p]} ))
+      line="$line $(name_of "$p") $(node -e "const s=$t1-$t0; console.log(($ticks/s).toFixed(0)+'%', ($ticks*10000/($iops*s)).toFixed(1)+' us/IO')")"
+    done
+    echo "$line"
+  done
+done
