@@ -100,11 +100,13 @@ export class DirectoryAsd implements Asd {
     } catch (err) {
       throw this.wrap('getRange', file, err);
     }
-    if (done === undefined) return this.readAtPooled(file, offset, length);
+    done ??= await this.readAtPooled(file, offset, target);
     return done === length ? target : target.subarray(0, done);
   }
 
-  private async readAtPooled(file: string, offset: number, length: number): Promise<Buffer> {
+  /** The same read through the thread pool (the gate paused inline I/O): bytes read. */
+  private async readAtPooled(file: string, offset: number, target: Buffer): Promise<number> {
+    const length = target.length;
     let handle: fs.FileHandle;
     try {
       handle = await fs.open(file, 'r');
@@ -112,14 +114,13 @@ export class DirectoryAsd implements Asd {
       throw this.wrap('getRange', file, err);
     }
     try {
-      const target = Buffer.allocUnsafe(length);
       let done = 0;
       while (done < length) {
         const { bytesRead } = await handle.read(target, done, length - done, offset + done);
         if (bytesRead === 0) break;
         done += bytesRead;
       }
-      return done === length ? target : target.subarray(0, done);
+      return done;
     } catch (err) {
       throw this.wrap('getRange', file, err);
     } finally {
