@@ -39,13 +39,6 @@ function readU64(source: Buffer, at: number): number {
   return source.readUInt32BE(at) * 2 ** 32 + source.readUInt32BE(at + 4);
 }
 
-/** The header of a record; the data (for writes) follows it unchanged, so a sender can writev both. */
-export function encodeDtlHeader(seq: number, op: DtlOp, offset: number, length: number, data: Buffer | undefined): Buffer {
-  const header = Buffer.alloc(dtlHeaderBytes);
-  writeDtlHeader(header, 0, seq, op, offset, length, data);
-  return header;
-}
-
 /**
  * Writes a record's header at `at` in `target`, whose bytes from `at + dtlHeaderBytes` must already hold
  * `data` (or be where the caller copies it: the checksum covers it, so it is computed from `data`).

@@ -17,21 +17,22 @@
 import { limits } from './limits.ts';
 
 export interface InlineIoClock {
-  nowNs(): bigint;
+  /** A monotonic clock in milliseconds with sub-microsecond resolution (performance.now()). */
+  nowMs(): number;
 }
 
-const hrClock: InlineIoClock = { nowNs: () => process.hrtime.bigint() };
+const monotonicClock: InlineIoClock = { nowMs: () => performance.now() };
 
 export class InlineIoGate {
-  private pausedUntilNs = 0n;
+  private pausedUntilMs = 0;
   private slowInRow = 0;
   private readonly counters = { inline: 0, pooled: 0, slow: 0, pauses: 0 };
 
   constructor(
-    private readonly clock: InlineIoClock = hrClock,
+    private readonly clock: InlineIoClock = monotonicClock,
     private readonly slowUsMax: number = limits.inlineIoSlowUsMax,
     private readonly pauseMs: number = limits.inlineIoPauseMs,
-    private enabled = true,
+    private readonly enabled = true,
   ) {}
 
   /**
@@ -40,15 +41,15 @@ export class InlineIoGate {
    */
   run<T>(bytes: number, inline: () => T): T | undefined {
     if (!this.enabled) return undefined;
-    const startNs = this.clock.nowNs();
-    if (startNs < this.pausedUntilNs) {
+    const startMs = this.clock.nowMs();
+    if (startMs < this.pausedUntilMs) {
       this.counters.pooled += 1;
       return undefined;
     }
     const result = inline();
-    const elapsedNs = this.clock.nowNs() - startNs;
+    const endMs = this.clock.nowMs();
     this.counters.inline += 1;
-    if (elapsedNs <= BigInt(this.slowUsMax * 1000 + bytes * limits.inlineIoCopyNsPerByteMax)) {
+    if ((endMs - startMs) * 1000 <= this.slowUsMax + (bytes * limits.inlineIoCopyNsPerByteMax) / 1000) {
       this.slowInRow = 0;
       return result;
     }
@@ -57,13 +58,9 @@ export class InlineIoGate {
     if (this.slowInRow >= limits.inlineIoSlowStreakMax) {
       this.slowInRow = 0;
       this.counters.pauses += 1;
-      this.pausedUntilNs = startNs + elapsedNs + BigInt(this.pauseMs) * 1_000_000n;
+      this.pausedUntilMs = endMs + this.pauseMs;
     }
     return result;
-  }
-
-  setEnabled(enabled: boolean): void {
-    this.enabled = enabled;
   }
 
   stats(): { inline: number; pooled: number; slow: number; pauses: number } {

@@ -11,12 +11,14 @@ import { limits } from '../../shared/limits.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { chooseTlogChain } from '../../router/backend-volume-objects.ts';
 import { parseVolumeObjectName, volumeObjectName } from '../../router/backend-object-names.ts';
-import { decodeDtlRecords, encodeDtlHeader } from '../../router/dtl-format.ts';
+import { decodeDtlRecords, dtlHeaderBytes, writeDtlHeader } from '../../router/dtl-format.ts';
 import { DtlStore } from '../../router/dtl-store.ts';
 
 function record(seq: number, offset: number, data?: Buffer, trimLength = 0): Buffer {
-  const header = encodeDtlHeader(seq, data ? 'write' : 'trim', offset, data ? data.length : trimLength, data);
-  return data ? Buffer.concat([header, data]) : header;
+  const bytes = Buffer.alloc(dtlHeaderBytes + (data?.length ?? 0));
+  data?.copy(bytes, dtlHeaderBytes);
+  writeDtlHeader(bytes, 0, seq, data ? 'write' : 'trim', offset, data ? data.length : trimLength, data);
+  return bytes;
 }
 
 async function expectCode(promise: Promise<unknown>, code: string): Promise<void> {

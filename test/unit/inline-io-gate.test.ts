@@ -8,14 +8,14 @@ import { limits } from '../../shared/limits.ts';
 
 /** A clock the test moves: each inline call "takes" the next duration in the list. */
 function scriptedGate(durationsUs: number[]) {
-  let nowNs = 0n;
-  const gate = new InlineIoGate({ nowNs: () => nowNs }, 400, 1_000);
+  let nowMs = 0;
+  const gate = new InlineIoGate({ nowMs: () => nowMs }, 400, 1_000);
   const runOnce = (bytes = 4096) =>
     gate.run(bytes, () => {
-      nowNs += BigInt(durationsUs.shift() ?? 5) * 1000n;
+      nowMs += (durationsUs.shift() ?? 5) / 1000;
       return 'inline';
     });
-  const advanceMs = (ms: number) => (nowNs += BigInt(ms) * 1_000_000n);
+  const advanceMs = (ms: number) => (nowMs += ms);
   return { gate, runOnce, advanceMs };
 }
 
