@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { FioFigures } from './fio-output.ts';
 import type { JobId } from './fio-jobs.ts';
 import type { ProcessUsage, EcEncodeFigures, LbaMapFigures } from './system-metrics.ts';
-import type { TargetId } from './targets.ts';
+import type { Settled, TargetId } from './targets.ts';
 
 export type JobOutcome = { figures: FioFigures } | { error: string } | { skipped: string };
 
@@ -22,6 +22,8 @@ export interface TargetResult {
   jobs: Partial<Record<JobId, JobOutcome>>;
   /** How reads were made cold, as the target did it. */
   coldMethod?: string;
+  /** Before each job, the wait for earlier jobs' write-back (targets that have one). */
+  settled?: Partial<Record<JobId, Settled>>;
   /** Keel's edge process during the job (sampled from /proc). */
   edgeUsage?: Partial<Record<JobId, ProcessUsage & { cpuCoresPer10kIops: number }>>;
   /** Bytes the S3 server sent (HTTP included) per 4 KiB read of the cold job. */
@@ -144,6 +146,8 @@ export function renderMarkdown(result: BenchResult): string {
     const status = target.status === 'ok' ? '' : ` — **${target.status}**`;
     lines.push(`- **${target.label}**${status}: ${target.method}.${target.note ? ` ${target.note}` : ''}`);
     if (target.coldMethod) lines.push(`  - cold reads: ${target.coldMethod}`);
+    const waits = settleWaits(target);
+    if (waits) lines.push(`  - before each job, waited for the write-back of earlier ones: ${waits}`);
     for (const [job, outcome] of Object.entries(target.jobs)) {
       if (outcome && 'error' in outcome) lines.push(`  - ${job} failed: ${outcome.error}`);
       if (outcome && 'skipped' in outcome) lines.push(`  - ${job} not run: ${outcome.skipped}`);
@@ -185,4 +189,11 @@ export async function writeReport(result: BenchResult, outDir: string): Promise<
   await writeFile(markdown, renderMarkdown(result));
   await copyFile(markdown, latest);
   return { json, markdown, latest };
+}
+
+/** "randread-4k-qd32 12.3 s (40 SCOs and 10 TLogs to upload), ..." for the jobs that waited; undefined when none did. */
+function settleWaits(target: TargetResult): string | undefined {
+  const waits = Object.entries(target.settled ?? {}).filter(([, s]) => s?.pending !== undefined);
+  if (waits.length === 0) return undefined;
+  return waits.map(([job, s]) => `${job} ${(s!.waitedMs / 1000).toFixed(1)} s (${s!.pending}${s!.quiet ? '' : ', still busy after that'})`).join('; ');
 }

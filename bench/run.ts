@@ -25,6 +25,8 @@ interface ModeSettings extends FioSettings {
   scoSize: string;
   /** The whole run is aborted (every child killed) past this. */
   watchdogMs: number;
+  /** Before each job, how long a target may take to finish the write-back earlier jobs left (RunningTarget.settle). */
+  settleWaitMaxMs: number;
   defaultTargets: readonly TargetId[];
 }
 
@@ -34,15 +36,15 @@ const allTargets = targetSpecs.map((t) => t.id);
 const modes: Record<Mode, ModeSettings> = {
   full: {
     runtimeSec: 20, rampSec: 3, regionBytes: 1024 * MiB, deviceBytes: 2048 * MiB, coldReadBytes: 128 * MiB,
-    coldRuntimeCapSec: 60, fillRuntimeCapSec: 120, scoSize: '64M', watchdogMs: 60 * 60_000, defaultTargets: allTargets,
+    coldRuntimeCapSec: 60, fillRuntimeCapSec: 120, scoSize: '64M', watchdogMs: 60 * 60_000, settleWaitMaxMs: 120_000, defaultTargets: allTargets,
   },
   quick: {
     runtimeSec: 1.5, rampSec: 0.5, regionBytes: 128 * MiB, deviceBytes: 512 * MiB, coldReadBytes: 8 * MiB,
-    coldRuntimeCapSec: 10, fillRuntimeCapSec: 30, scoSize: '64M', watchdogMs: 5 * 60_000, defaultTargets: allTargets,
+    coldRuntimeCapSec: 10, fillRuntimeCapSec: 30, scoSize: '64M', watchdogMs: 5 * 60_000, settleWaitMaxMs: 5_000, defaultTargets: allTargets,
   },
   smoke: {
     runtimeSec: 1, rampSec: 0, regionBytes: 32 * MiB, deviceBytes: 256 * MiB, coldReadBytes: 2 * MiB,
-    coldRuntimeCapSec: 10, fillRuntimeCapSec: 20, scoSize: '4M', watchdogMs: 2 * 60_000, defaultTargets: ['keel', 'nbdkit-memory'],
+    coldRuntimeCapSec: 10, fillRuntimeCapSec: 20, scoSize: '4M', watchdogMs: 2 * 60_000, settleWaitMaxMs: 5_000, defaultTargets: ['keel', 'nbdkit-memory'],
   },
 };
 
@@ -159,6 +161,7 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
 
 async function runJob(job: FioJob, running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<void> {
   const id = job.id as JobId;
+  if (running.settle) await settle(running.settle, id, job, settings, result);
   if (id === 'randread-4k-qd32-cold') {
     if (!running.makeCold) {
       result.jobs[id] = { skipped: 'no slower tier behind a cache to read from' };
@@ -181,6 +184,17 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     log(`${result.id}: ${job.label}: ${(err as Error).message}`);
     const tail = running.logTail?.(20);
     if (tail) log(`${result.id}: last lines of its log:\n${tail}`);
+  }
+}
+
+async function settle(settleTarget: NonNullable<RunningTarget['settle']>, id: JobId, job: FioJob, settings: ModeSettings, result: TargetResult): Promise<void> {
+  try {
+    const settled = await settleTarget(settings.settleWaitMaxMs);
+    (result.settled ??= {})[id] = settled;
+    if (settled.pending) log(`${result.id}: before ${job.label}: waited ${(settled.waitedMs / 1000).toFixed(1)} s for ${settled.pending}${settled.quiet ? '' : ' (still busy)'}`);
+  } catch (err) {
+    // Not knowing whether the target is quiet does not stop the job: it runs, and the log says why.
+    log(`${result.id}: before ${job.label}: could not tell whether write-back is done: ${(err as Error).message}`);
   }
 }
 

@@ -38,7 +38,21 @@ export interface RunningTarget {
   makeCold?: () => Promise<string>;
   /** The last lines the target printed (warnings and errors), to explain a failed job. */
   logTail?: (lines: number) => string;
+  /**
+   * Waits, up to waitMaxMs, until the write-back that earlier jobs left behind is done (Keel's SCO and TLog
+   * uploads, s3backer's dirty blocks), so that a job does not share the cores with its predecessor's
+   * background work. Says what it waited for; absent on targets that have no write-back.
+   */
+  settle?: (waitMaxMs: number) => Promise<Settled>;
   stop(): Promise<void>;
+}
+
+export interface Settled {
+  waitedMs: number;
+  /** False when waitMaxMs passed with work still pending. */
+  quiet: boolean;
+  /** What was pending when the wait began, e.g. "12 SCOs and 6 TLogs to upload"; undefined when nothing was. */
+  pending?: string;
 }
 
 export interface TargetSpec {
@@ -152,6 +166,10 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
       edgePid: findProcess(['keel.js', 'edge', '--data', dataDir]),
       backendPid: s3?.child.process.pid,
       makeCold: () => restartOwnerCold(dataDir, `nbd://127.0.0.1:${port}/demo`),
+      settle: async (waitMaxMs) => {
+        const addresses = await keelStatusAddresses(dataDir);
+        return settleUntil(() => keelUploadsPending(addresses), waitMaxMs);
+      },
       logTail: (lines) => up.output().trimEnd().split('\n').slice(-lines).join('\n'),
       stop,
     };
@@ -238,6 +256,51 @@ async function openOnce(uri: string, waitMaxMs: number): Promise<number> {
       await new Promise((resolve) => setTimeout(resolve, 1000));
     }
   }
+}
+
+const settlePollMs = 250;
+
+/** Polls `pending` (a description of outstanding work, or undefined when there is none) until it is done or waitMaxMs passes. */
+async function settleUntil(pending: () => Promise<string | undefined>, waitMaxMs: number): Promise<Settled> {
+  const startMs = Date.now();
+  const first = await pending();
+  let now = first;
+  while (now !== undefined && Date.now() - startMs < waitMaxMs) {
+    await new Promise((resolve) => setTimeout(resolve, settlePollMs));
+    now = await pending();
+  }
+  return { waitedMs: Date.now() - startMs, quiet: now === undefined, pending: first };
+}
+
+interface UploadCounters {
+  scosQueued: number;
+  scosUploading: number;
+  tlogsQueued: number;
+  tlogsWaitingForOpenSco?: number;
+}
+
+/** The management addresses of the routers that are up (`keel router list`). */
+async function keelStatusAddresses(dataDir: string): Promise<string[]> {
+  const routers = await keelJson<Array<{ state: string; mgmtAddress: string }>>(['router', 'list', '--json', '--data', dataDir]);
+  return routers.filter((r) => r.state === 'up' && r.mgmtAddress !== '-').map((r) => r.mgmtAddress);
+}
+
+/** SCOs and TLogs not yet on the backend, summed over the routers' volumes (GET /status), or undefined when none. */
+async function keelUploadsPending(statusAddresses: readonly string[]): Promise<string | undefined> {
+  let scos = 0;
+  let tlogs = 0;
+  for (const address of statusAddresses) {
+    const response = await fetch(`http://${address}/status`, { signal: AbortSignal.timeout(10_000) });
+    const status = (await response.json()) as { volumes?: Array<{ stats: { backend?: UploadCounters } }> };
+    for (const volume of status.volumes ?? []) {
+      const b = volume.stats.backend;
+      if (!b) continue;
+      scos += b.scosQueued + b.scosUploading;
+      // A TLog waiting for the open SCO to fill waits for writes, not for the backend.
+      tlogs += b.tlogsQueued - (b.tlogsWaitingForOpenSco ?? 0);
+    }
+  }
+  return scos + tlogs === 0 ? undefined : `${scos} SCOs and ${tlogs} TLogs to upload`;
 }
 
 async function ownerOf(dataDir: string): Promise<{ id: string; pid: number; state: string }> {
@@ -334,8 +397,16 @@ async function startS3backer(context: TargetContext): Promise<RunningTarget> {
       await mount();
       return `s3backer unmounted (dirty blocks written back) and mounted again: its block cache starts empty. Before that, over the fill and the timed jobs: ${stats}`;
     },
+    settle: (waitMaxMs) => settleUntil(() => s3backerDirty(mountDir), waitMaxMs),
     stop,
   };
+}
+
+/** s3backer's block_cache_dirty_ratio (MOUNT/stats) when it is above zero. */
+async function s3backerDirty(mountDir: string): Promise<string | undefined> {
+  const text = await readFile(path.join(mountDir, 'stats'), 'utf8');
+  const ratio = Number(/^block_cache_dirty_ratio\s+(\S+)/m.exec(text)?.[1] ?? 0);
+  return ratio > 0 ? `a block cache ${(ratio * 100).toFixed(1)}% dirty` : undefined;
 }
 
 /** A few counters of s3backer's MOUNT/stats file, showing how much of the work went to S3. */

@@ -39,6 +39,7 @@ export function addRouterCommands(program: Command): void {
         address: r.address,
         state: r.state === 'up' && !isRouterAlive(r, nowMs, limits.routerDeadAfterMs) ? 'unreachable' : r.state,
         pid: r.pid,
+        mgmtAddress: r.mgmtAddress ?? '-',
         volumes: volumes.filter((v) => v.owner === r.id).map((v) => v.name).join(',') || '-',
       }));
       if (options.json) return printJson(rows);

@@ -55,6 +55,8 @@ export interface UploaderStats {
   scosQueued: number;
   scosUploading: number;
   tlogsQueued: number;
+  /** Queued TLogs held up (TLogs go up in order) by one that waits for writes to seal its last SCO: not upload work. */
+  tlogsWaitingForOpenSco: number;
   tlogsUploadedThrough: number;
   localScos: number;
   evictedScos: number;
@@ -167,6 +169,7 @@ export class ScoUploader {
       scosQueued: this.scoQueue.length,
       scosUploading: this.scosUploading,
       tlogsQueued: this.tlogQueue.length,
+      tlogsWaitingForOpenSco: this.waitingOnUnsealed ? this.tlogQueue.length : 0,
       tlogsUploadedThrough: this.tlogsUploadedThrough,
       localScos: this.localScos.size,
     };

@@ -11,6 +11,7 @@
 #   DTL=none|async|sync   measure a volume created with that DTL mode instead of the demo volume (sync)
 #   UPARGS="--write-buffer 384M"   extra `keel up` options
 #   PROF=DIR        V8 CPU profiles of every router and the edge into DIR (KEEL_CHILD_NODE_ARGS)
+#   BS=4k QD=32     fio block size and queue depth
 #   PORT=11809
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ for rw in "${@:-randwrite randread}"; do
     declare -A before=()
     for p in $(pgrep -P $UP); do before[$p]=$(cpu_ticks "$p"); done
     t0=$(date +%s.%N)
-    fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs=4k --iodepth=32 --size="$REGION" --time_based --runtime="$RT" \
+    fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs="${BS:-4k}" --iodepth="${QD:-32}" --size="$REGION" --time_based --runtime="$RT" \
       --norandommap --randrepeat=0 --output-format=json --output="$D/$rwi.json" > /dev/null
     t1=$(date +%s.%N)
     read -r iops rest < <(node -e "const j=require('$D/$rwi.json').jobs[0]; const d=j['${rwi#rand}'];
