@@ -18,6 +18,7 @@ export interface MetricsStatus {
   };
   inlineIo?: Record<string, unknown>;
   replyBuffers?: Record<string, unknown>;
+  dtlSlabs?: Record<string, unknown>;
 }
 
 /** Prometheus metric names allow [a-zA-Z0-9_:]; camelCase fields become snake_case. */
@@ -45,6 +46,7 @@ export class RouterMetrics {
     this.setAll('keel_read_cache', status.backend?.readCache, {});
     this.setAll('keel_inline_io', status.inlineIo, {});
     this.setAll('keel_reply_buffers', status.replyBuffers, {});
+    this.setAll('keel_dtl_slabs', status.dtlSlabs, {});
     return this.registry.metrics();
   }
 

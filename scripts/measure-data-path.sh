@@ -12,6 +12,7 @@
 #   UPARGS="--write-buffer 384M"   extra `keel up` options
 #   PROF=DIR        V8 CPU profiles of every router and the edge into DIR (KEEL_CHILD_NODE_ARGS)
 #   BS=4k QD=32     fio block size and queue depth
+#   STATUS=1        after each job, print the volume's counters from its owner's GET /status
 #   PORT=11809
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,5 +54,11 @@ for rw in "${@:-randwrite randread}"; do
       line="$line $(name_of "$p") $(node -e "const s=$t1-$t0; console.log(($ticks/s).toFixed(0)+'%', ($ticks*10000/($iops*s)).toFixed(1)+' us/IO')")"
     done
     echo "$line"
+    if [ "${STATUS:-0}" = 1 ]; then
+      for a in $(grep -o '"mgmtAddress":"[^"]*"' "$D/up.log" | cut -d'"' -f4); do
+        curl -s "http://$a/status" | node -e "const j=JSON.parse(require('fs').readFileSync(0,'utf8'));
+          for (const v of j.volumes ?? []) if (v.name === '$VOL') console.log('  ' + JSON.stringify(v.stats)); const jn = j.ha?.journals?.['$VOL']; if (jn) console.log('  dtl ' + JSON.stringify(jn))"
+      done
+    fi
   done
 done

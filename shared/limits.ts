@@ -170,8 +170,8 @@ export const limits = {
   dtlBatchBytesMax: 8 * 1024 * 1024,
   /** DTL: the owner carves its backlog records out of slabs this large (dtl-record-arena.ts). */
   dtlRecordSlabBytes: 4 * 1024 * 1024,
-  /** DTL: emptied record slabs kept for reuse per volume (fresh memory costs a page fault per page). */
-  dtlRecordSlabsFreeMax: 4,
+  /** DTL: emptied record slabs kept for reuse, all volumes of a router together (fresh memory costs a page fault per page). */
+  dtlRecordSlabPoolBytesMax: 256 * 1024 * 1024,
   /** DTL: how often the owner trims its DTL by the TLogs the uploader has put on the backend. */
   dtlTrimIntervalMs: 100,
   /** DTL: deadline of one request to the peer; past it the peer counts as lost and another is chosen. */
@@ -236,6 +236,7 @@ export function checkLimits(l: Limits = limits): void {
   if (!(l.scrubGarbageFractionMin > 0 && l.scrubGarbageFractionMin <= 1)) fail('scrubGarbageFractionMin must lie in (0, 1]');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
+  if (l.dtlRecordSlabPoolBytesMax < l.dtlRecordSlabBytes) fail('dtlRecordSlabPoolBytesMax must hold at least one dtlRecordSlabBytes slab');
   if (l.replyBufferPoolBytesMax < l.replyBufferBytesMax) fail('replyBufferPoolBytesMax must hold at least one replyBufferBytesMax buffer');
   if (l.inlineIoSlowUsMax <= 0 || l.inlineIoPauseMs <= 0 || l.inlineIoSlowStreakMax < 1)
     fail('inlineIoSlowUsMax, inlineIoPauseMs and inlineIoSlowStreakMax must be positive');

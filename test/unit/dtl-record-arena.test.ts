@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { coalesceAdjacent, DtlRecordArena } from '../../router/dtl-record-arena.ts';
+import { BufferPool } from '../../shared/buffer-pool.ts';
 
 describe('DtlRecordArena', () => {
   it('carves consecutive records out of one slab and coalesces them into one view', () => {
@@ -28,7 +29,7 @@ describe('DtlRecordArena', () => {
   });
 
   it('reuses a slab once every record in it was released, never while one is live', () => {
-    const arena = new DtlRecordArena(1000, 2); // records of 240 bytes: 4 per slab
+    const arena = new DtlRecordArena(1000, new BufferPool(1000, 2000)); // records of 240 bytes: 4 per slab
     const slab1 = [arena.take(240), arena.take(240), arena.take(240), arena.take(240)];
     const slab2 = [arena.take(240)];
     expect(slab2[0]!.buffer).not.toBe(slab1[0]!.buffer);
@@ -42,5 +43,18 @@ describe('DtlRecordArena', () => {
     const reused = arena.take(240);
     expect(reused.buffer).toBe(slab1[0]!.buffer);
     expect(arena.stats()).toMatchObject({ slabsAllocated: 3, slabsReused: 1 });
+  });
+
+  it('shares emptied slabs between arenas through the pool, up to its byte bound', () => {
+    const pool = new BufferPool(1000, 1000); // room for one free slab
+    const first = new DtlRecordArena(1000, pool);
+    const second = new DtlRecordArena(1000, pool);
+    const slab1 = [first.take(240), first.take(240), first.take(240), first.take(240)];
+    first.take(240); // slab 1 is full: a second slab becomes current
+    for (const record of slab1) first.release(record); // slab 1 empty and not current: back to the pool
+    const taken = second.take(240);
+    expect(taken.buffer).toBe(slab1[0]!.buffer); // the other arena reuses it
+    expect(second.stats()).toMatchObject({ slabsAllocated: 0, slabsReused: 1 });
+    expect(pool.stats()).toMatchObject({ allocated: 2, outstanding: 2, freeBytes: 0 });
   });
 });
