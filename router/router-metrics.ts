@@ -19,6 +19,7 @@ export interface MetricsStatus {
   inlineIo?: Record<string, unknown>;
   replyBuffers?: Record<string, unknown>;
   dtlSlabs?: Record<string, unknown>;
+  uploadBuffers?: Record<string, unknown>;
 }
 
 /** Prometheus metric names allow [a-zA-Z0-9_:]; camelCase fields become snake_case. */
@@ -47,6 +48,7 @@ export class RouterMetrics {
     this.setAll('keel_inline_io', status.inlineIo, {});
     this.setAll('keel_reply_buffers', status.replyBuffers, {});
     this.setAll('keel_dtl_slabs', status.dtlSlabs, {});
+    this.setAll('keel_upload_buffers', status.uploadBuffers, {});
     return this.registry.metrics();
   }
 

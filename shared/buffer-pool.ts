@@ -51,6 +51,12 @@ export class BufferPool {
     this.freeBytes += buffer.length;
   }
 
+  /** The buffer is done with but may still be read by work the caller gave up on (a timed-out write): not reused. */
+  discard(_buffer: Buffer): void {
+    assert(this.outstanding > 0, 'BufferPool.discard without acquire');
+    this.outstanding -= 1;
+  }
+
   stats(): { acquired: number; allocated: number; outstanding: number; freeBytes: number } {
     return { ...this.counters, outstanding: this.outstanding, freeBytes: this.freeBytes };
   }

@@ -109,11 +109,19 @@ export const limits = {
   backendHeaderCacheBytesMax: 64 * 1024 * 1024,
   /** Backend: Reed-Solomon stripe encodes/decodes running on the libuv threadpool at once. */
   backendCodecStripesInFlightMax: 4,
+  /** Backend: parity of one object put is computed into a pooled buffer up to this size (object-store.ts); larger ones allocate. */
+  backendParityBufferBytesMax: 64 * 1024 * 1024,
+  /** Backend: free parity buffers kept for reuse per object store. */
+  backendParityPoolBytesMax: 128 * 1024 * 1024,
   /** Backend: keys one ASD list call returns (pages are followed up to this many). */
   backendListKeysMax: 100_000,
 
   /** Router backend: closed SCOs of one volume uploaded at once (each is k+m fragment PUTs). */
   scoUploadsInFlightMax: 2,
+  /** Router backend: SCOs are read for upload into pooled buffers up to this size (sco-uploader.ts); larger ones allocate. */
+  scoUploadBufferBytesMax: 128 * 1024 * 1024,
+  /** Router backend: free upload buffers kept for reuse, all volumes together. */
+  scoUploadBufferPoolBytesMax: 256 * 1024 * 1024,
   /** Router backend: pause before a failed SCO/TLog upload is tried again (the store already retried it). */
   uploadRetryDelayMs: 1_000,
   /** Router backend: on a clean close, how long a volume waits for its uploads before leaving them for the next start. */
@@ -236,6 +244,9 @@ export function checkLimits(l: Limits = limits): void {
   if (!(l.scrubGarbageFractionMin > 0 && l.scrubGarbageFractionMin <= 1)) fail('scrubGarbageFractionMin must lie in (0, 1]');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
+  if (l.backendParityPoolBytesMax < l.backendParityBufferBytesMax) fail('backendParityPoolBytesMax must hold at least one backendParityBufferBytesMax buffer');
+  if (l.scoUploadBufferBytesMax < l.scoSizeBytesMax) fail('scoUploadBufferBytesMax must hold a scoSizeBytesMax SCO, or full SCOs would not use the pool');
+  if (l.scoUploadBufferPoolBytesMax < l.scoUploadBufferBytesMax) fail('scoUploadBufferPoolBytesMax must hold at least one scoUploadBufferBytesMax buffer');
   if (l.dtlRecordSlabPoolBytesMax < l.dtlRecordSlabBytes) fail('dtlRecordSlabPoolBytesMax must hold at least one dtlRecordSlabBytes slab');
   if (l.replyBufferPoolBytesMax < l.replyBufferBytesMax) fail('replyBufferPoolBytesMax must hold at least one replyBufferBytesMax buffer');
   if (l.inlineIoSlowUsMax <= 0 || l.inlineIoPauseMs <= 0 || l.inlineIoSlowStreakMax < 1)

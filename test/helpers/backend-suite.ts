@@ -287,6 +287,27 @@ export function defineBackendSuite(label: string, makeFixture: () => Promise<Asd
       await store.deleteObject(name);
     });
 
+    it('parity buffers are reused between puts, but not after a write that timed out (it may still read them)', async () => {
+      const store = makeStore(parsePreset({ k: 4, m: 2 }, {}), { requestTimeoutMs: 300, retriesMax: 2 });
+      const first = randomBytes(MiB);
+      expect(await store.putObject('vol-p/sco/00000001', first)).toEqual({ abandonedWrites: 0 });
+      expect(await store.putObject('vol-p/sco/00000002', randomBytes(MiB))).toEqual({ abandonedWrites: 0 });
+      expect(store.stats()).toMatchObject({ parityBuffersAcquired: 2, parityBuffersAllocated: 1 });
+      // One ASD hangs its next put: that write times out and is retried elsewhere in time.
+      const name = 'vol-p/sco/00000003';
+      const slow = faulty[new Placement(faulty.map((a) => a.id)).place(name, 6)[0]!]!;
+      slow.setFaults({ hang: ['put'] });
+      const hung = store.putObject(name, randomBytes(MiB));
+      await new Promise((resolve) => setTimeout(resolve, 350));
+      slow.clearFaults();
+      const result = await hung;
+      expect(result.abandonedWrites).toBeGreaterThan(0);
+      await store.putObject('vol-p/sco/00000004', randomBytes(MiB));
+      expect(store.stats()).toMatchObject({ parityBuffersAcquired: 4, parityBuffersAllocated: 2 }); // the third put's parity was not reused
+      await expectReadsCorrect(store, 'vol-p/sco/00000001', first, [[0, MiB]]);
+      for (const n of [1, 2, 3, 4]) await store.deleteObject(`vol-p/sco/0000000${n}`);
+    });
+
     it('a failing PUT is retried; one that keeps failing fails the put clearly', async () => {
       const store = makeStore(parsePreset({ k: 2, m: 1 }, {}), { retriesMax: 3 });
       const name = 'vol-e/sco/00000003';

@@ -2,7 +2,7 @@
  * A BackendObjectStore for tests: a real ErasureObjectStore whose puts can be held back by name pattern
  * (released later) and whose put order is recorded, so upload ordering rules can be observed exactly.
  */
-import type { ReadRangeOptions } from '../../backend/object-store.ts';
+import type { PutObjectResult, ReadRangeOptions } from '../../backend/object-store.ts';
 import type { BackendObjectStore } from '../../router/volume-backend.ts';
 
 export class HeldObjectStore implements BackendObjectStore {
@@ -32,11 +32,12 @@ export class HeldObjectStore implements BackendObjectStore {
     return this.waiting.map((w) => w.name);
   }
 
-  async putObject(name: string, data: Buffer | readonly Buffer[]): Promise<void> {
+  async putObject(name: string, data: Buffer | readonly Buffer[]): Promise<PutObjectResult | void> {
     this.started.push(name);
     if (this.holds.some((h) => h.test(name))) await new Promise<void>((release) => this.waiting.push({ name, release }));
-    await this.inner.putObject(name, data);
+    const result = await this.inner.putObject(name, data);
     this.completed.push(name);
+    return result;
   }
 
   readRange(name: string, offset: number, length: number, options?: ReadRangeOptions): Promise<Buffer> {

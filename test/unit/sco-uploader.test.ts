@@ -12,6 +12,7 @@ import { FaultyAsd } from '../../backend/asd.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { parsePreset } from '../../backend/preset.ts';
 import { ReadCache } from '../../router/read-cache.ts';
+import { scoUploadBufferStats } from '../../router/sco-uploader.ts';
 import { VolumeDriver } from '../../router/volume-driver.ts';
 import type { VolumeBackend } from '../../router/volume-backend.ts';
 import { WriteBuffer } from '../../router/write-buffer.ts';
@@ -105,6 +106,18 @@ describe('upload ordering', () => {
     const tlogAt = held.completed.indexOf(tlogName(1));
     for (const seq of [1, 2, 3, 4]) expect(held.completed.indexOf(scoName(seq))).toBeLessThan(tlogAt);
     expect(held.started.indexOf(tlogName(1))).toBeGreaterThan(held.completed.indexOf(scoName(4)));
+  });
+
+  it('reads SCOs for upload into pooled buffers: uploads after the first ones allocate none', async () => {
+    const before = scoUploadBufferStats();
+    const driver = await openDriver(await backendFor(64 * scoSizeBytes, 'cache'));
+    for (let seq = 1; seq <= 6; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await until(() => [1, 2, 3, 4, 5, 6].every((seq) => held.completed.includes(scoName(seq))));
+    const after = scoUploadBufferStats();
+    expect(after.acquired - before.acquired).toBeGreaterThanOrEqual(6);
+    // At most scoUploadsInFlightMax buffers are in use at once, so at most that many were ever new.
+    expect(after.allocated - before.allocated).toBeLessThanOrEqual(limits.scoUploadsInFlightMax);
+    for (let seq = 1; seq <= 6; seq++) expect((await held.readRange(scoName(seq), 0, scoSizeBytes)).equals(pattern(seq))).toBe(true);
   });
 
   it('evicts a SCO only once its TLog is up, then reads it back from the backend', async () => {
