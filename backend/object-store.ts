@@ -282,6 +282,9 @@ export class ErasureObjectStore {
       const parity = parityAll.subarray(s * stripeParityBytes, (s + 1) * stripeParityBytes);
       await codec.encodeStripe(data, 0, parity, 0, unit);
       return { data, parity };
+    }).catch((err: unknown) => {
+      if (pooledParity) this.parityBuffers.discard(pooledParity); // stripes still encoding may write to it
+      throw err;
     });
     for (const { data, parity } of encoded) {
       for (let i = 0; i < g.k; i++) bodies[i]!.push(data.subarray(i * unit, (i + 1) * unit));
