@@ -273,7 +273,7 @@ export class ErasureObjectStore {
     const codec = this.codec(g.k, g.m);
     const bodies: Buffer[][] = Array.from({ length: g.k + g.m }, () => []);
     const parityBytes = stripeParityBytes * g.stripeCount;
-    const pooledParity = this.parityBuffers.acquire(2 ** Math.ceil(Math.log2(parityBytes)));
+    const pooledParity = this.parityBuffers.acquireAtLeast(parityBytes);
     const parityAll = pooledParity ?? Buffer.allocUnsafeSlow(parityBytes);
     const stripes = Array.from({ length: g.stripeCount }, (_, s) => s);
     const encoded = await mapBounded(stripes, limits.backendCodecStripesInFlightMax, async (s) => {

@@ -62,11 +62,10 @@ export class DtlRecordArena {
   }
 
   private newSlab(): Slab {
-    const allocatedBefore = this.pool.stats().allocated;
+    if (this.pool.hasFree(this.slabBytes)) this.counters.slabsReused += 1;
+    else this.counters.slabsAllocated += 1;
     const memory = this.pool.acquire(this.slabBytes);
     assert(memory !== undefined, 'the slab pool must hold buffers of slabBytes');
-    if (this.pool.stats().allocated === allocatedBefore) this.counters.slabsReused += 1;
-    else this.counters.slabsAllocated += 1;
     const slab: Slab = { memory, used: 0, live: 0 };
     this.slabs.set(slab.memory.buffer, slab);
     this.current = slab;

@@ -15,7 +15,6 @@
  */
 import path from 'node:path';
 import { BufferPool } from '../shared/buffer-pool.ts';
-import type { PutObjectResult } from '../backend/object-store.ts';
 import type { Disk } from '../shared/disk.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -56,11 +55,6 @@ export interface UploaderStartState {
  * SCOs share buffers; SCOs larger than limits.scoUploadBufferBytesMax are allocated on their own.
  */
 const scoUploadBuffers = new BufferPool(limits.scoUploadBufferBytesMax, limits.scoUploadBufferPoolBytesMax);
-
-/** A pooled buffer of at least sizeBytes, or undefined when that size is not pooled. */
-function acquireUploadBuffer(sizeBytes: number): Buffer | undefined {
-  return scoUploadBuffers.acquire(2 ** Math.ceil(Math.log2(Math.max(sizeBytes, 1))));
-}
 
 /** The upload buffer pool's counters (router GET /status). */
 export function scoUploadBufferStats(): ReturnType<BufferPool['stats']> {
@@ -218,18 +212,18 @@ export class ScoUploader {
     const name = volumeObjectName(this.options.backend.volumeId, 'sco', seq);
     const put = async () => {
       let pooled: Buffer | undefined;
-      const data = await this.options.disk.readFileInto(filePath, (sizeBytes) => (pooled = acquireUploadBuffer(sizeBytes)) ?? Buffer.allocUnsafeSlow(sizeBytes));
-      if (data === undefined) throw new Error(`SCO file ${filePath} is missing`);
-      let result: PutObjectResult | void;
+      let reusable = false;
       try {
-        result = await this.options.backend.store.putObject(name, data);
-      } catch (err) {
-        if (pooled) scoUploadBuffers.discard(pooled); // a fragment write that timed out may still read it
-        throw err;
+        const data = await this.options.disk.readFileInto(filePath, (sizeBytes) => (pooled = scoUploadBuffers.acquireAtLeast(sizeBytes)) ?? Buffer.allocUnsafeSlow(sizeBytes));
+        if (data === undefined) throw new Error(`SCO file ${filePath} is missing`);
+        const result = await this.options.backend.store.putObject(name, data);
+        reusable = (result?.abandonedWrites ?? 0) === 0;
+        return data.length;
+      } finally {
+        // A fragment write that timed out (or failed) may still read the buffer: then it is not reused.
+        if (pooled && reusable) scoUploadBuffers.release(pooled);
+        else if (pooled) scoUploadBuffers.discard(pooled);
       }
-      if (pooled && (result?.abandonedWrites ?? 0) > 0) scoUploadBuffers.discard(pooled);
-      else if (pooled) scoUploadBuffers.release(pooled);
-      return data.length;
     };
     const bytes = await this.retryForever(`SCO ${seq}`, put);
     if (bytes === undefined) return;

@@ -37,6 +37,19 @@ export class BufferPool {
     return Buffer.allocUnsafeSlow(bytes); // its own memory: a pooled slice of a shared slab could not be reused alone
   }
 
+  /**
+   * A buffer of the next power of two at or above `bytes` (so nearby sizes share free buffers), or
+   * undefined when that size is not pooled. The caller uses a view of the first `bytes`.
+   */
+  acquireAtLeast(bytes: number): Buffer | undefined {
+    return this.acquire(2 ** Math.ceil(Math.log2(Math.max(bytes, 1))));
+  }
+
+  /** True when acquire(bytes) would hand out a free buffer instead of allocating one. */
+  hasFree(bytes: number): boolean {
+    return (this.free.get(bytes)?.length ?? 0) > 0;
+  }
+
   /** The buffer will not be read or written again by the caller. */
   release(buffer: Buffer): void {
     assert(this.outstanding > 0, 'BufferPool.release without acquire');

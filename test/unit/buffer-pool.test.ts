@@ -24,4 +24,15 @@ describe('BufferPool', () => {
     const pool = new BufferPool();
     expect(() => pool.release(Buffer.alloc(4096))).toThrow(/without acquire/);
   });
+
+  it('rounds acquireAtLeast up to a power of two, so nearby sizes share free buffers; hasFree tells whether acquire reuses', () => {
+    const pool = new BufferPool(8192, 8192);
+    const a = pool.acquireAtLeast(5000)!;
+    expect(a.length).toBe(8192);
+    expect(pool.hasFree(8192)).toBe(false);
+    pool.release(a);
+    expect(pool.hasFree(8192)).toBe(true);
+    expect(pool.acquireAtLeast(7000)).toBe(a);
+    expect(pool.acquireAtLeast(8193)).toBeUndefined(); // rounds to 16384: above the bound
+  });
 });
