@@ -15,6 +15,7 @@ import path from 'node:path';
 import { KeelError } from '../shared/errors.ts';
 import { processInlineIoGate, type InlineIoGate } from '../shared/inline-io-gate.ts';
 import { limits } from '../shared/limits.ts';
+import { dropWrittenPrefix, firstWriteSlice, totalBytes } from '../shared/write-slices.ts';
 import { abortable, type Asd } from './asd.ts';
 
 const tempMarker = '.tmp-';
@@ -163,17 +164,11 @@ export class DirectoryAsd implements Asd {
 }
 
 async function writeAll(handle: fs.FileHandle, buffers: readonly Buffer[]): Promise<void> {
-  // writev takes at most IOV_MAX (1024) buffers per call and may write short: loop.
-  let pending = buffers.filter((b) => b.length > 0);
-  while (pending.length > 0) {
-    const batch = pending.slice(0, 1024);
-    const { bytesWritten } = await handle.writev(batch);
-    let left = bytesWritten;
-    let consumed = 0;
-    while (consumed < batch.length && left >= batch[consumed]!.length) left -= batch[consumed++]!.length;
-    const rest = pending.slice(consumed);
-    if (left > 0) rest[0] = rest[0]!.subarray(left);
-    pending = rest;
+  // writev may write short, and each call takes at most limits.fileWriteBytesMax (shared/write-slices.ts).
+  let pending: readonly Uint8Array[] = buffers;
+  while (totalBytes(pending) > 0) {
+    const { bytesWritten } = await handle.writev(firstWriteSlice(pending, limits.fileWriteBytesMax));
+    pending = dropWrittenPrefix(pending, bytesWritten);
   }
 }
 

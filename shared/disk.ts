@@ -9,6 +9,8 @@ import fsCallback, { constants as fsConstants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { KeelError } from './errors.ts';
 import { processInlineIoGate, type InlineIoGate } from './inline-io-gate.ts';
+import { limits } from './limits.ts';
+import { dropWrittenPrefix, firstWriteSlice, totalBytes } from './write-slices.ts';
 
 export type DiskOpenMode =
   | 'read' // existing file, read only
@@ -91,9 +93,9 @@ class NodeDiskFile implements DiskFile {
       let done = 0;
       while (done < data.length) {
         const fd = this.handle.fd;
+        const length = Math.min(data.length - done, limits.fileWriteBytesMax);
         const bytesWritten =
-          this.gate.run(data.length - done, () => fsCallback.writeSync(fd, data, done, data.length - done, position + done)) ??
-          (await fdWrite(fd, data, done, data.length - done, position + done));
+          this.gate.run(length, () => fsCallback.writeSync(fd, data, done, length, position + done)) ?? (await fdWrite(fd, data, done, length, position + done));
         done += bytesWritten;
       }
     } catch (err) {
@@ -103,13 +105,14 @@ class NodeDiskFile implements DiskFile {
 
   async writev(buffers: readonly Uint8Array[], position: number): Promise<void> {
     try {
-      let pending = buffers as Uint8Array[];
+      let pending = buffers;
       let offset = position;
-      let total = 0;
-      for (const buffer of pending) total += buffer.length;
+      let total = totalBytes(pending);
       while (total > 0) {
         const fd = this.handle.fd;
-        const bytesWritten = this.gate.run(total, () => fsCallback.writevSync(fd, pending, offset)) ?? (await fdWritev(fd, pending, offset));
+        const slice = firstWriteSlice(pending, limits.fileWriteBytesMax);
+        const sliceBytes = totalBytes(slice);
+        const bytesWritten = this.gate.run(sliceBytes, () => fsCallback.writevSync(fd, slice, offset)) ?? (await fdWritev(fd, slice, offset));
         total -= bytesWritten;
         offset += bytesWritten;
         if (total > 0) pending = dropWrittenPrefix(pending, bytesWritten);
@@ -167,19 +170,6 @@ class NodeDiskFile implements DiskFile {
       throw ioError('close', this.path, err);
     }
   }
-}
-
-/** After a short writev: the buffers still to write (the partly written one as a subarray). */
-function dropWrittenPrefix(buffers: Uint8Array[], bytesWritten: number): Uint8Array[] {
-  let skip = bytesWritten;
-  let index = 0;
-  while (index < buffers.length && skip >= buffers[index].length) {
-    skip -= buffers[index].length;
-    index += 1;
-  }
-  const rest = buffers.slice(index);
-  if (skip > 0) rest[0] = rest[0].subarray(skip);
-  return rest;
 }
 
 const openFlags: Record<DiskOpenMode, number> = {

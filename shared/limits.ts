@@ -36,6 +36,12 @@ export const limits = {
   inlineIoSlowStreakMax: 2,
   /** Disk: how long data I/O goes through the thread pool after a slow inline operation. */
   inlineIoPauseMs: 1_000,
+  /**
+   * Disk: bytes one write syscall takes at most (files and directory ASDs alike); larger writes are
+   * split. Bigger writes made the kernel allocate large page-cache folios that cost 10x more to fill on
+   * the reference VM (shared/write-slices.ts).
+   */
+  fileWriteBytesMax: 1024 * 1024,
 
   /** Router: read replies up to this size use buffers from a pool (shared/buffer-pool.ts); larger ones allocate. */
   replyBufferBytesMax: 256 * 1024,
@@ -251,6 +257,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.replyBufferPoolBytesMax < l.replyBufferBytesMax) fail('replyBufferPoolBytesMax must hold at least one replyBufferBytesMax buffer');
   if (l.inlineIoSlowUsMax <= 0 || l.inlineIoPauseMs <= 0 || l.inlineIoSlowStreakMax < 1)
     fail('inlineIoSlowUsMax, inlineIoPauseMs and inlineIoSlowStreakMax must be positive');
+  if (l.fileWriteBytesMax < clusterSizeBytes || l.fileWriteBytesMax % clusterSizeBytes !== 0)
+    fail('fileWriteBytesMax must be whole clusters, at least one');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
   if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
   if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)

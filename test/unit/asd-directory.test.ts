@@ -1,9 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { InlineIoGate } from '../../shared/inline-io-gate.ts';
+import { limits } from '../../shared/limits.ts';
+import { iovecsPerWriteMax } from '../../shared/write-slices.ts';
 
 const dirs: string[] = [];
 afterEach(async () => {
@@ -25,4 +28,17 @@ describe('DirectoryAsd ranged reads', () => {
       expect(gate.stats().inline > 0).toBe(mode === 'inline');
     });
   }
+});
+
+describe('DirectoryAsd puts', () => {
+  it('stores an object larger than one write syscall, given as more buffers than writev takes', async () => {
+    const root = await mkdtemp(path.join(tmpdir(), 'keel-asd-'));
+    dirs.push(root);
+    const asd = new DirectoryAsd('asd-1', root, new InlineIoGate());
+    const big = randomBytes(limits.fileWriteBytesMax * 2 + 11);
+    const small = Array.from({ length: iovecsPerWriteMax + 5 }, (_, i) => Buffer.from([i & 0xff, i >> 8]));
+    const body = Buffer.concat([...small, big]);
+    await asd.put('vol/x/frag-1', [...small, big]);
+    expect((await asd.getRange('vol/x/frag-1', 0, body.length)).equals(body)).toBe(true);
+  });
 });
