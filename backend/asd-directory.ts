@@ -16,16 +16,39 @@ import { KeelError } from '../shared/errors.ts';
 import { processInlineIoGate, type InlineIoGate } from '../shared/inline-io-gate.ts';
 import { limits } from '../shared/limits.ts';
 import { dropWrittenPrefix, firstWriteSlice, totalBytes } from '../shared/write-slices.ts';
-import { abortable, type Asd } from './asd.ts';
+import { abortable, type Asd, type AsdWriteStats } from './asd.ts';
+import { directOpenFlags, directWriteSupported, DirectWriteStaging, processDirectWriteStaging, writeAllDirect } from './direct-write.ts';
 
 const tempMarker = '.tmp-';
 
+export interface DirectoryAsdOptions {
+  gate?: InlineIoGate;
+  /** Write fragments with O_DIRECT (backend/direct-write.ts); default: where the platform has it. */
+  directIo?: boolean;
+  staging?: DirectWriteStaging;
+}
+
 export class DirectoryAsd implements Asd {
+  private readonly gate: InlineIoGate;
+  private readonly staging: DirectWriteStaging;
+  private directIo: boolean;
+  /** Why O_DIRECT was given up (the file system refused it), if it was. */
+  private directIoOffReason: string | undefined;
+  private readonly writeCounters = { directPuts: 0, bufferedPuts: 0 };
+
   constructor(
     readonly id: string,
     readonly root: string,
-    private readonly gate: InlineIoGate = processInlineIoGate,
-  ) {}
+    options: DirectoryAsdOptions = {},
+  ) {
+    this.gate = options.gate ?? processInlineIoGate;
+    this.staging = options.staging ?? processDirectWriteStaging;
+    this.directIo = (options.directIo ?? true) && directWriteSupported;
+  }
+
+  writeStats(): AsdWriteStats {
+    return { ...this.writeCounters, directIo: this.directIo, ...(this.directIoOffReason ? { directIoOffReason: this.directIoOffReason } : {}) };
+  }
 
   async put(key: string, buffers: readonly Buffer[], signal?: AbortSignal): Promise<void> {
     const target = this.pathOf(key);
@@ -73,13 +96,7 @@ export class DirectoryAsd implements Asd {
     const temp = `${target}${tempMarker}${randomBytes(6).toString('hex')}`;
     try {
       await fs.mkdir(dir, { recursive: true });
-      const handle = await fs.open(temp, 'wx');
-      try {
-        await writeAll(handle, buffers);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+      if (!(await this.writeDirectIfAble(temp, buffers))) await this.writeBuffered(temp, buffers);
       await fs.rename(temp, target);
       const dirHandle = await fs.open(dir, 'r');
       try {
@@ -91,6 +108,59 @@ export class DirectoryAsd implements Asd {
       await fs.rm(temp, { force: true }).catch(() => {});
       throw this.wrap('put', target, err);
     }
+  }
+
+  private async writeBuffered(temp: string, buffers: readonly Buffer[]): Promise<void> {
+    const handle = await fs.open(temp, 'wx');
+    try {
+      await writeAll(handle, buffers);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    this.writeCounters.bufferedPuts += 1;
+  }
+
+  /** False when the put must go buffered: direct I/O is off, no staging buffer is free, or the file system refused O_DIRECT. */
+  private async writeDirectIfAble(temp: string, buffers: readonly Buffer[]): Promise<boolean> {
+    if (!this.directIo) return false;
+    const staging = this.staging.take();
+    if (staging === undefined) return false;
+    try {
+      return await this.writeDirect(temp, buffers, staging);
+    } finally {
+      this.staging.give(staging); // only after the last write returned, even when the put was abandoned
+    }
+  }
+
+  private async writeDirect(temp: string, buffers: readonly Buffer[], staging: Buffer): Promise<boolean> {
+    let handle: fs.FileHandle;
+    try {
+      handle = await fs.open(temp, directOpenFlags, 0o644);
+    } catch (err) {
+      if (!isEinval(err)) throw err;
+      this.turnDirectIoOff(err);
+      return false;
+    }
+    let refused = false;
+    try {
+      await writeAllDirect(handle, buffers, staging);
+      await handle.sync();
+    } catch (err) {
+      if (!isEinval(err)) throw err;
+      this.turnDirectIoOff(err);
+      refused = true;
+    } finally {
+      await handle.close();
+    }
+    if (refused) await fs.rm(temp, { force: true });
+    else this.writeCounters.directPuts += 1;
+    return !refused;
+  }
+
+  private turnDirectIoOff(err: unknown): void {
+    this.directIo = false;
+    this.directIoOffReason = `O_DIRECT refused under ${this.root}: ${(err as Error).message}`;
   }
 
   private async readAt(file: string, offset: number, length: number): Promise<Buffer> {
@@ -161,6 +231,10 @@ export class DirectoryAsd implements Asd {
       return KeelError.objectNotFound(`${what} on ASD ${this.id}`, { asd: this.id, op });
     return KeelError.io(`${op} ${what} on ASD ${this.id} failed: ${(err as Error).message}`, err, { asd: this.id, op });
   }
+}
+
+function isEinval(err: unknown): boolean {
+  return (err as NodeJS.ErrnoException).code === 'EINVAL';
 }
 
 async function writeAll(handle: fs.FileHandle, buffers: readonly Buffer[]): Promise<void> {

@@ -18,6 +18,16 @@ export interface Asd {
   delete(key: string, signal?: AbortSignal): Promise<void>;
   /** Keys starting with `prefix`, sorted. */
   list(prefix: string, signal?: AbortSignal): Promise<string[]>;
+  /** How puts were written, for ASDs that choose (directory ASDs: O_DIRECT or buffered). */
+  writeStats?(): AsdWriteStats;
+}
+
+export interface AsdWriteStats {
+  directPuts: number;
+  bufferedPuts: number;
+  directIo: boolean;
+  /** Why direct I/O was given up, if it was (the file system refused it). */
+  directIoOffReason?: string;
 }
 
 export type AsdOp = 'put' | 'getRange' | 'get' | 'delete' | 'list';

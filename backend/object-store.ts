@@ -17,7 +17,7 @@ import { KeelError, isKeelError } from '../shared/errors.ts';
 import { BufferPool } from '../shared/buffer-pool.ts';
 import { limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
-import { abortable, type Asd } from './asd.ts';
+import { abortable, type Asd, type AsdWriteStats } from './asd.ts';
 import { emptyAsdCounters, emptyObjectStoreCounters, type AsdCounters, type ObjectStoreCounters } from './backend-stats.ts';
 import { ChunkTransform } from './chunk-transform.ts';
 import { ConcurrencyGate, mapBounded } from './concurrency-gate.ts';
@@ -783,8 +783,8 @@ export class ErasureObjectStore {
 
   // ---------------------------------------------------------------- plumbing
 
-  asdStats(): AsdCounters[] {
-    return this.counters.map((c) => ({ ...c }));
+  asdStats(): Array<AsdCounters & Partial<AsdWriteStats>> {
+    return this.counters.map((c, i) => ({ ...c, ...this.asds[i]!.writeStats?.() }));
   }
 
   stats(): ObjectStoreCounters & { headerCacheEntries: number; headerCacheBytes: number; parityBuffersAcquired: number; parityBuffersAllocated: number } {

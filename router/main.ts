@@ -29,6 +29,7 @@ import { withHaOps } from './ha-service.ts';
 import { VolumeHa } from './volume-ha.ts';
 import { dtlRecordSlabPool } from './dtl-record-arena.ts';
 import { scoUploadBufferStats } from './sco-uploader.ts';
+import { processDirectWriteStaging } from '../backend/direct-write.ts';
 
 export interface RouterOptions {
   id: string;
@@ -55,7 +56,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
   const replyBuffers = new BufferPool();
-  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats() }), logger, new RouterMetrics(options.id));
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const drain = async () => {

@@ -20,6 +20,7 @@ export interface MetricsStatus {
   replyBuffers?: Record<string, unknown>;
   dtlSlabs?: Record<string, unknown>;
   uploadBuffers?: Record<string, unknown>;
+  directWriteStaging?: Record<string, unknown>;
 }
 
 /** Prometheus metric names allow [a-zA-Z0-9_:]; camelCase fields become snake_case. */
@@ -49,6 +50,7 @@ export class RouterMetrics {
     this.setAll('keel_reply_buffers', status.replyBuffers, {});
     this.setAll('keel_dtl_slabs', status.dtlSlabs, {});
     this.setAll('keel_upload_buffers', status.uploadBuffers, {});
+    this.setAll('keel_direct_write_staging', status.directWriteStaging, {});
     return this.registry.metrics();
   }
 

@@ -42,6 +42,8 @@ export const limits = {
    * the reference VM (shared/write-slices.ts).
    */
   fileWriteBytesMax: 1024 * 1024,
+  /** Directory ASDs: page-aligned staging buffers of fileWriteBytesMax for O_DIRECT puts, per process (backend/direct-write.ts). */
+  directWriteStagingBuffersMax: 32,
 
   /** Router: read replies up to this size use buffers from a pool (shared/buffer-pool.ts); larger ones allocate. */
   replyBufferBytesMax: 256 * 1024,
@@ -259,6 +261,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('inlineIoSlowUsMax, inlineIoPauseMs and inlineIoSlowStreakMax must be positive');
   if (l.fileWriteBytesMax < clusterSizeBytes || l.fileWriteBytesMax % clusterSizeBytes !== 0)
     fail('fileWriteBytesMax must be whole clusters, at least one');
+  if (l.directWriteStagingBuffersMax < 1) fail('directWriteStagingBuffersMax must be at least 1');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
   if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
   if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)
