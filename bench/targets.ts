@@ -16,7 +16,7 @@ import { isMounted, spawnTracked, stopTracked, trackMount, unmountLazily, untrac
 import { findProcess, repoDir } from './system-metrics.ts';
 import { freePort } from '../test/helpers/processes.ts';
 
-export type TargetId = 'keel' | 'keel-s3' | 'nbdkit-memory' | 'nbdkit-file' | 's3backer';
+export type TargetId = 'keel' | 'keel-s3' | 'nbdkit-memory' | 'node-relay' | 'nbdkit-file' | 's3backer';
 
 export interface TargetContext {
   /** A fresh directory for this target, removed by the caller afterwards. */
@@ -67,6 +67,7 @@ export interface TargetSpec {
 
 const execFileAsync = promisify(execFile);
 const keelBin = path.join(repoDir, 'bin', 'keel.js');
+const relayScript = path.join(repoDir, 'bench', 'tcp-relay.ts');
 const s3rverBin = path.join(path.dirname(createRequire(import.meta.url).resolve('s3rver/package.json')), 'bin', 's3rver.js');
 const startTimeoutMs = 60_000;
 const stopGraceMs = 30_000;
@@ -112,6 +113,34 @@ export const targetSpecs: readonly TargetSpec[] = [
     start: async (context) => {
       const server = await startNbdkit('nbdkit memory', [`size=${context.deviceBytes}`], 'memory');
       return { uri: () => server.uri, stop: () => stopTracked(server.child, stopGraceMs) };
+    },
+  },
+  {
+    id: 'node-relay',
+    label: 'Node relay',
+    method:
+      'nbdkit memory behind bench/tcp-relay.ts, a Node.js process that only copies bytes both ways (stream.pipe): one extra process hop with no logic, ' +
+      "the floor under Keel's edge -> router path on this machine",
+    unavailable: () => missingProgram('nbdkit'),
+    start: async (context) => {
+      const server = await startNbdkit('nbdkit memory (relayed)', [`size=${context.deviceBytes}`], 'memory');
+      const upstreamPort = new URL(server.uri).port;
+      const relay = spawnTracked('node relay', process.execPath, ['--import', 'tsx', relayScript, upstreamPort]);
+      try {
+        const output = await waitForOutput(relay, /relay listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
+        const port = /relay listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
+        return {
+          uri: () => `nbd://127.0.0.1:${port}/`,
+          stop: async () => {
+            await stopTracked(relay, stopGraceMs);
+            await stopTracked(server.child, stopGraceMs);
+          },
+        };
+      } catch (err) {
+        await stopTracked(relay, stopGraceMs);
+        await stopTracked(server.child, stopGraceMs);
+        throw err;
+      }
     },
   },
   {
