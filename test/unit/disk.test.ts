@@ -6,15 +6,15 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeDisk } from '../../shared/disk.ts';
 import { limits } from '../../shared/limits.ts';
 
-describe('NodeDisk.readFileInto', () => {
-  let dir: string;
-  beforeEach(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'keel-disk-'));
-  });
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'keel-disk-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
+describe('NodeDisk.readFileInto', () => {
   it('reads the whole file into the buffer the caller hands out, and returns a view of its size', async () => {
     const file = path.join(dir, 'a');
     const data = randomBytes(3 * 1024 * 1024 + 17);
@@ -39,14 +39,6 @@ describe('NodeDisk.readFileInto', () => {
 });
 
 describe('NodeDisk writes larger than one syscall takes', () => {
-  let dir: string;
-  beforeEach(async () => {
-    dir = await mkdtemp(path.join(os.tmpdir(), 'keel-disk-'));
-  });
-  afterEach(async () => {
-    await rm(dir, { recursive: true, force: true });
-  });
-
   it('writev and write split at limits.fileWriteBytesMax and land every byte in place', async () => {
     expect(limits.fileWriteBytesMax).toBeLessThan(3 * 1024 * 1024); // so the data below needs several calls
     const parts = [randomBytes(1000), randomBytes(2 * 1024 * 1024 + 5), randomBytes(0), randomBytes(1024 * 1024 + 3)];
