@@ -142,20 +142,19 @@ export class DirectoryAsd implements Asd {
       this.turnDirectIoOff(err);
       return false;
     }
-    let refused = false;
     try {
       await writeAllDirect(handle, buffers, staging);
       await handle.sync();
     } catch (err) {
-      if (!isEinval(err)) throw err;
-      this.turnDirectIoOff(err);
-      refused = true;
-    } finally {
       await handle.close();
+      if (!isEinval(err)) throw err; // the caller removes the temp file
+      await fs.rm(temp, { force: true });
+      this.turnDirectIoOff(err);
+      return false;
     }
-    if (refused) await fs.rm(temp, { force: true });
-    else this.writeCounters.directPuts += 1;
-    return !refused;
+    await handle.close();
+    this.writeCounters.directPuts += 1;
+    return true;
   }
 
   private turnDirectIoOff(err: unknown): void {

@@ -126,19 +126,16 @@ export const targetSpecs: readonly TargetSpec[] = [
       const server = await startNbdkit('nbdkit memory (relayed)', [`size=${context.deviceBytes}`], 'memory');
       const upstreamPort = new URL(server.uri).port;
       const relay = spawnTracked('node relay', process.execPath, ['--import', 'tsx', relayScript, upstreamPort]);
+      const stop = async () => {
+        await stopTracked(relay, stopGraceMs);
+        await stopTracked(server.child, stopGraceMs);
+      };
       try {
         const output = await waitForOutput(relay, /relay listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
         const port = /relay listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
-        return {
-          uri: () => `nbd://127.0.0.1:${port}/`,
-          stop: async () => {
-            await stopTracked(relay, stopGraceMs);
-            await stopTracked(server.child, stopGraceMs);
-          },
-        };
+        return { uri: () => `nbd://127.0.0.1:${port}/`, stop };
       } catch (err) {
-        await stopTracked(relay, stopGraceMs);
-        await stopTracked(server.child, stopGraceMs);
+        await stop();
         throw err;
       }
     },
