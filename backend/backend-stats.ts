@@ -38,10 +38,12 @@ export interface ObjectStoreCounters {
   /** Range reads that needed at least one Reed-Solomon decode (or a second replica). */
   degradedReads: number;
   stripesDecoded: number;
+  /** Stripe decodes that were short of k fragments and retried ones that had failed in passing. */
+  readRetries: number;
   headerCacheHits: number;
   headerCacheMisses: number;
 }
 
 export function emptyObjectStoreCounters(): ObjectStoreCounters {
-  return { objectsPut: 0, rangeReads: 0, degradedReads: 0, stripesDecoded: 0, headerCacheHits: 0, headerCacheMisses: 0 };
+  return { objectsPut: 0, rangeReads: 0, degradedReads: 0, stripesDecoded: 0, readRetries: 0, headerCacheHits: 0, headerCacheMisses: 0 };
 }

@@ -389,7 +389,8 @@ export class ErasureObjectStore {
         { object: meta.name, fragment: piece.fragmentIndex, asd: this.asdIdOf(meta, piece.fragmentIndex), err: err.message },
         'fragment unreadable: decoding from the others',
       );
-      return this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]));
+      // A passing failure leaves the fragment as a last resort: with m fragments already lost, it is needed.
+      return this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]), isPassingReadError(err) ? [piece.fragmentIndex] : []);
     }
   }
 
@@ -430,7 +431,8 @@ export class ErasureObjectStore {
     return data.subarray(bodyOffset - start, bodyOffset - start + length);
   }
 
-  private async readPieceDegraded(meta: ObjectMeta, piece: FragmentPiece, excluded: Set<number>): Promise<Buffer> {
+  /** `lastResort`: fragments in `excluded` that may still be retried when the others are not enough. */
+  private async readPieceDegraded(meta: ObjectMeta, piece: FragmentPiece, excluded: Set<number>, lastResort: readonly number[] = []): Promise<Buffer> {
     const g = meta.geometry;
     if (g.k === 1) return this.readFromReplica(meta, piece, excluded);
     const unit = g.stripeUnitBytes;
@@ -438,7 +440,7 @@ export class ErasureObjectStore {
     const firstStripe = Math.floor(piece.bodyOffset / unit);
     const lastStripe = Math.floor((piece.bodyOffset + piece.length - 1) / unit);
     for (let s = firstStripe; s <= lastStripe; s++) {
-      const units = await this.decodeStripe(meta, s, excluded);
+      const units = await this.decodeStripe(meta, s, excluded, lastResort);
       const from = Math.max(piece.bodyOffset, s * unit);
       const to = Math.min(piece.bodyOffset + piece.length, (s + 1) * unit);
       units[piece.fragmentIndex]!.copy(out, from - piece.bodyOffset, from - s * unit, to - s * unit);
@@ -460,29 +462,54 @@ export class ErasureObjectStore {
     throw this.tooFewFragments(meta, 0, errors);
   }
 
-  /** Reads stripe `s` from any k readable fragments outside `excluded` and rebuilds all its units. */
-  private async decodeStripe(meta: ObjectMeta, stripe: number, excluded: Set<number>): Promise<Buffer[]> {
+  /**
+   * Reads stripe `s` from any k readable fragments outside `excluded` and rebuilds all its units. Fragments
+   * that failed in passing (a reset connection, a 5xx), and those in `lastResort`, get bounded retries before
+   * the read fails: with m fragments lost, one such failure would otherwise be an EIO.
+   */
+  private async decodeStripe(meta: ObjectMeta, stripe: number, excluded: Set<number>, lastResort: readonly number[] = []): Promise<Buffer[]> {
     const g = meta.geometry;
     const unit = g.stripeUnitBytes;
     const n = g.k + g.m;
     const candidates = Array.from({ length: n }, (_, f) => f).filter((f) => !excluded.has(f));
     const units: (Buffer | undefined)[] = new Array(n).fill(undefined);
     const errors: string[] = [];
+    const retryable = [...lastResort];
     let next = 0;
     let good = 0;
+    const readUnit = async (f: number, attempt: () => Promise<Buffer>): Promise<boolean> => {
+      try {
+        units[f] = await attempt();
+        good++;
+        return true;
+      } catch (err) {
+        errors.push(`fragment ${f} on ASD ${this.asdIdOf(meta, f)}: ${(err as Error).message}`);
+        return false;
+      }
+    };
+    const readOnce = (f: number) => () =>
+      this.readBodyRange(meta, f, stripe * unit, unit).catch((err: unknown) => {
+        if (isPassingReadError(err)) retryable.push(f);
+        throw err;
+      });
     // Start k reads; every failure starts the next candidate, until k units are in or none is left.
     const worker = async (): Promise<void> => {
       while (good < g.k && next < candidates.length) {
         const f = candidates[next++]!;
-        try {
-          units[f] = await this.readBodyRange(meta, f, stripe * unit, unit);
-          good++;
-        } catch (err) {
-          errors.push(`fragment ${f} on ASD ${this.asdIdOf(meta, f)}: ${(err as Error).message}`);
-        }
+        await readUnit(f, readOnce(f));
       }
     };
     await Promise.all(Array.from({ length: Math.min(g.k, candidates.length) }, worker));
+    if (good < g.k && retryable.length > 0) {
+      this.storeCounters.readRetries++;
+      await Promise.all(
+        retryable.map((f) =>
+          readUnit(f, () =>
+            this.withRetries(`read ${fragmentKey(meta.name, f)} stripe ${stripe}`, () => this.readBodyRange(meta, f, stripe * unit, unit), isPassingReadError),
+          ),
+        ),
+      );
+    }
     if (good < g.k) throw this.tooFewFragments(meta, stripe, errors);
     this.storeCounters.stripesDecoded++;
     // Only k units feed the decode; extra ones read by racing workers are dropped.
@@ -841,18 +868,26 @@ export class ErasureObjectStore {
     });
   }
 
-  private async withRetries<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  private async withRetries<T>(what: string, fn: () => Promise<T>, retryable = (err: unknown) => !isKeelError(err, 'BAD_ARGUMENT')): Promise<T> {
     for (let attempt = 0; ; attempt++) {
       try {
         return await fn();
       } catch (err) {
-        if (attempt >= this.retriesMax || isKeelError(err, 'BAD_ARGUMENT')) throw err;
+        if (attempt >= this.retriesMax || !retryable(err)) throw err;
         const backoffMs = Math.min(this.retryBackoffMaxMs, this.retryBackoffBaseMs * 2 ** attempt) * (0.5 + Math.random() / 2);
         this.log.warn({ what, attempt: attempt + 1, backoffMs: Math.round(backoffMs), err: (err as Error).message }, 'backend request failed: retrying');
         await new Promise((resolve) => setTimeout(resolve, backoffMs));
       }
     }
   }
+}
+
+/**
+ * A read failure worth another try: the request failed (reset connection, refused, 5xx), not the fragment.
+ * Missing or bad bytes stay that way, and a timed-out ASD already cost a full deadline.
+ */
+function isPassingReadError(err: unknown): boolean {
+  return isKeelError(err, 'IO') || isKeelError(err, 'CONNECTION_CLOSED');
 }
 
 export function checkObjectName(name: string): void {

@@ -287,6 +287,38 @@ export function defineBackendSuite(label: string, makeFixture: () => Promise<Asd
       await store.deleteObject(name);
     });
 
+    it('with m fragments lost, a survivor failing in passing is retried, not turned into an EIO', async () => {
+      const store = makeStore(parsePreset({ k: 4, m: 2, stripeUnitBytes: 65536 }, {}), { retriesMax: 2 });
+      const name = 'vol-r/sco/00000001';
+      const data = randomBytes(2 * MiB);
+      await store.putObject(name, data);
+      const info = await store.statObject(name);
+      await asdById(info.asdIds[0]!).delete(fragmentKey(name, 0));
+      await asdById(info.asdIds[2]!).delete(fragmentKey(name, 2));
+      await expectReadsCorrect(store, name, data, [[0, 2 * MiB]]); // loads every survivor's crc table
+      const inFragment1 = 2 * 4 * 65536 + 65536 + 100; // stripe 2, unit 1
+      const inFragment0 = 3 * 4 * 65536 + 100; // stripe 3, unit 0 (lost)
+      try {
+        // Fragment 1's own read and a survivor's unit read each fail once (a reset connection, say).
+        asdById(info.asdIds[1]!).setFaults({ failNextCalls: 1 });
+        asdById(info.asdIds[3]!).setFaults({ failNextCalls: 1 });
+        const retriesBefore = store.stats().readRetries;
+        await expectReadsCorrect(store, name, data, [[inFragment1, 4096]]);
+        asdById(info.asdIds[4]!).setFaults({ failNextCalls: 1 });
+        await expectReadsCorrect(store, name, data, [[inFragment0, 4096]]);
+        expect(store.stats().readRetries).toBe(retriesBefore + 2);
+        // A survivor that keeps failing: the retries are bounded and the read fails clearly.
+        asdById(info.asdIds[3]!).setFaults({ fail: ['getRange'] });
+        await expect(store.readRange(name, inFragment0, 4096)).rejects.toMatchObject({
+          code: 'IO',
+          message: expect.stringMatching(/stripe 3 cannot be read: more than m=2 .*injected failure/),
+        });
+      } finally {
+        for (const a of faulty) a.clearFaults();
+      }
+      await store.deleteObject(name);
+    });
+
     it('parity buffers are reused between puts, but not after a write that timed out (it may still read them)', async () => {
       const store = makeStore(parsePreset({ k: 4, m: 2 }, {}), { requestTimeoutMs: 300, retriesMax: 2 });
       const first = randomBytes(MiB);

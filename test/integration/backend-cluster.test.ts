@@ -86,7 +86,7 @@ describe('a keel up --s3 cluster with an erasure-coded backend', () => {
   };
   const compare = async (volume: string) => {
     const result = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', image, cluster.uri(volume)], { timeoutMs: 60_000 });
-    expect(result.code, result.stdout + result.stderr).toBe(0);
+    expect(result.code, `${result.stdout}${result.stderr}\ncluster log tail:\n${cluster.stderr.slice(-6000)}`).toBe(0);
     expect(result.stdout).toContain('Images are identical');
   };
   const asdBytesRead = (status: RouterStatus) => status.backend.asds.reduce((sum, a) => sum + a.bytesRead, 0);
