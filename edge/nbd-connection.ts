@@ -8,7 +8,9 @@ import assert from 'node:assert';
 import type { Socket } from 'node:net';
 import type { ExportResolver, OpenBlockTarget } from '../shared/block-target.ts';
 import { isKeelError } from '../shared/errors.ts';
+import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
+import { WritevBatch } from '../shared/writev-batch.ts';
 import { ByteQueue } from './byte-queue.ts';
 import {
   type ClientFlags,
@@ -117,7 +119,7 @@ export class NbdConnection {
   private inFlight = 0;
   private inFlightBytes = 0;
   private readingPaused = false;
-  private corked = false;
+  private readonly replies: WritevBatch;
   private targetClosing = false;
   /** The export being opened for NBD_OPT_GO / NBD_OPT_EXPORT_NAME, if any. */
   private opening: Promise<unknown> | undefined;
@@ -131,6 +133,7 @@ export class NbdConnection {
     private readonly logger: Logger,
   ) {
     socket.setNoDelay(true);
+    this.replies = new WritevBatch(socket, limits.writevFramesMax);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => this.pumpRequests());
     socket.on('error', (err) => this.logger.debug({ err }, 'nbd socket error'));
@@ -438,23 +441,15 @@ export class NbdConnection {
     else this.finishIfDrained();
   }
 
-  /** Header and data go out in one writev: replies completing in the same tick share one syscall. */
+  /** Header and data go out in one writev, batched with the replies completing in the same turn. */
   private sendReply(request: NbdRequest, error: number, data: Buffer | undefined): void {
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      setImmediate(this.uncork); // one writev for every reply completed in this turn of the event loop
-    }
     // A short read would desynchronise the client's stream: the target broke its contract.
     assert(error !== 0 || request.type !== NBD_CMD_READ || data?.length === request.length, 'target read returned the wrong length');
+    this.replies.beginFrame();
     this.socket.write(encodeSimpleReplyHeader(error, request.handleHi, request.handleLo));
     if (error === 0 && data && data.length > 0) this.socket.write(data);
+    this.replies.endFrame();
   }
-
-  private readonly uncork = (): void => {
-    this.corked = false;
-    this.socket.uncork();
-  };
 
   private finishIfDrained(): void {
     if (this.inFlight > 0) return;
