@@ -8,7 +8,7 @@
 import {
   DeleteObjectCommand,
   GetObjectCommand,
-  ListObjectsV2Command,
+  ListObjectsCommand,
   PutObjectCommand,
   S3Client,
   type S3ClientConfig,
@@ -103,19 +103,24 @@ export class S3Asd implements Asd {
 
   async list(prefix: string, signal?: AbortSignal): Promise<string[]> {
     const keys: string[] = [];
-    let token: string | undefined;
-    do {
+    // ListObjects (v1), each page starting after the last key of the one before (Marker): every
+    // S3-compatible server has it. v2 pages by continuation token, and s3rver makes its tokens with DES,
+    // which OpenSSL 3 refuses: every v2 listing past 1000 keys failed there with InternalError.
+    let marker: string | undefined;
+    for (;;) {
       const page = await this.call('list', prefix, signal, (abortSignal) =>
-        this.client.send(
-          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.prefix + prefix, ContinuationToken: token }),
-          { abortSignal },
-        ),
+        this.client.send(new ListObjectsCommand({ Bucket: this.bucket, Prefix: this.prefix + prefix, Marker: marker }), { abortSignal }),
       );
-      for (const item of page.Contents ?? []) if (item.Key) keys.push(item.Key.slice(this.prefix.length));
+      const contents = page.Contents ?? [];
+      for (const item of contents) if (item.Key) keys.push(item.Key.slice(this.prefix.length));
       if (keys.length > limits.backendListKeysMax)
         throw KeelError.io(`list ${prefix} on ASD ${this.id}: more than ${limits.backendListKeysMax} keys`);
-      token = page.IsTruncated ? page.NextContinuationToken : undefined;
-    } while (token);
+      const lastKey = contents[contents.length - 1]?.Key;
+      if (!page.IsTruncated) break;
+      if (lastKey === undefined || (marker !== undefined && lastKey <= marker))
+        throw KeelError.io(`list ${prefix} on ASD ${this.id}: the server says there is more but its page ends at no new key`);
+      marker = lastKey;
+    }
     return keys.sort();
   }
 

@@ -35,6 +35,22 @@ defineBackendSuite('s3rver buckets (one ASD per bucket)', async () => {
   };
 });
 
+describe('S3 listing', () => {
+  it('lists past one page of 1000 keys, in order, and only under its prefix', async () => {
+    const server = await startS3Server(1);
+    const [asd] = s3Asds(server);
+    try {
+      const keys = Array.from({ length: 2345 }, (_, i) => `vol/big/sco/${String(i).padStart(8, '0')}.frag${i % 6}`);
+      for (let i = 0; i < keys.length; i += 100) await Promise.all(keys.slice(i, i + 100).map((key) => asd!.put(key, [Buffer.from('f')])));
+      await asd!.put('vol/bigger/x.frag0', [Buffer.from('f')]); // shares the prefix's first characters only
+      expect(await asd!.list('vol/big/')).toEqual(keys);
+    } finally {
+      asd!.destroy();
+      await server.close();
+    }
+  }, 60_000);
+});
+
 describe('S3 outage', () => {
   let server: TestS3Server;
   let asds: S3Asd[];
