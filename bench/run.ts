@@ -152,6 +152,7 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
     result.status = 'failed';
     result.note = firstLine(err);
     log(`${spec.id}: ${(err as Error).message}`);
+    logTailOf(running, spec.id);
   } finally {
     await running.stop();
   }
@@ -182,9 +183,14 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     sampler?.stop();
     result.jobs[id] = { error: firstLine(err) };
     log(`${result.id}: ${job.label}: ${(err as Error).message}`);
-    const tail = running.logTail?.(20);
-    if (tail) log(`${result.id}: last lines of its log:\n${tail}`);
+    logTailOf(running, result.id);
   }
+}
+
+/** What the target printed last (its warnings and errors): the explanation of a failure. */
+function logTailOf(running: RunningTarget, id: string): void {
+  const tail = running.logTail?.(20);
+  if (tail) log(`${id}: last lines of its log:\n${tail}`);
 }
 
 async function settle(settleTarget: NonNullable<RunningTarget['settle']>, id: JobId, job: FioJob, settings: ModeSettings, result: TargetResult): Promise<void> {

@@ -115,6 +115,12 @@ export const limits = {
   backendFragmentRequestsInFlightMax: 24,
   /** Backend: deadline of one ASD request; the request is aborted after it. */
   backendRequestTimeoutMs: 10_000,
+  /**
+   * Backend: deadline of listing a prefix on one ASD, every page of it (each page is still one request
+   * under backendRequestTimeoutMs). Listing a volume of ~1.5 GiB in 4 MiB SCOs on s3rver took over 10 s:
+   * with the request deadline on the whole listing, the volume could not be taken over at all.
+   */
+  backendListTimeoutMs: 120_000,
   /** Backend: retries of a failed fragment PUT or DELETE after the first attempt, with exponential backoff. */
   backendRetriesMax: 4,
   backendRetryBackoffBaseMs: 50,
@@ -270,6 +276,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('fileWriteBytesMax must be whole clusters, at least one');
   if (l.directWriteStagingBuffersMax < 1) fail('directWriteStagingBuffersMax must be at least 1');
   if (!Number.isInteger(l.writevFramesMax) || l.writevFramesMax < 1) fail('writevFramesMax must be a whole number of frames, at least 1');
+  if (l.backendListTimeoutMs < l.backendRequestTimeoutMs) fail('backendListTimeoutMs must allow at least one full request');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
   if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
   if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)
