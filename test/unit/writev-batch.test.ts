@@ -28,61 +28,52 @@ async function socketPair() {
   return { client, received, sends, close };
 }
 
-const frame = (i: number) => Buffer.from([i]);
+/** Writes frames `from..to-1` through the batch, each as `parts` one-byte buffers. */
+function writeFrames(batch: WritevBatch, socket: net.Socket, from: number, to: number, parts = 1, afterEach?: (i: number) => void) {
+  for (let i = from; i < to; i++) {
+    batch.beginFrame();
+    for (let part = 0; part < parts; part++) socket.write(Buffer.from([i + 100 * part]));
+    batch.endFrame();
+    afterEach?.(i);
+  }
+}
+
+const endOfTurn = () => new Promise((resolve) => setImmediate(resolve));
 
 describe('WritevBatch', () => {
-  let close: (() => void) | undefined;
-  afterEach(() => close?.());
+  let pair: Awaited<ReturnType<typeof socketPair>> | undefined;
+  afterEach(() => pair?.close());
 
   it('holds the frames of one turn for one writev at the end of the turn', async () => {
-    const pair = await socketPair();
-    close = pair.close;
-    const batch = new WritevBatch(pair.client, 8);
-    for (let i = 0; i < 5; i++) {
-      batch.beginFrame();
-      pair.client.write(frame(i));
-      batch.endFrame();
-    }
+    pair = await socketPair();
+    writeFrames(new WritevBatch(pair.client, 8), pair.client, 0, 5);
     expect(pair.sends).toEqual([]); // nothing left yet: the socket is corked until the turn ends
-    await new Promise((resolve) => setImmediate(resolve));
+    await endOfTurn();
     expect(pair.sends).toEqual([5]);
   });
 
   it('sends every framesMax frames mid-turn, then the rest at the end of the turn, in order', async () => {
-    const pair = await socketPair();
-    close = pair.close;
-    const batch = new WritevBatch(pair.client, 8);
-    for (let i = 0; i < 20; i++) {
-      batch.beginFrame();
-      pair.client.write(frame(i));
-      batch.endFrame();
-      if (i === 7) expect(pair.sends).toEqual([8]);
-    }
-    expect(pair.sends).toEqual([8, 8]);
-    await new Promise((resolve) => setImmediate(resolve));
-    expect(pair.sends).toEqual([8, 8, 4]);
-    while (Buffer.concat(pair.received).length < 20) await new Promise((resolve) => setTimeout(resolve, 5));
-    expect([...Buffer.concat(pair.received)]).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    const { client, sends, received } = (pair = await socketPair());
+    writeFrames(new WritevBatch(client, 8), client, 0, 20, 1, (i) => {
+      if (i === 7) expect(sends).toEqual([8]);
+    });
+    expect(sends).toEqual([8, 8]);
+    await endOfTurn();
+    expect(sends).toEqual([8, 8, 4]);
+    while (Buffer.concat(received).length < 20) await new Promise((resolve) => setTimeout(resolve, 5));
+    expect([...Buffer.concat(received)]).toEqual(Array.from({ length: 20 }, (_, i) => i));
   });
 
   it('a frame of several buffers counts once, and a later turn batches afresh', async () => {
-    const pair = await socketPair();
-    close = pair.close;
+    pair = await socketPair();
     const batch = new WritevBatch(pair.client, 2);
-    for (let i = 0; i < 3; i++) {
-      batch.beginFrame();
-      pair.client.write(frame(i));
-      pair.client.write(frame(100 + i));
-      batch.endFrame();
-    }
+    writeFrames(batch, pair.client, 0, 3, 2);
     expect(pair.sends).toEqual([4]);
-    await new Promise((resolve) => setImmediate(resolve));
+    await endOfTurn();
     expect(pair.sends).toEqual([4, 2]);
-    batch.beginFrame();
-    pair.client.write(frame(9));
-    batch.endFrame();
+    writeFrames(batch, pair.client, 9, 10);
     expect(pair.sends).toEqual([4, 2]);
-    await new Promise((resolve) => setImmediate(resolve));
+    await endOfTurn();
     expect(pair.sends).toEqual([4, 2, 1]);
   });
 });
