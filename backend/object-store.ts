@@ -477,38 +477,27 @@ export class ErasureObjectStore {
     const retryable = [...lastResort];
     let next = 0;
     let good = 0;
-    const readUnit = async (f: number, attempt: () => Promise<Buffer>): Promise<boolean> => {
+    const readOnce = (f: number) => this.readBodyRange(meta, f, stripe * unit, unit);
+    const retryingRead = (f: number) =>
+      this.withRetries(`read ${fragmentKey(meta.name, f)} stripe ${stripe}`, () => readOnce(f), isPassingReadError);
+    /** One unit into `units`; a failure is noted, and remembered for the retry pass when it was in passing. */
+    const tryUnit = async (f: number, read: (f: number) => Promise<Buffer>, firstPass: boolean): Promise<void> => {
       try {
-        units[f] = await attempt();
+        units[f] = await read(f);
         good++;
-        return true;
       } catch (err) {
         errors.push(`fragment ${f} on ASD ${this.asdIdOf(meta, f)}: ${(err as Error).message}`);
-        return false;
+        if (firstPass && isPassingReadError(err)) retryable.push(f);
       }
     };
-    const readOnce = (f: number) => () =>
-      this.readBodyRange(meta, f, stripe * unit, unit).catch((err: unknown) => {
-        if (isPassingReadError(err)) retryable.push(f);
-        throw err;
-      });
     // Start k reads; every failure starts the next candidate, until k units are in or none is left.
     const worker = async (): Promise<void> => {
-      while (good < g.k && next < candidates.length) {
-        const f = candidates[next++]!;
-        await readUnit(f, readOnce(f));
-      }
+      while (good < g.k && next < candidates.length) await tryUnit(candidates[next++]!, readOnce, true);
     };
     await Promise.all(Array.from({ length: Math.min(g.k, candidates.length) }, worker));
     if (good < g.k && retryable.length > 0) {
       this.storeCounters.readRetries++;
-      await Promise.all(
-        retryable.map((f) =>
-          readUnit(f, () =>
-            this.withRetries(`read ${fragmentKey(meta.name, f)} stripe ${stripe}`, () => this.readBodyRange(meta, f, stripe * unit, unit), isPassingReadError),
-          ),
-        ),
-      );
+      await Promise.all(retryable.map((f) => tryUnit(f, retryingRead, false)));
     }
     if (good < g.k) throw this.tooFewFragments(meta, stripe, errors);
     this.storeCounters.stripesDecoded++;

@@ -117,8 +117,8 @@ export const limits = {
   backendRequestTimeoutMs: 10_000,
   /**
    * Backend: deadline of listing a prefix on one ASD, every page of it (each page is still one request
-   * under backendRequestTimeoutMs). Listing a volume of ~1.5 GiB in 4 MiB SCOs on s3rver took over 10 s:
-   * with the request deadline on the whole listing, the volume could not be taken over at all.
+   * under backendRequestTimeoutMs): a volume's prefix grows by k+m keys per object, thousands per ASD for a
+   * large volume, so one request's deadline must not bound the whole listing.
    */
   backendListTimeoutMs: 120_000,
   /** Backend: retries of a failed fragment PUT or DELETE after the first attempt, with exponential backoff. */
