@@ -8,7 +8,8 @@
 import { Packr, Unpackr } from 'msgpackr';
 import { KeelError } from '../errors.ts';
 import { limits } from '../limits.ts';
-import { framePreambleBytes, frameLengthFieldBytes, headerLengthFieldBytes } from './wire-format.ts';
+import { compactHeaderBytes, readCompactHeader, writeCompactHeader } from './compact-header.ts';
+import { compactHeaderMarker, framePreambleBytes, frameLengthFieldBytes, headerLengthFieldBytes } from './wire-format.ts';
 
 export interface Frame {
   header: Record<string, unknown>;
@@ -37,20 +38,23 @@ const emptyPayload = Buffer.alloc(0);
  * the frame is.
  */
 export function encodeFrame(header: object, payload?: Buffer | readonly Buffer[], frameLimits: FrameLimits = defaultFrameLimits): Buffer[] {
+  const compactBytes = compactHeaderBytes(header);
   // packr returns a view of its reusable scratch buffer: copy it out before the next pack().
-  const headerBytes = packr.pack(header);
-  if (headerBytes.length > frameLimits.headerBytesMax) {
-    throw KeelError.protocol(`frame header of ${headerBytes.length} bytes exceeds ${frameLimits.headerBytesMax}`);
+  const packed = compactBytes === 0 ? packr.pack(header) : undefined;
+  const headerBytes = packed?.length ?? compactBytes;
+  if (headerBytes > frameLimits.headerBytesMax) {
+    throw KeelError.protocol(`frame header of ${headerBytes} bytes exceeds ${frameLimits.headerBytesMax}`);
   }
   const payloadBytes = payloadLength(payload);
-  const restBytes = headerLengthFieldBytes + headerBytes.length + payloadBytes;
+  const restBytes = headerLengthFieldBytes + headerBytes + payloadBytes;
   if (frameLengthFieldBytes + restBytes > frameLimits.frameBytesMax) {
     throw KeelError.requestTooLarge(frameLengthFieldBytes + restBytes, frameLimits.frameBytesMax);
   }
-  const head = Buffer.allocUnsafe(framePreambleBytes + headerBytes.length);
+  const head = Buffer.allocUnsafe(framePreambleBytes + headerBytes);
   head.writeUInt32BE(restBytes, 0);
-  head.writeUInt32BE(headerBytes.length, frameLengthFieldBytes);
-  headerBytes.copy(head, framePreambleBytes);
+  head.writeUInt32BE(headerBytes, frameLengthFieldBytes);
+  if (packed === undefined) writeCompactHeader(header, head, framePreambleBytes);
+  else packed.copy(head, framePreambleBytes);
   if (payloadBytes === 0) return [head];
   return Buffer.isBuffer(payload) ? [head, payload] : [head, ...(payload as readonly Buffer[]).filter((part) => part.length > 0)];
 }
@@ -96,14 +100,18 @@ export class FrameDecoder {
   next(): Frame | undefined {
     if (this.failure) throw this.failure;
     if (this.bufferedBytes < framePreambleBytes) return undefined;
-    const preamble = this.peek(framePreambleBytes);
-    const restBytes = preamble.readUInt32BE(0);
-    const headerBytes = preamble.readUInt32BE(frameLengthFieldBytes);
+    const first = this.chunks[0]!;
+    // The preamble is read in place when it lies in the first chunk (nearly always): no view to allocate.
+    const inFirst = first.length - this.headOffset >= framePreambleBytes;
+    const preamble = inFirst ? first : this.peek(framePreambleBytes);
+    const at = inFirst ? this.headOffset : 0;
+    const restBytes = preamble.readUInt32BE(at);
+    const headerBytes = preamble.readUInt32BE(at + frameLengthFieldBytes);
     this.validateLengths(restBytes, headerBytes);
     const frameBytes = frameLengthFieldBytes + restBytes;
     if (this.bufferedBytes < frameBytes) return undefined;
     const frame = this.take(frameBytes);
-    const header = this.decodeHeader(frame.subarray(framePreambleBytes, framePreambleBytes + headerBytes));
+    const header = this.decodeHeader(frame, framePreambleBytes, headerBytes);
     const payloadStart = framePreambleBytes + headerBytes;
     const payload = payloadStart === frame.length ? emptyPayload : frame.subarray(payloadStart);
     return { header, payload };
@@ -129,10 +137,15 @@ export class FrameDecoder {
     }
   }
 
-  private decodeHeader(bytes: Buffer): Record<string, unknown> {
+  private decodeHeader(frame: Buffer, at: number, length: number): Record<string, unknown> {
+    if (frame[at] === compactHeaderMarker) {
+      const compact = readCompactHeader(frame, at, length);
+      if (typeof compact === 'string') this.fail(compact);
+      return compact;
+    }
     let header: unknown;
     try {
-      header = unpackr.unpack(bytes);
+      header = unpackr.unpack(frame.subarray(at, at + length));
     } catch (err) {
       this.fail(`frame header is not valid msgpack: ${(err as Error).message}`);
     }

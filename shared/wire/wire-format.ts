@@ -2,12 +2,14 @@
  * Constants and message shapes of the edge <-> router wire protocol. The format is specified in
  * docs/wire-protocol.md; change both together, and bump `wireVersion` on any incompatible change.
  *
- * A frame is:  u32 BE restLengthBytes | u32 BE headerLengthBytes | msgpack header | payload
- * where restLengthBytes counts everything after the first u32 (the header length field, header, payload).
+ * A frame is:  u32 BE restLengthBytes | u32 BE headerLengthBytes | header | payload
+ * where restLengthBytes counts everything after the first u32 (the header length field, header, payload),
+ * and the header is a msgpack map or, for the block ops and their plain replies, a compact header.
  */
 
 export const wireMagic = 'KEEL';
-export const wireVersion = 1;
+/** 2: compact headers (a version 1 peer could not read them). */
+export const wireVersion = 2;
 
 /** Bytes of the leading u32 that counts the rest of the frame. */
 export const frameLengthFieldBytes = 4;
@@ -15,6 +17,22 @@ export const frameLengthFieldBytes = 4;
 export const headerLengthFieldBytes = 4;
 /** Fixed bytes in front of the header: both length fields. */
 export const framePreambleBytes = frameLengthFieldBytes + headerLengthFieldBytes;
+
+/**
+ * Compact headers (docs/wire-protocol.md "Compact headers", codec in compact-header.ts). Byte 0 is the
+ * marker, 0xc1, which msgpack never uses, so no msgpack header starts with it; byte 1 the kind.
+ *   request (24 bytes): marker | kind | flags | 0 | id u32 | handle u32 | offset u64 | length u32
+ *   ok reply (8 bytes): marker | 0x80 | 0 | 0 | id u32
+ * All big-endian. Kinds 1.. are compactRequestKinds in order; flags bit 0 is fua; a field an op does not
+ * have is 0 (a write's length is its payload's).
+ */
+export const compactHeaderMarker = 0xc1;
+export const compactKindOkReply = 0x80;
+export const compactFlagFua = 0x01;
+export const compactRequestBytes = 24;
+export const compactOkReplyBytes = 8;
+export const compactRequestKinds = ['read', 'write', 'flush', 'trim', 'zero'] as const;
+export type CompactRequestOp = (typeof compactRequestKinds)[number];
 
 /** Request id of the handshake; ordinary requests use 1..2^32-1. */
 export const helloRequestId = 0;

@@ -158,3 +158,75 @@ describe('frame codec', () => {
     );
   });
 });
+
+describe('compact headers', () => {
+  const blockHeaders = [
+    { op: 'read', id: 7, handle: 1, offset: 2 ** 53 - 4096, length: 4096 },
+    { op: 'write', id: 0xffff_ffff, handle: 2, offset: 12288, fua: true },
+    { op: 'flush', id: 9, handle: 3 },
+    { op: 'trim', id: 10, handle: 4, offset: 2 ** 40, length: 1 << 20, fua: false },
+    { op: 'zero', id: 11, handle: 5, offset: 0, length: 4096, fua: true },
+    { id: 12, ok: true },
+  ];
+
+  function headerBytesOf(header: object): Buffer {
+    const [head] = encodeFrame(header);
+    return head!.subarray(8);
+  }
+
+  it('round-trips the block ops and plain ok replies in a fixed layout that starts with 0xc1', () => {
+    for (const header of blockHeaders) {
+      const bytes = headerBytesOf(header);
+      expect(bytes[0], JSON.stringify(header)).toBe(0xc1);
+      expect(bytes.length).toBe('op' in header ? 24 : 8);
+      const decoder = new FrameDecoder();
+      decoder.push(frameBytes(header, Buffer.from([1, 2, 3])));
+      const [frame] = drain(decoder);
+      expect(frame!.header).toEqual(header);
+      expect([...frame!.payload]).toEqual([1, 2, 3]);
+    }
+  });
+
+  it('sends msgpack for headers the layout cannot hold', () => {
+    const others = [
+      { op: 'write', id: 1, handle: 1, offset: 0, fua: false, extra: 1 }, // an unknown field
+      { op: 'read', id: 1, handle: 1, offset: 0, length: 2 ** 32 }, // length beyond u32
+      { op: 'read', id: 1, handle: 1, offset: -4096, length: 4096 },
+      { op: 'read', id: 1, handle: 1, offset: 0.5, length: 4096 },
+      { op: 'write', id: 1, handle: 1, offset: 0 }, // no fua
+      { op: 'open', id: 1, volume: 'v' },
+      { id: 1, ok: true, handle: 3 }, // a reply with result fields
+      { id: 1, err: { code: 'IO', message: 'x' } },
+    ];
+    for (const header of others) {
+      expect(headerBytesOf(header)[0], JSON.stringify(header)).not.toBe(0xc1);
+      const decoder = new FrameDecoder();
+      decoder.push(frameBytes(header));
+      expect(drain(decoder)[0]!.header).toEqual(header);
+    }
+  });
+
+  it('rejects compact headers of a wrong size, an unknown kind, reserved bits or an offset beyond 2^53', () => {
+    const read = headerBytesOf(blockHeaders[0]!);
+    const mutate = (edit: (bytes: Buffer) => void, from = read): Buffer => {
+      const bytes = Buffer.from(from);
+      edit(bytes);
+      return bytes;
+    };
+    const bad = [
+      read.subarray(0, 23),
+      Buffer.concat([read, Buffer.alloc(1)]),
+      headerBytesOf({ id: 1, ok: true }).subarray(0, 7),
+      mutate((b) => (b[1] = 0)),
+      mutate((b) => (b[1] = 6)),
+      mutate((b) => (b[2] = 0x02)),
+      mutate((b) => (b[3] = 1)),
+      mutate((b) => b.writeUInt32BE(2 ** 21, 12)),
+    ];
+    for (const header of bad) {
+      const decoder = new FrameDecoder();
+      decoder.push(Buffer.concat([preamble(4 + header.length, header.length), header]));
+      expectProtocolError(() => decoder.next());
+    }
+  });
+});

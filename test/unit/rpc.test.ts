@@ -94,7 +94,7 @@ describe('handshake', () => {
     expect(raw.frames).toHaveLength(1);
     const err = raw.frames[0]!.header.err as { code: string; message: string };
     expect(err.code).toBe('VERSION_MISMATCH');
-    expect(err.message).toMatch(/version 99.*we speak 1/);
+    expect(err.message).toMatch(new RegExp(`version 99.*we speak ${wireVersion}`));
     expect(records.some((r) => r.code === 'VERSION_MISMATCH' && r.level === 40)).toBe(true);
     await delay(20);
     expect(server.connectionCount).toBe(0);
@@ -115,11 +115,11 @@ describe('handshake', () => {
 
   it('makes the client fail clearly when the router speaks another version', async () => {
     const fakeRouter = await transport.listen('127.0.0.1:0', (connection: TransportConnection) => {
-      connection.onData(() => connection.write(encodeFrame({ id: 0, ok: true, version: 2, routerId: 'future' })));
+      connection.onData(() => connection.write(encodeFrame({ id: 0, ok: true, version: wireVersion + 1, routerId: 'future' })));
     });
     cleanups.push(() => fakeRouter.close());
     const attempt = RpcClient.connect(fakeRouter.address, { transport, logger });
-    await expect(attempt).rejects.toMatchObject({ code: 'VERSION_MISMATCH', details: { ours: 1, theirs: 2 } });
+    await expect(attempt).rejects.toMatchObject({ code: 'VERSION_MISMATCH', details: { ours: wireVersion, theirs: wireVersion + 1 } });
   });
 
   it('surfaces the router refusal to RpcClient.connect', async () => {
