@@ -84,10 +84,7 @@ export function readCompactHeader(frame: Buffer, at: number, length: number): Re
 }
 
 function isOkReply(fields: Record<string, unknown>): boolean {
-  if (fields.ok !== true || !isU32(fields.id)) return false;
-  let keys = 0;
-  for (const _ in fields) keys += 1;
-  return keys === 2;
+  return fields.ok === true && isU32(fields.id) && keyCount(fields) === 2;
 }
 
 /** Exactly the fields of the op's msgpack form, each in the range the layout holds. */
@@ -100,9 +97,14 @@ function isCompactRequest(fields: Record<string, unknown>): boolean {
   if (hasOffset && !(Number.isSafeInteger(fields.offset) && (fields.offset as number) >= 0)) return false;
   if (hasLength && !isU32(fields.length)) return false;
   if (hasFua && typeof fields.fua !== 'boolean') return false;
+  return keyCount(fields) === 3 + Number(hasOffset) + Number(hasLength) + Number(hasFua);
+}
+
+/** Counted without Object.keys: no array per header. */
+function keyCount(fields: Record<string, unknown>): number {
   let keys = 0;
   for (const _ in fields) keys += 1;
-  return keys === 3 + Number(hasOffset) + Number(hasLength) + Number(hasFua);
+  return keys;
 }
 
 function isU32(value: unknown): value is number {
