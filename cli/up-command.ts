@@ -23,6 +23,7 @@ import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/p
 import { SupervisedChild } from './child-process-supervisor.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { KeelError } from '../shared/errors.ts';
+import { NBD_INIT_MAGIC_HI, NBD_INIT_MAGIC_LO } from '../edge/nbd-protocol.ts';
 
 interface UpOptions {
   data?: string;
@@ -42,6 +43,8 @@ interface UpOptions {
 }
 
 const readyTimeoutMs = 30_000;
+/** An NBD server greets at once; a listener silent this long is some other program. */
+const greetingTimeoutMs = 2_000;
 
 export function addUpCommand(program: Command): void {
   program
@@ -85,11 +88,16 @@ async function runUp(options: UpOptions): Promise<void> {
   const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, ...redisArgs, '--host', options.host, '--port', String(port)], logger);
   const stopAll = installStopHandlers(logger, [edge, ...routers], () => markRoutersDraining(coordination, logger));
 
-  for (const router of routers) router.start();
-  await waitForRouters(coordination, routers);
-  await ensureVolume(coordination, volumeName, volumeSizeBytes, scoSizeBytes);
-  edge.start();
-  await waitForPort(options.host, port);
+  try {
+    for (const router of routers) router.start();
+    await waitForRouters(coordination, routers);
+    await ensureVolume(coordination, volumeName, volumeSizeBytes, scoSizeBytes);
+    edge.start();
+    await waitForEdge(options.host, port);
+  } catch (err) {
+    await stopAll.stop('start failed'); // no orphaned routers or edge behind the error
+    throw err;
+  }
 
   const uri = `nbd://${options.host}:${port}/${volumeName}`;
   console.log('');
@@ -157,7 +165,11 @@ async function markRoutersDraining(coordination: Coordination, logger: Logger): 
   await Promise.all(routers.map((r) => coordination.setRouterState(r.id, 'draining').catch((err) => logger.warn({ err, router: r.id }, 'could not mark the router draining'))));
 }
 
-function installStopHandlers(logger: Logger, children: SupervisedChild[], beforeStop: () => Promise<void>): { done: Promise<void> } {
+function installStopHandlers(
+  logger: Logger,
+  children: SupervisedChild[],
+  beforeStop: () => Promise<void>,
+): { done: Promise<void>; stop: (reason: string) => Promise<void> } {
   let stopping = false;
   let finish!: () => void;
   const done = new Promise<void>((resolve) => (finish = resolve));
@@ -174,7 +186,7 @@ function installStopHandlers(logger: Logger, children: SupervisedChild[], before
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
-  return { done };
+  return { done, stop };
 }
 
 async function waitForRouters(coordination: Coordination, routers: SupervisedChild[]): Promise<void> {
@@ -200,20 +212,44 @@ async function ensureVolume(coordination: Coordination, name: string, sizeBytes:
   await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner, ...(dtlMode ? { dtlMode } : {}) }, Date.now());
 }
 
-async function waitForPort(host: string, port: number): Promise<void> {
+/**
+ * Waits until the port greets as an NBD server. Something else answering there (a port another program
+ * took before the edge could bind it) is an error, not a cluster that is up.
+ */
+async function waitForEdge(host: string, port: number): Promise<void> {
   const deadline = Date.now() + readyTimeoutMs;
   while (Date.now() < deadline) {
-    const open = await new Promise<boolean>((resolve) => {
-      const socket = net.connect({ host, port }, () => {
-        socket.destroy();
-        resolve(true);
-      });
-      socket.once('error', () => resolve(false));
-    });
-    if (open) return;
+    const answer = await probeNbdGreeting(host, port);
+    if (answer === 'nbd') return;
+    if (answer === 'other') {
+      throw KeelError.badConfig(`${host}:${port} is answered by a program that is not Keel's edge (no NBD greeting): choose another --port`);
+    }
     await sleep(100);
   }
   throw KeelError.timeout(`waiting for the edge on ${host}:${port}`, readyTimeoutMs);
+}
+
+/** 'nbd' when the port greets with NBDMAGIC, 'none' when nothing listens, 'other' for anything else. */
+function probeNbdGreeting(host: string, port: number): Promise<'nbd' | 'none' | 'other'> {
+  return new Promise((resolve) => {
+    let connected = false;
+    let received = Buffer.alloc(0);
+    const socket = net.connect({ host, port }, () => (connected = true));
+    const done = (answer: 'nbd' | 'none' | 'other') => {
+      socket.destroy();
+      clearTimeout(timer);
+      resolve(answer);
+    };
+    const timer = setTimeout(() => done(connected ? 'other' : 'none'), greetingTimeoutMs);
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length < 8) return;
+      const nbd = received.readUInt32BE(0) === NBD_INIT_MAGIC_HI && received.readUInt32BE(4) === NBD_INIT_MAGIC_LO;
+      done(nbd ? 'nbd' : 'other');
+    });
+    socket.once('error', () => done(connected ? 'other' : 'none'));
+    socket.once('close', () => done(connected ? 'other' : 'none'));
+  });
 }
 
 function parsePositiveInt(text: string, name: string, max: number): number {

@@ -1,5 +1,6 @@
 /** Running real programs from tests: Debian's NBD clients and Keel's own processes. */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 
@@ -31,13 +32,37 @@ export function runKeel(args: string[], timeoutMs = 30_000): Promise<RunResult> 
   return run(process.execPath, [keelBin, ...args], { timeoutMs, env: { ...process.env, KEEL_LOG_PRETTY: '0' } });
 }
 
+/**
+ * A port that is free now, chosen below the kernel's ephemeral range: a port from bind(0) can be handed to
+ * another process's bind(0) or outgoing connection before the caller's server binds it (a bench run once
+ * pointed fio at another test's router that way). Falls back to bind(0) when no such range is known.
+ */
 export async function freePort(): Promise<number> {
+  const [ephemeralLow] = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
+    .then((text) => text.trim().split(/\s+/).map(Number))
+    .catch(() => [0]);
+  const low = 10_000;
+  for (let attempt = 0; ephemeralLow! > low + 1000 && attempt < 50; attempt++) {
+    const port = low + Math.floor(Math.random() * (ephemeralLow! - low));
+    if (await canListen(port)) return port;
+  }
+  return listenAndClose(0);
+}
+
+async function canListen(port: number): Promise<boolean> {
+  return listenAndClose(port).then(
+    () => true,
+    () => false,
+  );
+}
+
+function listenAndClose(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = net.createServer();
     server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(port));
+    server.listen(port, '127.0.0.1', () => {
+      const bound = (server.address() as net.AddressInfo).port;
+      server.close(() => resolve(bound));
     });
   });
 }

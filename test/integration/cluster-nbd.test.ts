@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
-import { run } from '../helpers/processes.ts';
+import { freePort, run, runKeel } from '../helpers/processes.ts';
 
 describe('a keel up cluster served to real NBD clients', () => {
   let cluster: KeelCluster;
@@ -147,5 +147,27 @@ describe('a keel up cluster served to real NBD clients', () => {
     expect(read.stdout).not.toMatch(/Pattern verification failed/);
     const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(work, 'image.raw'), cluster.uri('img')]);
     expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+  }, 120_000);
+});
+
+describe('keel up on a port that another program answers', () => {
+  it('fails with a clear error instead of reporting a cluster that is up, and leaves no process behind', async () => {
+    const net = await import('node:net');
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'keel-port-'));
+    const port = await freePort();
+    // Silent after accepting, like a router's wire port waiting for a hello.
+    const squatter = net.createServer((socket) => socket.on('error', () => undefined));
+    await new Promise<void>((resolve) => squatter.listen(port, '127.0.0.1', resolve));
+    try {
+      const up = await runKeel(['up', '--data', dataDir, '--port', String(port), '--routers', '1', '--volume-size', '64M'], 90_000);
+      expect(up.code, up.stdout + up.stderr).toBe(1);
+      expect(up.stderr).toContain(`127.0.0.1:${port} is answered by a program that is not Keel's edge`);
+      expect(up.stdout).not.toContain('Keel is up');
+      const left = await run('pgrep', ['-f', `--data ${dataDir}`]);
+      expect(left.stdout.trim(), 'router or edge processes left running').toBe('');
+    } finally {
+      squatter.close();
+      await rm(dataDir, { recursive: true, force: true });
+    }
   }, 120_000);
 });
