@@ -3,7 +3,6 @@
  * each its own OS process (so one can be killed or upgraded alone), a demo volume, and the NBD URI.
  */
 import { readFile } from 'node:fs/promises';
-import net from 'node:net';
 import {
   checkWriteBufferHoldsTlog,
   defaultDirectoryBackend,
@@ -23,7 +22,7 @@ import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/p
 import { SupervisedChild } from './child-process-supervisor.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { KeelError } from '../shared/errors.ts';
-import { NBD_INIT_MAGIC_HI, NBD_INIT_MAGIC_LO } from '../edge/nbd-protocol.ts';
+import { checkPortFree, waitForEdge } from './edge-readiness.ts';
 
 interface UpOptions {
   data?: string;
@@ -43,8 +42,6 @@ interface UpOptions {
 }
 
 const readyTimeoutMs = 30_000;
-/** An NBD server greets at once; a listener silent this long is some other program. */
-const greetingTimeoutMs = 2_000;
 
 export function addUpCommand(program: Command): void {
   program
@@ -75,6 +72,7 @@ async function runUp(options: UpOptions): Promise<void> {
   const volumeSizeBytes = checkVolumeSize(parseSize(options.volumeSize));
   const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
   const dataDir = resolveDataDir(options.data);
+  await checkPortFree(options.host, port); // before any router starts: a second `keel up` fails here, at once
   const logger = createLogger('keel-up');
   const redisUrl = resolveRedisUrl(options.redis);
   const coordination = await openCoordination(dataDir, redisUrl);
@@ -93,7 +91,7 @@ async function runUp(options: UpOptions): Promise<void> {
     await waitForRouters(coordination, routers);
     await ensureVolume(coordination, volumeName, volumeSizeBytes, scoSizeBytes);
     edge.start();
-    await waitForEdge(options.host, port);
+    await waitForEdge(options.host, port, readyTimeoutMs);
   } catch (err) {
     await stopAll.stop('start failed'); // no orphaned routers or edge behind the error
     throw err;
@@ -210,46 +208,6 @@ async function ensureVolume(coordination: Coordination, name: string, sizeBytes:
   const owner = leastLoadedRouter(routers, await coordination.listVolumes())?.id;
   const dtlMode = defaultDtlMode(routers.length, registered.length);
   await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner, ...(dtlMode ? { dtlMode } : {}) }, Date.now());
-}
-
-/**
- * Waits until the port greets as an NBD server. Something else answering there (a port another program
- * took before the edge could bind it) is an error, not a cluster that is up.
- */
-async function waitForEdge(host: string, port: number): Promise<void> {
-  const deadline = Date.now() + readyTimeoutMs;
-  while (Date.now() < deadline) {
-    const answer = await probeNbdGreeting(host, port);
-    if (answer === 'nbd') return;
-    if (answer === 'other') {
-      throw KeelError.badConfig(`${host}:${port} is answered by a program that is not Keel's edge (no NBD greeting): choose another --port`);
-    }
-    await sleep(100);
-  }
-  throw KeelError.timeout(`waiting for the edge on ${host}:${port}`, readyTimeoutMs);
-}
-
-/** 'nbd' when the port greets with NBDMAGIC, 'none' when nothing listens, 'other' for anything else. */
-function probeNbdGreeting(host: string, port: number): Promise<'nbd' | 'none' | 'other'> {
-  return new Promise((resolve) => {
-    let connected = false;
-    let received = Buffer.alloc(0);
-    const socket = net.connect({ host, port }, () => (connected = true));
-    const done = (answer: 'nbd' | 'none' | 'other') => {
-      socket.destroy();
-      clearTimeout(timer);
-      resolve(answer);
-    };
-    const timer = setTimeout(() => done(connected ? 'other' : 'none'), greetingTimeoutMs);
-    socket.on('data', (chunk: Buffer) => {
-      received = Buffer.concat([received, chunk]);
-      if (received.length < 8) return;
-      const nbd = received.readUInt32BE(0) === NBD_INIT_MAGIC_HI && received.readUInt32BE(4) === NBD_INIT_MAGIC_LO;
-      done(nbd ? 'nbd' : 'other');
-    });
-    socket.once('error', () => done(connected ? 'other' : 'none'));
-    socket.once('close', () => done(connected ? 'other' : 'none'));
-  });
 }
 
 function parsePositiveInt(text: string, name: string, max: number): number {

@@ -151,17 +151,16 @@ describe('a keel up cluster served to real NBD clients', () => {
 });
 
 describe('keel up on a port that another program answers', () => {
-  it('fails with a clear error instead of reporting a cluster that is up, and leaves no process behind', async () => {
+  it('fails at once with a clear error, before starting any router or edge', async () => {
     const net = await import('node:net');
     const dataDir = await mkdtemp(path.join(tmpdir(), 'keel-port-'));
     const port = await freePort();
-    // Silent after accepting, like a router's wire port waiting for a hello.
     const squatter = net.createServer((socket) => socket.on('error', () => undefined));
     await new Promise<void>((resolve) => squatter.listen(port, '127.0.0.1', resolve));
     try {
-      const up = await runKeel(['up', '--data', dataDir, '--port', String(port), '--routers', '1', '--volume-size', '64M'], 90_000);
+      const up = await runKeel(['up', '--data', dataDir, '--port', String(port), '--routers', '1', '--volume-size', '64M'], 30_000);
       expect(up.code, up.stdout + up.stderr).toBe(1);
-      expect(up.stderr).toContain(`127.0.0.1:${port} is answered by a program that is not Keel's edge`);
+      expect(up.stderr).toContain(`127.0.0.1:${port} is in use`);
       expect(up.stdout).not.toContain('Keel is up');
       const left = await run('pgrep', ['-f', `--data ${dataDir}`]);
       expect(left.stdout.trim(), 'router or edge processes left running').toBe('');
