@@ -34,8 +34,9 @@ export function runKeel(args: string[], timeoutMs = 30_000): Promise<RunResult> 
 
 /**
  * A port that is free now, chosen below the kernel's ephemeral range: a port from bind(0) can be handed to
- * another process's bind(0) or outgoing connection before the caller's server binds it (a bench run once
- * pointed fio at another test's router that way). Falls back to bind(0) when no such range is known.
+ * another process's bind(0) or outgoing connection before the caller's server binds it (in one CI run the
+ * edge lost its port that way and fio reached another listener). Falls back to bind(0) when no such range
+ * is known.
  */
 export async function freePort(): Promise<number> {
   const [ephemeralLow] = await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8')
