@@ -171,10 +171,10 @@ function installStopHandlers(
   let stopping = false;
   let finish!: () => void;
   const done = new Promise<void>((resolve) => (finish = resolve));
-  const stop = async (signal: string) => {
+  const stop = async (reason: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'stopping the cluster');
+    logger.info({ reason }, 'stopping the cluster');
     for (const child of children) child.holdRestarts();
     await beforeStop();
     // Edge first, so that clients see a clean disconnect rather than errors from vanished routers.
