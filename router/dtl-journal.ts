@@ -209,11 +209,15 @@ export class DtlJournal implements WriteJournal {
         const peer = this.peer;
         for (const entry of batch.entries) entry.sending = true;
         try {
-          await peer.client.request(
+          const appended = peer.client.request(
             { op: 'dtl-append', volumeId: this.host.volumeId, epoch: this.host.ownerEpoch, streamId: this.streamId },
             batch.payload,
             limits.dtlRequestTimeoutMs,
           );
+          // The batch is this turn's records already: out now, so the peer stores them while this router
+          // appends them locally, instead of after (the flush would otherwise wait for the next turn).
+          peer.client.flush();
+          await appended;
           this.counters.batches += 1;
           this.peerFull = false;
           for (const entry of batch.entries) this.ack(entry);

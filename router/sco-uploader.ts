@@ -177,6 +177,11 @@ export class ScoUploader {
     this.account.close();
   }
 
+  /** The last TLog on the backend (every one before it is there too). */
+  get lastUploadedTlog(): number {
+    return this.tlogsUploadedThrough;
+  }
+
   stats(): UploaderStats {
     return {
       ...this.counters,

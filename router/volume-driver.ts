@@ -169,7 +169,7 @@ export class VolumeDriver implements OpenBlockTarget {
     return this.tlog.tlogSeq;
   }
   get tlogsUploadedThrough(): number | undefined {
-    return this.remote?.uploader.stats().tlogsUploadedThrough;
+    return this.remote?.uploader.lastUploadedTlog; // read after every DTL ack: no stats object for it
   }
 
   private static scoDir(dir: string): string {

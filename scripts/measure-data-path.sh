@@ -13,6 +13,7 @@
 #   PROF=DIR        V8 CPU profiles of every router and the edge into DIR (KEEL_CHILD_NODE_ARGS)
 #   BS=4k QD=32     fio block size and queue depth
 #   STATUS=1        after each job, print the volume's counters from its owner's GET /status
+#   PCT=1           also print p99, p99.9 and the largest latency
 #   PORT=11809
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +48,7 @@ for rw in "${@:-randwrite randread}"; do
       --norandommap --randrepeat=0 --output-format=json --output="$D/$rwi.json" > /dev/null
     t1=$(date +%s.%N)
     read -r iops rest < <(node -e "const j=require('$D/$rwi.json').jobs[0]; const d=j['${rwi#rand}'];
-      console.log(Math.round(d.iops), Math.round(d.clat_ns.percentile['50.000000']/1000)+' us p50, fio CPU '+(j.usr_cpu+j.sys_cpu).toFixed(0)+'%')")
+      console.log(Math.round(d.iops), Math.round(d.clat_ns.percentile['50.000000']/1000)+' us p50 '+(process.env.PCT?Math.round(d.clat_ns.percentile['99.000000']/1000)+' us p99 '+Math.round(d.clat_ns.percentile['99.900000']/1000)+' us p99.9 '+Math.round(d.clat_ns.max/1000)+' us max':'')+', fio CPU '+(j.usr_cpu+j.sys_cpu).toFixed(0)+'%')")
     line="$rwi: $iops IOPS, $rest |"
     for p in $(pgrep -P $UP); do
       ticks=$(( $(cpu_ticks "$p") - ${before[$p]} ))

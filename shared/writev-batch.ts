@@ -35,7 +35,8 @@ export class WritevBatch {
     if (++this.frames >= this.framesMax) this.flush();
   }
 
-  private flush(): void {
+  /** Sends the frames batched so far now. */
+  flush(): void {
     this.frames = 0;
     if (!this.corked) return;
     this.corked = false;

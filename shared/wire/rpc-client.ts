@@ -137,6 +137,11 @@ export class RpcClient {
     });
   }
 
+  /** Sends the requests made so far in this turn now, instead of at the end of the turn. */
+  flush(): void {
+    this.connection.flush();
+  }
+
   /** Closes the connection; pending requests fail with CONNECTION_CLOSED. */
   close(): void {
     this.shutDown(KeelError.connectionClosed(this.address));

@@ -64,6 +64,10 @@ class TcpConnection implements TransportConnection {
     return this.socket.writableLength < this.sendQueueBytesMax;
   }
 
+  flush(): void {
+    this.batch.flush();
+  }
+
   onData(listener: (chunk: Buffer) => void): void {
     this.socket.on('data', listener);
   }

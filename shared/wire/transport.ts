@@ -15,6 +15,11 @@ export interface TransportConnection {
    * their memory may be reused.
    */
   write(buffers: readonly Buffer[], onWritten?: () => void): boolean;
+  /**
+   * Sends what earlier writes of this turn hold back for batching now. For a caller that already
+   * batches its own frames, where waiting for the end of the turn only adds latency.
+   */
+  flush(): void;
   /** Received bytes, in order. Chunks may split or join frames arbitrarily. */
   onData(listener: (chunk: Buffer) => void): void;
   /** The send queue went back below its bound after write() returned false. */

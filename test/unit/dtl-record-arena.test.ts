@@ -17,7 +17,7 @@ describe('DtlRecordArena', () => {
     const arena = new DtlRecordArena(1024);
     const a = arena.take(200);
     const b = arena.take(200); // 400 used
-    const big = arena.take(600); // > slab / 4: separate
+    const big = arena.take(600); // > slab / 2: separate
     const c = arena.take(200);
     const d = arena.take(200);
     const e = arena.take(200); // 1000 used
@@ -26,6 +26,15 @@ describe('DtlRecordArena', () => {
     expect(f.buffer).not.toBe(a.buffer);
     expect(coalesceAdjacent([a, b, c, d, e, f]).map((v) => v.length)).toEqual([1000, 200]);
     expect(coalesceAdjacent([a, c])).toHaveLength(2); // not adjacent: kept apart
+  });
+
+  it('carves records of up to half a slab out of slabs (a 1 MiB write in a 4 MiB slab)', () => {
+    const arena = new DtlRecordArena(1024);
+    const half = arena.take(512);
+    const next = arena.take(500);
+    expect(next.buffer).toBe(half.buffer);
+    expect(coalesceAdjacent([half, next])).toHaveLength(1);
+    expect(arena.take(513).buffer).not.toBe(half.buffer);
   });
 
   it('reuses a slab once every record in it was released, never while one is live', () => {

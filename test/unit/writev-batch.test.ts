@@ -76,4 +76,14 @@ describe('WritevBatch', () => {
     await endOfTurn();
     expect(pair.sends).toEqual([4, 2, 1]);
   });
+
+  it('flush sends the frames held so far at once, and the end of the turn then has nothing to send', async () => {
+    pair = await socketPair();
+    const batch = new WritevBatch(pair.client, 8);
+    writeFrames(batch, pair.client, 0, 3);
+    batch.flush();
+    expect(pair.sends).toEqual([3]);
+    await endOfTurn();
+    expect(pair.sends).toEqual([3]);
+  });
 });
