@@ -191,6 +191,29 @@ describe('VolumeDriver', () => {
     expectBytes(await driver.read(0, 4096), pattern(4096, 1));
   });
 
+  it('rolls to the next SCO without waiting for the directory fsync; a flush waits for it', async () => {
+    const disk = new FaultyDisk();
+    driver = await VolumeDriver.open(options({ disk }));
+    const scoDirSyncMs = 1500;
+    disk.inject({ operation: 'syncDir', pathIncludes: 'scos', delayMs: scoDirSyncMs, times: 1 });
+    const rolledAt = performance.now();
+    await driver.write(0, pattern(4 * MiB, 1), false); // fills SCO 1: the roll creates SCO 2
+    await driver.write(4 * MiB, pattern(4096, 2), false); // into SCO 2
+    expect(performance.now() - rolledAt).toBeLessThan(scoDirSyncMs - 500);
+    await driver.flush();
+    expect(performance.now() - rolledAt).toBeGreaterThanOrEqual(scoDirSyncMs - 50);
+    expectBytes(await driver.read(4 * MiB - 4096, 8192), Buffer.concat([pattern(4 * MiB, 1).subarray(4 * MiB - 4096), pattern(4096, 2)]));
+  });
+
+  it('fails the next flush, and the volume, when the directory fsync of a new SCO fails', async () => {
+    const disk = new FaultyDisk();
+    driver = await VolumeDriver.open(options({ disk }));
+    disk.inject({ operation: 'syncDir', pathIncludes: 'scos', times: 1 });
+    await driver.write(0, pattern(4 * MiB, 1), false);
+    await expect(driver.flush()).rejects.toMatchObject({ code: 'IO' });
+    await expect(driver.write(4 * MiB, pattern(4096, 2), false)).rejects.toMatchObject({ code: 'IO' });
+  });
+
   it('batches concurrent writes (group commit) and bounds the queue', async () => {
     const disk = new FaultyDisk();
     driver = await VolumeDriver.open(options({ disk }));
