@@ -5,6 +5,10 @@
  * convoy: at queue depth 32, a router that answers all 32 requests before its first reply leaves keeps
  * the edge (and the client behind it) idle for the whole batch, while a reply sent every few requests
  * lets the next process start on them as this one goes on.
+ *
+ * Frames begun inside a setImmediate callback leave only at the end of the next turn (Node runs the
+ * immediates queued during its check phase one turn later). A caller that batches its frames itself and
+ * sends from there, like the DTL pump, calls flush() instead of waiting.
  */
 import type { Socket } from 'node:net';
 
