@@ -61,6 +61,38 @@ export function dtlRecordBytes(op: DtlOp, length: number): number {
 }
 
 /**
+ * The records a segment file holds: those that follow one another from `firstSeq` (its file name). The
+ * walk ends at the first record that is incomplete, invalid or out of sequence, and `validBytes` says
+ * where. A reused segment file (see DtlStore) still holds older records of the same stream past the
+ * live ones: their seqs are all below `firstSeq`, so they never pass for live records.
+ */
+export function decodeDtlSegment(buffer: Buffer, firstSeq: number): { records: DtlRecord[]; validBytes: number } {
+  const records: DtlRecord[] = [];
+  let at = 0;
+  for (let expected = firstSeq; at + dtlHeaderBytes <= buffer.length; expected++) {
+    const record = decodeOne(buffer, at);
+    if (record === undefined || record.seq !== expected) break;
+    records.push(record);
+    at += dtlRecordBytes(record.op, record.length);
+  }
+  return { records, validBytes: at };
+}
+
+/** The record at `at`, or undefined when it is incomplete or any field or the checksum is bad. */
+function decodeOne(buffer: Buffer, at: number): DtlRecord | undefined {
+  if (buffer.readUInt32BE(at) !== dtlRecordMagic) return undefined;
+  const seq = readU64(buffer, at + 8);
+  const offset = readU64(buffer, at + 16);
+  const length = readU64(buffer, at + 24);
+  const code = buffer[at + 32];
+  const op: DtlOp | undefined = code === 1 ? 'write' : code === 2 ? 'trim' : undefined;
+  if (op === undefined || !Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(offset + length)) return undefined;
+  const end = at + dtlRecordBytes(op, length);
+  if (end > buffer.length || crc32c(buffer.subarray(at + 8, end)) !== buffer.readUInt32BE(at + 4)) return undefined;
+  return { seq, op, offset, length, data: op === 'write' ? buffer.subarray(at + dtlHeaderBytes, end) : undefined };
+}
+
+/**
  * Decodes the whole records in `buffer` from `start`. A record that is torn at the end stops the walk
  * (`tornAt` tells where; a file's torn tail is cut there); a bad magic, op, length or checksum is CORRUPT.
  */

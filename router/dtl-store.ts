@@ -2,8 +2,12 @@
  * The peer side of the DTL (docs/dtl.md): the streams other routers' volumes send their acknowledged
  * writes to. A stream is (volume id, owner epoch, stream id); its records (router/dtl-format.ts) are
  * appended, as received, to segment files under ROUTER/dtl/<volumeId>/<epoch>-<streamId>/<firstSeq>.seg.
- * Trimming deletes whole segments; the live bytes of a stream are bounded by limits.dtlBytesMax (an
+ * Trimming retires whole segments; the live bytes of a stream are bounded by limits.dtlBytesMax (an
  * append beyond it is refused with BUSY: the owner then waits for trims, it never drops a record).
+ * A retired segment becomes a spare (`<n>.spare`, up to limits.dtlSpareSegmentsMax per stream) that a
+ * later segment is renamed from and written over: its pages are in the page cache already, which makes
+ * the write cheaper than into a new file. Its older records stay past the live ones; readers stop at the
+ * first record out of sequence (decodeDtlSegment).
  *
  * Files are written without fsync: the DTL protects against the crash of the *owner's* process, and the
  * peer's page cache survives that. A restarted peer loads its segments again (torn tails cut).
@@ -18,7 +22,7 @@ import { NodeDisk, type Disk, type DiskFile } from '../shared/disk.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
-import { decodeDtlRecords, dtlHeaderBytes } from './dtl-format.ts';
+import { decodeDtlRecords, decodeDtlSegment, dtlHeaderBytes } from './dtl-format.ts';
 
 interface Segment {
   filePath: string;
@@ -38,6 +42,9 @@ interface Stream {
   lastSeq: number;
   trimmedThrough: number;
   liveBytes: number;
+  /** Retired segment files, to be written over by the next segments. */
+  spares: string[];
+  nextSpareId: number;
   sealed: boolean;
   /** Appends, trims and drops of one stream run one after another, in arrival order. */
   chain: Promise<unknown>;
@@ -55,7 +62,7 @@ const epochDigits = 10;
 
 export class DtlStore {
   private readonly streams = new Map<string, Stream>();
-  private readonly counters = { appendedRecords: 0, appendedBytes: 0, refusedFull: 0, refusedFenced: 0, fetches: 0 };
+  private readonly counters = { appendedRecords: 0, appendedBytes: 0, refusedFull: 0, refusedFenced: 0, fetches: 0, segmentsReused: 0, segmentsCreated: 0 };
 
   private constructor(
     private readonly dir: string,
@@ -138,7 +145,7 @@ export class DtlStore {
         }
         stream.segments.shift();
         stream.liveBytes -= segment.bytes;
-        await rm(segment.filePath, { force: true });
+        await this.retire(stream, segment.filePath);
       }
     });
   }
@@ -166,7 +173,8 @@ export class DtlStore {
     let lastSeq = afterSeq;
     for (const segment of stream.segments) {
       if (segment.lastSeq <= afterSeq) continue;
-      const data = await readFile(segment.filePath);
+      // A reused file holds older records past segment.bytes.
+      const data = (await readFile(segment.filePath)).subarray(0, segment.bytes);
       const { records } = decodeDtlRecords(data);
       let at = 0;
       for (const record of records) {
@@ -252,11 +260,28 @@ export class DtlStore {
     let segment = stream.segments[stream.segments.length - 1];
     if (segment !== undefined && stream.handle !== undefined && segment.bytes < limits.dtlSegmentBytes) return segment;
     await stream.handle?.close();
+    stream.handle = undefined;
     const filePath = path.join(stream.dir, `${String(firstSeq).padStart(seqDigits, '0')}.seg`);
-    stream.handle = await this.disk.open(filePath, 'createNew');
+    const spare = stream.spares.pop();
+    if (spare === undefined) {
+      stream.handle = await this.disk.open(filePath, 'createNew');
+      this.counters.segmentsCreated += 1;
+    } else {
+      await this.disk.rename(spare, filePath);
+      stream.handle = await this.disk.open(filePath, 'readWrite');
+      this.counters.segmentsReused += 1;
+    }
     segment = { filePath, firstSeq, lastSeq: 0, bytes: 0 };
     stream.segments.push(segment);
     return segment;
+  }
+
+  /** A trimmed segment's file: kept as a spare while there is room, else deleted. */
+  private async retire(stream: Stream, filePath: string): Promise<void> {
+    if (stream.spares.length >= limits.dtlSpareSegmentsMax) return rm(filePath, { force: true });
+    const sparePath = path.join(stream.dir, `${stream.nextSpareId++}${spareSuffix}`);
+    await this.disk.rename(filePath, sparePath);
+    stream.spares.push(sparePath);
   }
 
   private async remove(stream: Stream): Promise<void> {
@@ -267,6 +292,34 @@ export class DtlStore {
     this.logger.debug({ volumeId: stream.volumeId, epoch: stream.epoch, streamId: stream.streamId }, 'DTL stream dropped');
   }
 
+  /**
+   * A stream's segments in seq order, each cut after its last record in sequence (a torn tail, or the older
+   * records of a reused file). Records must run on from one segment to the next: past a gap nothing is
+   * loaded, because a replay must not skip a write.
+   */
+  private async loadSegments(stream: Stream): Promise<void> {
+    const files = await readdir(stream.dir);
+    for (const file of files.filter((f) => f.endsWith(spareSuffix))) {
+      stream.spares.push(path.join(stream.dir, file));
+      stream.nextSpareId = Math.max(stream.nextSpareId, Number.parseInt(file, 10) + 1 || 0);
+    }
+    for (const file of files.filter((f) => f.endsWith('.seg')).sort()) {
+      const filePath = path.join(stream.dir, file);
+      const firstSeq = Number.parseInt(file, 10);
+      if (stream.segments.length > 0 && firstSeq !== stream.lastSeq + 1) {
+        this.logger.error({ dir: stream.dir, file, lastSeq: stream.lastSeq }, 'DTL stream has a gap: later segments ignored');
+        return;
+      }
+      const data = await readFile(filePath);
+      const { records, validBytes } = decodeDtlSegment(data, firstSeq);
+      if (validBytes < data.length) await truncate(filePath, validBytes);
+      if (records.length === 0) continue;
+      stream.segments.push({ filePath, firstSeq, lastSeq: records[records.length - 1]!.seq, bytes: validBytes });
+      stream.lastSeq = records[records.length - 1]!.seq;
+      stream.liveBytes += validBytes;
+    }
+  }
+
   /** Streams of a previous run: every segment decoded, a torn tail cut; records stay for a takeover's fetch. */
   private async load(): Promise<void> {
     for (const volumeId of await readdir(this.dir).catch(() => [] as string[])) {
@@ -275,17 +328,7 @@ export class DtlStore {
         if (match === null) continue;
         const stream = newStream(volumeId, Number(match[1]), match[2]!, path.join(this.dir, volumeId, name));
         try {
-          for (const file of (await readdir(stream.dir)).filter((f) => f.endsWith('.seg')).sort()) {
-            const filePath = path.join(stream.dir, file);
-            const data = await readFile(filePath);
-            const { records, tornAt } = decodeDtlRecords(data);
-            if (tornAt !== undefined) await truncate(filePath, tornAt);
-            if (records.length === 0) continue;
-            const bytes = tornAt ?? data.length;
-            stream.segments.push({ filePath, firstSeq: records[0]!.seq, lastSeq: records[records.length - 1]!.seq, bytes });
-            stream.lastSeq = records[records.length - 1]!.seq;
-            stream.liveBytes += bytes;
-          }
+          await this.loadSegments(stream);
         } catch (err) {
           this.logger.error({ err, dir: stream.dir }, 'DTL stream unreadable: ignored');
           continue;
@@ -298,11 +341,27 @@ export class DtlStore {
   }
 }
 
+const spareSuffix = '.spare';
+
 function streamKey(volumeId: string, epoch: number, streamId: string): string {
   return `${volumeId}/${epoch}/${streamId}`;
 }
 
 /** An empty stream: opened fresh, or about to be filled from its segment files by load(). */
 function newStream(volumeId: string, epoch: number, streamId: string, dir: string): Stream {
-  return { volumeId, epoch, streamId, dir, segments: [], handle: undefined, lastSeq: 0, trimmedThrough: 0, liveBytes: 0, sealed: false, chain: Promise.resolve() };
+  return {
+    volumeId,
+    epoch,
+    streamId,
+    dir,
+    segments: [],
+    handle: undefined,
+    lastSeq: 0,
+    trimmedThrough: 0,
+    liveBytes: 0,
+    spares: [],
+    nextSpareId: 0,
+    sealed: false,
+    chain: Promise.resolve(),
+  };
 }

@@ -12,7 +12,7 @@
 #   UPARGS="--write-buffer 384M"   extra `keel up` options
 #   PROF=DIR        V8 CPU profiles of every router and the edge into DIR (KEEL_CHILD_NODE_ARGS)
 #   BS=4k QD=32     fio block size and queue depth
-#   STATUS=1        after each job, print the volume's counters from its owner's GET /status
+#   STATUS=1        after each job, print the volume's counters from its owner's GET /status, and its DTL peer's
 #   PCT=1           also print p99, p99.9 and the largest latency
 #   PORT=11809
 set -euo pipefail
@@ -58,7 +58,8 @@ for rw in "${@:-randwrite randread}"; do
     if [ "${STATUS:-0}" = 1 ]; then
       for a in $(grep -o '"mgmtAddress":"[^"]*"' "$D/up.log" | cut -d'"' -f4); do
         curl -s "http://$a/status" | node -e "const j=JSON.parse(require('fs').readFileSync(0,'utf8'));
-          for (const v of j.volumes ?? []) if (v.name === '$VOL') console.log('  ' + JSON.stringify(v.stats)); const jn = j.ha?.journals?.['$VOL']; if (jn) console.log('  dtl ' + JSON.stringify(jn))"
+          for (const v of j.volumes ?? []) if (v.name === '$VOL') console.log('  ' + JSON.stringify(v.stats)); const jn = j.ha?.journals?.['$VOL']; if (jn) console.log('  dtl ' + JSON.stringify(jn));
+          if (j.dtl?.streams) console.log('  dtl peer ' + JSON.stringify(j.dtl))"
       done
     fi
   done

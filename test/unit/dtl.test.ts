@@ -2,7 +2,7 @@
  * The DTL's pieces on their own: the record codec, the peer's segment store (bounds, trimming, sealing,
  * reload after a crash), and restore's choice of TLogs when a fenced owner uploaded late.
  */
-import { mkdtemp, readdir, rm, writeFile, appendFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import { limits } from '../../shared/limits.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { chooseTlogChain } from '../../router/backend-volume-objects.ts';
 import { parseVolumeObjectName, volumeObjectName } from '../../router/backend-object-names.ts';
-import { decodeDtlRecords, dtlHeaderBytes, writeDtlHeader } from '../../router/dtl-format.ts';
+import { decodeDtlRecords, decodeDtlSegment, dtlHeaderBytes, writeDtlHeader } from '../../router/dtl-format.ts';
 import { DtlStore } from '../../router/dtl-store.ts';
 
 function record(seq: number, offset: number, data?: Buffer, trimLength = 0): Buffer {
@@ -42,6 +42,18 @@ describe('DTL records', () => {
     badMagic[0] = 0;
     expect(() => decodeDtlRecords(badMagic)).toThrow(/bad magic/);
   });
+
+  it('read a segment up to the first record that is out of sequence, torn or not a record', () => {
+    const live = Buffer.concat([record(5, 0, Buffer.alloc(4096, 5)), record(6, 0)]);
+    const stale = record(2, 0, Buffer.alloc(4096, 2)); // an older record of the stream: valid, but seq 2
+    const segment = (tail: Buffer) => decodeDtlSegment(Buffer.concat([live, tail]), 5);
+    for (const tail of [stale, stale.subarray(100), stale.subarray(0, 100), Buffer.alloc(0)]) {
+      const { records, validBytes } = segment(tail);
+      expect(records.map((r) => r.seq)).toEqual([5, 6]);
+      expect(validBytes).toBe(live.length);
+    }
+    expect(decodeDtlSegment(live, 4).records).toEqual([]); // not the seq the file name gives
+  });
 });
 
 describe('DTL store (the peer side)', () => {
@@ -63,9 +75,10 @@ describe('DTL store (the peer side)', () => {
     expect(await store.append('vol-a', 3, 's1', Buffer.concat([record(2, 0, big), record(3, 4096, Buffer.alloc(4096, 3))]))).toEqual({ lastSeq: 3 });
     await expectCode(store.append('vol-a', 3, 's1', record(5, 0, Buffer.alloc(4096))), 'PROTOCOL');
     const streamDir = path.join(dir, 'vol-a', (await readdir(path.join(dir, 'vol-a')))[0]!);
-    expect((await readdir(streamDir)).length).toBe(2); // rolled at dtlSegmentBytes
+    const segments = async () => (await readdir(streamDir)).filter((f) => f.endsWith('.seg')).length;
+    expect(await segments()).toBe(2); // rolled at dtlSegmentBytes
     await store.trim('vol-a', 3, 's1', 2);
-    expect((await readdir(streamDir)).length).toBe(1);
+    expect(await segments()).toBe(1);
     const page = await store.read('vol-a', 3, 's1', 0);
     expect(decodeDtlRecords(page.payload).records.map((r) => r.seq)).toEqual([3]);
     expect(page.more).toBe(false);
@@ -129,6 +142,47 @@ describe('DTL store (the peer side)', () => {
     expect(info).toMatchObject({ streamId: 's', lastSeq: 2 });
     expect(decodeDtlRecords((await store.read('vol-d', 4, 's', 0)).payload).records.map((r) => r.seq)).toEqual([1, 2]);
   });
+
+  it('writes new segments over trimmed ones, and neither reads nor reloads their older records', async () => {
+    await store.openStream('vol-e', 1, 's');
+    const mib = 1024 * 1024;
+    const sizes = [0, 2, 2, 4, 2, 2, 4, 4, 4, 2, 2].map((n) => n * mib); // by seq; a segment rolls past 8 MiB
+    const append = (seq: number) => store.append('vol-e', 1, 's', record(seq, seq * 4096, Buffer.alloc(sizes[seq]!, seq)));
+    for (let seq = 1; seq <= 7; seq++) await append(seq); // segments [1 2 3] [4 5 6] [7
+    await store.trim('vol-e', 1, 's', 6); // the first two become spares
+    const streamDir = path.join(dir, 'vol-e', (await readdir(path.join(dir, 'vol-e')))[0]!);
+    expect((await readdir(streamDir)).filter((f) => f.endsWith('.spare'))).toHaveLength(2);
+    for (let seq = 8; seq <= 10; seq++) await append(seq); // [7 8] [9 10 | 6, older, valid]
+    expect(store.stats()).toMatchObject({ segmentsReused: 1, segmentsCreated: 3 });
+    const read = async () => {
+      const seqs: number[] = [];
+      for (let afterSeq = 0, more = true; more; ) {
+        const page = await store.read('vol-e', 1, 's', afterSeq);
+        seqs.push(...decodeDtlRecords(page.payload).records.map((r) => r.seq));
+        ({ lastSeq: afterSeq, more } = page);
+      }
+      return seqs;
+    };
+    expect(await read()).toEqual([7, 8, 9, 10]);
+    await store.close();
+    store = await DtlStore.open(dir, silentLogger());
+    expect(await store.seal('vol-e', 1)).toMatchObject([{ lastSeq: 10 }]);
+    expect(await read()).toEqual([7, 8, 9, 10]);
+    const reused = path.join(streamDir, `${String(9).padStart(16, '0')}.seg`);
+    expect((await readFile(reused)).length).toBe(2 * dtlHeaderBytes + 4 * mib); // the older record cut
+  }, 30_000);
+
+  it('a restarted peer loads a stream up to a gap between segments, not past it', async () => {
+    await store.openStream('vol-f', 2, 's');
+    const big = Buffer.alloc(limits.dtlSegmentBytes, 1); // one record per segment
+    for (let seq = 1; seq <= 3; seq++) await store.append('vol-f', 2, 's', record(seq, 0, big));
+    await store.close();
+    const streamDir = path.join(dir, 'vol-f', (await readdir(path.join(dir, 'vol-f')))[0]!);
+    await rm(path.join(streamDir, `${String(2).padStart(16, '0')}.seg`)); // record 2 lost
+    store = await DtlStore.open(dir, silentLogger());
+    const [info] = await store.seal('vol-f', 2);
+    expect(info).toMatchObject({ lastSeq: 1 });
+  }, 30_000);
 });
 
 describe('fencing in backend object names', () => {
