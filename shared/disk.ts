@@ -95,7 +95,7 @@ class NodeDiskFile implements DiskFile {
         const fd = this.handle.fd;
         const length = Math.min(data.length - done, limits.fileWriteBytesMax);
         const bytesWritten =
-          this.gate.run(length, () => fsCallback.writeSync(fd, data, done, length, position + done)) ?? (await fdWrite(fd, data, done, length, position + done));
+          this.gate.run(length, () => fsCallback.writeSync(fd, data, done, length, position + done), limits.inlineWriteBytesMax) ?? (await fdWrite(fd, data, done, length, position + done));
         done += bytesWritten;
       }
     } catch (err) {
@@ -112,7 +112,7 @@ class NodeDiskFile implements DiskFile {
         const fd = this.handle.fd;
         const slice = firstWriteSlice(pending, limits.fileWriteBytesMax);
         const sliceBytes = totalBytes(slice);
-        const bytesWritten = this.gate.run(sliceBytes, () => fsCallback.writevSync(fd, slice, offset)) ?? (await fdWritev(fd, slice, offset));
+        const bytesWritten = this.gate.run(sliceBytes, () => fsCallback.writevSync(fd, slice, offset), limits.inlineWriteBytesMax) ?? (await fdWritev(fd, slice, offset));
         total -= bytesWritten;
         offset += bytesWritten;
         if (total > 0) pending = dropWrittenPrefix(pending, bytesWritten);

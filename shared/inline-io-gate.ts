@@ -37,12 +37,12 @@ export class InlineIoGate {
 
   /**
    * Runs `inline`, which moves `bytes`, when allowed and times it; otherwise returns undefined and the
-   * caller uses the thread pool.
+   * caller uses the thread pool. Operations over `bytesMax` always go to the pool.
    */
-  run<T>(bytes: number, inline: () => T): T | undefined {
+  run<T>(bytes: number, inline: () => T, bytesMax = Number.POSITIVE_INFINITY): T | undefined {
     if (!this.enabled) return undefined;
     const startMs = this.clock.nowMs();
-    if (startMs < this.pausedUntilMs) {
+    if (startMs < this.pausedUntilMs || bytes > bytesMax) {
       this.counters.pooled += 1;
       return undefined;
     }

@@ -30,6 +30,12 @@ export const limits = {
    * shared/inline-io-gate.ts) that takes longer than this missed the page cache; inline I/O then pauses.
    */
   inlineIoSlowUsMax: 400,
+  /**
+   * Disk: larger writes always go through the thread pool. A 1 MiB page-cache write takes the event loop
+   * 250+ us, against 8-14 us of pool overhead, and the loop routes other requests meanwhile (1M sequential
+   * writes: the owner's event loop is their bottleneck). Reads stay inline: their reply waits for them.
+   */
+  inlineWriteBytesMax: 256 * 1024,
   /** Disk: the copy time an inline operation is allowed per byte on top of inlineIoSlowUsMax (1 ns: 1 GB/s). */
   inlineIoCopyNsPerByteMax: 1,
   /** Disk: this many slow inline operations in a row pause inline I/O (one alone may be a preemption). */
@@ -277,6 +283,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('dtlSpareSegmentsMax segments must fit in dtlBytesMax, so spare files add at most one full stream of disk');
   if (l.dtlRecordSlabPoolBytesMax < l.dtlRecordSlabBytes) fail('dtlRecordSlabPoolBytesMax must hold at least one dtlRecordSlabBytes slab');
   if (l.replyBufferPoolBytesMax < l.replyBufferBytesMax) fail('replyBufferPoolBytesMax must hold at least one replyBufferBytesMax buffer');
+  if (l.inlineWriteBytesMax < clusterSizeBytes) fail('inlineWriteBytesMax must allow a one-cluster write inline');
   if (l.inlineIoSlowUsMax <= 0 || l.inlineIoPauseMs <= 0 || l.inlineIoSlowStreakMax < 1)
     fail('inlineIoSlowUsMax, inlineIoPauseMs and inlineIoSlowStreakMax must be positive');
   if (l.fileWriteBytesMax < clusterSizeBytes || l.fileWriteBytesMax % clusterSizeBytes !== 0)

@@ -58,6 +58,33 @@ describe('InlineIoGate', () => {
     expect(gate.stats().slow).toBe(1);
   });
 
+  it('sends operations over bytesMax to the pool without running them', () => {
+    const { gate } = scriptedGate([]);
+    let ran = 0;
+    expect(gate.run(1 << 20, () => ++ran, 256 * 1024)).toBeUndefined();
+    expect(gate.run(256 * 1024, () => ++ran, 256 * 1024)).toBe(1);
+    expect(gate.stats()).toMatchObject({ inline: 1, pooled: 1 });
+  });
+
+  it('NodeDisk writes over limits.inlineWriteBytesMax through the pool, and reads of any size inline', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'keel-gate-'));
+    const gate = new InlineIoGate();
+    try {
+      const file = await new NodeDisk(gate).open(path.join(dir, 'f'), 'createNew');
+      const big = Buffer.alloc(limits.inlineWriteBytesMax + 4096, 7);
+      await file.writev([big], 0);
+      expect(gate.stats()).toMatchObject({ inline: 0, pooled: 1 });
+      await file.write(Buffer.alloc(4096, 1), 0);
+      const back = Buffer.alloc(big.length);
+      await file.read(back, 0);
+      expect(gate.stats()).toMatchObject({ inline: 2, pooled: 1 });
+      expect([back[0], back[4096], back[big.length - 1]]).toEqual([1, 7, 7]);
+      await file.close();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('does nothing inline when disabled', () => {
     const gate = new InlineIoGate(undefined, 400, 1000, false);
     expect(gate.run(1, () => 'inline')).toBeUndefined();
