@@ -69,27 +69,13 @@ export function dtlRecordBytes(op: DtlOp, length: number): number {
 export function decodeDtlSegment(buffer: Buffer, firstSeq: number): { records: DtlRecord[]; validBytes: number } {
   const records: DtlRecord[] = [];
   let at = 0;
-  for (let expected = firstSeq; at + dtlHeaderBytes <= buffer.length; expected++) {
-    const record = decodeOne(buffer, at);
-    if (record === undefined || record.seq !== expected) break;
-    records.push(record);
-    at += dtlRecordBytes(record.op, record.length);
+  for (let expected = firstSeq; at < buffer.length; expected++) {
+    const result = readRecordAt(buffer, at);
+    if (result.kind !== 'record' || result.record.seq !== expected) break;
+    records.push(result.record);
+    at = result.end;
   }
   return { records, validBytes: at };
-}
-
-/** The record at `at`, or undefined when it is incomplete or any field or the checksum is bad. */
-function decodeOne(buffer: Buffer, at: number): DtlRecord | undefined {
-  if (buffer.readUInt32BE(at) !== dtlRecordMagic) return undefined;
-  const seq = readU64(buffer, at + 8);
-  const offset = readU64(buffer, at + 16);
-  const length = readU64(buffer, at + 24);
-  const code = buffer[at + 32];
-  const op: DtlOp | undefined = code === 1 ? 'write' : code === 2 ? 'trim' : undefined;
-  if (op === undefined || !Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(offset + length)) return undefined;
-  const end = at + dtlRecordBytes(op, length);
-  if (end > buffer.length || crc32c(buffer.subarray(at + 8, end)) !== buffer.readUInt32BE(at + 4)) return undefined;
-  return { seq, op, offset, length, data: op === 'write' ? buffer.subarray(at + dtlHeaderBytes, end) : undefined };
 }
 
 /**
@@ -100,22 +86,34 @@ export function decodeDtlRecords(buffer: Buffer, start = 0): { records: DtlRecor
   const records: DtlRecord[] = [];
   let at = start;
   while (at < buffer.length) {
-    if (buffer.length - at < dtlHeaderBytes) return { records, tornAt: at };
-    if (buffer.readUInt32BE(at) !== dtlRecordMagic) throw KeelError.corrupt('DTL record: bad magic', { at });
-    const seq = readU64(buffer, at + 8);
-    const offset = readU64(buffer, at + 16);
-    const length = readU64(buffer, at + 24);
-    const code = buffer[at + 32];
-    const op: DtlOp | undefined = code === 1 ? 'write' : code === 2 ? 'trim' : undefined;
-    if (op === undefined || !Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(offset + length)) {
-      throw KeelError.corrupt('DTL record: bad header', { at, code, seq });
-    }
-    const end = at + dtlRecordBytes(op, length);
-    if (end > buffer.length) return { records, tornAt: at };
-    const data = op === 'write' ? buffer.subarray(at + dtlHeaderBytes, end) : undefined;
-    if (crc32c(buffer.subarray(at + 8, end)) !== buffer.readUInt32BE(at + 4)) throw KeelError.checksumMismatch(`DTL record ${seq}`, { seq });
-    records.push({ seq, op, offset, length, data });
-    at = end;
+    const result = readRecordAt(buffer, at);
+    if (result.kind === 'torn') return { records, tornAt: at };
+    if (result.kind === 'bad') throw result.error;
+    records.push(result.record);
+    at = result.end;
   }
   return { records, tornAt: undefined };
+}
+
+type RecordAt = { kind: 'record'; record: DtlRecord; end: number } | { kind: 'torn' } | { kind: 'bad'; error: KeelError };
+
+/** The record at `at`: whole and valid, torn by the end of the buffer, or bad (the error says why). */
+function readRecordAt(buffer: Buffer, at: number): RecordAt {
+  if (buffer.length - at < dtlHeaderBytes) return { kind: 'torn' };
+  if (buffer.readUInt32BE(at) !== dtlRecordMagic) return { kind: 'bad', error: KeelError.corrupt('DTL record: bad magic', { at }) };
+  const seq = readU64(buffer, at + 8);
+  const offset = readU64(buffer, at + 16);
+  const length = readU64(buffer, at + 24);
+  const code = buffer[at + 32];
+  const op: DtlOp | undefined = code === 1 ? 'write' : code === 2 ? 'trim' : undefined;
+  if (op === undefined || !Number.isSafeInteger(seq) || seq < 1 || !Number.isSafeInteger(offset + length)) {
+    return { kind: 'bad', error: KeelError.corrupt('DTL record: bad header', { at, code, seq }) };
+  }
+  const end = at + dtlRecordBytes(op, length);
+  if (end > buffer.length) return { kind: 'torn' };
+  if (crc32c(buffer.subarray(at + 8, end)) !== buffer.readUInt32BE(at + 4)) {
+    return { kind: 'bad', error: KeelError.checksumMismatch(`DTL record ${seq}`, { seq }) };
+  }
+  const data = op === 'write' ? buffer.subarray(at + dtlHeaderBytes, end) : undefined;
+  return { kind: 'record', record: { seq, op, offset, length, data }, end };
 }
