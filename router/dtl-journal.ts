@@ -64,6 +64,15 @@ interface BacklogEntry {
 
 type PeerLink = { routerId: string; client: RpcClient };
 
+/** A dtl-append on the wire: `stored` once the peer holds it, `failure` if it was refused or cut. */
+interface SentBatch {
+  peer: PeerLink;
+  entries: BacklogEntry[];
+  stored: boolean;
+  failure: unknown;
+  settled: Promise<void>;
+}
+
 export type DtlJournalStatus =
   | { state: 'off' } // mode none
   | { state: 'finding-peer'; reason: string }
@@ -85,6 +94,10 @@ export class DtlJournal implements WriteJournal {
   private peer: PeerLink | undefined;
   private pumping = false;
   private kickScheduled = false;
+  /** Batches on the wire to the peer, oldest first (at most limits.dtlBatchesInFlightMax). */
+  private readonly inFlight: SentBatch[] = [];
+  /** Wakes the pump while it waits for an outcome: new records arrived, or a batch settled. */
+  private wakePump: (() => void) | undefined;
   private spaceWaiters: Array<() => void> = [];
   private readonly trimTimer: NodeJS.Timeout;
   /** TLogs up to this one must be on the backend before we are in sync (what the volume held before the journal). */
@@ -96,7 +109,7 @@ export class DtlJournal implements WriteJournal {
   private peerFull = false;
   private firstInSyncDone = false;
   private readonly excluded = new Set<string>();
-  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0 };
+  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0, overlappedBatches: 0 };
 
   constructor(
     private readonly host: DtlJournalHost,
@@ -187,62 +200,102 @@ export class DtlJournal implements WriteJournal {
     this.kickScheduled = true;
     setImmediate(() => {
       this.kickScheduled = false;
-      void this.pump();
+      if (this.pumping) this.wakePump?.();
+      else void this.pump();
     }); // after this turn: every write of the turn goes in one batch
   }
 
+  /**
+   * Sends the backlog in batches, up to limits.dtlBatchesInFlightMax of them on the wire at once: a new
+   * turn's records go out while the peer still stores the last turn's, instead of queueing behind its ack
+   * (stop-and-wait held every write for a whole peer round trip). The peer appends a stream's batches in
+   * the order they arrive, so outcomes are taken oldest first; after a failure the later batches (refused
+   * as out of sequence, or cut with the connection) settle before anything is sent again.
+   */
   private async pump(): Promise<void> {
     if (this.pumping) return;
     this.pumping = true;
     try {
       while (this.isStreamingMode()) {
         if (this.peer === undefined) {
+          await this.settleInFlight(); // batches to a lost peer: their records are sent again
           await this.findPeer();
           continue;
         }
-        const batch = this.nextBatch();
-        if (batch === undefined) {
+        const batch = this.inFlight.length < limits.dtlBatchesInFlightMax ? this.nextBatch() : undefined;
+        if (batch !== undefined) {
+          this.send(this.peer, batch);
+          continue;
+        }
+        const oldest = this.inFlight[0];
+        if (oldest === undefined) {
           if (this.status.state === 'resyncing') this.setStatus({ state: 'streaming', peer: this.peer.routerId });
           this.maybePublishInSync();
           break;
         }
-        const peer = this.peer;
-        for (const entry of batch.entries) entry.sending = true;
-        try {
-          const appended = peer.client.request(
-            { op: 'dtl-append', volumeId: this.host.volumeId, epoch: this.host.ownerEpoch, streamId: this.streamId },
-            batch.payload,
-            limits.dtlRequestTimeoutMs,
-          );
-          // The batch is this turn's records already: out now, so the peer stores them while this router
-          // appends them locally, instead of after (the flush would otherwise wait for the next turn).
-          peer.client.flush();
-          await appended;
+        if (oldest.failure === undefined && !oldest.stored) {
+          await this.nextPumpEvent(oldest); // its outcome, or new records to send
+          continue;
+        }
+        this.inFlight.shift();
+        if (oldest.stored) {
           this.counters.batches += 1;
           this.peerFull = false;
-          for (const entry of batch.entries) this.ack(entry);
-        } catch (err) {
-          if (isKeelError(err, 'FENCED')) return this.fence(err);
-          if (isKeelError(err, 'BUSY')) {
-            // The peer is full: wait for uploads to trim, then send again from where we were.
-            this.sentSeq = batch.entries[0]!.seq - 1;
-            this.peerFull = true;
-            await this.unpublishInSync('peer full');
-            await sleep(limits.dtlPeerRetryMs);
-            continue;
-          }
-          this.lostPeer(peer, err);
-        } finally {
-          // Settled, and on failure the connection is closed: the socket no longer reads these records.
-          for (const entry of batch.entries) {
-            entry.sending = false;
-            if (entry.dropped) this.arena.release(entry.record);
-          }
+          for (const entry of oldest.entries) this.ack(entry);
+          continue;
         }
+        await this.settleInFlight();
+        const err = oldest.failure;
+        if (isKeelError(err, 'FENCED')) return this.fence(err);
+        if (isKeelError(err, 'BUSY')) {
+          // The peer is full: wait for uploads to trim, then send again from where we were.
+          this.sentSeq = oldest.entries[0]!.seq - 1;
+          this.peerFull = true;
+          await this.unpublishInSync('peer full');
+          await sleep(limits.dtlPeerRetryMs);
+          continue;
+        }
+        this.lostPeer(oldest.peer, err);
       }
     } finally {
       this.pumping = false;
+      this.wakePump = undefined;
     }
+  }
+
+  /** Puts one batch on the wire now, so the peer stores it while this router appends it locally. */
+  private send(peer: PeerLink, batch: { entries: BacklogEntry[]; payload: Buffer[] }): void {
+    for (const entry of batch.entries) entry.sending = true;
+    const sent: SentBatch = { peer, entries: batch.entries, stored: false, failure: undefined, settled: Promise.resolve() };
+    sent.settled = peer.client
+      .request({ op: 'dtl-append', volumeId: this.host.volumeId, epoch: this.host.ownerEpoch, streamId: this.streamId }, batch.payload, limits.dtlRequestTimeoutMs)
+      .then(
+        () => void (sent.stored = true),
+        (err: unknown) => void (sent.failure = err ?? new Error('dtl-append failed')),
+      )
+      .finally(() => {
+        // Settled, and on failure the connection is closed: the socket no longer reads these records.
+        for (const entry of sent.entries) {
+          entry.sending = false;
+          if (entry.dropped) this.arena.release(entry.record);
+        }
+        this.wakePump?.();
+      });
+    peer.client.flush();
+    if (this.inFlight.length > 0) this.counters.overlappedBatches += 1;
+    this.inFlight.push(sent);
+  }
+
+  private nextPumpEvent(oldest: SentBatch): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.wakePump = resolve;
+      if (oldest.stored || oldest.failure !== undefined) resolve();
+    }).finally(() => (this.wakePump = undefined));
+  }
+
+  private async settleInFlight(): Promise<void> {
+    const batches = this.inFlight.splice(0);
+    await Promise.all(batches.map((batch) => batch.settled));
   }
 
   private isStreamingMode(): boolean {

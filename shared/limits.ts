@@ -208,6 +208,8 @@ export const limits = {
   dtlSpareSegmentsMax: 16,
   /** DTL: records sent to the peer in one dtl-append (one per event-loop turn, up to this), and per dtl-fetch reply. */
   dtlBatchBytesMax: 8 * 1024 * 1024,
+  /** DTL: dtl-append batches on the wire to the peer at once (docs/dtl.md, "Streaming"). */
+  dtlBatchesInFlightMax: 4,
   /** DTL: the owner carves its backlog records out of slabs this large (dtl-record-arena.ts). */
   dtlRecordSlabBytes: 4 * 1024 * 1024,
   /** DTL: emptied record slabs kept for reuse, all volumes of a router together (fresh memory costs a page fault per page). */
@@ -260,6 +262,8 @@ export function checkLimits(l: Limits = limits): void {
   };
   if (l.wireFrameBytesMax < l.nbdRequestBytesMax + l.wireHeaderBytesMax)
     fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
+  if (l.dtlBatchesInFlightMax < 1 || l.dtlBatchesInFlightMax > l.wireRequestsInFlightMax)
+    fail('dtlBatchesInFlightMax must be at least 1 and fit in the wire window (wireRequestsInFlightMax)');
   if (l.wireRequestsInFlightMax < l.nbdRequestsInFlightMax)
     fail('wireRequestsInFlightMax must be at least nbdRequestsInFlightMax, or one NBD client could stall the window');
   if (l.nbdRequestBytesInFlightMax < l.nbdRequestBytesMax)

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isKeelError, KeelError } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/logger.ts';
-import { RpcServer, type RpcHandler } from '../../shared/wire/rpc-server.ts';
+import { RpcServer, type RpcHandler, type RpcRequest } from '../../shared/wire/rpc-server.ts';
 import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
 import { decodeDtlRecords } from '../../router/dtl-format.ts';
 import { DtlJournal, type DtlJournalHost } from '../../router/dtl-journal.ts';
@@ -26,6 +26,46 @@ interface Peer {
 }
 
 const noVolumeOps: RpcHandler = { openSession: () => ({ handle: () => Promise.reject(KeelError.protocol('no volume ops here')), close: () => undefined }) };
+/**
+ * A peer that holds its answer to the second dtl-append until a third arrives (or 2 s pass), then answers
+ * the held one with `heldOutcome`: a third append can only arrive while the second is unanswered if the
+ * owner keeps more than one batch on the wire.
+ */
+function holdingSecondAppend(heldOutcome: 'store' | 'busy', events: string[]): (inner: RpcHandler) => RpcHandler {
+  let appends = 0;
+  let releaseHeld: (() => void) | undefined;
+  return (inner) => ({
+    openSession: (peer) => {
+      const session = inner.openSession(peer);
+      return {
+        close: () => session.close(),
+        handle: async (request: RpcRequest) => {
+          if (request.header.op !== 'dtl-append') return session.handle(request);
+          appends += 1;
+          if (appends === 2) {
+            events.push('second held');
+            await new Promise<void>((resolve) => {
+              releaseHeld = resolve;
+              setTimeout(resolve, 2_000);
+            });
+            events.push('second answered');
+            if (heldOutcome === 'busy') throw KeelError.busy('test: the peer is full for this batch');
+            return session.handle(request);
+          }
+          if (appends === 3) {
+            events.push(releaseHeld === undefined ? 'third' : 'third while second held');
+            const answer = session.handle(request); // the real store: in order, so it stores or refuses the gap
+            releaseHeld?.();
+            releaseHeld = undefined;
+            return answer;
+          }
+          return session.handle(request);
+        },
+      };
+    },
+  });
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
@@ -44,9 +84,9 @@ describe('DtlJournal with real peers', () => {
   let published: Array<{ dtlPeer?: string; dtlInSync?: boolean }>;
   let journal: DtlJournal | undefined;
 
-  const startPeer = async (routerId: string): Promise<Peer> => {
+  const startPeer = async (routerId: string, wrap: (inner: RpcHandler) => RpcHandler = (inner) => inner): Promise<Peer> => {
     const store = await DtlStore.open(path.join(dir, routerId), silentLogger());
-    const handler = withHaOps(noVolumeOps, { dtl: store, ha: {} as VolumeHa, drain: async () => ({}) });
+    const handler = wrap(withHaOps(noVolumeOps, { dtl: store, ha: {} as VolumeHa, drain: async () => ({}) }));
     const server = new RpcServer({ transport: new TcpTransport(), handler, logger: silentLogger(), routerId });
     const address = await server.listen('127.0.0.1:0');
     const peer = { routerId, address, store, server, alive: true };
@@ -155,5 +195,34 @@ describe('DtlJournal with real peers', () => {
     await journal.setMode('none');
     await journal.write(0, Buffer.alloc(4096), async () => undefined);
     expect(journal.stats().backlogRecords).toBe(0);
+  });
+
+  it('keeps more than one batch on the wire: the writes of a new turn go out before the last batch is acknowledged', async () => {
+    const events: string[] = [];
+    const peer = await startPeer('p1', holdingSecondAppend('store', events));
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    await journal.write(0, Buffer.alloc(4096, 1), async () => undefined); // append 1
+    const second = journal.write(4096, Buffer.alloc(4096, 2), async () => undefined); // append 2, held
+    await until(() => events.includes('second held'));
+    await journal.write(8192, Buffer.alloc(4096, 3), async () => undefined); // append 3 must not wait for 2
+    await second;
+    expect(events).toEqual(['second held', 'third while second held', 'second answered']);
+    expect(await recordsOn(peer)).toEqual([1, 2, 3]);
+  });
+
+  it('a refused batch with later batches on the wire: all are sent again in order, to the same peer, and nothing is lost', async () => {
+    const events: string[] = [];
+    const peer = await startPeer('p1', holdingSecondAppend('busy', events));
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    await journal.write(0, Buffer.alloc(4096, 1), async () => undefined);
+    const second = journal.write(4096, Buffer.alloc(4096, 2), async () => undefined); // refused BUSY
+    await until(() => events.includes('second held'));
+    const third = journal.write(8192, Buffer.alloc(4096, 3), async () => undefined); // refused: out of sequence
+    await Promise.all([second, third]);
+    expect(events.slice(0, 3)).toEqual(['second held', 'third while second held', 'second answered']);
+    expect(await recordsOn(peer)).toEqual([1, 2, 3]);
+    expect(journal.stats().peerChanges).toBe(1); // a full peer is waited for, not replaced
   });
 });
