@@ -168,7 +168,7 @@ export class DtlJournal implements WriteJournal {
     if (this.status.state === 'fenced') throw KeelError.notOwner(this.host.volumeName);
     if (this.mode === 'none' || this.status.state === 'closed') return apply();
     const bytes = dtlHeaderBytes + (data?.length ?? 0);
-    await this.waitForSpace(bytes);
+    if (this.backlogBytes + bytes > limits.dtlBytesMax) await this.waitForSpace(bytes);
     const seq = ++this.lastSeq;
     // One copy, into the arena: the record must not pin the socket chunk the payload arrived in.
     const record = this.arena.take(bytes);

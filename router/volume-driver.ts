@@ -293,12 +293,20 @@ export class VolumeDriver implements OpenBlockTarget {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     this.checkRequest(offset, data.length, limits.nbdRequestBytesMax);
-    if (this.remote !== undefined) {
-      await this.remote.uploader.account.admit(data.length); // the write buffer bound: may delay or wait
+    const account = this.remote?.uploader.account;
+    if (account !== undefined && !account.admitsNow(data.length)) {
+      await account.admit(data.length); // the write buffer bound: may delay or wait
       this.checkUsable();
     }
+    // Inline rather than through tracked(): the hot path of every write, where each async layer costs a
+    // promise and a microtask turn.
     const journal = this.journal; // DTL (docs/dtl.md): records the write and decides when it may be acknowledged
-    await this.tracked(() => (journal ? journal.write(offset, data, () => this.writeRange(offset, data)) : this.writeRange(offset, data)));
+    this.operationsInFlight += 1;
+    try {
+      await (journal ? journal.write(offset, data, () => this.writeRange(offset, data)) : this.writeRange(offset, data));
+    } finally {
+      this.untrack();
+    }
     if (fua) await this.flush();
   }
 
@@ -515,9 +523,13 @@ export class VolumeDriver implements OpenBlockTarget {
     try {
       return await operation();
     } finally {
-      this.operationsInFlight -= 1;
-      if (this.operationsInFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
+      this.untrack();
     }
+  }
+
+  private untrack(): void {
+    this.operationsInFlight -= 1;
+    if (this.operationsInFlight === 0) for (const wake of this.idleWaiters.splice(0)) wake();
   }
 
   private whenIdle(): Promise<void> {
@@ -539,14 +551,19 @@ export class VolumeDriver implements OpenBlockTarget {
 
   // ---------------------------------------------------------------- write path
 
-  private async writeRange(offset: number, data: Buffer): Promise<void> {
-    if (data.length === 0) return;
+  /** Not async: an aligned write that no read-modify-write holds is queued in this call (the hot path). */
+  private writeRange(offset: number, data: Buffer): Promise<void> {
+    if (data.length === 0) return Promise.resolve();
     const firstLba = Math.floor(offset / clusterSizeBytes);
     const endByte = offset + data.length;
     const lastLba = Math.floor((endByte - 1) / clusterSizeBytes);
     const aligned = offset % clusterSizeBytes === 0 && endByte % clusterSizeBytes === 0;
+    if (aligned && this.lockedLbasIn(firstLba, lastLba).length === 0) return this.enqueue('write', firstLba, lastLba - firstLba + 1, data);
+    return this.writeRangeLocked(offset, data, firstLba, lastLba, aligned);
+  }
+
+  private async writeRangeLocked(offset: number, data: Buffer, firstLba: number, lastLba: number, aligned: boolean): Promise<void> {
     if (aligned) {
-      if (this.lockedLbasIn(firstLba, lastLba).length === 0) return this.enqueue('write', firstLba, lastLba - firstLba + 1, data);
       // Behind a read-modify-write: hold the whole range, so later RMWs of it wait for this write too.
       const range: number[] = [];
       for (let lba = firstLba; lba <= lastLba; lba++) range.push(lba);
@@ -628,17 +645,23 @@ export class VolumeDriver implements OpenBlockTarget {
     };
   }
 
-  private async enqueue(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0): Promise<void> {
-    while (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax && this.failure === undefined) {
-      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
-    }
-    if (this.failure !== undefined) throw this.failure;
+  /** Not async when the queue has room (the hot path): the job is queued in this call. */
+  private enqueue(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax) return this.enqueueWhenRoom(kind, lba, clusterCount, data, records, expectedLocation);
     const done = new Promise<void>((resolve, reject) => {
       this.queue.push({ kind, lba, clusterCount, data, taken: 0, expectedLocation, records, resolve, reject });
     });
     this.jobsEnqueued += 1;
     this.pump();
     return done;
+  }
+
+  private async enqueueWhenRoom(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0): Promise<void> {
+    while (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax && this.failure === undefined) {
+      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
+    }
+    return this.enqueue(kind, lba, clusterCount, data, records, expectedLocation);
   }
 
   private waitForApplied(target: number): Promise<void> {

@@ -44,6 +44,7 @@ interface OpenHandle {
 }
 
 const emptyResult: RpcResult = {};
+const toEmptyResult = (): RpcResult => emptyResult;
 
 class VolumeSession implements RpcSession {
   private readonly handles = new Map<number, OpenHandle>();
@@ -68,10 +69,9 @@ class VolumeSession implements RpcSession {
       case 'read':
         return this.withHandle(header, (target) => this.read(target, offsetField(header), lengthField(header)));
       case 'write':
-        return this.withHandle(header, async (target) => {
+        return this.withHandle(header, (target) => {
           if (payload.length > limits.nbdRequestBytesMax) throw KeelError.requestTooLarge(payload.length, limits.nbdRequestBytesMax);
-          await target.write(offsetField(header), payload, fuaField(header));
-          return emptyResult;
+          return target.write(offsetField(header), payload, fuaField(header)).then(toEmptyResult);
         });
       case 'flush':
         return this.withHandle(header, async (target) => {

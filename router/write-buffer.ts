@@ -81,6 +81,11 @@ export class WriteBufferAccount {
     this.buffer.addEvictable({ account: this, scoSeq, bytes, evict });
   }
 
+  /** True when a write of `bytes` goes through at once (the common case: no promise to make or wait for). */
+  admitsNow(bytes: number): boolean {
+    return this.buffer.admitsNow(bytes);
+  }
+
   /** Waits (or delays) a write of `bytes` according to the bound. */
   admit(bytes: number): Promise<void> {
     return this.buffer.admit(this, bytes);
@@ -172,8 +177,12 @@ export class WriteBuffer {
   }
 
   /** @internal */
+  admitsNow(bytes: number): boolean {
+    return this.pendingBytes + bytes <= this.softBytes;
+  }
+
   async admit(account: WriteBufferAccount, bytes: number): Promise<void> {
-    if (this.pendingBytes + bytes <= this.softBytes) return;
+    if (this.admitsNow(bytes)) return;
     if (this.pendingBytes < this.bytesMax) {
       const overshoot = (this.pendingBytes - this.softBytes) / Math.max(1, this.bytesMax - this.softBytes);
       const delayMs = Math.max(1, Math.round(this.delayMaxMs * Math.min(1, Math.max(0, overshoot))));
