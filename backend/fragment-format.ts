@@ -315,6 +315,39 @@ export function mapStoredRange(g: Pick<ObjectGeometry, 'k' | 'stripeUnitBytes'>,
   return pieces;
 }
 
+/** One ranged read of a data fragment that serves several pieces: they lie back to back in its body. */
+export interface FragmentRun {
+  fragmentIndex: number;
+  bodyOffset: number;
+  length: number;
+  /** The pieces it serves, as indexes into the pieces array, in body order. */
+  pieceIndexes: number[];
+}
+
+/**
+ * Groups a range's pieces into one read per run of adjacent body bytes in each fragment. Unit i of
+ * consecutive stripes lies back to back in fragment i, so a range over many stripes costs k reads instead
+ * of one per stripe unit (a 1 MiB range at 4+2 with 64 KiB units: 4 requests, not 16; on an S3 ASD each
+ * request costs the router 1.4-1.9 ms of CPU in the SDK). Pieces are merged up to `readBytesMax` per read;
+ * a single larger piece (k = 1) stays one read.
+ */
+export function fragmentRuns(pieces: readonly FragmentPiece[], readBytesMax: number): FragmentRun[] {
+  const reads: FragmentRun[] = [];
+  const lastByFragment = new Map<number, FragmentRun>();
+  pieces.forEach((piece, index) => {
+    const last = lastByFragment.get(piece.fragmentIndex);
+    if (last && last.bodyOffset + last.length === piece.bodyOffset && last.length + piece.length <= readBytesMax) {
+      last.length += piece.length;
+      last.pieceIndexes.push(index);
+      return;
+    }
+    const read = { fragmentIndex: piece.fragmentIndex, bodyOffset: piece.bodyOffset, length: piece.length, pieceIndexes: [index] };
+    reads.push(read);
+    lastByFragment.set(piece.fragmentIndex, read);
+  });
+  return reads;
+}
+
 /** Stored bytes of unit `i` of stripe `s` lie at stored offset (s*k + i) * unit. */
 export function unitStoredOffset(g: Pick<ObjectGeometry, 'k' | 'stripeUnitBytes'>, stripe: number, unitIndex: number): number {
   return (stripe * g.k + unitIndex) * g.stripeUnitBytes;

@@ -37,6 +37,7 @@ import {
   fragmentKey,
   fragmentLayout,
   geometryOf,
+  fragmentRuns,
   mapStoredRange,
   objectNameHash,
   putIdBytes,
@@ -47,6 +48,7 @@ import {
   type ChunkIndexEntry,
   type FragmentHeader,
   type FragmentPiece,
+  type FragmentRun,
   type ObjectGeometry,
 } from './fragment-format.ts';
 import { Placement } from './placement.ts';
@@ -343,9 +345,48 @@ export class ErasureObjectStore {
    */
   private async readStored(meta: ObjectMeta, storedOffset: number, length: number, avoidDirect: boolean): Promise<{ data: Buffer }> {
     const pieces = mapStoredRange(meta.geometry, storedOffset, length);
-    const parts = await Promise.all(pieces.map((piece) => (avoidDirect ? this.recheckPiece(meta, piece) : this.readPiece(meta, piece))));
+    const parts = avoidDirect ? await Promise.all(pieces.map((piece) => this.recheckPiece(meta, piece))) : await this.readPieces(meta, pieces);
     if (parts.length === 1) return { data: parts[0]! };
     return { data: Buffer.concat(parts, length) };
+  }
+
+  /** The pieces' bytes, with one ranged read per run of adjacent bytes in a fragment (fragmentRuns). */
+  private async readPieces(meta: ObjectMeta, pieces: FragmentPiece[]): Promise<Buffer[]> {
+    const parts: Buffer[] = new Array<Buffer>(pieces.length);
+    const reads = fragmentRuns(pieces, limits.backendFragmentReadBytesMax);
+    await Promise.all(
+      reads.map(async (read) => {
+        let data: Buffer;
+        try {
+          data = await this.readBodyRange(meta, read.fragmentIndex, read.bodyOffset, read.length);
+        } catch (err) {
+          await this.readPiecesDegraded(meta, read, pieces, parts, err);
+          return;
+        }
+        for (const index of read.pieceIndexes) {
+          const at = pieces[index]!.bodyOffset - read.bodyOffset;
+          parts[index] = data.subarray(at, at + pieces[index]!.length);
+        }
+      }),
+    );
+    return parts;
+  }
+
+  /** A fragment read failed: each of its pieces is decoded from the other fragments. */
+  private async readPiecesDegraded(meta: ObjectMeta, read: FragmentRun, pieces: FragmentPiece[], parts: Buffer[], err: unknown): Promise<void> {
+    if (!isKeelError(err) || err.code === 'BAD_ARGUMENT') throw err;
+    this.storeCounters.degradedReads += read.pieceIndexes.length;
+    this.log.warn(
+      { object: meta.name, fragment: read.fragmentIndex, asd: this.asdIdOf(meta, read.fragmentIndex), err: err.message },
+      'fragment unreadable: decoding from the others',
+    );
+    // A passing failure leaves the fragment as a last resort: with m fragments already lost, it is needed.
+    const lastResort = isPassingReadError(err) ? [read.fragmentIndex] : [];
+    await Promise.all(
+      read.pieceIndexes.map(async (index) => {
+        parts[index] = await this.readPieceDegraded(meta, pieces[index]!, new Set([read.fragmentIndex]), lastResort);
+      }),
+    );
   }
 
   private async readTransformed(meta: ObjectMeta, offset: number, length: number, avoidDirect: boolean): Promise<{ data: Buffer }> {
@@ -375,22 +416,6 @@ export class ErasureObjectStore {
       this.log.warn({ object: meta.name, err: (err as Error).message }, 'chunk failed its check: re-reading by decoding');
       const again = await this.readStored(meta, storedStart, storedEnd - storedStart, true);
       return { data: await decodeAll(again.data) };
-    }
-  }
-
-  /** One piece: straight from its data fragment, else decoded from the others. */
-  private async readPiece(meta: ObjectMeta, piece: FragmentPiece): Promise<Buffer> {
-    try {
-      return await this.readBodyRange(meta, piece.fragmentIndex, piece.bodyOffset, piece.length);
-    } catch (err) {
-      if (!isKeelError(err) || err.code === 'BAD_ARGUMENT') throw err;
-      this.storeCounters.degradedReads++;
-      this.log.warn(
-        { object: meta.name, fragment: piece.fragmentIndex, asd: this.asdIdOf(meta, piece.fragmentIndex), err: err.message },
-        'fragment unreadable: decoding from the others',
-      );
-      // A passing failure leaves the fragment as a last resort: with m fragments already lost, it is needed.
-      return this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]), isPassingReadError(err) ? [piece.fragmentIndex] : []);
     }
   }
 

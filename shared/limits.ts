@@ -119,6 +119,11 @@ export const limits = {
   backendObjectSizeBytesMax: 256 * 1024 * 1024,
   /** Backend: fragment requests (PUT/GET/DELETE) one object store keeps in flight across all ASDs. */
   backendFragmentRequestsInFlightMax: 24,
+  /**
+   * Backend: bytes one ranged read of a fragment may cover when it serves several stripe units of a range
+   * (backend/fragment-format.ts fragmentRuns): fewer, larger requests, each held in RAM at once.
+   */
+  backendFragmentReadBytesMax: 4 * 1024 * 1024,
   /** Backend: deadline of one ASD request; the request is aborted after it. */
   backendRequestTimeoutMs: 10_000,
   /**

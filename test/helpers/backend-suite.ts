@@ -138,6 +138,12 @@ export function defineBackendSuite(label: string, makeFixture: () => Promise<Asd
       expect(coldBytes).toBeLessThan(4096 + 4096 + 2 * 80 + 1); // data + the fragment's 4 KiB crc table (4 MiB fragment) + headers
       expect(coldRequests).toBe(3);
 
+      // A 1 MiB range spans 4 stripes of 4 units: one request per data fragment, not one per unit.
+      await store.readRange(name, 4 * MiB, MiB); // the fragments' crc tables come in once
+      beforeRequests = requests(store);
+      expect((await store.readRange(name, 4 * MiB + 65536, MiB)).equals(data.subarray(4 * MiB + 65536, 5 * MiB + 65536))).toBe(true);
+      expect(requests(store) - beforeRequests).toBe(4);
+
       await expectReadsCorrect(store, name, data, sampleRanges(objectBytes));
 
       // Lose two fragments (data fragments 0 and 2): every read is still correct, by decoding.

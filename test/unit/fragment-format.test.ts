@@ -9,6 +9,7 @@ import {
   firstBadBlock,
   fragmentHeaderBytes,
   fragmentLayout,
+  fragmentRuns,
   mapStoredRange,
   objectNameHash,
   stripeGeometry,
@@ -114,6 +115,42 @@ describe('striping', () => {
   });
   it('k = 1 keeps a long range in one run', () => {
     expect(mapStoredRange({ k: 1, stripeUnitBytes: 4096 }, 1000, 100_000)).toHaveLength(1);
+  });
+  it('a range over many stripes costs one read per data fragment, each serving its units in order', () => {
+    const pieces = mapStoredRange(g, 0, 1 << 20); // 4 stripes of 4 units
+    expect(pieces).toHaveLength(16);
+    const runs = fragmentRuns(pieces, 4 << 20);
+    expect(runs.map((r) => [r.fragmentIndex, r.bodyOffset, r.length])).toEqual([
+      [0, 0, 262144],
+      [1, 0, 262144],
+      [2, 0, 262144],
+      [3, 0, 262144],
+    ]);
+    for (const run of runs) {
+      // Every piece of the run lies where the run says, back to back.
+      let at = run.bodyOffset;
+      for (const index of run.pieceIndexes) {
+        expect(pieces[index]!.fragmentIndex).toBe(run.fragmentIndex);
+        expect(pieces[index]!.bodyOffset).toBe(at);
+        at += pieces[index]!.length;
+      }
+      expect(at).toBe(run.bodyOffset + run.length);
+    }
+    expect(runs.flatMap((r) => r.pieceIndexes).sort((a, b) => a - b)).toEqual(pieces.map((_, i) => i));
+  });
+  it('an unaligned range starts and ends with partial units; runs stop at readBytesMax', () => {
+    const pieces = mapStoredRange(g, 65536 - 4096, 2 * 262144);
+    const runs = fragmentRuns(pieces, 4 << 20);
+    // Fragment 0 holds the tail of stripe 0's unit, stripe 1's and the head of stripe 2's: back to back.
+    expect(runs.map((r) => [r.fragmentIndex, r.bodyOffset, r.length])).toEqual([
+      [0, 65536 - 4096, 4096 + 65536 + 61440],
+      [1, 0, 2 * 65536],
+      [2, 0, 2 * 65536],
+      [3, 0, 2 * 65536],
+    ]);
+    const capped = fragmentRuns(mapStoredRange(g, 0, 1 << 20), 65536 * 2);
+    expect(capped).toHaveLength(8); // two units per read at most
+    expect(fragmentRuns(mapStoredRange({ k: 1, stripeUnitBytes: 4096 }, 0, 1 << 20), 65536)).toHaveLength(1); // one piece: one read
   });
   it('shrinks the stripe unit for small objects', () => {
     expect(stripeGeometry(10_000, 4, 65536)).toEqual({ stripeUnitBytes: 4096, stripeCount: 1 });
