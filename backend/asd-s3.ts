@@ -80,7 +80,7 @@ export class S3Asd implements Asd {
           new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),
           { abortSignal },
         );
-        return Buffer.from(await out.Body!.transformToByteArray());
+        return asBuffer(await out.Body!.transformToByteArray());
       });
     } catch (err) {
       if (err instanceof KeelError && err.details.status === 416) return Buffer.alloc(0);
@@ -91,7 +91,7 @@ export class S3Asd implements Asd {
   async get(key: string, signal?: AbortSignal): Promise<Buffer> {
     return this.call('get', key, signal, async (abortSignal) => {
       const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }), { abortSignal });
-      return Buffer.from(await out.Body!.transformToByteArray());
+      return asBuffer(await out.Body!.transformToByteArray());
     });
   }
 
@@ -149,4 +149,9 @@ export class S3Asd implements Asd {
       return KeelError.objectNotFound(`${key} on ASD ${this.id}`, details);
     return KeelError.io(`S3 ${op} ${key} on ASD ${this.id} failed: ${e.name ?? 'Error'}: ${e.message ?? String(err)}`, err, details);
   }
+}
+
+/** A view of the SDK's byte array, not a copy: a ranged GET of a read-ahead window is megabytes. */
+function asBuffer(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }

@@ -6,6 +6,13 @@
  * table comes from the object's footer (one ranged read, then kept in a bounded LRU). The check is passed
  * to the store as `verify`, so bytes that fail it are re-read by decoding and the ASD that served them is
  * blamed. Fetched clusters go into the read cache.
+ *
+ * Read-ahead: a read that starts where a recent read of the same SCO ended (or at slot 0 of the SCO after
+ * one read to its end) is sequential, and its fetch is widened to limits.remoteReadAheadBytesMax within
+ * the SCO. Reads of clusters that a fetch in flight will bring wait for it and copy from it instead of
+ * asking the backend themselves, so 1M sequential reads at QD8 cost one fetch per read-ahead window
+ * instead of one per read: every backend request has a fixed cost (on S3, 1.4-1.9 ms of the router's CPU
+ * in the SDK).
  */
 import { crc32c } from '../shared/checksum.ts';
 import { KeelError } from '../shared/errors.ts';
@@ -17,6 +24,9 @@ import type { BackendObjectStore } from './volume-backend.ts';
 
 export interface RemoteReadStats {
   remoteReads: number;
+  /** Fetches widened for a sequential read, and clusters that reads took from a fetch in flight. */
+  readAheadFetches: number;
+  readAheadClustersServed: number;
   remoteClustersFetched: number;
   remoteBytesFetched: number;
   cacheClustersServed: number;
@@ -24,9 +34,33 @@ export interface RemoteReadStats {
   tablesCached: number;
 }
 
+/** A backend fetch of slots [first, end) of one SCO, in flight. */
+interface PendingFetch {
+  first: number;
+  end: number;
+  data: Promise<Buffer>;
+}
+
+/** Where a recent read ended: the next read starting there is sequential. */
+interface ReadEnd {
+  scoSeq: number;
+  slot: number;
+  scoClusters: number;
+}
+
 export class RemoteScoReader {
   private readonly tables = new Map<number, Promise<Uint32Array>>();
-  private readonly counters = { remoteReads: 0, remoteClustersFetched: 0, remoteBytesFetched: 0, cacheClustersServed: 0, tablesFetched: 0 };
+  private readonly pending = new Map<number, PendingFetch[]>();
+  private readonly recentEnds: ReadEnd[] = [];
+  private readonly counters = {
+    remoteReads: 0,
+    readAheadFetches: 0,
+    readAheadClustersServed: 0,
+    remoteClustersFetched: 0,
+    remoteBytesFetched: 0,
+    cacheClustersServed: 0,
+    tablesFetched: 0,
+  };
 
   constructor(
     private readonly store: BackendObjectStore,
@@ -60,6 +94,8 @@ export class RemoteScoReader {
     const count = target.length / clusterSizeBytes;
     if (slot + count > table.length) throw KeelError.corrupt(`SCO ${scoSeq}: slot ${slot + count - 1} beyond its ${table.length} clusters`);
     const name = this.objectName(scoSeq);
+    const sequential = this.isSequential(scoSeq, slot);
+    this.noteEnd({ scoSeq, slot: slot + count, scoClusters: table.length });
     // Serve what the cache has (runs of clusters contiguous in the slab: one pread each); note the rest.
     const missing: number[] = [];
     let index = 0;
@@ -82,7 +118,8 @@ export class RemoteScoReader {
     for (let i = 0; i < missing.length; ) {
       let run = 1;
       while (i + run < missing.length && missing[i + run] === missing[i]! + run) run += 1;
-      fetches.push(this.fetch(name, scoSeq, table, slot + missing[i]!, target.subarray(missing[i]! * clusterSizeBytes, (missing[i]! + run) * clusterSizeBytes)));
+      const part = target.subarray(missing[i]! * clusterSizeBytes, (missing[i]! + run) * clusterSizeBytes);
+      fetches.push(this.fetchRun(name, scoSeq, table, slot + missing[i]!, part, sequential));
       i += run;
     }
     await Promise.all(fetches);
@@ -92,16 +129,62 @@ export class RemoteScoReader {
     return { ...this.counters, tablesCached: this.tables.size };
   }
 
-  private async fetch(name: string, scoSeq: number, table: Uint32Array, firstSlot: number, target: Buffer): Promise<void> {
-    const data = await this.store.readRange(name, firstSlot * clusterSizeBytes, target.length, {
-      verify: (bytes) => clustersMatch(bytes, table, firstSlot),
-    });
-    if (!clustersMatch(data, table, firstSlot)) throw KeelError.checksumMismatch(`SCO ${scoSeq} slots ${firstSlot}+${target.length / clusterSizeBytes} from the backend`);
-    data.copy(target);
-    this.counters.remoteReads += 1;
-    this.counters.remoteClustersFetched += target.length / clusterSizeBytes;
-    this.counters.remoteBytesFetched += target.length;
-    await this.cache.insert(name, firstSlot, data);
+  /** Fills target with slots from firstSlot on: from a fetch in flight that covers them, else fetched. */
+  private async fetchRun(name: string, scoSeq: number, table: Uint32Array, firstSlot: number, target: Buffer, sequential: boolean): Promise<void> {
+    const count = target.length / clusterSizeBytes;
+    const covering = this.pending.get(scoSeq)?.find((fetch) => fetch.first <= firstSlot && firstSlot + count <= fetch.end);
+    if (covering !== undefined) {
+      const data = await covering.data.catch(() => undefined); // failed: fetch this run by itself below
+      if (data !== undefined) {
+        data.copy(target, 0, (firstSlot - covering.first) * clusterSizeBytes, (firstSlot - covering.first + count) * clusterSizeBytes);
+        this.counters.readAheadClustersServed += count;
+        return;
+      }
+    }
+    const readAheadEnd = Math.min(table.length, firstSlot + limits.remoteReadAheadBytesMax / clusterSizeBytes);
+    const end = sequential ? Math.max(firstSlot + count, readAheadEnd) : firstSlot + count;
+    if (end > firstSlot + count) this.counters.readAheadFetches += 1;
+    const data = await this.fetch(name, scoSeq, table, firstSlot, end);
+    data.copy(target, 0, 0, target.length);
+  }
+
+  /** Slots [firstSlot, end) from the backend, verified; in `pending` while in flight, then into the cache. */
+  private async fetch(name: string, scoSeq: number, table: Uint32Array, firstSlot: number, end: number): Promise<Buffer> {
+    const bytes = (end - firstSlot) * clusterSizeBytes;
+    const data = this.store
+      .readRange(name, firstSlot * clusterSizeBytes, bytes, { verify: (got) => clustersMatch(got, table, firstSlot) })
+      .then((got) => {
+        if (!clustersMatch(got, table, firstSlot)) throw KeelError.checksumMismatch(`SCO ${scoSeq} slots ${firstSlot}+${end - firstSlot} from the backend`);
+        this.counters.remoteReads += 1;
+        this.counters.remoteClustersFetched += end - firstSlot;
+        this.counters.remoteBytesFetched += bytes;
+        return got;
+      });
+    const entry: PendingFetch = { first: firstSlot, end, data };
+    const list = this.pending.get(scoSeq) ?? [];
+    list.push(entry);
+    this.pending.set(scoSeq, list);
+    try {
+      const got = await data;
+      await this.cache.insert(name, firstSlot, got);
+      return got;
+    } finally {
+      list.splice(list.indexOf(entry), 1);
+      if (list.length === 0 && this.pending.get(scoSeq) === list) this.pending.delete(scoSeq);
+    }
+  }
+
+  private isSequential(scoSeq: number, slot: number): boolean {
+    for (const end of this.recentEnds) {
+      if (end.scoSeq === scoSeq && end.slot === slot) return true;
+      if (slot === 0 && end.scoSeq === scoSeq - 1 && end.slot === end.scoClusters) return true; // on into the next SCO
+    }
+    return false;
+  }
+
+  private noteEnd(end: ReadEnd): void {
+    this.recentEnds.push(end);
+    if (this.recentEnds.length > limits.remoteReadStreamsMax) this.recentEnds.shift();
   }
 
   private async fetchTable(scoSeq: number): Promise<Uint32Array> {

@@ -175,6 +175,10 @@ export const limits = {
   readCacheBlockBytes: 64 * 1024,
   /** Read cache / remote reads: crc tables of evicted SCOs fetched from the backend and kept in RAM. */
   remoteScoTablesCachedMax: 256,
+  /** Remote reads: a sequential read's fetch is widened to this many bytes within its SCO (router/remote-sco-reader.ts). */
+  remoteReadAheadBytesMax: 4 * 1024 * 1024,
+  /** Remote reads: where the last this-many reads of a volume ended, to tell a sequential read. */
+  remoteReadStreamsMax: 16,
   /** Restore from the backend: TLogs downloaded at once. */
   tlogDownloadsInFlightMax: 4,
   /** Management HTTP: a request must be answered within this. */
@@ -301,6 +305,8 @@ export function checkLimits(l: Limits = limits): void {
   if (!Number.isInteger(l.writevFramesMax) || l.writevFramesMax < 1) fail('writevFramesMax must be a whole number of frames, at least 1');
   if (l.backendListTimeoutMs < l.backendRequestTimeoutMs) fail('backendListTimeoutMs must allow at least one full request');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
+  if (l.remoteReadAheadBytesMax < clusterSizeBytes || l.remoteReadAheadBytesMax % clusterSizeBytes !== 0)
+    fail('remoteReadAheadBytesMax must be whole clusters, at least one');
   if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
   if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)
     fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
