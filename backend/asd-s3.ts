@@ -4,6 +4,12 @@
  * fragments, which beats retrying one slow endpoint. Every call gets an AbortSignal: the caller's, or a
  * timeout of `requestTimeoutMs`. Ranged GET uses the Range header; a range starting past the end answers
  * an empty buffer.
+ *
+ * GETs go without per-call options, so the SDK serves them from its handler cache (`cacheMiddleware`)
+ * instead of resolving the whole middleware stack again for every request: 1.1 ms of CPU per GET against
+ * 1.4-1.55 ms (4 KiB ranged GETs at QD16 against s3rver). Their deadline is then the caller's (the signal
+ * still releases the caller) plus the HTTP handler's `requestTimeout`, which destroys a socket idle that
+ * long, so a hung GET cannot hold a connection forever.
  */
 import {
   DeleteObjectCommand,
@@ -15,7 +21,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
-import type { Asd } from './asd.ts';
+import { abortable, type Asd } from './asd.ts';
 
 export interface S3AsdConfig {
   id: string;
@@ -54,6 +60,8 @@ export class S3Asd implements Asd {
       forcePathStyle: config.forcePathStyle ?? false,
       credentials: { accessKeyId, secretAccessKey },
       maxAttempts: 1,
+      cacheMiddleware: true,
+      requestHandler: { requestTimeout: this.requestTimeoutMs, connectionTimeout: this.requestTimeoutMs },
       // Checksums are ours (crc32c per block); the SDK's streaming checksums are not understood by every server.
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
@@ -75,13 +83,16 @@ export class S3Asd implements Asd {
   async getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
     try {
-      return await this.call('getRange', key, signal, async (abortSignal) => {
-        const out = await this.client.send(
-          new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }),
-          { abortSignal },
-        );
-        return asBuffer(await out.Body!.transformToByteArray());
-      });
+      return await this.call('getRange', key, signal, (abortSignal) =>
+        abortable(
+          this.client
+            .send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }))
+            .then((out) => out.Body!.transformToByteArray())
+            .then(asBuffer),
+          abortSignal,
+          `S3 getRange ${key}`,
+        ),
+      );
     } catch (err) {
       if (err instanceof KeelError && err.details.status === 416) return Buffer.alloc(0);
       throw err;
@@ -89,10 +100,16 @@ export class S3Asd implements Asd {
   }
 
   async get(key: string, signal?: AbortSignal): Promise<Buffer> {
-    return this.call('get', key, signal, async (abortSignal) => {
-      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }), { abortSignal });
-      return asBuffer(await out.Body!.transformToByteArray());
-    });
+    return this.call('get', key, signal, (abortSignal) =>
+      abortable(
+        this.client
+          .send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }))
+          .then((out) => out.Body!.transformToByteArray())
+          .then(asBuffer),
+        abortSignal,
+        `S3 get ${key}`,
+      ),
+    );
   }
 
   async delete(key: string, signal?: AbortSignal): Promise<void> {
@@ -139,9 +156,10 @@ export class S3Asd implements Asd {
   }
 
   private wrap(op: string, key: string, err: unknown, signal: AbortSignal | undefined, timeout: AbortSignal): KeelError {
-    if (err instanceof KeelError) return err;
+    // Aborts first: a GET released by its signal (abortable) fails with a generic IO error otherwise.
     if (signal?.aborted && signal.reason instanceof KeelError) return signal.reason;
     if (timeout.aborted) return KeelError.timeout(`S3 ${op} ${key} on ASD ${this.id}`, this.requestTimeoutMs);
+    if (err instanceof KeelError) return err;
     const e = err as { name?: string; message?: string; $metadata?: { httpStatusCode?: number } };
     const status = e.$metadata?.httpStatusCode;
     const details = { asd: this.id, op, key, status };

@@ -124,6 +124,11 @@ describe('S3 outage', () => {
       await expect(store.putObject('v/sco/5', data)).rejects.toThrow(/timed out after 1000 ms/);
       expect(Date.now() - t1).toBeLessThan(10_000);
       expect(store.asdStats().reduce((sum, c) => sum + c.timeouts, 0)).toBeGreaterThanOrEqual(6);
+      // A GET goes without per-call options (the SDK's handler cache): its own deadline still holds.
+      const t2 = Date.now();
+      await expect(asds[0]!.getRange('any-key', 0, 4096)).rejects.toMatchObject({ code: 'TIMEOUT' });
+      await expect(asds[0]!.get('any-key')).rejects.toMatchObject({ code: 'TIMEOUT' });
+      expect(Date.now() - t2).toBeLessThan(5_000);
     } finally {
       server.resume();
     }
