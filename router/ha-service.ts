@@ -34,6 +34,8 @@ export function withHaOps(inner: RpcHandler, ops: HaOps): RpcHandler {
       return {
         handle: (request) => (request.header.op.startsWith('dtl-') || haAdminOps.has(request.header.op) ? handleHaOp(ops, request) : session.handle(request)),
         close: () => session.close(),
+        // dtl-append writes its records to a segment file before it settles; other ops as the inner service says.
+        payloadDoneWhenSettled: (op: string) => op === 'dtl-append' || (session.payloadDoneWhenSettled?.(op) ?? false),
       };
     },
   };

@@ -59,6 +59,11 @@ class VolumeSession implements RpcSession {
     private readonly admin?: VolumeAdmin,
   ) {}
 
+  /** A write's data is copied (DTL record) or written (SCO) before the write settles: nothing keeps it. */
+  payloadDoneWhenSettled(op: string): boolean {
+    return op === 'write';
+  }
+
   handle(request: RpcRequest): Promise<RpcResult> {
     const { header, payload } = request;
     switch (header.op) {

@@ -60,6 +60,13 @@ export const limits = {
 
   /** Wire: the largest frame (header + payload); a request of nbdRequestBytesMax must fit. */
   wireFrameBytesMax: 32 * 1024 * 1024 + 64 * 1024,
+  /**
+   * Wire: request frames joined from several socket chunks come from a pool in size classes of this many
+   * bytes when at least one class long (shared/wire/frame-codec.ts GatherPool); smaller ones allocate.
+   */
+  wireGatherClassBytes: 64 * 1024,
+  /** Wire: free joined-frame buffers one router keeps for reuse, in bytes. */
+  wireGatherPoolBytesMax: 64 * 1024 * 1024,
   /** Wire: the largest msgpack header in a frame. */
   wireHeaderBytesMax: 16 * 1024,
   /** Wire: requests one edge connection keeps in flight to a router (the window). */
@@ -269,6 +276,7 @@ export function checkLimits(l: Limits = limits): void {
   const fail = (why: string) => {
     throw KeelError.badConfig(`limits: ${why}`);
   };
+  if (l.wireGatherPoolBytesMax < l.wireGatherClassBytes) fail('wireGatherPoolBytesMax must hold at least one wireGatherClassBytes buffer');
   if (l.wireFrameBytesMax < l.nbdRequestBytesMax + l.wireHeaderBytesMax)
     fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
   if (l.dtlBatchesInFlightMax < 1 || l.dtlBatchesInFlightMax > l.wireRequestsInFlightMax)

@@ -15,6 +15,18 @@ export interface Frame {
   header: Record<string, unknown>;
   /** Zero-length when the frame has no payload. May share memory with the chunk it arrived in. */
   payload: Buffer;
+  /** The frame was joined from several chunks into this buffer from the decoder's GatherPool (payload is a view of it). */
+  gathered?: Buffer;
+}
+
+/**
+ * Buffers for frames that span socket chunks (a 1 MiB write arrives in 64 KiB reads). A fresh 1 MiB
+ * buffer per frame costs page faults on first touch and external memory that V8 answers with
+ * mark-compacts; a pool hands the same memory out again once its owner gives it back.
+ */
+export interface GatherPool {
+  /** A buffer of at least `bytes`, or undefined to allocate one. */
+  acquire(bytes: number): Buffer | undefined;
 }
 
 export interface FrameLimits {
@@ -79,8 +91,13 @@ export class FrameDecoder {
   private headOffset = 0;
   private bufferedBytes = 0;
   private failure: KeelError | undefined;
+  /** Set by gather() when the joined bytes came from the pool; next() hands it over with the frame. */
+  private gatheredFromPool: Buffer | undefined;
 
-  constructor(frameLimits: FrameLimits = defaultFrameLimits) {
+  constructor(
+    frameLimits: FrameLimits = defaultFrameLimits,
+    private readonly gatherPool?: GatherPool,
+  ) {
     this.frameLimits = frameLimits;
   }
 
@@ -111,10 +128,12 @@ export class FrameDecoder {
     const frameBytes = frameLengthFieldBytes + restBytes;
     if (this.bufferedBytes < frameBytes) return undefined;
     const frame = this.take(frameBytes);
+    const gathered = this.gatheredFromPool;
+    this.gatheredFromPool = undefined;
     const header = this.decodeHeader(frame, framePreambleBytes, headerBytes);
     const payloadStart = framePreambleBytes + headerBytes;
     const payload = payloadStart === frame.length ? emptyPayload : frame.subarray(payloadStart);
-    return { header, payload };
+    return gathered === undefined ? { header, payload } : { header, payload, gathered };
   }
 
   /** The stream ended: throws PROTOCOL if it stopped in the middle of a frame. */
@@ -179,7 +198,9 @@ export class FrameDecoder {
   }
 
   private gather(n: number, consume: boolean): Buffer {
-    const out = Buffer.allocUnsafe(n);
+    const pooled = consume ? this.gatherPool?.acquire(n) : undefined;
+    if (pooled !== undefined) this.gatheredFromPool = pooled;
+    const out = pooled === undefined ? Buffer.allocUnsafe(n) : pooled.subarray(0, n);
     let written = 0;
     let offset = this.headOffset;
     for (let i = 0; written < n; i++) {

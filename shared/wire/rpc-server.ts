@@ -7,9 +7,10 @@
  */
 import assert, { AssertionError } from 'node:assert';
 import type { Logger } from '../logger.ts';
+import { BufferPool } from '../buffer-pool.ts';
 import { KeelError } from '../errors.ts';
 import { limits } from '../limits.ts';
-import { encodeFrame, FrameDecoder, type Frame } from './frame-codec.ts';
+import { encodeFrame, FrameDecoder, type Frame, type GatherPool } from './frame-codec.ts';
 import type { Transport, TransportConnection, TransportListener } from './transport.ts';
 import {
   helloRequestId,
@@ -44,6 +45,11 @@ export interface RpcResult {
 /** Per-connection state of a handler, created after the handshake. */
 export interface RpcSession {
   handle(request: RpcRequest): Promise<RpcResult>;
+  /**
+   * True when requests of `op` no longer touch their payload once handle() settled: the server then reuses
+   * the payload's memory (frames joined from several socket chunks come from a pool). Absent: never.
+   */
+  payloadDoneWhenSettled?(op: string): boolean;
   /** The connection is gone (requests may still be running): release what the session holds. */
   close(): void;
 }
@@ -74,9 +80,33 @@ export function toWireError(err: unknown): WireError {
   return { code: 'IO', message: `internal error: ${(err as Error)?.message ?? String(err)}` };
 }
 
+/** Frames joined from socket chunks, by size class: large ones only (small ones come from V8's own pool). */
+class FrameGatherPool implements GatherPool {
+  private readonly buffers = new BufferPool(limits.wireFrameBytesMax + limits.wireGatherClassBytes, limits.wireGatherPoolBytesMax);
+
+  acquire(bytes: number): Buffer | undefined {
+    if (bytes < limits.wireGatherClassBytes) return undefined;
+    return this.buffers.acquire(Math.ceil(bytes / limits.wireGatherClassBytes) * limits.wireGatherClassBytes);
+  }
+
+  /** Its request is done with it. */
+  release(buffer: Buffer): void {
+    this.buffers.release(buffer);
+  }
+
+  /** Its request may still read it: the garbage collector takes it. */
+  discard(buffer: Buffer): void {
+    this.buffers.discard(buffer);
+  }
+
+  stats(): ReturnType<BufferPool['stats']> {
+    return this.buffers.stats();
+  }
+}
+
 class ServerConnection {
   private status: ConnectionStatus = { state: 'handshaking' };
-  private readonly decoder = new FrameDecoder();
+  private readonly decoder: FrameDecoder;
   private session: RpcSession | undefined;
   private requestsInFlight = 0;
   private sendBlocked = false;
@@ -88,7 +118,9 @@ class ServerConnection {
     private readonly connection: TransportConnection,
     private readonly options: Required<RpcServerOptions>,
     private readonly onGone: (connection: ServerConnection) => void,
+    private readonly gatherPool: FrameGatherPool,
   ) {
+    this.decoder = new FrameDecoder(undefined, gatherPool);
     this.logger = options.logger.child({ peer: connection.remoteAddress });
     this.handshakeTimer = setTimeout(
       () => this.fail(KeelError.timeout('handshake', options.handshakeTimeoutMs)),
@@ -145,12 +177,14 @@ class ServerConnection {
 
   private onFrame(frame: Frame): void {
     const header = frame.header;
+    const dispatchable = this.status.state === 'serving' && typeof header.op === 'string' && isRequestId(header.id) && header.id !== helloRequestId;
+    if (!dispatchable && frame.gathered !== undefined) this.gatherPool.discard(frame.gathered);
     if (typeof header.op !== 'string' || !isRequestId(header.id)) {
       return this.fail(KeelError.protocol('request header needs a string op and a u32 id'));
     }
     if (this.status.state === 'handshaking') return this.onHello(header as RequestHeader);
     if (header.id === helloRequestId) return this.fail(KeelError.protocol('request id 0 is reserved for the handshake'));
-    this.dispatch({ header: header as RequestHeader, payload: frame.payload });
+    this.dispatch({ header: header as RequestHeader, payload: frame.payload }, frame.gathered);
   }
 
   private onHello(header: RequestHeader): void {
@@ -166,19 +200,31 @@ class ServerConnection {
     this.session = this.options.handler.openSession({ remoteAddress: this.connection.remoteAddress, role });
   }
 
-  private dispatch(request: RpcRequest): void {
+  private dispatch(request: RpcRequest, gathered: Buffer | undefined): void {
     const id = request.header.id;
+    const session = this.session!;
     this.requestsInFlight++;
     let pending: Promise<RpcResult>;
     try {
-      pending = this.session!.handle(request);
+      pending = session.handle(request);
     } catch (err) {
       pending = Promise.reject(err);
     }
     pending.then(
-      (result) => this.finish(id, result),
-      (err: unknown) => this.finishWithError(id, request.header.op, err),
+      (result) => {
+        if (gathered !== undefined) this.giveBack(gathered, session, request.header.op);
+        this.finish(id, result);
+      },
+      (err: unknown) => {
+        if (gathered !== undefined) this.giveBack(gathered, session, request.header.op);
+        this.finishWithError(id, request.header.op, err);
+      },
     );
+  }
+
+  private giveBack(gathered: Buffer, session: RpcSession, op: string): void {
+    if (session.payloadDoneWhenSettled?.(op) === true) this.gatherPool.release(gathered);
+    else this.gatherPool.discard(gathered);
   }
 
   private finish(id: number, result: RpcResult): void {
@@ -251,6 +297,7 @@ class ServerConnection {
 
 export class RpcServer {
   private readonly connections = new Set<ServerConnection>();
+  private readonly gatherPool = new FrameGatherPool();
   private listener: TransportListener | undefined;
   private readonly options: Required<RpcServerOptions>;
 
@@ -298,7 +345,12 @@ export class RpcServer {
     const accepted = new ServerConnection(connection, this.options, (gone) => {
       this.connections.delete(gone);
       if (this.connections.size === 0) this.onAllGone?.();
-    });
+    }, this.gatherPool);
     this.connections.add(accepted);
+  }
+
+  /** The pool of joined request frames shared by this server's connections. */
+  gatherPoolStats(): ReturnType<BufferPool['stats']> {
+    return this.gatherPool.stats();
   }
 }

@@ -92,6 +92,22 @@ describe('frame codec', () => {
     expect(head.readUInt32BE(4)).toBe(head.length - 8);
   });
 
+  it('joins a frame split across chunks into a buffer from the gather pool when the pool has one', () => {
+    const given: Buffer[] = [];
+    const pool = { acquire: (bytes: number) => (bytes >= 1000 ? (given[given.length] = Buffer.alloc(bytes + 100)) : undefined) };
+    const decoder = new FrameDecoder(undefined, pool);
+    const big = Buffer.alloc(5000, 7);
+    const bytes = Buffer.concat([frameBytes({ op: 'w', id: 1 }, big), frameBytes({ op: 'w', id: 2 }, Buffer.alloc(100, 3))]);
+    for (let at = 0; at < bytes.length; at += 999) decoder.push(bytes.subarray(at, Math.min(bytes.length, at + 999)));
+    const [first, second] = drain(decoder);
+    expect(first!.payload.equals(big)).toBe(true);
+    expect(first!.gathered).toBe(given[0]); // the payload is a view of the pool's buffer
+    expect(first!.payload.buffer).toBe(given[0]!.buffer);
+    expect(second!.payload.equals(Buffer.alloc(100, 3))).toBe(true);
+    expect(second!.gathered).toBeUndefined(); // within one chunk: a view of it, no pool
+    expect(given).toHaveLength(1);
+  });
+
   it('rejects an oversized frame as soon as its preamble arrives', () => {
     const decoder = new FrameDecoder(smallLimits);
     decoder.push(preamble(smallLimits.frameBytesMax, 10)); // 4 + rest > max

@@ -9,6 +9,7 @@ import type { TransportConnection } from '../../shared/wire/transport.ts';
 import { wireMagic, wireVersion } from '../../shared/wire/wire-format.ts';
 import { createVolumeService } from '../../router/volume-service.ts';
 import { BufferPool } from '../../shared/buffer-pool.ts';
+import { crc32c } from '../../shared/checksum.ts';
 import { capturingLogger, delay, MemoryVolume, MemoryVolumeHost, patternBytes } from '../helpers/wire-test-volumes.ts';
 
 const transport = new TcpTransport();
@@ -207,6 +208,34 @@ describe('requests', () => {
     expect(client.currentStatus.state).toBe('closed');
     await expect(client.request({ op: 'echo', value: 1 })).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
     expect(stats.sessionsClosed).toBe(1);
+  });
+});
+
+describe('joined request frames', () => {
+  it('come from a pool and go back once a request whose op is done with its payload settles; other ops keep theirs', async () => {
+    const seen: Buffer[] = [];
+    const handler: RpcHandler = {
+      openSession: () => ({
+        payloadDoneWhenSettled: (op: string) => op === 'consume',
+        handle: async (request: RpcRequest): Promise<RpcResult> => {
+          seen.push(request.payload);
+          return { fields: { crc: crc32c(request.payload) } };
+        },
+        close: () => undefined,
+      }),
+    };
+    const server = await startServer(handler);
+    const client = await connect(server.address);
+    for (let i = 0; i < 5; i++) {
+      const payload = patternBytes(1 << 20, i); // 1 MiB arrives in many socket chunks: joined
+      expect((await client.request({ op: 'consume', value: i }, payload)).header.crc).toBe(crc32c(payload));
+    }
+    expect(server.gatherPoolStats()).toMatchObject({ allocated: 1, outstanding: 0 }); // one buffer for all five
+    expect(seen[4]!.buffer).toBe(seen[0]!.buffer);
+    for (let i = 0; i < 3; i++) await client.request({ op: 'keep', value: i }, patternBytes(1 << 20, 10 + i));
+    // The first 'keep' takes the free buffer and never gives it back; the next two allocate.
+    expect(server.gatherPoolStats()).toMatchObject({ allocated: 3, outstanding: 0 });
+    expect(seen.slice(5).map((payload, i) => payload.equals(patternBytes(1 << 20, 10 + i)))).toEqual([true, true, true]);
   });
 });
 
