@@ -275,7 +275,7 @@ export class ErasureObjectStore {
     const codec = this.codec(g.k, g.m);
     const bodies: Buffer[][] = Array.from({ length: g.k + g.m }, () => []);
     const parityBytes = stripeParityBytes * g.stripeCount;
-    const pooledParity = this.parityBuffers.acquireAtLeast(parityBytes);
+    const pooledParity = this.parityBuffers.acquireFitting(parityBytes, limits.uploadBufferClassBytes);
     const parityAll = pooledParity ?? Buffer.allocUnsafeSlow(parityBytes);
     const stripes = Array.from({ length: g.stripeCount }, (_, s) => s);
     const encoded = await mapBounded(stripes, limits.backendCodecStripesInFlightMax, async (s) => {

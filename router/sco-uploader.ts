@@ -219,7 +219,7 @@ export class ScoUploader {
       let pooled: Buffer | undefined;
       let reusable = false;
       try {
-        const data = await this.options.disk.readFileInto(filePath, (sizeBytes) => (pooled = scoUploadBuffers.acquireAtLeast(sizeBytes)) ?? Buffer.allocUnsafeSlow(sizeBytes));
+        const data = await this.options.disk.readFileInto(filePath, (sizeBytes) => (pooled = scoUploadBuffers.acquireFitting(sizeBytes, limits.uploadBufferClassBytes)) ?? Buffer.allocUnsafeSlow(sizeBytes));
         if (data === undefined) throw new Error(`SCO file ${filePath} is missing`);
         const result = await this.options.backend.store.putObject(name, data);
         reusable = (result?.abandonedWrites ?? 0) === 0;

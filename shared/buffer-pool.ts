@@ -38,11 +38,16 @@ export class BufferPool {
   }
 
   /**
-   * A buffer of the next power of two at or above `bytes` (so nearby sizes share free buffers), or
-   * undefined when that size is not pooled. The caller uses a view of the first `bytes`.
+   * The smallest free buffer of at least `bytes`, else a new one of `bytes` rounded up to `classBytes`;
+   * undefined when that is beyond the pooled size. For sizes that vary from use to use (a SCO sealed early
+   * is smaller than a full one): exact sizes, or powers of two, rarely matched a free buffer, and every
+   * miss was fresh memory. The caller uses a view of the first `bytes`.
    */
-  acquireAtLeast(bytes: number): Buffer | undefined {
-    return this.acquire(2 ** Math.ceil(Math.log2(Math.max(bytes, 1))));
+  acquireFitting(bytes: number, classBytes: number): Buffer | undefined {
+    let fitting: number | undefined;
+    for (const [size, list] of this.free) if (size >= bytes && list.length > 0 && (fitting === undefined || size < fitting)) fitting = size;
+    if (fitting !== undefined) return this.acquire(fitting);
+    return this.acquire(Math.ceil(Math.max(bytes, 1) / classBytes) * classBytes);
   }
 
   /** True when acquire(bytes) would hand out a free buffer instead of allocating one. */

@@ -159,6 +159,11 @@ export const limits = {
   scoUploadsInFlightMax: 2,
   /** Router backend: SCOs are read for upload into pooled buffers up to this size (sco-uploader.ts); larger ones allocate. */
   scoUploadBufferBytesMax: 128 * 1024 * 1024,
+  /**
+   * Upload and parity buffers are allocated in multiples of this (BufferPool.acquireFitting), and a free one
+   * that fits serves any smaller SCO: a full 64 MiB SCO file (clusters + footer) takes 80 MiB.
+   */
+  uploadBufferClassBytes: 16 * 1024 * 1024,
   /** Router backend: free upload buffers kept for reuse, all volumes together. */
   scoUploadBufferPoolBytesMax: 256 * 1024 * 1024,
   /** Router backend: pause before a failed SCO/TLog upload is tried again (the store already retried it). */
@@ -299,6 +304,8 @@ export function checkLimits(l: Limits = limits): void {
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
   if (l.backendParityPoolBytesMax < l.backendParityBufferBytesMax) fail('backendParityPoolBytesMax must hold at least one backendParityBufferBytesMax buffer');
   if (l.scoUploadBufferBytesMax < l.scoSizeBytesMax) fail('scoUploadBufferBytesMax must hold a scoSizeBytesMax SCO, or full SCOs would not use the pool');
+  if (l.uploadBufferClassBytes > l.scoUploadBufferBytesMax || l.uploadBufferClassBytes > l.backendParityBufferBytesMax)
+    fail('uploadBufferClassBytes must not exceed the upload and parity buffer bounds');
   if (l.scoUploadBufferPoolBytesMax < l.scoUploadBufferBytesMax) fail('scoUploadBufferPoolBytesMax must hold at least one scoUploadBufferBytesMax buffer');
   if (l.dtlSpareSegmentsMax * l.dtlSegmentBytes > l.dtlBytesMax)
     fail('dtlSpareSegmentsMax segments must fit in dtlBytesMax, so spare files add at most one full stream of disk');

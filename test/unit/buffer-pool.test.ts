@@ -25,14 +25,21 @@ describe('BufferPool', () => {
     expect(() => pool.release(Buffer.alloc(4096))).toThrow(/without acquire/);
   });
 
-  it('rounds acquireAtLeast up to a power of two, so nearby sizes share free buffers; hasFree tells whether acquire reuses', () => {
-    const pool = new BufferPool(8192, 8192);
-    const a = pool.acquireAtLeast(5000)!;
-    expect(a.length).toBe(8192);
+  it('acquireFitting hands out the smallest free buffer that fits, else allocates in size classes; hasFree tells whether acquire reuses', () => {
+    const pool = new BufferPool(16384, 32768);
+    const a = pool.acquireFitting(5000, 4096)!;
+    expect(a.length).toBe(8192); // rounded up to the class
     expect(pool.hasFree(8192)).toBe(false);
     pool.release(a);
     expect(pool.hasFree(8192)).toBe(true);
-    expect(pool.acquireAtLeast(7000)).toBe(a);
-    expect(pool.acquireAtLeast(8193)).toBeUndefined(); // rounds to 16384: above the bound
+    expect(pool.acquireFitting(7000, 4096)).toBe(a); // another size, same free buffer
+    const big = pool.acquireFitting(12000, 4096)!;
+    expect(big.length).toBe(12288);
+    pool.release(a);
+    pool.release(big);
+    expect(pool.acquireFitting(100, 4096)).toBe(a); // the smallest that fits, not the first
+    expect(pool.acquireFitting(9000, 4096)).toBe(big); // a smaller request takes a larger free buffer instead of allocating
+    expect(pool.stats().allocated).toBe(2);
+    expect(pool.acquireFitting(16385, 4096)).toBeUndefined(); // beyond the pooled size
   });
 });
