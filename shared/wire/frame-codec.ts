@@ -27,6 +27,8 @@ export interface Frame {
 export interface GatherPool {
   /** A buffer of at least `bytes`, or undefined to allocate one. */
   acquire(bytes: number): Buffer | undefined;
+  /** A buffer acquired for a frame the decoder then rejected: it goes back unused. */
+  discard(buffer: Buffer): void;
 }
 
 export interface FrameLimits {
@@ -130,7 +132,13 @@ export class FrameDecoder {
     const frame = this.take(frameBytes);
     const gathered = this.gatheredFromPool;
     this.gatheredFromPool = undefined;
-    const header = this.decodeHeader(frame, framePreambleBytes, headerBytes);
+    let header: Record<string, unknown>;
+    try {
+      header = this.decodeHeader(frame, framePreambleBytes, headerBytes);
+    } catch (err) {
+      if (gathered !== undefined) this.gatherPool!.discard(gathered);
+      throw err;
+    }
     const payloadStart = framePreambleBytes + headerBytes;
     const payload = payloadStart === frame.length ? emptyPayload : frame.subarray(payloadStart);
     return gathered === undefined ? { header, payload } : { header, payload, gathered };

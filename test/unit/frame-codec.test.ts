@@ -94,7 +94,7 @@ describe('frame codec', () => {
 
   it('joins a frame split across chunks into a buffer from the gather pool when the pool has one', () => {
     const given: Buffer[] = [];
-    const pool = { acquire: (bytes: number) => (bytes >= 1000 ? (given[given.length] = Buffer.alloc(bytes + 100)) : undefined) };
+    const pool = { acquire: (bytes: number) => (bytes >= 1000 ? (given[given.length] = Buffer.alloc(bytes + 100)) : undefined), discard: () => undefined };
     const decoder = new FrameDecoder(undefined, pool);
     const big = Buffer.alloc(5000, 7);
     const bytes = Buffer.concat([frameBytes({ op: 'w', id: 1 }, big), frameBytes({ op: 'w', id: 2 }, Buffer.alloc(100, 3))]);

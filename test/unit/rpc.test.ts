@@ -237,6 +237,21 @@ describe('joined request frames', () => {
     expect(server.gatherPoolStats()).toMatchObject({ allocated: 3, outstanding: 0 });
     expect(seen.slice(5).map((payload, i) => payload.equals(patternBytes(1 << 20, 10 + i)))).toEqual([true, true, true]);
   });
+
+  it('a joined frame with a bad header closes its connection and its buffer goes back to the pool', async () => {
+    const server = await startServer(echoHandler().handler);
+    const raw = await rawConnection(server.address);
+    raw.connection.write(encodeFrame({ op: 'hello', id: 0, magic: wireMagic, version: wireVersion, role: 'edge' }));
+    await raw.until(() => raw.frames.length === 1);
+    const body = Buffer.alloc(512 * 1024, 0xc1); // 0xc1 is never valid msgpack: the header fails to decode
+    const preamble = Buffer.alloc(8);
+    preamble.writeUInt32BE(4 + body.length, 0);
+    preamble.writeUInt32BE(16, 4);
+    raw.connection.write([preamble, body]);
+    await raw.until(() => raw.isClosed());
+    expect((raw.frames[1]!.header.err as { code: string }).code).toBe('PROTOCOL');
+    expect(server.gatherPoolStats()).toMatchObject({ acquired: 1, outstanding: 0 });
+  });
 });
 
 describe('malformed input', () => {
