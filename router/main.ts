@@ -56,7 +56,8 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   await registry.openOwnedVolumes();
   const replyBuffers = new BufferPool();
-  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
+  let server: RpcServer | undefined; // listens below, once the mgmt server is up
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), wireGatherBuffers: server?.gatherPoolStats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const drain = async () => {
@@ -64,7 +65,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
     return ha.drain();
   };
   const handler = withHaOps(createVolumeService(registry, logger, snapshots, replyBuffers), { dtl, ha, drain });
-  const server = new RpcServer({ transport, handler, logger, routerId: options.id });
+  server = new RpcServer({ transport, handler, logger, routerId: options.id });
   const address = await server.listen(formatAddress(options.host, options.port));
   const startedAtMs = Date.now();
   await coordination.registerRouter({

@@ -18,6 +18,7 @@ export interface MetricsStatus {
   };
   inlineIo?: Record<string, unknown>;
   replyBuffers?: Record<string, unknown>;
+  wireGatherBuffers?: Record<string, unknown>;
   dtlSlabs?: Record<string, unknown>;
   uploadBuffers?: Record<string, unknown>;
   directWriteStaging?: Record<string, unknown>;
@@ -48,6 +49,7 @@ export class RouterMetrics {
     this.setAll('keel_read_cache', status.backend?.readCache, {});
     this.setAll('keel_inline_io', status.inlineIo, {});
     this.setAll('keel_reply_buffers', status.replyBuffers, {});
+    this.setAll('keel_wire_gather_buffers', status.wireGatherBuffers, {});
     this.setAll('keel_dtl_slabs', status.dtlSlabs, {});
     this.setAll('keel_upload_buffers', status.uploadBuffers, {});
     this.setAll('keel_direct_write_staging', status.directWriteStaging, {});
