@@ -83,16 +83,7 @@ export class S3Asd implements Asd {
   async getRange(key: string, offset: number, length: number, signal?: AbortSignal): Promise<Buffer> {
     if (length === 0) return Buffer.alloc(0);
     try {
-      return await this.call('getRange', key, signal, (abortSignal) =>
-        abortable(
-          this.client
-            .send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: `bytes=${offset}-${offset + length - 1}` }))
-            .then((out) => out.Body!.transformToByteArray())
-            .then(asBuffer),
-          abortSignal,
-          `S3 getRange ${key}`,
-        ),
-      );
+      return await this.getObject('getRange', key, `bytes=${offset}-${offset + length - 1}`, signal);
     } catch (err) {
       if (err instanceof KeelError && err.details.status === 416) return Buffer.alloc(0);
       throw err;
@@ -100,14 +91,19 @@ export class S3Asd implements Asd {
   }
 
   async get(key: string, signal?: AbortSignal): Promise<Buffer> {
-    return this.call('get', key, signal, (abortSignal) =>
+    return this.getObject('get', key, undefined, signal);
+  }
+
+  /** A GET without per-call options (the SDK's handler cache serves it); the signal still releases the caller. */
+  private getObject(op: string, key: string, range: string | undefined, signal: AbortSignal | undefined): Promise<Buffer> {
+    return this.call(op, key, signal, (abortSignal) =>
       abortable(
         this.client
-          .send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key }))
+          .send(new GetObjectCommand({ Bucket: this.bucket, Key: this.prefix + key, Range: range }))
           .then((out) => out.Body!.transformToByteArray())
           .then(asBuffer),
         abortSignal,
-        `S3 get ${key}`,
+        `S3 ${op} ${key}`,
       ),
     );
   }

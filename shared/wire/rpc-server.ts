@@ -85,8 +85,7 @@ class FrameGatherPool implements GatherPool {
   private readonly buffers = new BufferPool(limits.wireFrameBytesMax + limits.wireGatherClassBytes, limits.wireGatherPoolBytesMax);
 
   acquire(bytes: number): Buffer | undefined {
-    if (bytes < limits.wireGatherClassBytes) return undefined;
-    return this.buffers.acquire(Math.ceil(bytes / limits.wireGatherClassBytes) * limits.wireGatherClassBytes);
+    return bytes < limits.wireGatherClassBytes ? undefined : this.buffers.acquireFitting(bytes, limits.wireGatherClassBytes);
   }
 
   /** Its request is done with it. */
@@ -176,15 +175,27 @@ class ServerConnection {
   }
 
   private onFrame(frame: Frame): void {
+    // Not dispatched (the handshake, or a protocol failure): nothing reads its payload.
+    if (!this.dispatchFrame(frame) && frame.gathered !== undefined) this.gatherPool.discard(frame.gathered);
+  }
+
+  /** Runs the frame as a request (true), or as the handshake or a protocol failure (false). */
+  private dispatchFrame(frame: Frame): boolean {
     const header = frame.header;
-    const dispatchable = this.status.state === 'serving' && typeof header.op === 'string' && isRequestId(header.id) && header.id !== helloRequestId;
-    if (!dispatchable && frame.gathered !== undefined) this.gatherPool.discard(frame.gathered);
     if (typeof header.op !== 'string' || !isRequestId(header.id)) {
-      return this.fail(KeelError.protocol('request header needs a string op and a u32 id'));
+      this.fail(KeelError.protocol('request header needs a string op and a u32 id'));
+      return false;
     }
-    if (this.status.state === 'handshaking') return this.onHello(header as RequestHeader);
-    if (header.id === helloRequestId) return this.fail(KeelError.protocol('request id 0 is reserved for the handshake'));
+    if (this.status.state === 'handshaking') {
+      this.onHello(header as RequestHeader);
+      return false;
+    }
+    if (header.id === helloRequestId) {
+      this.fail(KeelError.protocol('request id 0 is reserved for the handshake'));
+      return false;
+    }
     this.dispatch({ header: header as RequestHeader, payload: frame.payload }, frame.gathered);
+    return true;
   }
 
   private onHello(header: RequestHeader): void {
