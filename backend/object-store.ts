@@ -70,7 +70,8 @@ export interface ErasureObjectStoreOptions {
 export interface ReadRangeOptions {
   /**
    * The caller's own check of the bytes (e.g. the router's per-cluster crc32c). Returning false makes the
-   * store re-read the range by decoding from other fragments, blaming the ASD whose bytes differ.
+   * store re-read the range by decoding from other fragments, blaming the ASD whose bytes differ. readRange
+   * returns only bytes that passed it, or throws CHECKSUM_MISMATCH: callers need not check them again.
    */
   verify?: (data: Buffer) => boolean;
 }

@@ -11,6 +11,7 @@ import type { WriteBuffer } from './write-buffer.ts';
 export interface BackendObjectStore {
   /** Resolves with the store's PutObjectResult (test doubles may resolve with nothing: no abandoned writes). */
   putObject(name: string, data: Buffer | readonly Buffer[]): Promise<PutObjectResult | void>;
+  /** Bytes that pass options.verify when it is given (ReadRangeOptions): callers rely on that. */
   readRange(name: string, offset: number, length: number, options?: ReadRangeOptions): Promise<Buffer>;
   statObject(name: string): Promise<{ sizeBytes: number }>;
   deleteObject(name: string): Promise<void>;
