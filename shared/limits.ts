@@ -152,6 +152,14 @@ export const limits = {
   backendParityBufferBytesMax: 64 * 1024 * 1024,
   /** Backend: free parity buffers kept for reuse per object store. */
   backendParityPoolBytesMax: 128 * 1024 * 1024,
+  /** S3 ASDs: keep-alive sockets for GETs, per ASD (asd-s3.ts). */
+  s3GetSocketsMax: 32,
+  /** S3 ASDs: presigned GET URLs cached per ASD, how long each is valid, and how long it is reused (backend/presigned-url-cache.ts). */
+  s3PresignedUrlsMax: 8_192,
+  s3PresignedUrlExpirySeconds: 900,
+  s3PresignedUrlReuseMs: 300_000,
+  /** S3 ASDs: bytes of an error answer read for its code and message. */
+  s3ErrorBodyBytesMax: 4_096,
   /** Backend: keys one ASD list call returns (pages are followed up to this many). */
   backendListKeysMax: 100_000,
 
@@ -319,6 +327,11 @@ export function checkLimits(l: Limits = limits): void {
   if (l.directWriteStagingBuffersMax < 1) fail('directWriteStagingBuffersMax must be at least 1');
   if (!Number.isInteger(l.writevFramesMax) || l.writevFramesMax < 1) fail('writevFramesMax must be a whole number of frames, at least 1');
   if (l.backendListTimeoutMs < l.backendRequestTimeoutMs) fail('backendListTimeoutMs must allow at least one full request');
+  if (l.s3GetSocketsMax < l.backendFragmentRequestsInFlightMax)
+    fail('s3GetSocketsMax must be at least backendFragmentRequestsInFlightMax, or GETs the store allows would queue for a socket');
+  if (l.s3PresignedUrlReuseMs + l.backendRequestTimeoutMs >= l.s3PresignedUrlExpirySeconds * 1000)
+    fail('s3PresignedUrlReuseMs plus backendRequestTimeoutMs must end before s3PresignedUrlExpirySeconds, so no GET outlives its URL');
+  if (l.s3PresignedUrlExpirySeconds > 604_800) fail('s3PresignedUrlExpirySeconds must be at most 7 days (S3 refuses longer)');
   if (l.backendFragmentRequestsInFlightMax < 1) fail('backendFragmentRequestsInFlightMax must be at least 1');
   if (l.remoteReadAheadBytesMax < clusterSizeBytes || l.remoteReadAheadBytesMax % clusterSizeBytes !== 0)
     fail('remoteReadAheadBytesMax must be whole clusters, at least one');

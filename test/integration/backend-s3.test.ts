@@ -1,26 +1,42 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { S3Asd } from '../../backend/asd-s3.ts';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { S3Asd, type S3AsdConfig } from '../../backend/asd-s3.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { parsePreset } from '../../backend/preset.ts';
+import { KeelError } from '../../shared/errors.ts';
+import { limits } from '../../shared/limits.ts';
 import { defineBackendSuite } from '../helpers/backend-suite.ts';
 import { startS3Server, type TestS3Server } from '../helpers/s3-server.ts';
 
+function s3Asd(endpoint: string, bucket: string, overrides: Partial<S3AsdConfig> = {}): S3Asd {
+  return new S3Asd({
+    id: `s3-${bucket}`,
+    bucket,
+    prefix: 'pool1/',
+    endpoint,
+    region: 'us-east-1',
+    forcePathStyle: true,
+    accessKeyId: 'S3RVER',
+    secretAccessKey: 'S3RVER',
+    ...overrides,
+  });
+}
+
 function s3Asds(server: TestS3Server, requestTimeoutMs = 10_000): S3Asd[] {
-  return server.buckets.map(
-    (bucket) =>
-      new S3Asd({
-        id: `s3-${bucket}`,
-        bucket,
-        prefix: 'pool1/',
-        endpoint: server.endpoint,
-        region: 'us-east-1',
-        forcePathStyle: true,
-        accessKeyId: 'S3RVER',
-        secretAccessKey: 'S3RVER',
-        requestTimeoutMs,
-      }),
-  );
+  return server.buckets.map((bucket) => s3Asd(server.endpoint, bucket, { requestTimeoutMs }));
+}
+
+/** A TCP server that answers every request with `reply` and then closes: a broken or hostile S3 endpoint. */
+async function startRawHttpServer(reply: string): Promise<{ endpoint: string; close: () => Promise<void> }> {
+  const server = net.createServer((socket) => {
+    socket.once('data', () => socket.end(reply));
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { endpoint: `http://127.0.0.1:${port}`, close: () => new Promise((resolve) => server.close(() => resolve())) };
 }
 
 defineBackendSuite('s3rver buckets (one ASD per bucket)', async () => {
@@ -49,6 +65,85 @@ describe('S3 listing', () => {
       await server.close();
     }
   }, 60_000);
+});
+
+describe('S3 GETs (presigned URLs)', () => {
+  let server: TestS3Server;
+  beforeAll(async () => {
+    server = await startS3Server(1);
+  });
+  afterAll(async () => {
+    await server?.close();
+  });
+
+  it('ranges, missing keys and the end of an object answer like the SDK did; one presign serves every GET of a key until its reuse period ends', async () => {
+    let nowMs = 1_000_000;
+    const asd = s3Asd(server.endpoint, server.buckets[0]!, { nowMs: () => nowMs });
+    try {
+      const data = randomBytes(300_000);
+      await asd.put('v/obj+1 a.frag0', [data.subarray(0, 100_000), data.subarray(100_000)]);
+      expect((await asd.get('v/obj+1 a.frag0')).equals(data)).toBe(true);
+      for (const [offset, length] of [[0, 4096], [123_457, 65_536], [299_000, 5000], [0, 300_000]] as const)
+        expect((await asd.getRange('v/obj+1 a.frag0', offset, length)).equals(data.subarray(offset, offset + length))).toBe(true);
+      expect(await asd.getRange('v/obj+1 a.frag0', 300_000, 10)).toHaveLength(0);
+      expect(await asd.getRange('v/obj+1 a.frag0', 0, 0)).toHaveLength(0);
+      expect(asd.presignStats()).toEqual({ urls: 1, presigned: 1 });
+
+      await expect(asd.get('v/missing')).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND', details: expect.objectContaining({ status: 404 }) });
+      await expect(asd.getRange('v/missing', 0, 10)).rejects.toMatchObject({ code: 'OBJECT_NOT_FOUND' });
+
+      nowMs += limits.s3PresignedUrlReuseMs;
+      expect((await asd.getRange('v/obj+1 a.frag0', 10, 10)).equals(data.subarray(10, 20))).toBe(true);
+      expect(asd.presignStats().presigned).toBe(3); // the missing key's, and the first key's again
+    } finally {
+      asd.destroy();
+    }
+  });
+
+  it('wrong credentials: the refused URL is presigned once more, then the GET fails with the server\'s error, not a hang', async () => {
+    const good = s3Asd(server.endpoint, server.buckets[0]!);
+    // s3rver checks the access key of a V4 request, not its signature.
+    const bad = s3Asd(server.endpoint, server.buckets[0]!, { accessKeyId: 'WRONG' });
+    try {
+      await good.put('v/secret', [Buffer.from('x')]);
+      await expect(bad.getRange('v/secret', 0, 1)).rejects.toMatchObject({
+        code: 'IO',
+        message: expect.stringMatching(/HTTP 403 InvalidAccessKeyId: The AWS Access Key Id you provided does not exist/),
+        details: expect.objectContaining({ status: 403 }),
+      });
+      expect(bad.presignStats().presigned).toBe(2);
+    } finally {
+      good.destroy();
+      bad.destroy();
+    }
+  });
+
+  it('a body cut short or larger than any object fails clearly, and an abort ends a GET at once', async () => {
+    const short = await startRawHttpServer('HTTP/1.1 206 Partial Content\r\nContent-Length: 4096\r\n\r\n' + 'a'.repeat(100));
+    const huge = await startRawHttpServer(`HTTP/1.1 200 OK\r\nContent-Length: ${limits.backendObjectSizeBytesMax + 1}\r\n\r\nabc`);
+    const asds = [s3Asd(short.endpoint, 'b'), s3Asd(huge.endpoint, 'b', { requestTimeoutMs: 60_000 })];
+    try {
+      await expect(asds[0]!.getRange('k', 0, 4096)).rejects.toMatchObject({ code: 'IO', message: expect.stringMatching(/cut short after 100 bytes of 4096/) });
+      await expect(asds[1]!.get('k')).rejects.toMatchObject({ code: 'IO', message: expect.stringMatching(/more than the \d+ expected/) });
+    } finally {
+      for (const a of asds) a.destroy();
+      await short.close();
+      await huge.close();
+    }
+    const asd = s3Asd(server.endpoint, server.buckets[0]!, { requestTimeoutMs: 60_000 });
+    server.stall();
+    try {
+      const controller = new AbortController();
+      const t0 = Date.now();
+      const pending = asd.getRange('v/any', 0, 10, controller.signal);
+      setTimeout(() => controller.abort(KeelError.closed('test aborted the read')), 200);
+      await expect(pending).rejects.toMatchObject({ code: 'CLOSED' });
+      expect(Date.now() - t0).toBeLessThan(2_000);
+    } finally {
+      server.resume();
+      asd.destroy();
+    }
+  });
 });
 
 describe('S3 outage', () => {
@@ -124,7 +219,7 @@ describe('S3 outage', () => {
       await expect(store.putObject('v/sco/5', data)).rejects.toThrow(/timed out after 1000 ms/);
       expect(Date.now() - t1).toBeLessThan(10_000);
       expect(store.asdStats().reduce((sum, c) => sum + c.timeouts, 0)).toBeGreaterThanOrEqual(6);
-      // A GET goes without per-call options (the SDK's handler cache): its own deadline still holds.
+      // A GET to a presigned URL (no SDK call) has the same deadline.
       const t2 = Date.now();
       await expect(asds[0]!.getRange('any-key', 0, 4096)).rejects.toMatchObject({ code: 'TIMEOUT' });
       await expect(asds[0]!.get('any-key')).rejects.toMatchObject({ code: 'TIMEOUT' });
