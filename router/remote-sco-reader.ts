@@ -8,8 +8,8 @@
  * blamed. Fetched clusters go into the read cache.
  *
  * Read-ahead: a read that starts where a recent read of the same SCO ended (or at slot 0 of the SCO after
- * one read to its end) is sequential, and its fetch is widened to limits.remoteReadAheadBytesMax within
- * the SCO. Reads of clusters that a fetch in flight will bring wait for it and copy from it instead of
+ * one read to its end, or a few clusters on in LBA order: isSequential) is sequential, and its fetch is
+ * widened to limits.remoteReadAheadBytesMax within the SCO. Reads of clusters that a fetch in flight will bring wait for it and copy from it instead of
  * asking the backend themselves, so 1M sequential reads at QD8 cost one fetch per read-ahead window
  * instead of one per read: every backend request has a fixed cost (on S3, 1.4-1.9 ms of the router's CPU
  * in the SDK).
@@ -46,12 +46,15 @@ interface ReadEnd {
   scoSeq: number;
   slot: number;
   scoClusters: number;
+  /** The volume LBA just past the read, when the reader said (a volume read, not a scan of the SCO). */
+  lba: number | undefined;
 }
 
 export class RemoteScoReader {
   private readonly tables = new Map<number, Promise<Uint32Array>>();
   private readonly pending = new Map<number, PendingFetch[]>();
-  private readonly recentEnds: ReadEnd[] = [];
+  /** Where the latest read of each recently read SCO ended, least recently read first. */
+  private readonly recentEnds = new Map<number, ReadEnd>();
   private readonly counters = {
     remoteReads: 0,
     readAheadFetches: 0,
@@ -88,14 +91,18 @@ export class RemoteScoReader {
     return entry;
   }
 
-  /** Fills target (whole clusters) with the SCO's clusters from `slot` on, verified. */
-  async readClusters(scoSeq: number, slot: number, target: Buffer): Promise<void> {
+  /**
+   * Fills target (whole clusters) with the SCO's clusters from `slot` on, verified. `lba` is the volume
+   * LBA of the first cluster, for a read of the volume: it tells a sequential read across clusters
+   * overwritten since (isSequential).
+   */
+  async readClusters(scoSeq: number, slot: number, target: Buffer, lba?: number): Promise<void> {
     const table = await this.table(scoSeq);
     const count = target.length / clusterSizeBytes;
     if (slot + count > table.length) throw KeelError.corrupt(`SCO ${scoSeq}: slot ${slot + count - 1} beyond its ${table.length} clusters`);
     const name = this.objectName(scoSeq);
-    const sequential = this.isSequential(scoSeq, slot);
-    this.noteEnd({ scoSeq, slot: slot + count, scoClusters: table.length });
+    const sequential = this.isSequential(scoSeq, slot, lba);
+    this.noteEnd({ scoSeq, slot: slot + count, scoClusters: table.length, lba: lba === undefined ? undefined : lba + count });
     // Serve what the cache has (runs of clusters contiguous in the slab: one pread each); note the rest.
     const missing: number[] = [];
     let index = 0;
@@ -174,17 +181,28 @@ export class RemoteScoReader {
     }
   }
 
-  private isSequential(scoSeq: number, slot: number): boolean {
-    for (const end of this.recentEnds) {
-      if (end.scoSeq === scoSeq && end.slot === slot) return true;
-      if (slot === 0 && end.scoSeq === scoSeq - 1 && end.slot === end.scoClusters) return true; // on into the next SCO
+  /**
+   * A read is sequential when it starts where the SCO's latest read ended, or a few clusters further
+   * when the SCO holds the volume's clusters in LBA order there (the skipped ones were overwritten since,
+   * and live in other SCOs). A sequential fill later overwritten at random leaves its SCOs full of such
+   * holes; without this, every run between two holes was a backend request of its own (61 per 1 MiB
+   * read). In a SCO of random writes the next slot is a random LBA, so its reads are never widened.
+   */
+  private isSequential(scoSeq: number, slot: number, lba: number | undefined): boolean {
+    const end = this.recentEnds.get(scoSeq);
+    if (end !== undefined) {
+      if (slot === end.slot) return true;
+      const gap = slot - end.slot;
+      if (lba !== undefined && end.lba !== undefined && gap > 0 && gap <= limits.remoteReadAheadGapClustersMax && lba - end.lba === gap) return true;
     }
-    return false;
+    const before = this.recentEnds.get(scoSeq - 1);
+    return slot === 0 && before !== undefined && before.slot === before.scoClusters; // on into the next SCO
   }
 
   private noteEnd(end: ReadEnd): void {
-    this.recentEnds.push(end);
-    if (this.recentEnds.length > limits.remoteReadStreamsMax) this.recentEnds.shift();
+    this.recentEnds.delete(end.scoSeq);
+    this.recentEnds.set(end.scoSeq, end);
+    if (this.recentEnds.size > limits.remoteReadStreamsMax) this.recentEnds.delete(this.recentEnds.keys().next().value!);
   }
 
   private async fetchTable(scoSeq: number): Promise<Uint32Array> {

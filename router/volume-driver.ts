@@ -973,7 +973,7 @@ export class VolumeDriver implements OpenBlockTarget {
     const runEnd = runStart + count * clusterSizeBytes;
     const inPlace = runStart >= offset && runEnd <= offset + target.length;
     const buffer = inPlace ? target.subarray(runStart - offset, runEnd - offset) : Buffer.allocUnsafe(count * clusterSizeBytes);
-    await this.readClustersOf(scoSeq, locationSlot(location), buffer);
+    await this.readClustersOf(scoSeq, locationSlot(location), buffer, lba);
     this.counters.readClusters += count;
     if (!inPlace) {
       const from = Math.max(runStart, offset);
@@ -983,16 +983,16 @@ export class VolumeDriver implements OpenBlockTarget {
   }
 
   /** Local SCO (open, or closed in the write buffer) from disk; an evicted one through the backend. */
-  private async readClustersOf(scoSeq: number, slot: number, buffer: Buffer): Promise<void> {
+  private async readClustersOf(scoSeq: number, slot: number, buffer: Buffer, lba?: number): Promise<void> {
     if (scoSeq === this.openSco.scoSeq) return this.openSco.readClusters(slot, buffer);
     const remote = this.remote;
-    if (remote !== undefined && !remote.uploader.isLocal(scoSeq)) return remote.reader.readClusters(scoSeq, slot, buffer);
+    if (remote !== undefined && !remote.uploader.isLocal(scoSeq)) return remote.reader.readClusters(scoSeq, slot, buffer, lba);
     try {
       await (await this.closedScos.get(scoSeq)).readClusters(slot, buffer);
     } catch (err) {
       // Evicted while this read was opening the file: read the backend copy instead.
       if (remote === undefined || remote.uploader.isLocal(scoSeq)) throw err;
-      await remote.reader.readClusters(scoSeq, slot, buffer);
+      await remote.reader.readClusters(scoSeq, slot, buffer, lba);
     }
   }
 

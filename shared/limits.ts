@@ -197,8 +197,10 @@ export const limits = {
   remoteScoTablesCachedMax: 256,
   /** Remote reads: a sequential read's fetch is widened to this many bytes within its SCO (router/remote-sco-reader.ts). */
   remoteReadAheadBytesMax: 4 * 1024 * 1024,
-  /** Remote reads: where the last this-many reads of a volume ended, to tell a sequential read. */
-  remoteReadStreamsMax: 16,
+  /** Remote reads: the SCOs of a volume whose latest read's end is kept, to tell a sequential read. */
+  remoteReadStreamsMax: 256,
+  /** Remote reads: a read starting at most this many clusters after where the SCO's latest read ended is still sequential. */
+  remoteReadAheadGapClustersMax: 16,
   /** Restore from the backend: TLogs downloaded at once. */
   tlogDownloadsInFlightMax: 4,
   /** Management HTTP: a request must be answered within this. */

@@ -84,9 +84,9 @@ describe('RemoteScoReader', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  const read = async (scoSeq: number, slot: number, clusters: number): Promise<Buffer> => {
+  const read = async (scoSeq: number, slot: number, clusters: number, lba?: number): Promise<Buffer> => {
     const target = Buffer.alloc(clusters * clusterSizeBytes);
-    await reader.readClusters(scoSeq, slot, target);
+    await reader.readClusters(scoSeq, slot, target, lba);
     expect(target.equals(contents.get(scoSeq)!.subarray(slot * clusterSizeBytes, (slot + clusters) * clusterSizeBytes))).toBe(true);
     return target;
   };
@@ -121,6 +121,31 @@ describe('RemoteScoReader', () => {
       [300, 1],
     ]);
     expect(reader.stats().readAheadFetches).toBe(0);
+  });
+
+  it('a sequential read across clusters overwritten since is still sequential; small slot gaps between random LBAs are not', async () => {
+    // SCO 1 was written in LBA order from LBA 5000; clusters 4 and 9-10 were overwritten later (other SCOs).
+    await read(1, 0, 4, 5000);
+    // Skips slot 4: the same distance in LBAs, so the fetch is a window; the next read, issued with it
+    // (QD2), lies inside that window and waits for it.
+    await Promise.all([read(1, 5, 4, 5005), read(1, 11, 4, 5011)]);
+    expect(store.dataReads).toEqual([
+      [0, 4],
+      [5, readAheadClusters],
+    ]);
+    expect(reader.stats()).toMatchObject({ readAheadFetches: 1, readAheadClustersServed: 4 });
+    // SCO 2 holds random writes: slots 3 and 5 are LBAs far apart, and gaps past the bound are not sequential either.
+    store.dataReads.length = 0;
+    await read(2, 3, 1, 90_000);
+    await read(2, 5, 1, 12);
+    await read(2, 6, 1, 13); // right where the last read ended: sequential by slot
+    await read(2, 6 + 1 + readAheadClusters + limits.remoteReadAheadGapClustersMax + 1, 1, 13 + 1 + readAheadClusters + limits.remoteReadAheadGapClustersMax + 1);
+    expect(store.dataReads).toEqual([
+      [3, 1],
+      [5, 1],
+      [6, readAheadClusters],
+      [6 + 1 + readAheadClusters + limits.remoteReadAheadGapClustersMax + 1, 1],
+    ]);
   });
 
   it('a read waiting for a read-ahead that fails fetches its clusters itself', async () => {
