@@ -48,6 +48,10 @@ interface ReadEnd {
   scoClusters: number;
   /** The volume LBA just past the read, when the reader said (a volume read, not a scan of the SCO). */
   lba: number | undefined;
+  /** The read was sequential itself, or longer than one cluster: a random 4 KiB read is neither. */
+  streaming: boolean;
+  /** The reader's count of reads when this one was made. */
+  readIndex: number;
 }
 
 export class RemoteScoReader {
@@ -55,6 +59,7 @@ export class RemoteScoReader {
   private readonly pending = new Map<number, PendingFetch[]>();
   /** Where the latest read of each recently read SCO ended, least recently read first. */
   private readonly recentEnds = new Map<number, ReadEnd>();
+  private readCount = 0;
   private readonly counters = {
     remoteReads: 0,
     readAheadFetches: 0,
@@ -102,7 +107,8 @@ export class RemoteScoReader {
     if (slot + count > table.length) throw KeelError.corrupt(`SCO ${scoSeq}: slot ${slot + count - 1} beyond its ${table.length} clusters`);
     const name = this.objectName(scoSeq);
     const sequential = this.isSequential(scoSeq, slot, lba);
-    this.noteEnd({ scoSeq, slot: slot + count, scoClusters: table.length, lba: lba === undefined ? undefined : lba + count });
+    const end = lba === undefined ? undefined : lba + count;
+    this.noteEnd({ scoSeq, slot: slot + count, scoClusters: table.length, lba: end, streaming: sequential || count > 1, readIndex: ++this.readCount });
     // Serve what the cache has (runs of clusters contiguous in the slab: one pread each); note the rest.
     const missing: number[] = [];
     let index = 0;
@@ -185,15 +191,23 @@ export class RemoteScoReader {
    * A read is sequential when it starts where the SCO's latest read ended, or a few clusters further
    * when the SCO holds the volume's clusters in LBA order there (the skipped ones were overwritten since,
    * and live in other SCOs). A sequential fill later overwritten at random leaves its SCOs full of such
-   * holes; without this, every run between two holes was a backend request of its own (61 per 1 MiB
-   * read). In a SCO of random writes the next slot is a random LBA, so its reads are never widened.
+   * holes; without the second rule, every run between two holes was a backend request of its own (61 per
+   * 1 MiB read). In a SCO of random writes the next slot is a random LBA, so its reads are never widened.
+   *
+   * Random 4 KiB reads must not look sequential by chance, each a 4 MiB fetch: after a one-cluster read
+   * that was not sequential itself, only a read right at its end within the next few reads counts (the
+   * start of a 4 KiB sequential stream), and no gap is bridged. With ends kept for 256 SCOs, a random
+   * read lands on one 1 in 1024 times, and a gap of 16 matches 1 in 64 (a full bench's cold reads from
+   * S3 fetched twice the bytes before this rule).
    */
   private isSequential(scoSeq: number, slot: number, lba: number | undefined): boolean {
     const end = this.recentEnds.get(scoSeq);
     if (end !== undefined) {
-      if (slot === end.slot) return true;
       const gap = slot - end.slot;
-      if (lba !== undefined && end.lba !== undefined && gap > 0 && gap <= limits.remoteReadAheadGapClustersMax && lba - end.lba === gap) return true;
+      const trusted = end.streaming || this.readCount - end.readIndex < limits.remoteReadRecentReadsMax;
+      if (gap === 0 && trusted) return true;
+      const inLbaOrder = lba !== undefined && end.lba !== undefined && lba - end.lba === gap;
+      if (end.streaming && inLbaOrder && gap > 0 && gap <= limits.remoteReadAheadGapClustersMax) return true;
     }
     const before = this.recentEnds.get(scoSeq - 1);
     return slot === 0 && before !== undefined && before.slot === before.scoClusters; // on into the next SCO

@@ -199,6 +199,8 @@ export const limits = {
   remoteReadAheadBytesMax: 4 * 1024 * 1024,
   /** Remote reads: the SCOs of a volume whose latest read's end is kept, to tell a sequential read. */
   remoteReadStreamsMax: 256,
+  /** Remote reads: a one-cluster read starts a sequential stream only if the next read at its end comes within this many reads. */
+  remoteReadRecentReadsMax: 16,
   /** Remote reads: a read starting at most this many clusters after where the SCO's latest read ended is still sequential. */
   remoteReadAheadGapClustersMax: 16,
   /** Restore from the backend: TLogs downloaded at once. */

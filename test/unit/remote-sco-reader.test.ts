@@ -146,6 +146,25 @@ describe('RemoteScoReader', () => {
       [6, readAheadClusters],
       [6 + 1 + readAheadClusters + limits.remoteReadAheadGapClustersMax + 1, 1],
     ]);
+    // Random 4 KiB reads of SCO 1's sequentially written clusters: a gap after a one-cluster read is not bridged.
+    store.dataReads.length = 0;
+    await read(1, 1500, 1, 6500);
+    await read(1, 1503, 1, 6503);
+    expect(store.dataReads).toEqual([
+      [1500, 1],
+      [1503, 1],
+    ]);
+    // A random read that lands where an old one-cluster read ended is not a stream; one right after it is.
+    store.dataReads.length = 0;
+    await read(1, 1700, 1, 6700);
+    for (let i = 0; i < limits.remoteReadRecentReadsMax; i++) await read(2, 100 + 7 * i, 1, 1000 + 50 * i);
+    await read(1, 1701, 1, 6701);
+    await read(1, 1702, 1, 6702); // 4 KiB sequential (dd bs=4k): right after the last read
+    expect(store.dataReads.filter(([slot]) => slot >= 1700)).toEqual([
+      [1700, 1],
+      [1701, 1],
+      [1702, scoClusters - 1702], // a window, cut at the end of the SCO
+    ]);
   });
 
   it('a read waiting for a read-ahead that fails fetches its clusters itself', async () => {
