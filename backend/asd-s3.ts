@@ -47,6 +47,18 @@ export interface S3AsdConfig {
   nowMs?: () => number;
 }
 
+/**
+ * Keep-alive sockets for GETs. An idle socket is closed after s3IdleSocketMs, before the server's own
+ * keep-alive timeout (Node's http server: 5 s) can close it just as a GET reuses it (ECONNRESET, which
+ * the object store would count against the ASD and answer by decoding from other fragments).
+ */
+const getAgentOptions: http.AgentOptions = {
+  keepAlive: true,
+  maxSockets: limits.s3GetSocketsMax,
+  maxFreeSockets: limits.s3GetSocketsMax,
+  timeout: limits.s3IdleSocketMs,
+};
+
 export class S3Asd implements Asd {
   readonly id: string;
   private readonly client: S3Client;
@@ -55,8 +67,8 @@ export class S3Asd implements Asd {
   private readonly requestTimeoutMs: number;
   private readonly urls: PresignedUrlCache;
   private readonly agents = {
-    http: new http.Agent({ keepAlive: true, maxSockets: limits.s3GetSocketsMax, maxFreeSockets: limits.s3GetSocketsMax }),
-    https: new https.Agent({ keepAlive: true, maxSockets: limits.s3GetSocketsMax, maxFreeSockets: limits.s3GetSocketsMax }),
+    http: new http.Agent(getAgentOptions),
+    https: new https.Agent(getAgentOptions),
   };
 
   constructor(config: S3AsdConfig, env: NodeJS.ProcessEnv = process.env) {

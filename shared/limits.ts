@@ -152,8 +152,9 @@ export const limits = {
   backendParityBufferBytesMax: 64 * 1024 * 1024,
   /** Backend: free parity buffers kept for reuse per object store. */
   backendParityPoolBytesMax: 128 * 1024 * 1024,
-  /** S3 ASDs: keep-alive sockets for GETs, per ASD (asd-s3.ts). */
+  /** S3 ASDs: keep-alive sockets for GETs, per ASD, and how long one may idle before it is closed (asd-s3.ts). */
   s3GetSocketsMax: 32,
+  s3IdleSocketMs: 4_000,
   /** S3 ASDs: presigned GET URLs cached per ASD, how long each is valid, and how long it is reused (backend/presigned-url-cache.ts). */
   s3PresignedUrlsMax: 8_192,
   s3PresignedUrlExpirySeconds: 900,
