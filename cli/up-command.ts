@@ -15,7 +15,7 @@ import type { VpoolConfig } from '../shared/coordination.ts';
 import type { Command } from 'commander';
 import { isRouterAlive, type Coordination } from '../shared/coordination.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
-import { createLogger, type Logger } from '../shared/logger.ts';
+import { createLogger, logProcessWarnings, type Logger } from '../shared/logger.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
 import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
@@ -74,6 +74,7 @@ async function runUp(options: UpOptions): Promise<void> {
   const dataDir = resolveDataDir(options.data);
   await checkPortFree(options.host, port); // before any router starts: a second `keel up` fails here, at once
   const logger = createLogger('keel-up');
+  logProcessWarnings(logger);
   const redisUrl = resolveRedisUrl(options.redis);
   const coordination = await openCoordination(dataDir, redisUrl);
   const redisArgs = redisUrl ? ['--redis', redisUrl] : [];

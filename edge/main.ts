@@ -4,7 +4,7 @@
  */
 import { openCoordination } from '../shared/coordination-factory.ts';
 import { checkLimits } from '../shared/limits.ts';
-import { createLogger } from '../shared/logger.ts';
+import { createLogger, logProcessWarnings } from '../shared/logger.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { NbdServer } from './nbd-server.ts';
@@ -23,6 +23,7 @@ export interface EdgeOptions {
 export async function runEdge(options: EdgeOptions): Promise<void> {
   checkLimits();
   const logger = createLogger('edge');
+  logProcessWarnings(logger);
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger });
   const resolver = new VolumeResolver(coordination, new CoordinationOwnerLocator(coordination), new TcpTransport(), logger);
   const server = new NbdServer({ resolver, logger, host: options.host, port: options.port, defaultExport: options.defaultExport });

@@ -10,7 +10,7 @@ import type { Coordination, RouterState } from '../shared/coordination.ts';
 import { BufferPool } from '../shared/buffer-pool.ts';
 import { processInlineIoGate } from '../shared/inline-io-gate.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
-import { createLogger, type Logger } from '../shared/logger.ts';
+import { createLogger, logProcessWarnings, type Logger } from '../shared/logger.ts';
 import { RpcServer } from '../shared/wire/rpc-server.ts';
 import { formatAddress } from '../shared/wire/tcp-transport.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
@@ -43,6 +43,7 @@ export interface RouterOptions {
 export async function runRouter(options: RouterOptions): Promise<void> {
   checkLimits();
   const logger = createLogger('router', { router: options.id });
+  logProcessWarnings(logger);
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger: logger.child({ component: 'coordination' }) });
   const routerDir = path.join(options.dataDir, 'routers', options.id);
   await mkdir(routerDir, { recursive: true });

@@ -16,6 +16,16 @@ export function createLogger(name: string, bindings: Record<string, unknown> = {
   return pino(options, destination({ fd: 2, sync: false }));
 }
 
+/**
+ * Process warnings (deprecations, MaxListenersExceeded, the AWS SDK's notice about Node versions) as
+ * log lines. Node prints them as several lines of plain text on stderr, in the middle of the JSON log
+ * stream of a router or edge, where log shippers and `keel up` expect one JSON object per line.
+ */
+export function logProcessWarnings(logger: Logger): void {
+  process.removeAllListeners('warning'); // Node's own printer
+  process.on('warning', (warning: Error & { code?: string }) => logger.warn({ warning: warning.name, code: warning.code }, warning.message));
+}
+
 /** A logger that drops everything, for unit tests. */
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
