@@ -10,6 +10,7 @@
  * share a single presign. `forget` drops a URL the server refused (rotated credentials, clock skew).
  */
 import assert from 'node:assert';
+import { LruMap } from '../shared/lru-map.ts';
 
 export interface PresignedUrlCacheOptions {
   /** Signs a GET of `key`, valid for `expirySeconds`. */
@@ -28,7 +29,7 @@ interface Entry {
 }
 
 export class PresignedUrlCache {
-  private readonly entries = new Map<string, Entry>();
+  private readonly entries: LruMap<string, Entry>;
   private readonly signing = new Map<string, Promise<string>>();
   private readonly nowMs: () => number;
   private presignCount = 0;
@@ -36,16 +37,13 @@ export class PresignedUrlCache {
   constructor(private readonly options: PresignedUrlCacheOptions) {
     assert(options.entriesMax >= 1 && options.reuseMs < options.expirySeconds * 1000, 'a URL must be reused only before it expires');
     this.nowMs = options.nowMs ?? Date.now;
+    this.entries = new LruMap(options.entriesMax);
   }
 
   /** A URL for GET of `key`: cached, or presigned now. */
   url(key: string): Promise<string> {
     const entry = this.entries.get(key);
-    if (entry && this.nowMs() - entry.signedAtMs < this.options.reuseMs) {
-      this.entries.delete(key); // re-insert: Map order is the LRU order
-      this.entries.set(key, entry);
-      return Promise.resolve(entry.url);
-    }
+    if (entry && this.nowMs() - entry.signedAtMs < this.options.reuseMs) return Promise.resolve(entry.url);
     return this.signing.get(key) ?? this.sign(key);
   }
 
@@ -63,7 +61,7 @@ export class PresignedUrlCache {
     const pending = this.options.presign(key, this.options.expirySeconds).then(
       (url) => {
         this.signing.delete(key);
-        this.store(key, { url, signedAtMs });
+        this.entries.set(key, { url, signedAtMs });
         return url;
       },
       (err: unknown) => {
@@ -75,9 +73,4 @@ export class PresignedUrlCache {
     return pending;
   }
 
-  private store(key: string, entry: Entry): void {
-    this.entries.delete(key);
-    this.entries.set(key, entry);
-    while (this.entries.size > this.options.entriesMax) this.entries.delete(this.entries.keys().next().value!);
-  }
 }

@@ -16,6 +16,7 @@
  */
 import { crc32c } from '../shared/checksum.ts';
 import { KeelError } from '../shared/errors.ts';
+import { LruMap } from '../shared/lru-map.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import { volumeObjectName } from './backend-object-names.ts';
 import { decodeScoChecksumTable, decodeScoTrailer, scoChecksumBytes, scoTrailerBytes } from './sco-format.ts';
@@ -55,10 +56,10 @@ interface ReadEnd {
 }
 
 export class RemoteScoReader {
-  private readonly tables = new Map<number, Promise<Uint32Array>>();
+  private readonly tables: LruMap<number, Promise<Uint32Array>>;
   private readonly pending = new Map<number, PendingFetch[]>();
   /** Where the latest read of each recently read SCO ended, least recently read first. */
-  private readonly recentEnds = new Map<number, ReadEnd>();
+  private readonly recentEnds = new LruMap<number, ReadEnd>(limits.remoteReadStreamsMax);
   private readCount = 0;
   private readonly counters = {
     remoteReads: 0,
@@ -74,8 +75,10 @@ export class RemoteScoReader {
     private readonly store: BackendObjectStore,
     private readonly volumeId: string,
     private readonly cache: ReadCache,
-    private readonly tablesMax = limits.remoteScoTablesCachedMax,
-  ) {}
+    tablesMax = limits.remoteScoTablesCachedMax,
+  ) {
+    this.tables = new LruMap(tablesMax);
+  }
 
   objectName(scoSeq: number): string {
     return volumeObjectName(this.volumeId, 'sco', scoSeq);
@@ -84,15 +87,10 @@ export class RemoteScoReader {
   /** The crc table of a SCO in the backend, from its footer (validated against the trailer). */
   table(scoSeq: number): Promise<Uint32Array> {
     let entry = this.tables.get(scoSeq);
-    if (entry !== undefined) {
-      this.tables.delete(scoSeq);
-      this.tables.set(scoSeq, entry);
-      return entry;
-    }
+    if (entry !== undefined) return entry;
     entry = this.fetchTable(scoSeq);
     entry.catch(() => this.tables.delete(scoSeq));
     this.tables.set(scoSeq, entry);
-    while (this.tables.size > this.tablesMax) this.tables.delete(this.tables.keys().next().value!);
     return entry;
   }
 
@@ -201,7 +199,7 @@ export class RemoteScoReader {
    * S3 fetched twice the bytes before this rule).
    */
   private isSequential(scoSeq: number, slot: number, lba: number | undefined): boolean {
-    const end = this.recentEnds.get(scoSeq);
+    const end = this.recentEnds.peek(scoSeq);
     if (end !== undefined) {
       const gap = slot - end.slot;
       const trusted = end.streaming || this.readCount - end.readIndex < limits.remoteReadRecentReadsMax;
@@ -209,14 +207,12 @@ export class RemoteScoReader {
       const inLbaOrder = lba !== undefined && end.lba !== undefined && lba - end.lba === gap;
       if (end.streaming && inLbaOrder && gap > 0 && gap <= limits.remoteReadAheadGapClustersMax) return true;
     }
-    const before = this.recentEnds.get(scoSeq - 1);
+    const before = this.recentEnds.peek(scoSeq - 1);
     return slot === 0 && before !== undefined && before.slot === before.scoClusters; // on into the next SCO
   }
 
   private noteEnd(end: ReadEnd): void {
-    this.recentEnds.delete(end.scoSeq);
     this.recentEnds.set(end.scoSeq, end);
-    if (this.recentEnds.size > limits.remoteReadStreamsMax) this.recentEnds.delete(this.recentEnds.keys().next().value!);
   }
 
   private async fetchTable(scoSeq: number): Promise<Uint32Array> {

@@ -9,6 +9,7 @@ import type { Disk } from '../shared/disk.ts';
 import { crc32c } from '../shared/checksum.ts';
 import { KeelError } from '../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
+import { LruMap } from '../shared/lru-map.ts';
 import type { ClusterMask } from './cluster-mask.ts';
 import type { ParentReader } from './snapshot-target.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
@@ -40,7 +41,7 @@ export function checkSnapshotName(name: string): string {
 export class VolumeSnapshots {
   private changes: Promise<unknown> = Promise.resolve();
   /** Snapshot id -> image being built or built; Map order = LRU order. */
-  private readonly images = new Map<number, Promise<SnapshotImage>>();
+  private readonly images = new LruMap<number, Promise<SnapshotImage>>(limits.snapshotMapsCachedMax);
   private lastDefaultNameMs = 0;
 
   private constructor(
@@ -159,15 +160,10 @@ export class VolumeSnapshots {
   /** The snapshot's map (replayed from the TLogs on first use, then cached; bounded LRU). */
   image(info: SnapshotInfo): Promise<SnapshotImage> {
     let image = this.images.get(info.id);
-    if (image !== undefined) {
-      this.images.delete(info.id);
-      this.images.set(info.id, image);
-      return image;
-    }
+    if (image !== undefined) return image;
     image = replaySnapshotImage(this.disk, this.dir, info.id, this.isClone);
     image.catch(() => this.images.delete(info.id));
     this.images.set(info.id, image);
-    while (this.images.size > limits.snapshotMapsCachedMax) this.images.delete(this.images.keys().next().value!);
     return image;
   }
 
