@@ -5,18 +5,27 @@
  */
 import path from 'node:path';
 import type { Disk } from '../shared/disk.ts';
+import { LruMap } from '../shared/lru-map.ts';
 import { ClosedSco } from './sco-file.ts';
 import { scoFileName } from './sco-format.ts';
 
+interface CacheEntry {
+  opening: Promise<ClosedSco>;
+  /** Set once `opening` resolved, for readers that must not wait (readOpen). */
+  sco?: ClosedSco;
+}
+
 export class ClosedScoCache {
-  private readonly entries = new Map<number, Promise<ClosedSco>>();
+  private readonly entries: LruMap<number, CacheEntry>;
   loads = 0;
 
   constructor(
     private readonly disk: Disk,
     private readonly scoDir: string,
-    private readonly entriesMax: number,
-  ) {}
+    entriesMax: number,
+  ) {
+    this.entries = new LruMap(entriesMax, (_scoSeq, entry) => closeWhenOpened(entry));
+  }
 
   get size(): number {
     return this.entries.size;
@@ -24,44 +33,46 @@ export class ClosedScoCache {
 
   /** The reader of a closed SCO; opens and validates it on a miss. */
   get(scoSeq: number): Promise<ClosedSco> {
-    let entry = this.entries.get(scoSeq);
-    if (entry !== undefined) {
-      this.entries.delete(scoSeq); // re-insert: Map order is the LRU order
-      this.entries.set(scoSeq, entry);
-      return entry;
-    }
+    const cached = this.entries.get(scoSeq);
+    if (cached !== undefined) return cached.opening;
     this.loads += 1;
-    entry = ClosedSco.open(this.disk, path.join(this.scoDir, scoFileName(scoSeq)), scoSeq);
-    entry.catch(() => this.entries.delete(scoSeq)); // a failed open is retried next time
-    this.insert(scoSeq, entry);
-    return entry;
+    const entry: CacheEntry = { opening: ClosedSco.open(this.disk, path.join(this.scoDir, scoFileName(scoSeq)), scoSeq) };
+    entry.opening.then(
+      (sco) => (entry.sco = sco),
+      () => {
+        // A failed open is retried next time.
+        if (this.entries.peek(scoSeq) === entry) this.entries.delete(scoSeq);
+      },
+    );
+    this.entries.set(scoSeq, entry);
+    return entry.opening;
+  }
+
+  /** The reader of a closed SCO whose file is open already, without waiting; undefined otherwise. */
+  readOpen(scoSeq: number): ClosedSco | undefined {
+    return this.entries.get(scoSeq)?.sco;
   }
 
   /** A SCO the driver just sealed: its table is already in RAM. */
   add(sco: ClosedSco): void {
-    this.insert(sco.scoSeq, Promise.resolve(sco));
+    this.entries.set(sco.scoSeq, { opening: Promise.resolve(sco), sco });
   }
 
   /** Forgets a SCO (its file is being evicted); its handle closes once the reads in flight finish. */
   drop(scoSeq: number): void {
-    const entry = this.entries.get(scoSeq);
+    const entry = this.entries.peek(scoSeq);
     if (entry === undefined) return;
     this.entries.delete(scoSeq);
-    entry.then((sco) => sco.close()).catch(() => undefined);
+    closeWhenOpened(entry);
   }
 
   async closeAll(): Promise<void> {
     const entries = [...this.entries.values()];
     this.entries.clear();
-    await Promise.all(entries.map((entry) => entry.then((sco) => sco.close()).catch(() => undefined)));
+    await Promise.all(entries.map((entry) => entry.opening.then((sco) => sco.close()).catch(() => undefined)));
   }
+}
 
-  private insert(scoSeq: number, entry: Promise<ClosedSco>): void {
-    this.entries.set(scoSeq, entry);
-    while (this.entries.size > this.entriesMax) {
-      const [oldestSeq, oldest] = this.entries.entries().next().value!;
-      this.entries.delete(oldestSeq);
-      oldest.then((sco) => sco.close()).catch(() => undefined);
-    }
-  }
+function closeWhenOpened(entry: CacheEntry): void {
+  entry.opening.then((sco) => sco.close()).catch(() => undefined);
 }

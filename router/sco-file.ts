@@ -69,6 +69,19 @@ abstract class ScoHandle {
     verifyClusters(target, this.checksums, slot, this.scoSeq);
   }
 
+  /**
+   * readClusters within this turn, when the inline-I/O gate allows a synchronous pread: true once target
+   * is filled and verified. False when the read must go through readClusters (target may hold part of it).
+   */
+  readClustersInline(slot: number, target: Buffer): boolean {
+    const count = target.length / scoClusterBytes;
+    assert(Number.isInteger(count) && slot >= 0 && slot + count <= this.clusterCount, 'read outside the SCO');
+    if (this.closeRequested) return false;
+    if (this.file.readInline(target, slot * scoClusterBytes) !== target.length) return false;
+    verifyClusters(target, this.checksums, slot, this.scoSeq);
+    return true;
+  }
+
   /** Closes now, or once the reads in flight finish. */
   close(): Promise<void> {
     this.closeRequested = true;

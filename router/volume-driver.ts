@@ -22,7 +22,7 @@ import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { ClosedScoCache } from './closed-sco-cache.ts';
 import { LbaMap, locationSco, locationSlot, packLocation } from './lba-map.ts';
-import { OpenSco } from './sco-file.ts';
+import { OpenSco, type ClosedSco } from './sco-file.ts';
 import { scoFileName } from './sco-format.ts';
 import { decodeTlogRecord, encodeTlogRecord, encodeWriteRecord, tlogFileName, tlogRecordBytes } from './tlog-format.ts';
 import { TlogWriter } from './tlog-writer.ts';
@@ -289,6 +289,37 @@ export class VolumeDriver implements OpenBlockTarget {
     this.checkRequest(offset, target.length, limits.nbdRequestBytesMax);
     if (target.length === 0) return;
     return this.tracked(() => this.readRange(target, offset));
+  }
+
+  /**
+   * readInto within this turn, for whole clusters that are holes or lie in local SCOs whose files are
+   * open, while the inline-I/O gate allows synchronous reads: true once target is filled. False means
+   * "use readInto" (target may hold part of the data). A cache-hit read then costs no promise at all,
+   * which the router's profile showed as a fifth of its CPU per 4 KiB read.
+   */
+  readIntoInline(target: Buffer, offset: number): boolean {
+    this.checkRequest(offset, target.length, limits.nbdRequestBytesMax);
+    if (offset % clusterSizeBytes !== 0 || target.length % clusterSizeBytes !== 0) return false;
+    const firstLba = offset / clusterSizeBytes;
+    const endLba = firstLba + target.length / clusterSizeBytes;
+    let lba = firstLba;
+    while (lba < endLba) {
+      const location = this.map.get(lba);
+      const at = (lba - firstLba) * clusterSizeBytes;
+      if (location === 0) {
+        if (this.underlay?.covers(lba)) return false;
+        target.fill(0, at, at + clusterSizeBytes);
+        lba += 1;
+        continue;
+      }
+      let count = 1;
+      while (lba + count < endLba && this.map.get(lba + count) === location + count && locationSlot(location + count) !== 0) count += 1;
+      const sco = this.openLocalSco(locationSco(location));
+      if (sco === undefined || !sco.readClustersInline(locationSlot(location), target.subarray(at, at + count * clusterSizeBytes))) return false;
+      this.counters.readClusters += count;
+      lba += count;
+    }
+    return true;
   }
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
@@ -980,6 +1011,13 @@ export class VolumeDriver implements OpenBlockTarget {
       const to = Math.min(runEnd, offset + target.length);
       buffer.copy(target, from - offset, from - runStart, to - runStart);
     }
+  }
+
+  /** The open SCO, or a closed one in the write buffer whose file is open; undefined otherwise. */
+  private openLocalSco(scoSeq: number): OpenSco | ClosedSco | undefined {
+    if (scoSeq === this.openSco.scoSeq) return this.openSco;
+    if (this.remote !== undefined && !this.remote.uploader.isLocal(scoSeq)) return undefined;
+    return this.closedScos.readOpen(scoSeq);
   }
 
   /** Local SCO (open, or closed in the write buffer) from disk; an evicted one through the backend. */

@@ -64,7 +64,7 @@ class VolumeSession implements RpcSession {
     return op === 'write';
   }
 
-  handle(request: RpcRequest): Promise<RpcResult> {
+  handle(request: RpcRequest): Promise<RpcResult> | RpcResult {
     const { header, payload } = request;
     switch (header.op) {
       case 'open':
@@ -72,7 +72,7 @@ class VolumeSession implements RpcSession {
       case 'close':
         return this.closeHandle(header);
       case 'read':
-        return this.withHandle(header, (target) => this.read(target, offsetField(header), lengthField(header)));
+        return this.readInline(header) ?? this.withHandle(header, (target) => this.read(target, offsetField(header), lengthField(header)));
       case 'write':
         return this.withHandle(header, (target) => {
           if (payload.length > limits.nbdRequestBytesMax) throw KeelError.requestTooLarge(payload.length, limits.nbdRequestBytesMax);
@@ -97,6 +97,22 @@ class VolumeSession implements RpcSession {
         if (this.admin?.handles(header.op)) return this.admin.run(header);
         return Promise.reject(KeelError.protocol(`unknown op '${header.op}'`, { op: header.op }));
     }
+  }
+
+  /** A read the target can serve in this turn (readIntoInline): its result, with no promise; else undefined. */
+  private readInline(header: RequestHeader): RpcResult | undefined {
+    const open = this.lookUp(handleField(header));
+    if (open.target.readIntoInline === undefined) return undefined;
+    const offset = offsetField(header);
+    const buffer = this.replyBuffers.acquire(lengthField(header));
+    if (buffer === undefined) return undefined;
+    let filled = false;
+    try {
+      filled = open.target.readIntoInline(buffer, offset);
+    } finally {
+      if (!filled) this.replyBuffers.release(buffer);
+    }
+    return filled ? { payload: buffer, onSent: () => this.replyBuffers.release(buffer) } : undefined;
   }
 
   /** Into a pooled buffer when the target can fill one: it goes back to the pool once the reply is sent. */

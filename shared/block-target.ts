@@ -10,6 +10,8 @@ export interface BlockTarget {
   read(offset: number, length: number): Promise<Buffer>;
   /** Optional: reads target.length bytes at offset into the caller's buffer (every byte is written). */
   readInto?(target: Buffer, offset: number): Promise<void>;
+  /** readInto within this turn when the data is at hand: true once target is filled, false to use readInto. */
+  readIntoInline?(target: Buffer, offset: number): boolean;
   /** With fua, resolves only once this write (and all acknowledged before it) is durable. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** Makes every write acknowledged before this call durable. */

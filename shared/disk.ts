@@ -25,6 +25,12 @@ export interface DiskFile {
   writev(buffers: readonly Uint8Array[], position: number): Promise<void>;
   /** Reads up to target.length bytes at `position`; returns how many were read (short at end of file). */
   read(target: Uint8Array, position: number): Promise<number>;
+  /**
+   * One synchronous pread into the whole of target, when the inline-I/O gate allows it (inline-io-gate.ts):
+   * the bytes read, or undefined when the caller must use read(). Lets a page-cache hit finish in the turn
+   * that asked for it, with no promise at all.
+   */
+  readInline(target: Uint8Array, position: number): number | undefined;
   sync(): Promise<void>;
   sizeBytes(): Promise<number>;
   truncate(sizeBytes: number): Promise<void>;
@@ -119,6 +125,15 @@ class NodeDiskFile implements DiskFile {
       }
     } catch (err) {
       throw ioError('writev', this.path, err);
+    }
+  }
+
+  readInline(target: Uint8Array, position: number): number | undefined {
+    const fd = this.handle.fd;
+    try {
+      return this.gate.run(target.length, () => fsCallback.readSync(fd, target, 0, target.length, position));
+    } catch (err) {
+      throw ioError('read', this.path, err);
     }
   }
 
@@ -349,6 +364,10 @@ export class FaultyDisk implements Disk {
     this.faults = [];
   }
 
+  hasFault(operation: DiskOperation): boolean {
+    return this.faults.some((fault) => fault.operation === operation);
+  }
+
   /** Applies the first matching fault: waits and/or throws. */
   async check(operation: DiskOperation, targetPath: string): Promise<void> {
     for (const fault of this.faults) {
@@ -425,6 +444,10 @@ class FaultyDiskFile implements DiskFile {
   async writev(buffers: readonly Uint8Array[], position: number): Promise<void> {
     await this.disk.check('writev', this.path);
     return this.inner.writev(buffers, position);
+  }
+  /** Never inline while a read fault is injected: read() applies it. */
+  readInline(target: Uint8Array, position: number): number | undefined {
+    return this.disk.hasFault('read') ? undefined : this.inner.readInline(target, position);
   }
   async read(target: Uint8Array, position: number): Promise<number> {
     await this.disk.check('read', this.path);

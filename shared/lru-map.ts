@@ -1,14 +1,18 @@
 /**
  * A Map bounded to `entriesMax` keys that drops the least recently used first. get() and set() make a
  * key the most recent; peek() looks without doing so. The order is the Map's insertion order: a touched
- * key is deleted and inserted again.
+ * key is deleted and inserted again. `onEvict` hears of the entries set() pushes out (not of delete() or
+ * clear(): their caller knows), so a cache of handles can close them.
  */
 import assert from 'node:assert';
 
 export class LruMap<K, V> {
   private readonly map = new Map<K, V>();
 
-  constructor(private readonly entriesMax: number) {
+  constructor(
+    private readonly entriesMax: number,
+    private readonly onEvict?: (key: K, value: V) => void,
+  ) {
     assert(Number.isInteger(entriesMax) && entriesMax >= 1, `entriesMax=${entriesMax}`);
   }
 
@@ -32,10 +36,22 @@ export class LruMap<K, V> {
   set(key: K, value: V): void {
     this.map.delete(key);
     this.map.set(key, value);
-    while (this.map.size > this.entriesMax) this.map.delete(this.map.keys().next().value!);
+    while (this.map.size > this.entriesMax) {
+      const [oldestKey, oldest] = this.map.entries().next().value!;
+      this.map.delete(oldestKey);
+      this.onEvict?.(oldestKey, oldest);
+    }
   }
 
   delete(key: K): boolean {
     return this.map.delete(key);
+  }
+
+  values(): IterableIterator<V> {
+    return this.map.values();
+  }
+
+  clear(): void {
+    this.map.clear();
   }
 }

@@ -44,7 +44,8 @@ export interface RpcResult {
 
 /** Per-connection state of a handler, created after the handshake. */
 export interface RpcSession {
-  handle(request: RpcRequest): Promise<RpcResult>;
+  /** A plain result (not a promise) is a request finished in this turn: its reply is written at once. */
+  handle(request: RpcRequest): Promise<RpcResult> | RpcResult;
   /**
    * True when requests of `op` no longer touch their payload once handle() settled: the server then reuses
    * the payload's memory (frames joined from several socket chunks come from a pool). Absent: never.
@@ -215,11 +216,16 @@ class ServerConnection {
     const id = request.header.id;
     const session = this.session!;
     this.requestsInFlight++;
-    let pending: Promise<RpcResult>;
+    let pending: Promise<RpcResult> | RpcResult;
     try {
       pending = session.handle(request);
     } catch (err) {
       pending = Promise.reject(err);
+    }
+    if (!(pending instanceof Promise)) {
+      if (gathered !== undefined) this.giveBack(gathered, session, request.header.op);
+      this.finish(id, pending);
+      return;
     }
     pending.then(
       (result) => {

@@ -19,3 +19,19 @@ describe('LruMap', () => {
     expect([lru.size, lru.get('c')]).toEqual([1, undefined]);
   });
 });
+
+describe('LruMap eviction callback', () => {
+  it('hears of each entry set() pushes out, and of no other removal', () => {
+    const evicted: Array<[string, number]> = [];
+    const lru = new LruMap<string, number>(2, (key, value) => evicted.push([key, value]));
+    lru.set('a', 1);
+    lru.set('b', 2);
+    lru.set('a', 10); // replacing a key evicts nothing
+    lru.set('c', 3);
+    expect(evicted).toEqual([['b', 2]]);
+    lru.delete('a');
+    lru.clear();
+    expect(evicted).toEqual([['b', 2]]);
+    expect([lru.size, [...lru.values()]]).toEqual([0, []]);
+  });
+});

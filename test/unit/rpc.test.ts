@@ -187,6 +187,28 @@ describe('requests', () => {
     await expect(client.request({ op: 'echo', value: 7 })).resolves.toMatchObject({ header: { value: 7 } });
   });
 
+  it('replies at once to a request the handler finished in its turn (a plain result, or a throw)', async () => {
+    const handler: RpcHandler = {
+      openSession: () => ({
+        handle: (request: RpcRequest): Promise<RpcResult> | RpcResult => {
+          const value = request.header.value as number;
+          if (request.header.op === 'now') return { fields: { value } };
+          if (request.header.op === 'refuse') throw KeelError.outOfRange(value, 1, 10);
+          return delay(50).then(() => ({ fields: { value } }));
+        },
+        close: () => undefined,
+      }),
+    };
+    const server = await startServer(handler);
+    const client = await connect(server.address);
+    const order: string[] = [];
+    const later = client.request({ op: 'later', value: 1 }).then((response) => order.push(`later ${String(response.header.value)}`));
+    const now = client.request({ op: 'now', value: 2 }).then((response) => order.push(`now ${String(response.header.value)}`));
+    await expect(client.request({ op: 'refuse', value: 3 })).rejects.toMatchObject({ code: 'OUT_OF_RANGE' });
+    await Promise.all([later, now]);
+    expect(order).toEqual(['now 2', 'later 1']);
+  });
+
   it('times a request out, frees its slot, and keeps the connection', async () => {
     const server = await startServer(echoHandler().handler);
     const client = await connect(server.address, { requestTimeoutMs: 150, requestsInFlightMax: 1 });

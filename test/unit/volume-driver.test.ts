@@ -178,6 +178,48 @@ describe('VolumeDriver', () => {
     expect(isKeelError(error, 'CHECKSUM_MISMATCH')).toBe(true);
   });
 
+  it('serves cache-hit reads inline: same bytes as readInto, from the open and closed SCOs and holes', async () => {
+    driver = await VolumeDriver.open(options());
+    await driver.write(0, pattern(4 * MiB, 1), false); // fills SCO 1, which closes
+    await driver.write(4 * MiB, pattern(8 * 4096, 2), false); // into the open SCO 2
+    const inline = (offset: number, length: number): Buffer | undefined => {
+      const target = Buffer.alloc(length, 0xee);
+      return driver!.readIntoInline(target, offset) ? target : undefined;
+    };
+    // SCO 1's file is opened by the first (async) read, after which reads of it run inline too.
+    expectBytes(await driver.read(0, 4096), pattern(4 * MiB, 1).subarray(0, 4096));
+    for (const [offset, length] of [[0, 4096], [4 * MiB - 8192, 4 * 4096], [4 * MiB + 4096, 4096], [8 * MiB, 3 * 4096]]) {
+      const bytes = inline(offset!, length!);
+      expect(bytes, `inline read at ${offset}`).toBeDefined();
+      expectBytes(bytes!, await driver.read(offset!, length!));
+    }
+    expect(inline(512, 4096)).toBeUndefined(); // not whole clusters: the async path handles it
+    expect(() => inline(64 * MiB, 4096)).toThrow(/outside|range/i);
+  });
+
+  it('checks checksums inline, and leaves reads to the async path while a read fault is injected', async () => {
+    driver = await VolumeDriver.open(options());
+    await driver.write(0, pattern(4 * 4096, 3), false);
+    await driver.close();
+    const scoPath = path.join(dir, 'scos', '00000001.sco');
+    const bytes = await readFile(scoPath);
+    bytes[2 * 4096 + 17] ^= 0x01;
+    await writeFile(scoPath, bytes);
+    const disk = new FaultyDisk();
+    driver = await VolumeDriver.open(options({ disk }));
+    expectBytes(await driver.read(0, 4096), pattern(4096, 3)); // opens SCO 1
+    let error: unknown;
+    try {
+      driver.readIntoInline(Buffer.alloc(4 * 4096), 0);
+    } catch (err) {
+      error = err;
+    }
+    expect(isKeelError(error, 'CHECKSUM_MISMATCH')).toBe(true);
+    disk.inject({ operation: 'read', pathIncludes: '.sco', times: 1 });
+    expect(driver.readIntoInline(Buffer.alloc(4096), 0)).toBe(false);
+    await expect(driver.read(0, 4096)).rejects.toMatchObject({ code: 'IO' });
+  });
+
   it('fails writes (never acknowledges them) when the disk fails, and refuses further I/O', async () => {
     const disk = new FaultyDisk();
     driver = await VolumeDriver.open(options({ disk }));
