@@ -227,6 +227,7 @@ export function addSnapshotCommands(program: Command): void {
       if (report.backendBytesBefore !== undefined) {
         console.log(`backend: ${formatSize(report.backendBytesBefore)} -> ${formatSize(report.backendBytesAfter ?? 0)} of SCO objects (${report.backendObjectsDeleted ?? 0} deleted)`);
       }
+      if (report.scosPending > 0) console.log(`${report.scosPending} dead SCOs wait for their TLog to reach the backend: a later scrub deletes them`);
     });
 }
 

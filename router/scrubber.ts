@@ -41,6 +41,8 @@ export interface ScrubReport {
   backendObjectsDeleted?: number;
   scosRewritten: number;
   clustersRewritten: number;
+  /** Dead SCOs (files or backend objects) left for a later scrub: their TLog records are not uploaded yet. */
+  scosPending: number;
   durationMs: number;
 }
 
@@ -102,10 +104,13 @@ export async function scrubVolume(options: {
   // Delete what nothing references, checked again under the snapshot lock.
   const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
   const settled = (sco: number) => uploadedThrough === undefined || (history.closedIn.get(sco) ?? Number.MAX_SAFE_INTEGER) <= uploadedThrough;
+  let scosPending = 0;
   const deleted = await snapshots.exclusive(async () => {
     await driver.flush();
     liveness = await markLive(known, driver.stats().openScoSeq, driver, snapshots, disk, dir);
-    const dead = [...liveness].filter(([sco, l]) => l.liveCount === 0 && settled(sco)).map(([sco]) => sco);
+    const unreferenced = [...liveness].filter(([, l]) => l.liveCount === 0).map(([sco]) => sco);
+    const dead = unreferenced.filter(settled);
+    scosPending = unreferenced.length - dead.length;
     for (let at = 0; at < dead.length; at += 64) {
       const chunk = dead.slice(at, at + 64);
       const records = Buffer.alloc(chunk.length * tlogRecordBytes);
@@ -119,7 +124,8 @@ export async function scrubVolume(options: {
     return dead;
   });
   if (deleted.length > 0 && driver.backend !== undefined) await waitForTlogUpload(driver, await driver.closeCurrentTlog());
-  const backendObjectsDeleted = await deleteSettledObjects(driver, disk, dir);
+  const backendObjects = await deleteSettledObjects(driver, disk, dir);
+  scosPending += backendObjects.pending;
   const after = await scoSizes(disk, scoDir);
   const backendAfter = await backendScoSizes(driver);
   const report: ScrubReport = {
@@ -130,10 +136,11 @@ export async function scrubVolume(options: {
     bytesAfter: sum(after.values()),
     scosDeleted: deleted.length,
     ...(backendBefore && backendAfter
-      ? { backendBytesBefore: sum(backendBefore.values()), backendBytesAfter: sum(backendAfter.values()), backendObjectsDeleted }
+      ? { backendBytesBefore: sum(backendBefore.values()), backendBytesAfter: sum(backendAfter.values()), backendObjectsDeleted: backendObjects.deleted }
       : {}),
     scosRewritten: candidates.filter((sco) => deleted.includes(sco)).length,
     clustersRewritten,
+    scosPending,
     durationMs: Date.now() - startedMs,
   };
   logger.info(report, 'volume scrubbed');
@@ -167,18 +174,23 @@ async function waitForTlogUpload(driver: VolumeDriver, tlogSeq: number): Promise
 }
 
 /** Deletes the backend objects of SCOs whose SCO_DELETED record is in an uploaded TLog. */
-async function deleteSettledObjects(driver: VolumeDriver, disk: Disk, dir: string): Promise<number> {
+async function deleteSettledObjects(driver: VolumeDriver, disk: Disk, dir: string): Promise<{ deleted: number; pending: number }> {
   const backend = driver.backend;
   const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
-  if (backend === undefined || uploadedThrough === undefined) return 0;
+  if (backend === undefined || uploadedThrough === undefined) return { deleted: 0, pending: 0 };
   const present = await backendScoSizes(driver);
   let deleted = 0;
+  let pending = 0;
   for (const [sco, tlogSeq] of (await scanScoHistory(disk, dir)).deletedIn) {
-    if (tlogSeq > uploadedThrough || !present?.has(sco)) continue;
+    if (!present?.has(sco)) continue;
+    if (tlogSeq > uploadedThrough) {
+      pending += 1;
+      continue;
+    }
     await backend.store.deleteObject(volumeObjectName(backend.volumeId, 'sco', sco));
     deleted += 1;
   }
-  return deleted;
+  return { deleted, pending };
 }
 
 /** SCO seq -> file bytes, for the SCO files in the directory. */

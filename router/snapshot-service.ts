@@ -20,6 +20,7 @@ import { snapshotAdminOps, type RequestHeader } from '../shared/wire/wire-format
 import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
 import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin, type CloneOrigin } from './clone-format.ts';
 import { ReadOnlyTarget } from './read-only-target.ts';
+import { ScrubSchedule } from './scrub-schedule.ts';
 import { scrubVolume, type ScrubReport } from './scrubber.ts';
 import type { SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, replayTrimMask } from './snapshot-map-builder.ts';
@@ -50,6 +51,7 @@ export class SnapshotService implements VolumeAdmin {
   /** Scrubs running, by volume: a second request joins the running one. */
   private readonly scrubs = new Map<string, Promise<ScrubReport>>();
   private scrubbing = false;
+  private readonly scrubSchedule = new ScrubSchedule<VolumeDriver>();
 
   constructor(
     private readonly registry: VolumeRegistry,
@@ -106,11 +108,21 @@ export class SnapshotService implements VolumeAdmin {
     this.scrubbing = true;
     try {
       for (const { name } of this.registry.list()) {
-        await this.scrub(name, limits.scrubClustersPerSecondMax).catch((err) => this.logger.warn({ err, volume: name }, 'background scrub failed'));
+        await this.scrubIfChanged(name).catch((err) => this.logger.warn({ err, volume: name }, 'background scrub failed'));
       }
     } finally {
       this.scrubbing = false;
     }
+  }
+
+  /** Skips a volume that has not changed since a scrub found nothing to do in it (scrub-schedule.ts). */
+  private async scrubIfChanged(volume: string): Promise<void> {
+    const { driver, state } = await this.withDriver(volume, async (driver, snapshots) => ({
+      driver,
+      state: { mapChanges: driver.stats().mapChanges, snapshotIds: snapshots.list().map((info) => info.id) },
+    }));
+    if (!this.scrubSchedule.isDue(driver, state)) return;
+    this.scrubSchedule.scrubbed(driver, state, await this.scrub(volume, limits.scrubClustersPerSecondMax));
   }
 
   // ---------------------------------------------------------------- ops

@@ -129,7 +129,7 @@ export class VolumeDriver implements OpenBlockTarget {
   private readonly batchChecksums = new Uint32Array(limits.appendBatchClustersMax);
   private readonly batchRecords = Buffer.alloc((limits.appendBatchClustersMax + batchTrimRecordsMax + 4) * tlogRecordBytes);
 
-  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0 };
+  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, mapChanges: 0 };
   /** Write buffer pressure asked for the open SCO and TLog to close early (done at the end of the next batch). */
   private rollRequested = false;
   /** The current TLog holds changes (so a clean close closes it for upload). */
@@ -408,6 +408,8 @@ export class VolumeDriver implements OpenBlockTarget {
     readClusters: number;
     checksumTablesCached: number;
     pressureRolls: number;
+    /** Batches that changed the LBA map since open: unchanged means no new garbage for the scrubber. */
+    mapChanges: number;
     backend?: UploaderStats & RemoteReadStats;
   } {
     return {
@@ -425,6 +427,7 @@ export class VolumeDriver implements OpenBlockTarget {
       readClusters: this.counters.readClusters,
       checksumTablesCached: this.closedScos.size,
       pressureRolls: this.counters.pressureRolls,
+      mapChanges: this.counters.mapChanges,
       ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),
     };
   }
@@ -864,6 +867,7 @@ export class VolumeDriver implements OpenBlockTarget {
   /** Map updates in slot order, so overlapping writes resolve in arrival order; then acknowledgements. */
   private applyBatch(entries: BatchEntry[]): void {
     const scoSeq = this.openSco.scoSeq;
+    if (entries.length > 0) this.counters.mapChanges += 1; // sync jobs have no entry
     for (const entry of entries) {
       const job = entry.job;
       if (job.kind === 'trim') {

@@ -14,6 +14,8 @@
 #   BS=4k QD=32     fio block size and queue depth
 #   STATUS=1        after each job, print the volume's counters from its owner's GET /status, and its DTL peer's
 #   PCT=1           also print p99, p99.9 and the largest latency
+#   SETTLE=0        seconds to wait after the fill (uploads of the filled SCOs finish first)
+#   FIOARGS="--rate_iops=20000"   extra fio options for the measured jobs (a fixed rate gives steadier CPU per I/O)
 #   PORT=11809
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,7 @@ URI="nbd://127.0.0.1:$PORT/$VOL"
 if [ "${FILL:-1}" = 1 ]; then
   fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --size="$REGION" --output="$D/fill.txt" > /dev/null
 fi
+sleep "${SETTLE:-0}"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 name_of() { tr '\0' ' ' < "/proc/$1/cmdline" | grep -o "router --id r[0-9]*\|edge" | sed 's/router --id //' | head -1; }
 for rw in "${@:-randwrite randread}"; do
@@ -45,7 +48,7 @@ for rw in "${@:-randwrite randread}"; do
     for p in $(pgrep -P $UP); do before[$p]=$(cpu_ticks "$p"); done
     t0=$(date +%s.%N)
     fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs="${BS:-4k}" --iodepth="${QD:-32}" --size="$REGION" --time_based --runtime="$RT" \
-      --norandommap --randrepeat=0 --output-format=json --output="$D/$rwi.json" > /dev/null
+      --norandommap --randrepeat=0 ${FIOARGS:-} --output-format=json --output="$D/$rwi.json" > /dev/null
     t1=$(date +%s.%N)
     read -r iops rest < <(node -e "const j=require('$D/$rwi.json').jobs[0]; const d=j['${rwi#rand}'];
       console.log(Math.round(d.iops), Math.round(d.clat_ns.percentile['50.000000']/1000)+' us p50 '+(process.env.PCT?Math.round(d.clat_ns.percentile['99.000000']/1000)+' us p99 '+Math.round(d.clat_ns.percentile['99.900000']/1000)+' us p99.9 '+Math.round(d.clat_ns.max/1000)+' us max':'')+', fio CPU '+(j.usr_cpu+j.sys_cpu).toFixed(0)+'%')")
