@@ -20,7 +20,7 @@ import { snapshotAdminOps, type RequestHeader } from '../shared/wire/wire-format
 import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
 import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin, type CloneOrigin } from './clone-format.ts';
 import { ReadOnlyTarget } from './read-only-target.ts';
-import { ScrubSchedule } from './scrub-schedule.ts';
+import { ScrubSchedule, type ScrubState } from './scrub-schedule.ts';
 import { scrubVolume, type ScrubReport } from './scrubber.ts';
 import type { SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, replayTrimMask } from './snapshot-map-builder.ts';
@@ -117,12 +117,8 @@ export class SnapshotService implements VolumeAdmin {
 
   /** Skips a volume that has not changed since a scrub found nothing to do in it (scrub-schedule.ts). */
   private async scrubIfChanged(volume: string): Promise<void> {
-    const { driver, state } = await this.withDriver(volume, async (driver, snapshots) => ({
-      driver,
-      state: { mapChanges: driver.stats().mapChanges, snapshotIds: snapshots.list().map((info) => info.id) },
-    }));
-    if (!this.scrubSchedule.isDue(driver, state)) return;
-    this.scrubSchedule.scrubbed(driver, state, await this.scrub(volume, limits.scrubClustersPerSecondMax));
+    const due = await this.withDriver(volume, async (driver, snapshots) => this.scrubSchedule.isDue(driver, scrubState(driver, snapshots)));
+    if (due) await this.scrub(volume, limits.scrubClustersPerSecondMax);
   }
 
   // ---------------------------------------------------------------- ops
@@ -251,16 +247,19 @@ export class SnapshotService implements VolumeAdmin {
   }
 
   private async scrubOnce(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
-    return this.withDriver(volume, (driver, snapshots) =>
-      scrubVolume({
+    return this.withDriver(volume, async (driver, snapshots) => {
+      const state = scrubState(driver, snapshots);
+      const report = await scrubVolume({
         disk: this.disk,
         dir: this.registry.volumeDir(volume),
         driver,
         snapshots,
         logger: this.logger,
         ...(clustersPerSecondMax ? { clustersPerSecondMax } : {}),
-      }),
-    );
+      });
+      this.scrubSchedule.scrubbed(driver, state, report);
+      return report;
+    });
   }
 
   // ---------------------------------------------------------------- helpers
@@ -383,4 +382,8 @@ function labelsField(header: RequestHeader): Record<string, string> {
     throw KeelError.protocol(`'${header.op}' labels must be a map of strings`);
   }
   return labels as Record<string, string>;
+}
+
+function scrubState(driver: VolumeDriver, snapshots: VolumeSnapshots): ScrubState {
+  return { userMapChanges: driver.stats().userMapChanges, snapshotIds: snapshots.list().map((info) => info.id) };
 }

@@ -129,7 +129,7 @@ export class VolumeDriver implements OpenBlockTarget {
   private readonly batchChecksums = new Uint32Array(limits.appendBatchClustersMax);
   private readonly batchRecords = Buffer.alloc((limits.appendBatchClustersMax + batchTrimRecordsMax + 4) * tlogRecordBytes);
 
-  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, mapChanges: 0 };
+  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, userMapChanges: 0 };
   /** Write buffer pressure asked for the open SCO and TLog to close early (done at the end of the next batch). */
   private rollRequested = false;
   /** The current TLog holds changes (so a clean close closes it for upload). */
@@ -408,8 +408,8 @@ export class VolumeDriver implements OpenBlockTarget {
     readClusters: number;
     checksumTablesCached: number;
     pressureRolls: number;
-    /** Batches that changed the LBA map since open: unchanged means no new garbage for the scrubber. */
-    mapChanges: number;
+    /** Batches with a user write, trim or rollback since open (not the scrubber's own moves): unchanged means no new garbage. */
+    userMapChanges: number;
     backend?: UploaderStats & RemoteReadStats;
   } {
     return {
@@ -427,7 +427,7 @@ export class VolumeDriver implements OpenBlockTarget {
       readClusters: this.counters.readClusters,
       checksumTablesCached: this.closedScos.size,
       pressureRolls: this.counters.pressureRolls,
-      mapChanges: this.counters.mapChanges,
+      userMapChanges: this.counters.userMapChanges,
       ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),
     };
   }
@@ -867,7 +867,7 @@ export class VolumeDriver implements OpenBlockTarget {
   /** Map updates in slot order, so overlapping writes resolve in arrival order; then acknowledgements. */
   private applyBatch(entries: BatchEntry[]): void {
     const scoSeq = this.openSco.scoSeq;
-    if (entries.length > 0) this.counters.mapChanges += 1; // sync jobs have no entry
+    if (entries.some((entry) => isUserMapChange(entry.job))) this.counters.userMapChanges += 1;
     for (const entry of entries) {
       const job = entry.job;
       if (job.kind === 'trim') {
@@ -1048,6 +1048,18 @@ export class VolumeDriver implements OpenBlockTarget {
     };
     return Buffer.from(JSON.stringify(metadata, null, 2) + '\n');
   }
+}
+
+/** A write or trim from a user, or a rollback's remap: not a scrubber rewrite, marker or SCO_DELETED record. */
+function isUserMapChange(job: AppendJob): boolean {
+  if (job.kind === 'trim') return true;
+  if (job.kind === 'write') return job.expectedLocation === 0;
+  if (job.kind !== 'records') return false;
+  for (let at = 0; at < job.records!.length; at += tlogRecordBytes) {
+    const type = decodeTlogRecord(job.records!, at)?.type;
+    if (type === 'write' || type === 'trim' || type === 'fallthrough') return true;
+  }
+  return false;
 }
 
 function checkGeometry(sizeBytes: number, scoSizeBytes: number, scoSizeBytesMin = limits.scoSizeBytesMin): void {

@@ -87,6 +87,22 @@ describe('scrubber', () => {
     expect((await harness.get('v').driver.read(6 * cluster, 2 * cluster)).every((b) => b === 0x11)).toBe(true);
   });
 
+  it('counts user writes and trims as map changes, not flushes or its own rewrites and deletions', async () => {
+    const { driver } = await harness.create('v');
+    await driver.write(0, Buffer.alloc(scoClusters * cluster, 0x11), false);
+    await driver.write(0, Buffer.alloc(6 * cluster, 0x22), false);
+    await driver.write(32 * cluster, Buffer.alloc(4 * cluster, 0x33), false);
+    await driver.trim(40 * cluster, cluster, false);
+    const before = driver.stats().userMapChanges;
+    expect(before).toBeGreaterThanOrEqual(4);
+    await driver.flush();
+    const report = await harness.scrub('v');
+    expect([report.clustersRewritten, report.scosDeleted > 0]).toEqual([2, true]);
+    expect(driver.stats().userMapChanges).toBe(before);
+    await driver.write(cluster, Buffer.alloc(cluster, 0x44), false);
+    expect(driver.stats().userMapChanges).toBe(before + 1);
+  });
+
   it('lets a user write win over a racing rewrite of the same cluster', async () => {
     const { driver } = await harness.create('v');
     await driver.write(0, Buffer.alloc(cluster, 0x44), false);
