@@ -18,17 +18,44 @@ export interface ScoHistory {
   closedIn: Map<number, number>;
 }
 
-export async function scanScoHistory(disk: Disk, volumeDir: string): Promise<ScoHistory> {
+/** What one TLog says about SCOs, in record order. */
+interface TlogScoEvents {
+  deleted: number[];
+  closed: number[];
+}
+
+/**
+ * A sealed TLog never changes (it ends with TLOG_CLOSED), so its SCO events can be kept between scans in
+ * `sealedTlogs` (by TLog seq; one map per open volume driver, since a volume recreated under the same
+ * name starts its TLogs over). Without it every scrub decoded every record of the volume's history twice.
+ */
+export async function scanScoHistory(disk: Disk, volumeDir: string, sealedTlogs?: Map<number, TlogScoEvents>): Promise<ScoHistory> {
   const tlogDir = path.join(volumeDir, 'tlogs');
   const history: ScoHistory = { deletedIn: new Map(), closedIn: new Map() };
-  for (const tlogSeq of await listSeqs(disk, tlogDir, parseTlogFileName)) {
-    await scanTlog(disk, path.join(tlogDir, tlogFileName(tlogSeq)), tlogSeq, (record) => {
-      if (record.type === 'scoDeleted') history.deletedIn.set(record.sco, tlogSeq);
-      else if (record.type === 'scoClosed') history.closedIn.set(record.sco, tlogSeq);
-    });
+  const tlogSeqs = await listSeqs(disk, tlogDir, parseTlogFileName);
+  for (const tlogSeq of tlogSeqs) {
+    let events = sealedTlogs?.get(tlogSeq);
+    if (events === undefined) {
+      const found: TlogScoEvents = { deleted: [], closed: [] };
+      const scan = await scanTlog(disk, path.join(tlogDir, tlogFileName(tlogSeq)), tlogSeq, (record) => {
+        if (record.type === 'scoDeleted') found.deleted.push(record.sco);
+        else if (record.type === 'scoClosed') found.closed.push(record.sco);
+      });
+      if (scan.closed) sealedTlogs?.set(tlogSeq, found);
+      events = found;
+    }
+    for (const sco of events.deleted) history.deletedIn.set(sco, tlogSeq);
+    for (const sco of events.closed) history.closedIn.set(sco, tlogSeq);
+  }
+  if (sealedTlogs !== undefined) {
+    // Forget TLogs that are gone from the directory, so the map stays as small as the history.
+    const present = new Set(tlogSeqs);
+    for (const tlogSeq of sealedTlogs.keys()) if (!present.has(tlogSeq)) sealedTlogs.delete(tlogSeq);
   }
   return history;
 }
+
+export type SealedTlogEvents = Map<number, TlogScoEvents>;
 
 /** The deleted SCOs, for recovery. */
 export async function loadScrubbedScos(disk: Disk, volumeDir: string): Promise<Set<number>> {

@@ -21,7 +21,7 @@ import { parseScoFileName, scoChecksumBytes, scoFileName, scoTrailerBytes } from
 import { listObjectNames } from '../backend/object-listing.ts';
 import { isKeelError } from '../shared/errors.ts';
 import { parseVolumeObjectName, volumeObjectKindPrefix, volumeObjectName } from './backend-object-names.ts';
-import { scanScoHistory } from './scrubbed-scos.ts';
+import { scanScoHistory, type SealedTlogEvents } from './scrubbed-scos.ts';
 import { markSnapshotLocations } from './scrub-marker.ts';
 import { encodeTlogRecord, tlogRecordBytes } from './tlog-format.ts';
 import type { VolumeDriver } from './volume-driver.ts';
@@ -64,6 +64,8 @@ export async function scrubVolume(options: {
   logger: Logger;
   garbageFractionMin?: number;
   clustersPerSecondMax?: number;
+  /** The pace while users read or write the volume (default limits.scrubClustersPerSecondBusyMax). */
+  clustersPerSecondBusyMax?: number;
   onProgress?: ScrubProgress;
 }): Promise<ScrubReport> {
   const { disk, dir, driver, snapshots, logger } = options;
@@ -73,7 +75,7 @@ export async function scrubVolume(options: {
   await driver.flush();
   const before = await scoSizes(disk, scoDir);
   const backendBefore = await backendScoSizes(driver);
-  const history = await scanScoHistory(disk, dir);
+  const history = await scanScoHistory(disk, dir, sealedTlogEventsOf(driver));
   const known = new Map(before);
   for (const [sco, sizeBytes] of backendBefore ?? []) if (!known.has(sco)) known.set(sco, sizeBytes);
   for (const sco of history.deletedIn.keys()) known.delete(sco);
@@ -92,11 +94,11 @@ export async function scrubVolume(options: {
   });
   let clustersRewritten = 0;
   const cluster = Buffer.alloc(clusterSizeBytes);
-  const paceMs = 1000 / (options.clustersPerSecondMax ?? Number.POSITIVE_INFINITY);
+  const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
   for (const [index, move] of moves.entries()) {
     await driver.readScoClusters(locationSco(move.location), locationSlot(move.location), cluster);
     if (await driver.rewriteCluster(move.lba, move.location, Buffer.from(cluster))) clustersRewritten += 1;
-    if (paceMs > 0 && Number.isFinite(paceMs) && index % 64 === 63) await new Promise((resolve) => setTimeout(resolve, 64 * paceMs));
+    if (index % scrubPaceClusters === scrubPaceClusters - 1) await pace.wait();
     if (index % 1024 === 1023) options.onProgress?.({ phase: 'rewrite', done: index + 1, total: moves.length });
   }
   options.onProgress?.({ phase: 'rewrite', done: moves.length, total: moves.length });
@@ -181,7 +183,7 @@ async function deleteSettledObjects(driver: VolumeDriver, disk: Disk, dir: strin
   const present = await backendScoSizes(driver);
   let deleted = 0;
   let pending = 0;
-  for (const [sco, tlogSeq] of (await scanScoHistory(disk, dir)).deletedIn) {
+  for (const [sco, tlogSeq] of (await scanScoHistory(disk, dir, sealedTlogEventsOf(driver))).deletedIn) {
     if (!present?.has(sco)) continue;
     if (tlogSeq > uploadedThrough) {
       pending += 1;
@@ -191,6 +193,38 @@ async function deleteSettledObjects(driver: VolumeDriver, disk: Disk, dir: strin
     deleted += 1;
   }
   return { deleted, pending };
+}
+
+/** Per open driver: what its sealed TLogs say about SCOs (scanScoHistory). */
+const sealedTlogEvents = new WeakMap<VolumeDriver, SealedTlogEvents>();
+
+function sealedTlogEventsOf(driver: VolumeDriver): SealedTlogEvents {
+  let events = sealedTlogEvents.get(driver);
+  if (events === undefined) sealedTlogEvents.set(driver, (events = new Map()));
+  return events;
+}
+
+const scrubPaceClusters = 64;
+
+/** Sleeps after each scrubPaceClusters copied: for the busy pace if users touched the volume meanwhile. */
+class ScrubPace {
+  private lastActivity: number;
+
+  constructor(
+    private readonly driver: Pick<VolumeDriver, 'userActivity'>,
+    private readonly clustersPerSecondMax = Number.POSITIVE_INFINITY,
+    private readonly clustersPerSecondBusyMax: number,
+  ) {
+    this.lastActivity = driver.userActivity;
+  }
+
+  async wait(): Promise<void> {
+    const activity = this.driver.userActivity;
+    const busy = activity !== this.lastActivity;
+    this.lastActivity = activity;
+    const clustersPerSecond = busy ? Math.min(this.clustersPerSecondBusyMax, this.clustersPerSecondMax) : this.clustersPerSecondMax;
+    if (Number.isFinite(clustersPerSecond)) await new Promise((resolve) => setTimeout(resolve, (scrubPaceClusters * 1000) / clustersPerSecond));
+  }
 }
 
 /** SCO seq -> file bytes, for the SCO files in the directory. */

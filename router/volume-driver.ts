@@ -446,6 +446,11 @@ export class VolumeDriver implements OpenBlockTarget {
     await this.tracked(() => Promise.all([this.enqueue('records', 0, 0, undefined, records), sync ? this.enqueue('sync', 0, 0, undefined) : undefined]));
   }
 
+  /** Grows with every user read and every batch of user writes: the scrubber slows down while it moves. */
+  get userActivity(): number {
+    return this.counters.readClusters + this.counters.userMapChanges;
+  }
+
   /** The scrubber deletes dead SCO objects from here (docs/snapshots.md, "Scrubbing"). */
   get backend(): VolumeBackend | undefined {
     return this.volumeBackend;

@@ -78,9 +78,9 @@ export class SnapshotHarness {
     return new SnapshotTarget(info.sizeBytes, image, { readScoClusters: (s, slot, b) => volume.driver.readScoClusters(s, slot, b), ...(parent ? { parent } : {}) }, `${name}@${snapshot}`, () => undefined);
   }
 
-  scrub(name: string): Promise<ScrubReport> {
+  scrub(name: string, pace: { clustersPerSecondMax?: number; clustersPerSecondBusyMax?: number } = {}): Promise<ScrubReport> {
     const volume = this.get(name);
-    return scrubVolume({ disk: this.disk, dir: this.dir(name), driver: volume.driver, snapshots: volume.snapshots, logger: silentLogger(), garbageFractionMin: 0.25 });
+    return scrubVolume({ disk: this.disk, dir: this.dir(name), driver: volume.driver, snapshots: volume.snapshots, logger: silentLogger(), garbageFractionMin: 0.25, ...pace });
   }
 
   /** Closes every driver cleanly (crash: false) or abandons them (crash: true, like kill -9), then reopens all. */

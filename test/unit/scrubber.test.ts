@@ -121,4 +121,39 @@ describe('scrubber', () => {
     expect(driver.mapView().get(0)).not.toBe(now);
     expect(driver.stats().appendedClusters).toBe(3);
   });
+
+  it('slows its rewrites to the busy pace while users read the volume, and only then', async () => {
+    const busyPace = { clustersPerSecondBusyMax: 64 }; // one second per 64 clusters moved
+    const makeGarbage = async (volume: string) => {
+      const { driver } = await harness.create(volume);
+      await driver.write(0, Buffer.alloc(64 * scoClusters * cluster, 0x51), false); // 64 SCOs
+      for (let sco = 0; sco < 64; sco++) await driver.write(sco * scoClusters * cluster, Buffer.alloc(5 * cluster, 0x52), false);
+      return driver; // 3 live clusters in each of the 64 old SCOs: 192 to move
+    };
+    harness = new SnapshotHarness(root, 1024 * cluster, scoClusters * cluster);
+    await makeGarbage('idle');
+    const idleStartMs = performance.now();
+    expect((await harness.scrub('idle', busyPace)).clustersRewritten).toBe(192);
+    const idleMs = performance.now() - idleStartMs;
+
+    const busy = await makeGarbage('busy');
+    let scrubbing = true;
+    const reader = (async () => {
+      // A read per event-loop turn, as from a client over a socket (a bare loop of page-cache reads would
+      // never leave the microtask queue).
+      while (scrubbing) {
+        await busy.read(0, cluster);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+    })();
+    const busyStartMs = performance.now();
+    const report = await harness.scrub('busy', busyPace);
+    const busyMs = performance.now() - busyStartMs;
+    scrubbing = false;
+    await reader;
+    expect(report.clustersRewritten).toBe(192);
+    expect(busyMs).toBeGreaterThanOrEqual(2900); // three pauses of a second each, after 64, 128 and 192
+    expect(idleMs).toBeLessThan(busyMs - 1500);
+    expect((await busy.read(5 * cluster, 3 * cluster)).every((b) => b === 0x51)).toBe(true);
+  }, 20_000);
 });
