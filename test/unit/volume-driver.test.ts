@@ -35,6 +35,17 @@ class Model {
   }
 }
 
+/** Writes pattern(4 clusters, 3) into SCO 1, closes the volume and flips a byte of cluster 2 in the file. */
+async function writeFourClustersThenFlipAByteOfTheThird(): Promise<void> {
+  const writer = await VolumeDriver.open(options());
+  await writer.write(0, pattern(4 * 4096, 3), false);
+  await writer.close();
+  const scoPath = path.join(dir, 'scos', '00000001.sco');
+  const bytes = await readFile(scoPath);
+  bytes[2 * 4096 + 17] ^= 0x01;
+  await writeFile(scoPath, bytes);
+}
+
 beforeEach(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'keel-volume-'));
 });
@@ -165,13 +176,7 @@ describe('VolumeDriver', () => {
   });
 
   it('detects a flipped SCO byte on read with CHECKSUM_MISMATCH', async () => {
-    driver = await VolumeDriver.open(options());
-    await driver.write(0, pattern(4 * 4096, 3), false);
-    await driver.close();
-    const scoPath = path.join(dir, 'scos', '00000001.sco');
-    const bytes = await readFile(scoPath);
-    bytes[2 * 4096 + 17] ^= 0x01;
-    await writeFile(scoPath, bytes);
+    await writeFourClustersThenFlipAByteOfTheThird();
     driver = await VolumeDriver.open(options());
     expectBytes(await driver.read(0, 2 * 4096), pattern(4 * 4096, 3).subarray(0, 2 * 4096));
     const error = await driver.read(0, 4 * 4096).catch((err: unknown) => err);
@@ -198,13 +203,7 @@ describe('VolumeDriver', () => {
   });
 
   it('checks checksums inline, and leaves reads to the async path while a read fault is injected', async () => {
-    driver = await VolumeDriver.open(options());
-    await driver.write(0, pattern(4 * 4096, 3), false);
-    await driver.close();
-    const scoPath = path.join(dir, 'scos', '00000001.sco');
-    const bytes = await readFile(scoPath);
-    bytes[2 * 4096 + 17] ^= 0x01;
-    await writeFile(scoPath, bytes);
+    await writeFourClustersThenFlipAByteOfTheThird();
     const disk = new FaultyDisk();
     driver = await VolumeDriver.open(options({ disk }));
     expectBytes(await driver.read(0, 4096), pattern(4096, 3)); // opens SCO 1
