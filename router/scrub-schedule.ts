@@ -21,7 +21,7 @@ export class ScrubSchedule<Driver extends object> {
     return this.cleanStates.get(driver) !== stateKey(state);
   }
 
-  /** `state` is what isDue saw before the scrub began, so changes made during it make the next one due. */
+  /** `state` is the volume's state when the scrub began, so changes made during it make the next one due. */
   scrubbed(driver: Driver, state: ScrubState, report: ScrubReport): void {
     if (report.scosPending === 0) this.cleanStates.set(driver, stateKey(state));
     else this.cleanStates.delete(driver);

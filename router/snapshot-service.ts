@@ -115,7 +115,7 @@ export class SnapshotService implements VolumeAdmin {
     }
   }
 
-  /** Skips a volume that has not changed since a scrub found nothing to do in it (scrub-schedule.ts). */
+  /** Skips a volume that has not changed since a scrub left it clean (scrub-schedule.ts). */
   private async scrubIfChanged(volume: string): Promise<void> {
     const due = await this.withDriver(volume, async (driver, snapshots) => this.scrubSchedule.isDue(driver, scrubState(driver, snapshots)));
     if (due) await this.scrub(volume, limits.scrubClustersPerSecondMax);
