@@ -312,8 +312,7 @@ export class VolumeDriver implements OpenBlockTarget {
         lba += 1;
         continue;
       }
-      let count = 1;
-      while (lba + count < endLba && this.map.get(lba + count) === location + count && locationSlot(location + count) !== 0) count += 1;
+      const count = this.runLength(lba, location, endLba);
       const sco = this.openLocalSco(locationSco(location));
       if (sco === undefined || !sco.readClustersInline(locationSlot(location), target.subarray(at, at + count * clusterSizeBytes))) return false;
       this.counters.readClusters += count;
@@ -998,12 +997,18 @@ export class VolumeDriver implements OpenBlockTarget {
         lba += 1;
         continue;
       }
-      let count = 1;
-      while (lba + count <= lastLba && this.map.get(lba + count) === location + count && locationSlot(location + count) !== 0) count += 1;
+      const count = this.runLength(lba, location, lastLba + 1);
       reads.push(this.readRun(target, offset, lba, count, location));
       lba += count;
     }
     await Promise.all(reads);
+  }
+
+  /** How many clusters from `lba` (mapped to `location`) lie in consecutive slots of one SCO, before `endLba`. */
+  private runLength(lba: number, location: number, endLba: number): number {
+    let count = 1;
+    while (lba + count < endLba && this.map.get(lba + count) === location + count && locationSlot(location + count) !== 0) count += 1;
+    return count;
   }
 
   /** One pread for `count` clusters that lie in consecutive slots of one SCO, verified, copied in place. */
