@@ -14,6 +14,8 @@
 #   BS=4k QD=32     fio block size and queue depth
 #   STATUS=1        after each job, print the volume's counters from its owner's GET /status, and its DTL peer's
 #   PCT=1           also print p99, p99.9 and the largest latency
+#   SCHED=1         also print the machine's idle share (/proc/stat) and, per process, how much of the job its
+#                   main thread ran and how much it waited in the run queue (/proc/PID/schedstat)
 #   SETTLE=0        seconds to wait after the fill (uploads of the filled SCOs finish first)
 #   FIOARGS="--rate_iops=20000"   extra fio options for the measured jobs (a fixed rate gives steadier CPU per I/O)
 #   PORT=11809
@@ -41,11 +43,16 @@ if [ "${FILL:-1}" = 1 ]; then
 fi
 sleep "${SETTLE:-0}"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Main thread's run time and run-queue wait, in ns (the first two fields of schedstat).
+sched_ns() { awk '{print $1, $2}' "/proc/$1/schedstat"; }
+# idle+iowait and total jiffies of all cores.
+cpu_idle_total() { awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
 name_of() { tr '\0' ' ' < "/proc/$1/cmdline" | grep -o "router --id r[0-9]*\|edge" | sed 's/router --id //' | head -1; }
 for rw in "${@:-randwrite randread}"; do
   for rwi in $rw; do
-    declare -A before=()
-    for p in $(pgrep -P $UP); do before[$p]=$(cpu_ticks "$p"); done
+    declare -A before=() sched_before=()
+    for p in $(pgrep -P $UP); do before[$p]=$(cpu_ticks "$p"); sched_before[$p]=$(sched_ns "$p"); done
+    read -r idle_before total_before < <(cpu_idle_total)
     t0=$(date +%s.%N)
     fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs="${BS:-4k}" --iodepth="${QD:-32}" --size="$REGION" --time_based --runtime="$RT" \
       --norandommap --randrepeat=0 ${FIOARGS:-} --output-format=json --output="$D/$rwi.json" > /dev/null
@@ -58,6 +65,16 @@ for rw in "${@:-randwrite randread}"; do
       line="$line $(name_of "$p") $(node -e "const s=$t1-$t0; console.log(($ticks/s).toFixed(0)+'%', ($ticks*10000/($iops*s)).toFixed(1)+' us/IO')")"
     done
     echo "$line"
+    if [ "${SCHED:-0}" = 1 ]; then
+      read -r idle_after total_after < <(cpu_idle_total)
+      line="  sched: machine idle $(( 100 * (idle_after - idle_before) / (total_after - total_before) ))% |"
+      for p in $(pgrep -P $UP); do
+        read -r run0 wait0 <<< "${sched_before[$p]}"
+        read -r run1 wait1 < <(sched_ns "$p")
+        line="$line $(name_of "$p") ran $(node -e "const s=($t1-$t0)*1e9; console.log((100*($run1-$run0)/s).toFixed(0)+'%, waited '+(100*($wait1-$wait0)/s).toFixed(0)+'%')")"
+      done
+      echo "$line"
+    fi
     if [ "${STATUS:-0}" = 1 ]; then
       for a in $(grep -o '"mgmtAddress":"[^"]*"' "$D/up.log" | cut -d'"' -f4); do
         curl -s "http://$a/status" | node -e "const j=JSON.parse(require('fs').readFileSync(0,'utf8'));
