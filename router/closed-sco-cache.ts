@@ -69,10 +69,11 @@ export class ClosedScoCache {
   async closeAll(): Promise<void> {
     const entries = [...this.entries.values()];
     this.entries.clear();
-    await Promise.all(entries.map((entry) => entry.opening.then((sco) => sco.close()).catch(() => undefined)));
+    await Promise.all(entries.map(closeWhenOpened));
   }
 }
 
-function closeWhenOpened(entry: CacheEntry): void {
-  entry.opening.then((sco) => sco.close()).catch(() => undefined);
+/** Closes the SCO once its open finishes (a failed open has nothing to close). */
+function closeWhenOpened(entry: CacheEntry): Promise<void> {
+  return entry.opening.then((sco) => sco.close()).catch(() => undefined);
 }
