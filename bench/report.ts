@@ -26,6 +26,8 @@ export interface TargetResult {
   settled?: Partial<Record<JobId, Settled>>;
   /** Keel's edge process during the job (sampled from /proc). */
   edgeUsage?: Partial<Record<JobId, ProcessUsage & { cpuCoresPer10kIops: number }>>;
+  /** The same job on the reference nbdkit memory, run just before this target's (bench/run.ts, pairedJobs). */
+  pairedReference?: Partial<Record<JobId, JobOutcome>>;
   /** Bytes the S3 server sent (HTTP included) per 4 KiB read of the cold job. */
   backendBytesPerColdRead?: number;
 }
@@ -141,6 +143,7 @@ export function renderMarkdown(result: BenchResult): string {
     const cells = [row.figure, `${row.unit} (${row.better} is better)`, ...shown.map((t) => formatValue(row.values[t.id], row.unit)), ...ratios.map((c) => formatRatio(row.ratios[c.id]))];
     lines.push(`| ${cells.join(' | ')} |`);
   }
+  lines.push(...pairedSection(result));
   lines.push('', '## Other figures', '', '| figure | value |', '|---|---:|');
   for (const [figure, value] of otherFigures(result)) lines.push(`| ${figure} | ${value} |`);
   lines.push('', '## Targets', '');
@@ -157,6 +160,31 @@ export function renderMarkdown(result: BenchResult): string {
   }
   lines.push('');
   return lines.join('\n');
+}
+
+/** Each paired job: the target's IOPS, the reference's just before, and their ratio. */
+function pairedSection(result: BenchResult): string[] {
+  const rows: string[] = [];
+  for (const target of result.targets) {
+    for (const [job, reference] of Object.entries(target.pairedReference ?? {})) {
+      const subject = target.jobs[job as JobId];
+      const subjectIops = subject && 'figures' in subject ? subject.figures.iops : undefined;
+      const referenceIops = reference && 'figures' in reference ? reference.figures.iops : undefined;
+      const ratio = subjectIops !== undefined && referenceIops ? subjectIops / referenceIops : null;
+      rows.push(`| ${target.label} | ${job} | ${formatValue(subjectIops ?? null, 'IOPS')} | ${formatValue(referenceIops ?? null, 'IOPS')} | ${formatRatio(ratio)} |`);
+    }
+  }
+  if (rows.length === 0) return [];
+  return [
+    '',
+    '## Back to back with nbdkit memory',
+    '',
+    'The same job on a second nbdkit memory, run right before the target\'s once its write-back is done, so that both see the host in the same minute.',
+    '',
+    '| target | job | target, IOPS | nbdkit memory just before, IOPS | target / nbdkit memory |',
+    '|---|---|---:|---:|---:|',
+    ...rows,
+  ];
 }
 
 function otherFigures(result: BenchResult): Array<[string, string]> {

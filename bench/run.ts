@@ -48,6 +48,15 @@ const modes: Record<Mode, ModeSettings> = {
   },
 };
 
+/**
+ * Jobs that Keel runs back to back with the same job on a reference nbdkit memory (started once for the
+ * whole run and idle otherwise): the reference runs right before Keel's job, after Keel's write-back is
+ * done, so the pair sees the same host. Targets run minutes apart, and this VM's speed drifts over minutes.
+ */
+const pairedJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4k-qd32']);
+const pairedSubject: TargetId = 'keel';
+const referenceId: TargetId = 'nbdkit-memory';
+
 /** Jobs during which Keel's edge is sampled for RSS and CPU. */
 const sampledJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4k-qd32']);
 const edgeSampleIntervalMs = 200;
@@ -86,12 +95,15 @@ async function main(): Promise<number> {
   const targets: TargetResult[] = [];
   let ecEncode: BenchResult['ecEncode'] = { skipped: 'not reached' };
   let lbaMap: BenchResult['lbaMap'] = { skipped: 'not reached' };
+  let reference: RunningTarget | undefined;
   try {
     log(`mode ${mode}: ${selected.map((t) => t.id).join(', ')}; scratch in ${root}`);
-    for (const spec of selected) targets.push(await benchTarget(spec, settings, root));
+    if (selected.some((t) => t.id === pairedSubject)) reference = await startReference(settings, root);
+    for (const spec of selected) targets.push(await benchTarget(spec, settings, root, spec.id === pairedSubject ? reference : undefined));
     ecEncode = await measureEcEncode(60_000).catch((err: Error) => ({ error: err.message }));
     lbaMap = await measureLbaMap(60_000).catch((err: Error) => ({ error: err.message }));
   } finally {
+    await reference?.stop();
     await stopAll(30_000);
     if (isMountedUnder(root)) log(`warning: a mount is still under ${root}; left in place`);
     else await rm(root, { recursive: true, force: true });
@@ -123,7 +135,29 @@ async function main(): Promise<number> {
   return targets.some((t) => t.status === 'failed') ? 1 : 0;
 }
 
-async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: string): Promise<TargetResult> {
+/** The reference nbdkit memory for the paired jobs, filled like a target; undefined (and said) when it cannot run. */
+async function startReference(settings: ModeSettings, root: string): Promise<RunningTarget | undefined> {
+  const spec = targetSpecs.find((t) => t.id === referenceId)!;
+  const reason = await spec.unavailable();
+  if (reason) {
+    log(`reference ${referenceId}: not available (${reason}); no paired jobs`);
+    return undefined;
+  }
+  const workDir = path.join(root, 'reference');
+  await mkdir(workDir);
+  const running = await spec.start({ workDir, deviceBytes: settings.deviceBytes, regionBytes: settings.regionBytes, scoSize: settings.scoSize });
+  try {
+    await runFio(fillJob, running.uri(), settings, workDir);
+  } catch (err) {
+    log(`reference ${referenceId}: fill failed (${(err as Error).message}); no paired jobs`);
+    await running.stop();
+    return undefined;
+  }
+  log(`reference ${referenceId}: started and filled, for the paired jobs of ${pairedSubject}`);
+  return running;
+}
+
+async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: string, reference?: RunningTarget): Promise<TargetResult> {
   const result: TargetResult = { id: spec.id, label: spec.label, method: spec.method, status: 'ok', jobs: {} };
   const reason = await spec.unavailable();
   if (reason) {
@@ -147,7 +181,7 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
     const filledBytes = fill.ios * MiB;
     log(`${spec.id}: fill: ${(filledBytes / MiB).toFixed(0)} of ${settings.regionBytes / MiB} MiB at ${fill.mibPerSec.toFixed(1)} MiB/s`);
     if (filledBytes < settings.regionBytes) result.note = `The fill wrote only ${(filledBytes / MiB).toFixed(0)} of ${settings.regionBytes / MiB} MiB within its ${settings.fillRuntimeCapSec} s cap.`;
-    for (const job of jobMatrix) await runJob(job, running, settings, workDir, result);
+    for (const job of jobMatrix) await runJob(job, running, settings, workDir, result, reference);
   } catch (err) {
     result.status = 'failed';
     result.note = firstLine(err);
@@ -160,9 +194,10 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
   return result;
 }
 
-async function runJob(job: FioJob, running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<void> {
+async function runJob(job: FioJob, running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult, reference?: RunningTarget): Promise<void> {
   const id = job.id as JobId;
   if (running.settle) await settle(running.settle, id, job, settings, result);
+  if (reference && pairedJobs.has(id)) await runReferenceJob(job, reference, settings, workDir, result);
   if (id === 'randread-4k-qd32-cold') {
     if (!running.makeCold) {
       result.jobs[id] = { skipped: 'no slower tier behind a cache to read from' };
@@ -184,6 +219,18 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     result.jobs[id] = { error: firstLine(err) };
     log(`${result.id}: ${job.label}: ${(err as Error).message}`);
     logTailOf(running, result.id);
+  }
+}
+
+async function runReferenceJob(job: FioJob, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<void> {
+  const id = job.id as JobId;
+  try {
+    const figures = await runFio(job, reference.uri(), settings, workDir);
+    (result.pairedReference ??= {})[id] = { figures };
+    log(`${result.id}: ${job.label}: reference ${referenceId} just before: ${figures.iops.toFixed(0)} IOPS`);
+  } catch (err) {
+    (result.pairedReference ??= {})[id] = { error: firstLine(err) };
+    log(`${result.id}: ${job.label}: reference ${referenceId} failed: ${(err as Error).message}`);
   }
 }
 

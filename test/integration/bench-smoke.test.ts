@@ -37,8 +37,8 @@ describe.skipIf(!hasTools)('npm run bench -- --smoke', () => {
 
   beforeAll(async () => {
     outDir = await mkdtemp(path.join(os.tmpdir(), 'keel-bench-smoke-out-'));
-    outcome = await runBench(['--smoke', '--out', outDir], 55_000);
-  }, 60_000);
+    outcome = await runBench(['--smoke', '--out', outDir], 85_000);
+  }, 90_000);
 
   afterAll(async () => {
     await rm(outDir, { recursive: true, force: true });
@@ -71,6 +71,11 @@ describe.skipIf(!hasTools)('npm run bench -- --smoke', () => {
     expect(keel.coldMethod).toMatch(/got SIGTERM .* owned demo again/);
     expect(Object.keys(keel.edgeUsage).sort()).toEqual(['randread-4k-qd32', 'randwrite-4k-qd32']);
     expect(Object.keys(keel.edgeUsage['randwrite-4k-qd32']).sort()).toEqual(['cpuCores', 'cpuCoresPer10kIops', 'rssMeanBytes', 'rssPeakBytes', 'samples']);
+    // The 4k QD32 jobs ran on the reference nbdkit memory just before Keel's; the baseline target has none.
+    expect(Object.keys(keel.pairedReference).sort()).toEqual(['randread-4k-qd32', 'randwrite-4k-qd32']);
+    expect(keel.pairedReference['randwrite-4k-qd32'].figures.iops).toBeGreaterThan(0);
+    expect(memory.pairedReference).toBeUndefined();
+    expect(readFileSync(path.join(outDir, 'latest.md'), 'utf8')).toMatch(/## Back to back with nbdkit memory[\s\S]*\| Keel \| randwrite-4k-qd32 \| [\d.k]+ \| [\d.k]+ \| [\d.]+× \|/);
 
     expect(result.table.map((row: { figure: string }) => row.figure)).toContain('4k randwrite QD32');
     const row = result.table.find((r: { figure: string }) => r.figure === '4k randwrite QD32');
