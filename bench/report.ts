@@ -171,7 +171,7 @@ function pairedSection(result: BenchResult): string[] {
       const subjectIops = subject && 'figures' in subject ? subject.figures.iops : undefined;
       const referenceIops = reference && 'figures' in reference ? reference.figures.iops : undefined;
       const ratio = subjectIops !== undefined && referenceIops ? subjectIops / referenceIops : null;
-      rows.push(`| ${target.label} | ${job} | ${formatValue(subjectIops ?? null, 'IOPS')} | ${formatValue(referenceIops ?? null, 'IOPS')} | ${formatRatio(ratio)} |`);
+      rows.push(`| ${target.label} | ${job} | ${formatValue(subjectIops ?? null, 'IOPS')} | ${formatValue(referenceIops ?? null, 'IOPS')} | ${ratio === null ? '—' : `${ratio.toFixed(3)}×`} |`); // three decimals: these two ratios are read against 0.5
     }
   }
   if (rows.length === 0) return [];
