@@ -145,12 +145,14 @@ async function startReference(settings: ModeSettings, root: string): Promise<Run
   }
   const workDir = path.join(root, 'reference');
   await mkdir(workDir);
-  const running = await spec.start({ workDir, deviceBytes: settings.deviceBytes, regionBytes: settings.regionBytes, scoSize: settings.scoSize });
+  let running: RunningTarget | undefined;
   try {
+    running = await spec.start({ workDir, deviceBytes: settings.deviceBytes, regionBytes: settings.regionBytes, scoSize: settings.scoSize });
     await runFio(fillJob, running.uri(), settings, workDir);
   } catch (err) {
-    log(`reference ${referenceId}: fill failed (${(err as Error).message}); no paired jobs`);
-    await running.stop();
+    // Without the reference the run goes on; the report then simply has no paired section.
+    log(`reference ${referenceId}: could not start and fill (${(err as Error).message}); no paired jobs`);
+    await running?.stop();
     return undefined;
   }
   log(`reference ${referenceId}: started and filled, for the paired jobs of ${pairedSubject}`);
