@@ -49,8 +49,8 @@ const modes: Record<Mode, ModeSettings> = {
 };
 
 /**
- * Jobs that Keel runs back to back with the same job on a reference nbdkit memory (started once for the
- * whole run and idle otherwise): the reference runs right before Keel's job, after Keel's write-back is
+ * Jobs that Keel runs back to back with the same job on a reference nbdkit memory (running only while Keel
+ * does, idle between its jobs): the reference runs right before Keel's job, after Keel's write-back is
  * done, so the pair sees the same host. Targets run minutes apart, and this VM's speed drifts over minutes.
  */
 const pairedJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4k-qd32']);
@@ -98,8 +98,17 @@ async function main(): Promise<number> {
   let reference: RunningTarget | undefined;
   try {
     log(`mode ${mode}: ${selected.map((t) => t.id).join(', ')}; scratch in ${root}`);
-    if (selected.some((t) => t.id === pairedSubject)) reference = await startReference(settings, root);
-    for (const spec of selected) targets.push(await benchTarget(spec, settings, root, spec.id === pairedSubject ? reference : undefined));
+    for (const spec of selected) {
+      if (spec.id !== pairedSubject) {
+        targets.push(await benchTarget(spec, settings, root));
+        continue;
+      }
+      // The reference lives only while its subject runs: the other targets do not share the host with it.
+      reference = await startReference(settings, root);
+      targets.push(await benchTarget(spec, settings, root, reference));
+      await reference?.stop();
+      reference = undefined;
+    }
     ecEncode = await measureEcEncode(60_000).catch((err: Error) => ({ error: err.message }));
     lbaMap = await measureLbaMap(60_000).catch((err: Error) => ({ error: err.message }));
   } finally {
