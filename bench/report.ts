@@ -26,10 +26,19 @@ export interface TargetResult {
   settled?: Partial<Record<JobId, Settled>>;
   /** Keel's edge process during the job (sampled from /proc). */
   edgeUsage?: Partial<Record<JobId, ProcessUsage & { cpuCoresPer10kIops: number }>>;
-  /** The same job on the reference nbdkit memory, run just before this target's (bench/run.ts, pairedJobs). */
-  pairedReference?: Partial<Record<JobId, JobOutcome>>;
+  /**
+   * Paired jobs (bench/run.ts, pairedJobs): each round runs the job on the reference nbdkit memory, then on
+   * this target. Round 1's target run is the one in `jobs`.
+   */
+  pairedRounds?: Partial<Record<JobId, PairedRound[]>>;
   /** Bytes the S3 server sent (HTTP included) per 4 KiB read of the cold job. */
   backendBytesPerColdRead?: number;
+}
+
+/** One round of a paired job: the reference's run and the target's right after it. */
+export interface PairedRound {
+  reference: JobOutcome;
+  subject: JobOutcome;
 }
 
 export interface BenchResult {
@@ -162,16 +171,18 @@ export function renderMarkdown(result: BenchResult): string {
   return lines.join('\n');
 }
 
-/** Each paired job: the target's IOPS, the reference's just before, and their ratio. */
+/** Each paired job: every round's IOPS on both sides and ratio, and the median ratio. */
 function pairedSection(result: BenchResult): string[] {
   const rows: string[] = [];
   for (const target of result.targets) {
-    for (const [job, reference] of Object.entries(target.pairedReference ?? {})) {
-      const subject = target.jobs[job as JobId];
-      const subjectIops = subject && 'figures' in subject ? subject.figures.iops : undefined;
-      const referenceIops = reference && 'figures' in reference ? reference.figures.iops : undefined;
-      const ratio = subjectIops !== undefined && referenceIops ? subjectIops / referenceIops : null;
-      rows.push(`| ${target.label} | ${job} | ${formatValue(subjectIops ?? null, 'IOPS')} | ${formatValue(referenceIops ?? null, 'IOPS')} | ${ratio === null ? '—' : `${ratio.toFixed(3)}×`} |`); // three decimals: these two ratios are read against 0.5
+    for (const [job, rounds] of Object.entries(target.pairedRounds ?? {})) {
+      const pairs = (rounds ?? []).map((round) => [iopsOf(round.subject), iopsOf(round.reference)] as const);
+      const ratios = pairs.map(([subject, reference]) => (subject !== undefined && reference ? subject / reference : null));
+      const iopsCell = pairs.map(([subject, reference]) => `${formatValue(subject ?? null, 'IOPS')} / ${formatValue(reference ?? null, 'IOPS')}`).join(', ');
+      const median = medianOf(ratios.filter((r): r is number => r !== null));
+      // Three decimals: these ratios are read against 0.5.
+      const ratioCell = ratios.map((r) => (r === null ? '—' : `${r.toFixed(3)}×`)).join(', ');
+      rows.push(`| ${target.label} | ${job} | ${iopsCell} | ${ratioCell} | ${median === undefined ? '—' : `**${median.toFixed(3)}×**`} |`);
     }
   }
   if (rows.length === 0) return [];
@@ -179,12 +190,24 @@ function pairedSection(result: BenchResult): string[] {
     '',
     '## Back to back with nbdkit memory',
     '',
-    'The same job on a second nbdkit memory, run right before the target\'s once its write-back is done, so that both see the host in the same minute.',
+    'The same job on a second nbdkit memory, run right before the target\'s once its write-back is done, so that both see the host in the same minute; each round is such a pair, and the first round\'s target run is the one in the table above.',
     '',
-    '| target | job | target, IOPS | nbdkit memory just before, IOPS | target / nbdkit memory |',
-    '|---|---|---:|---:|---:|',
+    '| target | job | each round: target / nbdkit memory, IOPS | each round: ratio | median ratio |',
+    '|---|---|---|---|---:|',
     ...rows,
   ];
+}
+
+function iopsOf(outcome: JobOutcome | undefined): number | undefined {
+  return outcome && 'figures' in outcome ? outcome.figures.iops : undefined;
+}
+
+/** The middle value (the mean of the two middle ones for an even count); undefined for none. */
+export function medianOf(values: readonly number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1]! + sorted[middle]!) / 2;
 }
 
 function otherFigures(result: BenchResult): Array<[string, string]> {

@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { Command, InvalidArgumentError } from 'commander';
 import { isMounted, stopAll } from './child-processes.ts';
 import { fillJob, jobMatrix, runFio, type FioJob, type FioSettings, type JobId } from './fio-jobs.ts';
-import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type TargetResult } from './report.ts';
+import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type JobOutcome, type PairedRound, type TargetResult } from './report.ts';
 import { measureEcEncode, measureLbaMap, repoDir, sampleProcess, writtenBytes, type ProcessUsage } from './system-metrics.ts';
 import { targetSpecs, type RunningTarget, type TargetId, type TargetSpec } from './targets.ts';
 
@@ -27,6 +27,8 @@ interface ModeSettings extends FioSettings {
   watchdogMs: number;
   /** Before each job, how long a target may take to finish the write-back earlier jobs left (RunningTarget.settle). */
   settleWaitMaxMs: number;
+  /** Rounds of each paired job (pairedJobs): the reference's run, then Keel's. */
+  pairedRounds: number;
   defaultTargets: readonly TargetId[];
 }
 
@@ -36,15 +38,15 @@ const allTargets = targetSpecs.map((t) => t.id);
 const modes: Record<Mode, ModeSettings> = {
   full: {
     runtimeSec: 20, rampSec: 3, regionBytes: 1024 * MiB, deviceBytes: 2048 * MiB, coldReadBytes: 128 * MiB,
-    coldRuntimeCapSec: 60, fillRuntimeCapSec: 120, scoSize: '64M', watchdogMs: 60 * 60_000, settleWaitMaxMs: 120_000, defaultTargets: allTargets,
+    coldRuntimeCapSec: 60, fillRuntimeCapSec: 120, scoSize: '64M', watchdogMs: 60 * 60_000, settleWaitMaxMs: 120_000, pairedRounds: 3, defaultTargets: allTargets,
   },
   quick: {
     runtimeSec: 1.5, rampSec: 0.5, regionBytes: 128 * MiB, deviceBytes: 512 * MiB, coldReadBytes: 8 * MiB,
-    coldRuntimeCapSec: 10, fillRuntimeCapSec: 30, scoSize: '64M', watchdogMs: 5 * 60_000, settleWaitMaxMs: 5_000, defaultTargets: allTargets,
+    coldRuntimeCapSec: 10, fillRuntimeCapSec: 30, scoSize: '64M', watchdogMs: 5 * 60_000, settleWaitMaxMs: 5_000, pairedRounds: 1, defaultTargets: allTargets,
   },
   smoke: {
     runtimeSec: 1, rampSec: 0, regionBytes: 32 * MiB, deviceBytes: 256 * MiB, coldReadBytes: 2 * MiB,
-    coldRuntimeCapSec: 10, fillRuntimeCapSec: 20, scoSize: '4M', watchdogMs: 2 * 60_000, settleWaitMaxMs: 5_000, defaultTargets: ['keel', 'nbdkit-memory'],
+    coldRuntimeCapSec: 10, fillRuntimeCapSec: 20, scoSize: '4M', watchdogMs: 2 * 60_000, settleWaitMaxMs: 5_000, pairedRounds: 2, defaultTargets: ['keel', 'nbdkit-memory'],
   },
 };
 
@@ -52,6 +54,8 @@ const modes: Record<Mode, ModeSettings> = {
  * Jobs that Keel runs back to back with the same job on a reference nbdkit memory (running only while Keel
  * does, idle between its jobs): the reference runs right before Keel's job, after Keel's write-back is
  * done, so the pair sees the same host. Targets run minutes apart, and this VM's speed drifts over minutes.
+ * In full mode each pair runs three times in a row and the report gives every round's ratio and their
+ * median: one pair can still land in a fast or slow moment of either side.
  */
 const pairedJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4k-qd32']);
 const pairedSubject: TargetId = 'keel';
@@ -207,8 +211,9 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
 
 async function runJob(job: FioJob, running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult, reference?: RunningTarget): Promise<void> {
   const id = job.id as JobId;
+  const pairedWith = reference && pairedJobs.has(id) ? reference : undefined;
   if (running.settle) await settle(running.settle, id, job, settings, result);
-  if (reference && pairedJobs.has(id)) await runReferenceJob(job, reference, settings, workDir, result);
+  const firstReference = pairedWith ? await runReferenceJob(job, pairedWith, settings, workDir, result) : undefined;
   if (id === 'randread-4k-qd32-cold') {
     if (!running.makeCold) {
       result.jobs[id] = { skipped: 'no slower tier behind a cache to read from' };
@@ -231,17 +236,39 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     log(`${result.id}: ${job.label}: ${(err as Error).message}`);
     logTailOf(running, result.id);
   }
+  if (pairedWith && firstReference) {
+    const rounds: PairedRound[] = [{ reference: firstReference, subject: result.jobs[id]! }];
+    (result.pairedRounds ??= {})[id] = rounds;
+    while (rounds.length < settings.pairedRounds) rounds.push(await runPairedRound(job, running, pairedWith, settings, workDir, result));
+  }
 }
 
-async function runReferenceJob(job: FioJob, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<void> {
-  const id = job.id as JobId;
+/** One more round of a paired job, after round 1 (which is the target's job in the main table). */
+async function runPairedRound(job: FioJob, running: RunningTarget, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<PairedRound> {
+  const round = (result.pairedRounds?.[job.id as JobId]?.length ?? 0) + 1;
+  if (running.settle) {
+    const settled = await running.settle(settings.settleWaitMaxMs).catch(() => undefined);
+    if (settled?.pending) log(`${result.id}: before ${job.label} round ${round}: waited ${(settled.waitedMs / 1000).toFixed(1)} s for ${settled.pending}`);
+  }
+  const referenceOutcome = await runReferenceJob(job, reference, settings, workDir, result);
+  try {
+    const figures = await runFio(job, running.uri(), settings, workDir);
+    log(`${result.id}: ${job.label}: round ${round}: ${figures.iops.toFixed(0)} IOPS`);
+    return { reference: referenceOutcome, subject: { figures } };
+  } catch (err) {
+    log(`${result.id}: ${job.label}: round ${round}: ${(err as Error).message}`);
+    return { reference: referenceOutcome, subject: { error: firstLine(err) } };
+  }
+}
+
+async function runReferenceJob(job: FioJob, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<JobOutcome> {
   try {
     const figures = await runFio(job, reference.uri(), settings, workDir);
-    (result.pairedReference ??= {})[id] = { figures };
     log(`${result.id}: ${job.label}: reference ${referenceId} just before: ${figures.iops.toFixed(0)} IOPS`);
+    return { figures };
   } catch (err) {
-    (result.pairedReference ??= {})[id] = { error: firstLine(err) };
     log(`${result.id}: ${job.label}: reference ${referenceId} failed: ${(err as Error).message}`);
+    return { error: firstLine(err) };
   }
 }
 

@@ -1,0 +1,65 @@
+/**
+ * The bench report's paired section (bench/report.ts): every round of a paired job with its ratio, and
+ * the median ratio that the issue's 0.5× targets are read against.
+ */
+import { describe, expect, it } from 'vitest';
+import type { FioFigures } from '../../bench/fio-output.ts';
+import { buildTable, medianOf, ratioColumns, renderMarkdown, type BenchResult, type JobOutcome, type TargetResult } from '../../bench/report.ts';
+
+function figures(iops: number): JobOutcome {
+  const f: FioFigures = { iops, ios: iops * 20, mibPerSec: (iops * 4) / 1024, meanLatencyUs: 900, p50LatencyUs: 850, p99LatencyUs: 2000, runtimeMs: 20_000 };
+  return { figures: f };
+}
+
+function resultWith(keel: Partial<TargetResult>): BenchResult {
+  const targets: TargetResult[] = [
+    { id: 'keel', label: 'Keel', method: 'edge -> router', status: 'ok', jobs: { 'randread-4k-qd32': figures(34_000) }, ...keel },
+    { id: 'nbdkit-memory', label: 'nbdkit memory', method: 'nbdkit memory', status: 'ok', jobs: { 'randread-4k-qd32': figures(70_000) } },
+  ];
+  return {
+    schemaVersion: 1,
+    mode: 'full',
+    startedAt: '2026-11-22T08:00:00.000Z',
+    wallSeconds: 1200,
+    host: { cpus: 2, cpuModel: 'test cpu', kernel: '6.18', node: 'v20', fio: 'fio-3.33' },
+    settings: { runtimeSec: 20, rampSec: 3, regionBytes: 2 ** 30, deviceBytes: 2 ** 31, coldReadBytes: 2 ** 27, scoSize: '64M' },
+    targets,
+    ecEncode: { skipped: 'test' },
+    lbaMap: { skipped: 'test' },
+    table: buildTable(targets),
+    ratioColumns: [...ratioColumns],
+  };
+}
+
+describe('bench report: paired rounds', () => {
+  it('medianOf takes the middle value, or the mean of the two middle ones', () => {
+    expect(medianOf([0.52, 0.47, 0.49])).toBe(0.49);
+    expect(medianOf([0.4, 0.6])).toBeCloseTo(0.5, 12);
+    expect(medianOf([0.3])).toBe(0.3);
+    expect(medianOf([])).toBeUndefined();
+  });
+
+  it('lists every round with its ratio and prints the median of the rounds that ran on both sides', () => {
+    const markdown = renderMarkdown(
+      resultWith({
+        pairedRounds: {
+          'randread-4k-qd32': [
+            { reference: figures(70_000), subject: figures(34_000) },
+            { reference: figures(68_000), subject: figures(36_000) },
+            { reference: { error: 'fio timed out' }, subject: figures(35_000) },
+            { reference: figures(72_000), subject: figures(33_000) },
+          ],
+        },
+      }),
+    );
+    expect(markdown).toContain('## Back to back with nbdkit memory');
+    const row = markdown.split('\n').find((line) => line.startsWith('| Keel | randread-4k-qd32 |'));
+    expect(row).toBe(
+      '| Keel | randread-4k-qd32 | 34.0k / 70.0k, 36.0k / 68.0k, 35.0k / —, 33.0k / 72.0k | 0.486×, 0.529×, —, 0.458× | **0.486×** |',
+    );
+  });
+
+  it('has no paired section when no job was paired', () => {
+    expect(renderMarkdown(resultWith({}))).not.toContain('Back to back');
+  });
+});
