@@ -16,7 +16,7 @@ import { isMounted, stopAll } from './child-processes.ts';
 import { fillJob, jobMatrix, runFio, type FioJob, type FioSettings, type JobId } from './fio-jobs.ts';
 import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type JobOutcome, type PairedRound, type TargetResult } from './report.ts';
 import { measureEcEncode, measureLbaMap, repoDir, sampleProcess, writtenBytes, type ProcessUsage } from './system-metrics.ts';
-import { targetSpecs, type RunningTarget, type TargetId, type TargetSpec } from './targets.ts';
+import { targetSpecs, type RunningTarget, type Settled, type TargetId, type TargetSpec } from './targets.ts';
 
 type Mode = BenchResult['mode'];
 
@@ -212,7 +212,10 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
 async function runJob(job: FioJob, running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult, reference?: RunningTarget): Promise<void> {
   const id = job.id as JobId;
   const pairedWith = reference && pairedJobs.has(id) ? reference : undefined;
-  if (running.settle) await settle(running.settle, id, job, settings, result);
+  if (running.settle) {
+    const settled = await settle(running.settle, job.label, settings, result);
+    if (settled) (result.settled ??= {})[id] = settled;
+  }
   const firstReference = pairedWith ? await runReferenceJob(job, pairedWith, settings, workDir, result) : undefined;
   if (id === 'randread-4k-qd32-cold') {
     if (!running.makeCold) {
@@ -239,17 +242,13 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
   if (pairedWith && firstReference) {
     const rounds: PairedRound[] = [{ reference: firstReference, subject: result.jobs[id]! }];
     (result.pairedRounds ??= {})[id] = rounds;
-    while (rounds.length < settings.pairedRounds) rounds.push(await runPairedRound(job, running, pairedWith, settings, workDir, result));
+    for (let round = 2; round <= settings.pairedRounds; round++) rounds.push(await runPairedRound(job, round, running, pairedWith, settings, workDir, result));
   }
 }
 
 /** One more round of a paired job, after round 1 (which is the target's job in the main table). */
-async function runPairedRound(job: FioJob, running: RunningTarget, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<PairedRound> {
-  const round = (result.pairedRounds?.[job.id as JobId]?.length ?? 0) + 1;
-  if (running.settle) {
-    const settled = await running.settle(settings.settleWaitMaxMs).catch(() => undefined);
-    if (settled?.pending) log(`${result.id}: before ${job.label} round ${round}: waited ${(settled.waitedMs / 1000).toFixed(1)} s for ${settled.pending}`);
-  }
+async function runPairedRound(job: FioJob, round: number, running: RunningTarget, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<PairedRound> {
+  if (running.settle) await settle(running.settle, `${job.label} round ${round}`, settings, result);
   const referenceOutcome = await runReferenceJob(job, reference, settings, workDir, result);
   try {
     const figures = await runFio(job, running.uri(), settings, workDir);
@@ -278,14 +277,16 @@ function logTailOf(running: RunningTarget, id: string): void {
   if (tail) log(`${id}: last lines of its log:\n${tail}`);
 }
 
-async function settle(settleTarget: NonNullable<RunningTarget['settle']>, id: JobId, job: FioJob, settings: ModeSettings, result: TargetResult): Promise<void> {
+/** Waits for the target's write-back before the job named `what`; undefined when it cannot tell. */
+async function settle(settleTarget: NonNullable<RunningTarget['settle']>, what: string, settings: ModeSettings, result: TargetResult): Promise<Settled | undefined> {
   try {
     const settled = await settleTarget(settings.settleWaitMaxMs);
-    (result.settled ??= {})[id] = settled;
-    if (settled.pending) log(`${result.id}: before ${job.label}: waited ${(settled.waitedMs / 1000).toFixed(1)} s for ${settled.pending}${settled.quiet ? '' : ' (still busy)'}`);
+    if (settled.pending) log(`${result.id}: before ${what}: waited ${(settled.waitedMs / 1000).toFixed(1)} s for ${settled.pending}${settled.quiet ? '' : ' (still busy)'}`);
+    return settled;
   } catch (err) {
     // Not knowing whether the target is quiet does not stop the job: it runs, and the log says why.
-    log(`${result.id}: before ${job.label}: could not tell whether write-back is done: ${(err as Error).message}`);
+    log(`${result.id}: before ${what}: could not tell whether write-back is done: ${(err as Error).message}`);
+    return undefined;
   }
 }
 
