@@ -46,7 +46,8 @@ export interface BenchResult {
   mode: 'quick' | 'full' | 'smoke';
   startedAt: string;
   wallSeconds: number;
-  host: { cpus: number; cpuModel: string; kernel: string; node: string; fio: string };
+  /** `keel`: `keel --version`, which names the build that ran (absent in results from before 2026-11-22T08). */
+  host: { cpus: number; cpuModel: string; kernel: string; node: string; fio: string; keel?: string };
   settings: { runtimeSec: number; rampSec: number; regionBytes: number; deviceBytes: number; coldReadBytes: number; scoSize: string };
   targets: TargetResult[];
   ecEncode: EcEncodeFigures | { error: string } | { skipped: string };
@@ -138,7 +139,8 @@ export function renderMarkdown(result: BenchResult): string {
   const lines: string[] = [];
   lines.push(`# Keel benchmark — ${result.startedAt} (${result.mode} mode)`, '');
   lines.push(
-    `Host: ${result.host.cpus} × ${result.host.cpuModel}, Linux ${result.host.kernel}, Node.js ${result.host.node}, ${result.host.fio}. ` +
+    `Host: ${result.host.cpus} × ${result.host.cpuModel}, Linux ${result.host.kernel}, Node.js ${result.host.node}, ${result.host.fio}` +
+      `${result.host.keel ? `, Keel ${result.host.keel}` : ''}. ` +
       `fio (nbd engine) and every server share these cores: figures compare only within this run.`,
   );
   lines.push(

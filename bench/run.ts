@@ -308,7 +308,9 @@ function delayedSampler(pid: number, delayMs: number): { stop(): ProcessUsage | 
 
 async function hostInfo(): Promise<BenchResult['host']> {
   const fio = await execFileAsync('fio', ['--version'], { timeout: 5000 }).then((r) => r.stdout.trim(), () => 'fio (version unknown)');
-  return { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, fio };
+  // Which build of Keel ran: the bundle in dist/ or the TypeScript sources (bin/keel.js).
+  const keel = await execFileAsync(process.execPath, [path.join(repoDir, 'bin', 'keel.js'), '--version'], { timeout: 30_000 }).then((r) => r.stdout.trim(), () => 'unknown');
+  return { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, fio, keel };
 }
 
 function isMountedUnder(root: string): boolean {

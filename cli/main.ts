@@ -12,7 +12,7 @@ import { addHaCommands } from './ha-commands.ts';
 
 const program = new Command('keel')
   .description('Keel: distributed block storage — NBD edge, log-structured routers, object-store backend')
-  .version('0.1.0')
+  .version(`0.1.0 (${process.env.KEEL_RUNS_FROM === 'bundle' ? 'the bundle in dist/' : 'the TypeScript sources'})`)
   .showHelpAfterError()
   .exitOverride();
 

@@ -60,6 +60,7 @@ describe.skipIf(!hasTools)('npm run bench -- --smoke', () => {
     const result = JSON.parse(readFileSync(path.join(outDir, jsonFile), 'utf8'));
     expect(result.schemaVersion).toBe(1);
     expect(result.mode).toBe('smoke');
+    expect(result.host.keel).toMatch(/^0\.1\.0 \((the bundle in dist\/|the TypeScript sources)\)$/);
     expect(result.targets.map((t: { id: string }) => t.id)).toEqual(['keel', 'nbdkit-memory']);
     const [keel, memory] = result.targets;
     expect(keel.status).toBe('ok');
