@@ -1,26 +1,27 @@
 #!/usr/bin/env node
 /**
  * Bundles the `keel` program (cli/main.ts and everything it imports from this repository) into plain
- * JavaScript under dist/, with esbuild. bin/keel.js runs the bundle while it is newer than every source
- * file it was built from (dist/inputs.json), and the TypeScript sources through tsx otherwise.
+ * JavaScript under dist/, with esbuild. bin/keel.js runs the bundle while every source file it was built
+ * from still has the same content (dist/inputs.json holds their digest), and the TypeScript sources
+ * through tsx otherwise. Content, not modification times: a copy that keeps older times (rsync -a, cp -p,
+ * an unpacked archive) must not leave a stale bundle running; hashing the ~0.8 MB of sources takes a few ms.
  *
  * Why: tsx runs its loader hooks in a worker thread with its own V8 heap. That cost every Keel process
  * about 30 MB of RSS (an idle edge: 121 MB from source, 90 MB from the bundle) and a transform of each
  * module at start-up. npm runs this script on install (`prepare`), so `npm install && npm start` runs the
  * bundle; after an edit, `npm run build` brings it back (until then the sources run, so nothing stale runs).
  *
- * Dependencies stay external (node_modules is resolved at run time, native addons included), and each
- * command's lazily imported modules become their own chunk, so an edge does not load the router's S3 client.
+ * Dependencies stay external (node_modules is resolved at run time, native addons included); the modules
+ * a command imports lazily (the edge's and the router's main) become chunks of their own.
  */
 import { build } from 'esbuild';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { sourcesDigest } from '../bin/sources-digest.js';
 
 const repoDir = fileURLToPath(new URL('..', import.meta.url));
 const distDir = path.join(repoDir, 'dist');
-// Taken before esbuild reads any source: a file saved during the build counts as newer than the bundle.
-const builtAtMs = Date.now();
 
 await rm(distDir, { recursive: true, force: true });
 await mkdir(distDir, { recursive: true });
@@ -39,5 +40,6 @@ const result = await build({
   logLevel: 'warning',
 });
 const inputs = Object.keys(result.metafile.inputs).sort();
-await writeFile(path.join(distDir, 'inputs.json'), JSON.stringify({ builtAtMs, inputs }, null, 1) + '\n');
+// Digested after the build: a file saved while esbuild ran then differs from the digest, and the sources run.
+await writeFile(path.join(distDir, 'inputs.json'), JSON.stringify({ digest: sourcesDigest(repoDir, inputs), inputs }, null, 1) + '\n');
 console.error(`keel: built dist/ from ${inputs.length} source files`);

@@ -1,15 +1,16 @@
 /**
- * bin/keel.js runs the esbuild bundle in dist/ (scripts/build.mjs) while it is newer than every source it
- * was built from, and the TypeScript sources otherwise, so an edit is never shadowed by a stale bundle.
+ * bin/keel.js runs the esbuild bundle in dist/ (scripts/build.mjs) while the sources it was built from are
+ * unchanged (their digest), and the TypeScript sources otherwise, so an edit is never shadowed by a stale bundle.
  * (The rest of the integration suite runs whichever is current: in CI, where `npm ci` builds it, the bundle.)
  */
-import { readFileSync, statSync, utimesSync } from 'node:fs';
+import { readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { run, runKeel } from '../helpers/processes.ts';
+import { sourcesDigest } from '../../bin/sources-digest.js';
 
 const repoDir = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -26,7 +27,7 @@ describe('bin/keel.js: the bundle or the sources', () => {
     await rm(dataDir, { recursive: true, force: true });
   });
 
-  it('records every source it bundled, and runs the bundle while none is newer', async () => {
+  it('records every source it bundled, and runs the bundle while they are unchanged', async () => {
     const { inputs } = JSON.parse(readFileSync(path.join(repoDir, 'dist', 'inputs.json'), 'utf8')) as { inputs: string[] };
     expect(inputs).toEqual(expect.arrayContaining(['cli/main.ts', 'edge/main.ts', 'router/main.ts', 'backend/object-store.ts']));
     expect(inputs.every((input) => !input.startsWith('node_modules/'))).toBe(true);
@@ -39,17 +40,28 @@ describe('bin/keel.js: the bundle or the sources', () => {
     expect(listed.stdout).toMatch(/bundled/);
   });
 
-  it('runs the sources once a source file is newer than the bundle, and when KEEL_FROM_SOURCE=1', async () => {
-    const source = path.join(repoDir, 'cli', 'main.ts');
-    const { atime, mtime } = statSync(source);
+  it('runs the sources when the digest does not match the sources, and when KEEL_FROM_SOURCE=1', async () => {
+    const inputsFile = path.join(repoDir, 'dist', 'inputs.json');
+    const recorded = readFileSync(inputsFile, 'utf8');
     try {
-      utimesSync(source, atime, new Date(Date.now() + 60_000));
+      writeFileSync(inputsFile, JSON.stringify({ ...JSON.parse(recorded), digest: '0'.repeat(64) }));
       expect((await runKeel(['--version'])).stdout).toContain('the TypeScript sources');
     } finally {
-      utimesSync(source, atime, mtime);
+      writeFileSync(inputsFile, recorded);
     }
     expect((await runKeel(['--version'])).stdout).toContain('the bundle in dist/');
     const forced = await run(process.execPath, [path.join(repoDir, 'bin', 'keel.js'), '--version'], { env: { ...process.env, KEEL_FROM_SOURCE: '1' } });
     expect(forced.stdout).toContain('the TypeScript sources');
+  });
+
+  it('notices a changed source even when its modification time was kept (rsync -a, cp -p)', () => {
+    const source = path.join(dataDir, 'a.ts');
+    writeFileSync(source, 'export const a = 1;\n');
+    const before = sourcesDigest(dataDir, ['a.ts']);
+    const { atime, mtime } = statSync(source);
+    writeFileSync(source, 'export const a = 2;\n');
+    utimesSync(source, atime, mtime);
+    expect(sourcesDigest(dataDir, ['a.ts'])).not.toBe(before);
+    expect(() => sourcesDigest(dataDir, ['gone.ts'])).toThrow(/ENOENT/);
   });
 });
