@@ -4,7 +4,7 @@
  * router's counters from its management server (GET /status at RouterRecord.mgmtAddress).
  */
 import type { Command } from 'commander';
-import { openVpoolBackend, describeBackend, type VpoolBackend } from '../backend/backend-config.ts';
+import type { VpoolBackend } from '../backend/backend-config.ts';
 import { mapBounded } from '../backend/concurrency-gate.ts';
 import { listObjectNames } from '../backend/object-listing.ts';
 import type { ObjectVerification } from '../backend/object-store.ts';
@@ -48,14 +48,17 @@ export function addBackendCommands(program: Command): void {
     .action(async (volume: string | undefined, options: CommonOptions) => backendRepair(volume, options));
 }
 
-async function openBackend(options: CommonOptions): Promise<{ coordination: Coordination; backend: VpoolBackend }> {
+async function openBackend(options: CommonOptions): Promise<{ coordination: Coordination; backend: VpoolBackend; description: Record<string, unknown> }> {
   const coordination = await openCoordination(resolveDataDir(options.data));
+  // Loaded here, not at the top: every keel process (an edge too) loads this file, and the backend's
+  // code brings the S3 client (about 23 MB of RSS).
+  const { openVpoolBackend, describeBackend } = await import('../backend/backend-config.ts');
   const backend = openVpoolBackend(await coordination.getVpool(), silentLogger());
-  return { coordination, backend };
+  return { coordination, backend, description: describeBackend(backend.config) };
 }
 
 async function backendStatus(options: CommonOptions): Promise<void> {
-  const { coordination, backend } = await openBackend(options);
+  const { coordination, backend, description } = await openBackend(options);
   const asdRows = await Promise.all(
     backend.asds.map(async (asd) => {
       const startedMs = Date.now();
@@ -82,7 +85,7 @@ async function backendStatus(options: CommonOptions): Promise<void> {
     }
   }
   const asds = asdRows.map((row) => ({ ...row, counters: counters.get(row.id) }));
-  const result = { backend: describeBackend(backend.config), objects: listing.names.length, asds, routers };
+  const result = { backend: description, objects: listing.names.length, asds, routers };
   if (options.json) return printJson(result);
   console.log(`objects stored: ${result.objects}`);
   printTable(

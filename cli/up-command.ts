@@ -3,14 +3,6 @@
  * each its own OS process (so one can be killed or upgraded alone), a demo volume, and the NBD URI.
  */
 import { readFile } from 'node:fs/promises';
-import {
-  checkWriteBufferHoldsTlog,
-  defaultDirectoryBackend,
-  describeBackend,
-  openVpoolBackend,
-  parseVpoolDataSettings,
-  s3Backend,
-} from '../backend/backend-config.ts';
 import type { VpoolConfig } from '../shared/coordination.ts';
 import type { Command } from 'commander';
 import { isRouterAlive, type Coordination } from '../shared/coordination.ts';
@@ -115,11 +107,15 @@ async function runUp(options: UpOptions): Promise<void> {
  * routers read it at start. An existing vPool is kept (its data lives there).
  */
 async function ensureVpool(coordination: Coordination, dataDir: string, options: UpOptions, scoSizeBytes: number, logger: Logger): Promise<string> {
+  // Loaded here, not at the top: every keel process (an edge too) loads this file, and the backend's
+  // code brings the S3 client (about 23 MB of RSS).
+  const backendConfig = await import('../backend/backend-config.ts');
+  const { checkWriteBufferHoldsTlog, defaultDirectoryBackend, openVpoolBackend, parseVpoolDataSettings, s3Backend } = backendConfig;
   const existing = await coordination.getVpool();
   if (existing?.backend) {
     if (options.s3 || options.config || options.writeBuffer || options.readCache)
       logger.warn('the vPool is already configured in this data directory: --s3/--config/--write-buffer/--read-cache are ignored');
-    return summarizeVpool(existing);
+    return summarizeVpool(existing, backendConfig);
   }
   let config: VpoolConfig = { name: 'default' };
   if (options.config) {
@@ -144,10 +140,10 @@ async function ensureVpool(coordination: Coordination, dataDir: string, options:
   openVpoolBackend(config); // validates everything, credentials included, before anything is stored
   checkWriteBufferHoldsTlog(parseVpoolDataSettings(config).writeBufferBytesMax, scoSizeBytes);
   await coordination.setVpool(config);
-  return summarizeVpool(config);
+  return summarizeVpool(config, backendConfig);
 }
 
-function summarizeVpool(vpool: VpoolConfig): string {
+function summarizeVpool(vpool: VpoolConfig, { describeBackend, openVpoolBackend, parseVpoolDataSettings }: typeof import('../backend/backend-config.ts')): string {
   const backend = describeBackend(openVpoolBackend(vpool).config);
   const asds = backend.asds as Array<{ type: string }>;
   const preset = backend.preset as { k?: number; m?: number };

@@ -5,7 +5,6 @@
  */
 import type { Coordination } from './coordination.ts';
 import { EmbeddedCoordination } from './coordination-embedded.ts';
-import { RedisCoordination } from './coordination-redis.ts';
 import { KeelError } from './errors.ts';
 import type { Logger } from './logger.ts';
 
@@ -22,6 +21,8 @@ export interface CoordinationOptions {
 export async function openCoordination(options: CoordinationOptions): Promise<Coordination> {
   if (options.redisUrl === undefined || options.redisUrl === '') return EmbeddedCoordination.open(options.dataDir);
   checkRedisUrl(options.redisUrl);
+  // Loaded only when used: ioredis adds megabytes to every process that runs on embedded coordination.
+  const { RedisCoordination } = await import('./coordination-redis.ts');
   return RedisCoordination.open(options.redisUrl, { keyPrefix: options.redisKeyPrefix, logger: options.logger });
 }
 
