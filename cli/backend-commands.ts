@@ -14,6 +14,7 @@ import type { Coordination } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { silentLogger } from '../shared/logger.ts';
+import { loadBackendConfig } from './backend-loader.ts';
 import { openCoordination, resolveDataDir } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 
@@ -50,9 +51,7 @@ export function addBackendCommands(program: Command): void {
 
 async function openBackend(options: CommonOptions): Promise<{ coordination: Coordination; backend: VpoolBackend; description: Record<string, unknown> }> {
   const coordination = await openCoordination(resolveDataDir(options.data));
-  // Loaded here, not at the top: every keel process (an edge too) loads this file, and the backend's
-  // code brings the S3 client (about 23 MB of RSS).
-  const { openVpoolBackend, describeBackend } = await import('../backend/backend-config.ts');
+  const { openVpoolBackend, describeBackend } = await loadBackendConfig();
   const backend = openVpoolBackend(await coordination.getVpool(), silentLogger());
   return { coordination, backend, description: describeBackend(backend.config) };
 }

@@ -11,6 +11,7 @@ import { createLogger, logProcessWarnings, type Logger } from '../shared/logger.
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
 import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
+import { loadBackendConfig, type BackendConfigModule } from './backend-loader.ts';
 import { SupervisedChild } from './child-process-supervisor.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { KeelError } from '../shared/errors.ts';
@@ -107,9 +108,7 @@ async function runUp(options: UpOptions): Promise<void> {
  * routers read it at start. An existing vPool is kept (its data lives there).
  */
 async function ensureVpool(coordination: Coordination, dataDir: string, options: UpOptions, scoSizeBytes: number, logger: Logger): Promise<string> {
-  // Loaded here, not at the top: every keel process (an edge too) loads this file, and the backend's
-  // code brings the S3 client (about 23 MB of RSS).
-  const backendConfig = await import('../backend/backend-config.ts');
+  const backendConfig = await loadBackendConfig();
   const { checkWriteBufferHoldsTlog, defaultDirectoryBackend, openVpoolBackend, parseVpoolDataSettings, s3Backend } = backendConfig;
   const existing = await coordination.getVpool();
   if (existing?.backend) {
@@ -143,7 +142,7 @@ async function ensureVpool(coordination: Coordination, dataDir: string, options:
   return summarizeVpool(config, backendConfig);
 }
 
-function summarizeVpool(vpool: VpoolConfig, { describeBackend, openVpoolBackend, parseVpoolDataSettings }: typeof import('../backend/backend-config.ts')): string {
+function summarizeVpool(vpool: VpoolConfig, { describeBackend, openVpoolBackend, parseVpoolDataSettings }: BackendConfigModule): string {
   const backend = describeBackend(openVpoolBackend(vpool).config);
   const asds = backend.asds as Array<{ type: string }>;
   const preset = backend.preset as { k?: number; m?: number };
