@@ -114,7 +114,7 @@ export class RemoteVolume implements OpenBlockTarget {
     this.volumeName = volumeName;
     this.locator = locator;
     this.transport = options.transport;
-    this.logger = options.logger.child({ volume: volumeName });
+    this.logger = options.logger.child({ volume: volumeName }); // the one place that names the volume in its logs
     this.ownerWaitMaxMs = options.ownerWaitMaxMs ?? limits.ownerWaitMaxMs;
     this.requestTimeoutMs = options.requestTimeoutMs ?? limits.wireRequestTimeoutMs;
     this.size = 0;

@@ -21,7 +21,7 @@ export class VolumeResolver implements ExportResolver {
   async open(exportName: string): Promise<OpenBlockTarget> {
     if (parseSnapshotRef(exportName).snapshot !== undefined) return this.openSnapshot(exportName);
     await this.describe(exportName);
-    return RemoteVolume.open(exportName, this.locator, { transport: this.transport, logger: this.logger.child({ volume: exportName }) });
+    return RemoteVolume.open(exportName, this.locator, { transport: this.transport, logger: this.logger });
   }
 
   async describe(exportName: string): Promise<{ sizeBytes: number; readOnly: boolean }> {
@@ -39,7 +39,7 @@ export class VolumeResolver implements ExportResolver {
   /** `VOL@SNAP`: a read-only RemoteVolume on VOL's owner, which serves the snapshot (docs/snapshots.md). */
   private openSnapshot(exportName: string): Promise<OpenBlockTarget> {
     const locator: OwnerLocator = { locate: () => this.locator.locate(parseSnapshotRef(exportName).volume) };
-    return RemoteVolume.open(exportName, locator, { transport: this.transport, logger: this.logger.child({ volume: exportName }) });
+    return RemoteVolume.open(exportName, locator, { transport: this.transport, logger: this.logger });
   }
 
   async list(): Promise<Array<{ name: string; description?: string }>> {
