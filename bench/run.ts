@@ -250,23 +250,22 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
 async function runPairedRound(job: FioJob, round: number, running: RunningTarget, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<PairedRound> {
   if (running.settle) await settle(running.settle, `${job.label} round ${round}`, settings, result);
   const referenceOutcome = await runReferenceJob(job, reference, settings, workDir, result);
-  try {
-    const figures = await runFio(job, running.uri(), settings, workDir);
-    log(`${result.id}: ${job.label}: round ${round}: ${figures.iops.toFixed(0)} IOPS`);
-    return { reference: referenceOutcome, subject: { figures } };
-  } catch (err) {
-    log(`${result.id}: ${job.label}: round ${round}: ${(err as Error).message}`);
-    return { reference: referenceOutcome, subject: { error: firstLine(err) } };
-  }
+  const subject = await pairedOutcome(job, running.uri(), settings, workDir, `${result.id}: ${job.label}: round ${round}`);
+  return { reference: referenceOutcome, subject };
 }
 
-async function runReferenceJob(job: FioJob, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<JobOutcome> {
+function runReferenceJob(job: FioJob, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<JobOutcome> {
+  return pairedOutcome(job, reference.uri(), settings, workDir, `${result.id}: ${job.label}: reference ${referenceId} just before`);
+}
+
+/** One run of a paired job: its figures, or its error; either is logged after `what`. */
+async function pairedOutcome(job: FioJob, uri: string, settings: ModeSettings, workDir: string, what: string): Promise<JobOutcome> {
   try {
-    const figures = await runFio(job, reference.uri(), settings, workDir);
-    log(`${result.id}: ${job.label}: reference ${referenceId} just before: ${figures.iops.toFixed(0)} IOPS`);
+    const figures = await runFio(job, uri, settings, workDir);
+    log(`${what}: ${figures.iops.toFixed(0)} IOPS`);
     return { figures };
   } catch (err) {
-    log(`${result.id}: ${job.label}: reference ${referenceId} failed: ${(err as Error).message}`);
+    log(`${what}: ${(err as Error).message}`);
     return { error: firstLine(err) };
   }
 }
