@@ -8,10 +8,10 @@
  * (docs/high-availability.md) instead of recovered by the restarted owner.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
+import { v8FlagsFor } from '../shared/v8-tuning.ts';
 
 export type ChildStatus = 'starting' | 'running' | 'restarting' | 'stopping' | 'stopped' | 'failed';
 
@@ -103,27 +103,7 @@ export class SupervisedChild {
   }
 }
 
-/** Hosts with at most this many cores run the children's garbage collector on the main thread. */
-const singleThreadedGcCoresMax = 2;
-
-/*
- * V8 scavenges with helper threads by default. On a small host those threads compete for the same cores
- * as the edge, the routers and the NBD client, and every scavenge wakes them: measured on 2 cores at 4k
- * QD32, the edge spent 24-28 us of CPU per write and 20 per read with helper threads against 17-18 and
- * 13-15 with --single-threaded-gc.
- */
+/** V8 flags for `keel router` and `keel edge` children (shared/v8-tuning.ts); none for other commands. */
 function defaultNodeArgs(command: string | undefined): string[] {
-  const args = os.availableParallelism() <= singleThreadedGcCoresMax ? ['--single-threaded-gc'] : [];
-  if (command === 'router') args.push(`--initial-old-space-size=${routerInitialOldSpaceMiB}`);
-  return args;
+  return command === 'router' || command === 'edge' ? v8FlagsFor(command) : [];
 }
-
-/*
- * A router allocates socket chunks, DTL records and reply buffers outside V8's heap at the rate data
- * flows, and with V8's small starting heap limits that started a full mark-compact every 150-250 ms
- * (--trace-gc: 57 during an 8 s 4k write run across the owner and its DTL peer). Starting the old space
- * at 256 MiB cut that to 5, and the DTL peer's CPU per write from 29 to 17 us. The heap may now grow to
- * that size before it is collected; after 15 s of 4k writes the routers' RSS was 10-20 MiB higher (owner
- * 410 -> 419 MiB, most of it the DTL backlog). The edge keeps V8's defaults: it is meant to be light.
- */
-const routerInitialOldSpaceMiB = 256;

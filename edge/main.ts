@@ -6,6 +6,7 @@ import { openCoordination } from '../shared/coordination-factory.ts';
 import { checkLimits } from '../shared/limits.ts';
 import { createLogger, logProcessWarnings } from '../shared/logger.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
+import { warnIfUntuned } from '../shared/v8-tuning.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { NbdServer } from './nbd-server.ts';
 import { CoordinationOwnerLocator } from './owner-locator.ts';
@@ -24,6 +25,7 @@ export async function runEdge(options: EdgeOptions): Promise<void> {
   checkLimits();
   const logger = createLogger('edge');
   logProcessWarnings(logger);
+  warnIfUntuned('edge', logger);
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger });
   const resolver = new VolumeResolver(coordination, new CoordinationOwnerLocator(coordination), new TcpTransport(), logger);
   const server = new NbdServer({ resolver, logger, host: options.host, port: options.port, defaultExport: options.defaultExport });

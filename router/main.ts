@@ -15,6 +15,7 @@ import { RpcServer } from '../shared/wire/rpc-server.ts';
 import { formatAddress } from '../shared/wire/tcp-transport.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
+import { warnIfUntuned } from '../shared/v8-tuning.ts';
 import { openVpoolBackend, parseVpoolDataSettings, describeBackend, type VpoolBackend } from '../backend/backend-config.ts';
 import { MgmtServer } from './mgmt-server.ts';
 import { RouterMetrics } from './router-metrics.ts';
@@ -44,6 +45,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   checkLimits();
   const logger = createLogger('router', { router: options.id });
   logProcessWarnings(logger);
+  warnIfUntuned('router', logger);
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger: logger.child({ component: 'coordination' }) });
   const routerDir = path.join(options.dataDir, 'routers', options.id);
   await mkdir(routerDir, { recursive: true });

@@ -47,6 +47,11 @@ export class KeelCluster {
     return cluster;
   }
 
+  /** The pid of `keel up` (its routers and edge are its children). */
+  get upPid(): number | undefined {
+    return this.up?.pid;
+  }
+
   uri(volume = 'demo'): string {
     return `nbd://127.0.0.1:${this.port}/${volume}`;
   }
