@@ -33,9 +33,14 @@ class TcpConnection implements TransportConnection {
   private readonly sendQueueBytesMax: number;
   private readonly closeLingerMs: number;
   private readonly batch: WritevBatch;
+  private readonly dataListeners: Array<(chunk: Buffer) => void> = [];
+  private readonly undelivered: Buffer[] = [];
+  /** Set for connections this transport dialled (connect): their bytes arrive through deliver(), not 'data'. */
+  private readonly readsIntoBuffer: boolean;
 
-  constructor(socket: net.Socket, options: Required<TcpTransportOptions>) {
+  constructor(socket: net.Socket, options: Required<TcpTransportOptions>, readsIntoBuffer = false) {
     this.socket = socket;
+    this.readsIntoBuffer = readsIntoBuffer;
     this.batch = new WritevBatch(socket, limits.writevFramesMax);
     this.sendQueueBytesMax = options.sendQueueBytesMax;
     this.closeLingerMs = options.closeLingerMs;
@@ -69,7 +74,21 @@ class TcpConnection implements TransportConnection {
   }
 
   onData(listener: (chunk: Buffer) => void): void {
-    this.socket.on('data', listener);
+    if (!this.readsIntoBuffer) {
+      this.socket.on('data', listener);
+      return;
+    }
+    this.dataListeners.push(listener);
+    // Bytes that came before the first listener, as a 'data' stream would have kept them.
+    for (const chunk of this.undelivered.splice(0)) listener(chunk);
+  }
+
+  /** The bytes a read put in the connection's read buffer, copied out: listeners may keep them. */
+  deliver(bytes: Buffer): void {
+    const chunk = Buffer.allocUnsafe(bytes.length);
+    bytes.copy(chunk);
+    if (this.dataListeners.length === 0) this.undelivered.push(chunk);
+    for (const listener of this.dataListeners) listener(chunk);
   }
 
   onDrain(listener: () => void): void {
@@ -77,6 +96,11 @@ class TcpConnection implements TransportConnection {
   }
 
   onClose(listener: (error?: Error) => void): void {
+    // A dialled connection reads on its own (no 'data' listener needed), so it may be gone already.
+    if (this.socket.closed) {
+      queueMicrotask(() => listener(this.socket.errored ?? undefined));
+      return;
+    }
     let error: Error | undefined;
     this.socket.on('error', (err) => (error = err));
     this.socket.once('close', () => listener(error));
@@ -118,6 +142,8 @@ class TcpListener implements TransportListener {
   }
 }
 
+const readBufferBytes = 64 * 1024;
+
 export class TcpTransport implements Transport {
   private readonly options: Required<TcpTransportOptions>;
 
@@ -132,7 +158,18 @@ export class TcpTransport implements Transport {
     const { host, port } = parseAddress(address);
     const timeoutMs = options.timeoutMs ?? limits.wireConnectTimeoutMs;
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ host, port });
+      let connection: TcpConnection | undefined;
+      // Node allocates a zero-filled buffer of each read's size and copies the bytes into it; reading into
+      // one buffer per connection and copying out skips the allocator's memset (3% of the edge's CPU).
+      const readBuffer = Buffer.allocUnsafe(readBufferBytes);
+      const onread = {
+        buffer: readBuffer,
+        callback: (bytes: number): boolean => {
+          connection?.deliver(readBuffer.subarray(0, bytes));
+          return true; // false would pause reading; pause() does that
+        },
+      };
+      const socket = net.connect({ host, port, onread });
       const timer = setTimeout(() => {
         socket.destroy();
         reject(KeelError.timeout(`connecting to ${address}`, timeoutMs));
@@ -140,7 +177,8 @@ export class TcpTransport implements Transport {
       socket.once('connect', () => {
         clearTimeout(timer);
         socket.removeAllListeners('error');
-        resolve(new TcpConnection(socket, this.options));
+        connection = new TcpConnection(socket, this.options, true);
+        resolve(connection);
       });
       socket.once('error', (err) => {
         clearTimeout(timer);

@@ -276,6 +276,25 @@ describe('joined request frames', () => {
   });
 });
 
+describe('TCP connections this side dialled', () => {
+  it('hand out every read as its own copy, also the bytes that came before anyone listened', async () => {
+    const sent = patternBytes(3 << 20, 7); // 3 MiB: many reads into the connection's one read buffer
+    const listener = await transport.listen('127.0.0.1:0', (accepted) => {
+      accepted.write([sent]);
+      accepted.close();
+    });
+    cleanups.push(() => listener.close());
+    const connection = await transport.connect(listener.address);
+    cleanups.push(() => connection.destroy());
+    await delay(200); // every byte arrives, and the connection closes, before anyone listens
+    await new Promise<void>((resolve) => connection.onClose(() => resolve()));
+    const chunks: Buffer[] = [];
+    connection.onData((chunk) => chunks.push(chunk));
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(Buffer.concat(chunks).equals(sent)).toBe(true);
+  });
+});
+
 describe('malformed input', () => {
   it('closes only the connection that sent garbage', async () => {
     const { logger: log, records } = capturingLogger();
