@@ -34,7 +34,7 @@ class TcpConnection implements TransportConnection {
   private readonly closeLingerMs: number;
   private readonly batch: WritevBatch;
   private readonly dataListeners: Array<(chunk: Buffer) => void> = [];
-  private readonly undelivered: Buffer[] = [];
+  private undelivered: Buffer | undefined;
   /** Set for connections this transport dialled (connect): their bytes arrive through deliver(), not 'data'. */
   private readonly readsIntoBuffer: boolean;
 
@@ -79,16 +79,26 @@ class TcpConnection implements TransportConnection {
       return;
     }
     this.dataListeners.push(listener);
-    // Bytes that came before the first listener, as a 'data' stream would have kept them.
-    for (const chunk of this.undelivered.splice(0)) listener(chunk);
+    if (this.undelivered === undefined) return;
+    // The read that came before the first listener paused the socket, as a 'data' stream without one would.
+    listener(this.undelivered);
+    this.undelivered = undefined;
+    this.socket.resume();
   }
 
-  /** The bytes a read put in the connection's read buffer, copied out: listeners may keep them. */
-  deliver(bytes: Buffer): void {
+  /**
+   * The bytes a read put in the connection's read buffer, copied out: listeners may keep them. False
+   * (stop reading) while nobody listens yet.
+   */
+  deliver(bytes: Buffer): boolean {
     const chunk = Buffer.allocUnsafe(bytes.length);
     bytes.copy(chunk);
-    if (this.dataListeners.length === 0) this.undelivered.push(chunk);
+    if (this.dataListeners.length === 0) {
+      this.undelivered = chunk;
+      return false;
+    }
     for (const listener of this.dataListeners) listener(chunk);
+    return true;
   }
 
   onDrain(listener: () => void): void {
@@ -164,10 +174,7 @@ export class TcpTransport implements Transport {
       const readBuffer = Buffer.allocUnsafe(readBufferBytes);
       const onread = {
         buffer: readBuffer,
-        callback: (bytes: number): boolean => {
-          connection?.deliver(readBuffer.subarray(0, bytes));
-          return true; // false would pause reading; pause() does that
-        },
+        callback: (bytes: number): boolean => connection!.deliver(readBuffer.subarray(0, bytes)), // false pauses
       };
       const socket = net.connect({ host, port, onread });
       const timer = setTimeout(() => {

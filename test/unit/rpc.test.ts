@@ -286,12 +286,22 @@ describe('TCP connections this side dialled', () => {
     cleanups.push(() => listener.close());
     const connection = await transport.connect(listener.address);
     cleanups.push(() => connection.destroy());
-    await delay(200); // every byte arrives, and the connection closes, before anyone listens
-    await new Promise<void>((resolve) => connection.onClose(() => resolve()));
+    const closed = new Promise<void>((resolve) => connection.onClose(() => resolve()));
+    await delay(200); // the first read waits, and reading stops, until someone listens
     const chunks: Buffer[] = [];
     connection.onData((chunk) => chunks.push(chunk));
+    expect(chunks).toHaveLength(1);
+    await closed;
     expect(chunks.length).toBeGreaterThan(1);
     expect(Buffer.concat(chunks).equals(sent)).toBe(true);
+  });
+
+  it('report a close that happened before anyone asked', async () => {
+    const listener = await transport.listen('127.0.0.1:0', (accepted) => accepted.destroy());
+    cleanups.push(() => listener.close());
+    const connection = await transport.connect(listener.address);
+    await delay(200); // the peer's FIN is read at once: nothing waits for a 'data' listener
+    await new Promise<void>((resolve) => connection.onClose(() => resolve()));
   });
 });
 
