@@ -35,10 +35,10 @@ const routerInitialOldSpaceMiB = 256;
  * incremental marking, the requests that pass while it runs; then 1.4-2.7 MB survived each scavenge, was
  * promoted, filled the small old space and started the next mark-compact 60-190 ms later, for as long as
  * the load lasted. In 6 alternating 8 s randread runs each (--trace-gc-nvp), V8's defaults ran 10-48
- * mark-compacts in 5 runs, paused 145-911 ms and did 58.0-73.3k IOPS; 64 MiB ran none in any run (nor in 5
- * earlier ones), paused 144-151 ms and did 70.7-77.8k. The edge's RSS under load fell from 174-186 to
- * 124-132 MiB, as that state also held socket chunks until a mark-compact. 32 MiB still fell into it once
- * in 3 runs.
+ * mark-compacts in 5 runs, paused 145-911 ms and did 58.0-73.3k IOPS; 64 MiB ran none in any run (nor in
+ * 6 earlier randread and randwrite runs), paused 144-151 ms and did 70.7-77.8k. The edge's RSS under load
+ * fell from 174-186 to 124-132 MiB, as that state also held socket chunks until a mark-compact. 32 MiB
+ * still fell into it once in 3 runs.
  */
 const edgeInitialOldSpaceMiB = 64;
 
