@@ -68,7 +68,9 @@ function listenAndClose(port: number): Promise<number> {
   });
 }
 
-export function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
+/** Resolves with everything `child` printed on `stream` (stdout unless told) once it matches `pattern`. */
+export function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: number, stream: 'stdout' | 'stderr' = 'stdout'): Promise<string> {
+  const output = child[stream];
   return new Promise((resolve, reject) => {
     let seen = '';
     const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms waiting for ${pattern}; output so far:\n${seen}`)), timeoutMs);
@@ -76,11 +78,11 @@ export function waitForOutput(child: ChildProcess, pattern: RegExp, timeoutMs: n
       seen += chunk.toString();
       if (pattern.test(seen)) {
         clearTimeout(timer);
-        child.stdout?.off('data', onData);
+        output?.off('data', onData);
         resolve(seen);
       }
     };
-    child.stdout?.on('data', onData);
+    output?.on('data', onData);
     child.once('exit', (code) => {
       clearTimeout(timer);
       reject(new Error(`exited with ${code} before printing ${pattern}; output:\n${seen}`));

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { v8FlagsFor } from '../../shared/v8-tuning.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
-import { freePort, keelBin, spawn, waitForExit } from '../helpers/processes.ts';
+import { freePort, keelBin, spawn, waitForExit, waitForOutput } from '../helpers/processes.ts';
 
 const untunedWarning = 'started without the V8 flags';
 
@@ -42,9 +42,7 @@ async function edgeLog(nodeArgs: string[]): Promise<string> {
   let log = '';
   edge.stderr!.on('data', (chunk: Buffer) => (log += chunk.toString()));
   try {
-    const deadline = Date.now() + 30_000;
-    while (!log.includes('"edge up"') && Date.now() < deadline && edge.exitCode === null) await new Promise((r) => setTimeout(r, 50));
-    expect(log).toContain('"edge up"');
+    await waitForOutput(edge, /"edge up"/, 30_000, 'stderr');
     edge.kill('SIGTERM');
     expect(await waitForExit(edge, 15_000)).toBe(0);
     return log;
