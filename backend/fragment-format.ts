@@ -268,6 +268,17 @@ export function computeBlockCrcTable(bodyPieces: readonly Buffer[]): Buffer {
   return table;
 }
 
+/**
+ * The stored stream's 4 KiB block that body block `bodyBlock` of data fragment `fragment` holds (the
+ * striping in the header comment). Lets a writer that knows the crc32c of its stored blocks fill a data
+ * fragment's block table from them (docs/backend-format.md, "Block crc table").
+ */
+export function storedBlockOfDataBlock(g: Pick<ObjectGeometry, 'k' | 'stripeUnitBytes'>, fragment: number, bodyBlock: number): number {
+  const unitBlocks = g.stripeUnitBytes / fragmentBlockBytes;
+  const stripe = Math.floor(bodyBlock / unitBlocks);
+  return (stripe * g.k + fragment) * unitBlocks + (bodyBlock % unitBlocks);
+}
+
 /** crc32c covering the block table and chunk index of one fragment (stored in its header). */
 export function tablesCrc(table: Buffer, index: Buffer): number {
   return crc32c(index, crc32c(table));

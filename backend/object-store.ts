@@ -11,8 +11,10 @@
  *   other fragments, and the checksum error is counted against the ASD that served the bad bytes.
  * - verifyObject / repairObject: check every fragment end to end; rebuild and rewrite the bad ones.
  */
+import assert from 'node:assert';
 import { randomBytes } from 'node:crypto';
 import { setImmediate as setImmediatePromise } from 'node:timers/promises';
+import { crc32c } from '../shared/checksum.ts';
 import { KeelError, isKeelError } from '../shared/errors.ts';
 import { BufferPool } from '../shared/buffer-pool.ts';
 import { limits } from '../shared/limits.ts';
@@ -24,7 +26,7 @@ import { ConcurrencyGate, mapBounded } from './concurrency-gate.ts';
 import { ErasureCodec } from './erasure-codec.ts';
 import {
   blockAlignedWindow,
-  computeBlockCrcTable,
+  blockCrcEntryBytes,
   decodeChunkIndex,
   decodeFragmentHeader,
   encodeChunkIndex,
@@ -42,6 +44,7 @@ import {
   objectNameHash,
   putIdBytes,
   sameGeometry,
+  storedBlockOfDataBlock,
   stripeGeometry,
   tablesCrc,
   type ChunkIndex,
@@ -99,6 +102,16 @@ export interface ObjectVerification {
 
 export interface PutObjectResult {
   abandonedWrites: number;
+}
+
+export interface PutObjectOptions {
+  /**
+   * crc32c of the object's first `knownBlockCrcs.length` 4 KiB blocks, as the caller computed them when
+   * the bytes arrived (the router's SCO cluster crcs). The data fragments' block tables take them instead
+   * of computing them again, so the tables check the bytes from ingest on: a block that changed since
+   * fails its reads rather than being stored with a fresh crc. Ignored when the preset transforms chunks.
+   */
+  knownBlockCrcs?: Uint32Array;
 }
 
 export interface ObjectInfo {
@@ -180,12 +193,14 @@ export class ErasureObjectStore {
    * writes that timed out and were retried: such a write may still be reading `data`, so a caller that
    * reuses the buffer must not do so when it is above zero.
    */
-  async putObject(name: string, data: Buffer | readonly Buffer[]): Promise<PutObjectResult> {
+  async putObject(name: string, data: Buffer | readonly Buffer[], options: PutObjectOptions = {}): Promise<PutObjectResult> {
     checkObjectName(name);
     const plain = Buffer.isBuffer(data) ? [data] : data;
     const objectSizeBytes = plain.reduce((sum, b) => sum + b.length, 0);
     if (objectSizeBytes > limits.backendObjectSizeBytesMax)
       throw KeelError.badArgument(`object ${name} has ${objectSizeBytes} bytes, more than ${limits.backendObjectSizeBytesMax}`);
+    const knownBlockCrcs = options.knownBlockCrcs;
+    assert(knownBlockCrcs === undefined || knownBlockCrcs.length * fragmentBlockBytes <= objectSizeBytes, 'knownBlockCrcs covers blocks past the object');
     const { k, m } = this.preset;
     const nameHash = objectNameHash(name);
     const transformed = presetTransformsChunks(this.preset);
@@ -210,7 +225,8 @@ export class ErasureObjectStore {
     const { bodies, pooledParity } = await this.encodeBodies(geometry, stored);
     let parityReusable = false;
     try {
-      const abandonedWrites = await this.putFragments(name, geometry, bodies, encodeChunkIndex(entries));
+      const known = transformed ? undefined : knownBlockCrcs;
+      const abandonedWrites = await this.putFragments(name, geometry, bodies, encodeChunkIndex(entries), known);
       parityReusable = abandonedWrites === 0;
       this.storeCounters.objectsPut++;
       return { abandonedWrites };
@@ -222,14 +238,14 @@ export class ErasureObjectStore {
   }
 
   /** PUTs the k+m fragments (with retries); returns how many writes timed out along the way, or throws when a fragment could not be stored. */
-  private async putFragments(name: string, geometry: ObjectGeometry, bodies: readonly Buffer[][], indexBytes: Buffer): Promise<number> {
+  private async putFragments(name: string, geometry: ObjectGeometry, bodies: readonly Buffer[][], indexBytes: Buffer, knownBlockCrcs: Uint32Array | undefined): Promise<number> {
     const asdIndices = this.placement.place(name, bodies.length);
     this.forget(name);
     const failures: string[] = [];
     let abandonedWrites = 0;
     await Promise.all(
       bodies.map(async (body, i) => {
-        const buffers = await this.fragmentBuffers(geometry, i, body, indexBytes);
+        const buffers = await this.fragmentBuffers(geometry, i, body, indexBytes, knownBlockCrcs);
         try {
           await this.withRetries(`put ${fragmentKey(name, i)}`, () =>
             this.request(asdIndices[i]!, 'write', (asd, signal) => asd.put(fragmentKey(name, i), buffers, signal)).catch((err: unknown) => {
@@ -296,8 +312,10 @@ export class ErasureObjectStore {
     return { bodies, pooledParity };
   }
 
-  private async fragmentBuffers(g: ObjectGeometry, index: number, body: readonly Buffer[], indexBytes: Buffer): Promise<Buffer[]> {
-    const table = await blockCrcTableYielding(body);
+  private async fragmentBuffers(g: ObjectGeometry, index: number, body: readonly Buffer[], indexBytes: Buffer, knownBlockCrcs?: Uint32Array): Promise<Buffer[]> {
+    const knownCrcOf =
+      knownBlockCrcs !== undefined && index < g.k ? (bodyBlock: number) => knownBlockCrcs[storedBlockOfDataBlock(g, index, bodyBlock)] : undefined;
+    const table = await blockCrcTableYielding(body, knownCrcOf);
     const header = encodeFragmentHeader({ ...g, fragmentIndex: index, tablesCrc: tablesCrc(table, indexBytes) });
     return [header, table, indexBytes, ...body];
   }
@@ -942,14 +960,26 @@ function sliceConcat(buffers: readonly Buffer[], offset: number, length: number,
  * fragment is about 4 ms of crc32c here, and computed in one go it stalled every request of the router
  * (the 4k write p99 of the bench) for that long, six times per SCO.
  */
-async function blockCrcTableYielding(body: readonly Buffer[]): Promise<Buffer> {
-  const tables: Buffer[] = [];
-  const sliceBytes = limits.eventLoopSliceBytesMax - (limits.eventLoopSliceBytesMax % fragmentBlockBytes);
+async function blockCrcTableYielding(body: readonly Buffer[], knownCrcOf?: (bodyBlock: number) => number | undefined): Promise<Buffer> {
+  let blockCount = 0;
+  for (const piece of body) blockCount += piece.length / fragmentBlockBytes;
+  const table = Buffer.allocUnsafe(blockCount * blockCrcEntryBytes);
+  let block = 0;
+  let computedBytes = 0;
   for (const piece of body) {
-    for (let offset = 0; offset < piece.length; offset += sliceBytes) {
-      tables.push(computeBlockCrcTable([piece.subarray(offset, offset + sliceBytes)]));
-      await setImmediatePromise();
+    for (let offset = 0; offset < piece.length; offset += fragmentBlockBytes, block++) {
+      const known = knownCrcOf?.(block);
+      if (known !== undefined) {
+        table.writeUInt32LE(known, block * blockCrcEntryBytes);
+        continue;
+      }
+      table.writeUInt32LE(crc32c(piece.subarray(offset, offset + fragmentBlockBytes)), block * blockCrcEntryBytes);
+      computedBytes += fragmentBlockBytes;
+      if (computedBytes >= limits.eventLoopSliceBytesMax) {
+        computedBytes = 0;
+        await setImmediatePromise();
+      }
     }
   }
-  return Buffer.concat(tables);
+  return table;
 }

@@ -58,6 +58,20 @@ export function scoFooterOffset(clusterCount: number): number {
   return clusterCount * scoClusterBytes;
 }
 
+/**
+ * The cluster crc table of a whole sealed SCO file held in memory (the uploader reads it whole), or
+ * undefined when its footer is missing, torn, corrupt or names another SCO.
+ */
+export function decodeScoFileChecksums(file: Buffer, scoSeq: number): Uint32Array | undefined {
+  if (file.length < scoTrailerBytes) return undefined;
+  const trailer = decodeScoTrailer(file.subarray(file.length - scoTrailerBytes));
+  if (trailer === undefined || trailer.scoSeq !== scoSeq || scoFileBytes(trailer.clusterCount) !== file.length) return undefined;
+  const footerOffset = scoFooterOffset(trailer.clusterCount);
+  const tableBytes = file.subarray(footerOffset, footerOffset + trailer.clusterCount * scoChecksumBytes);
+  if (crc32c(tableBytes) !== trailer.tableCrc) return undefined;
+  return decodeScoChecksumTable(tableBytes, trailer.clusterCount);
+}
+
 export function scoFileBytes(clusterCount: number): number {
   return scoFooterOffset(clusterCount) + clusterCount * scoChecksumBytes + scoTrailerBytes;
 }

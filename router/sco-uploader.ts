@@ -19,7 +19,7 @@ import type { Disk } from '../shared/disk.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { volumeObjectName } from './backend-object-names.ts';
-import { scoFileName } from './sco-format.ts';
+import { decodeScoFileChecksums, scoFileName } from './sco-format.ts';
 import { decodeTlogRecord, tlogFileName, tlogRecordBytes } from './tlog-format.ts';
 import { encodeUploadManifest, uploadManifestFileName, type UploadManifest } from './upload-manifest.ts';
 import type { VolumeBackend } from './volume-backend.ts';
@@ -221,7 +221,9 @@ export class ScoUploader {
       try {
         const data = await this.options.disk.readFileInto(filePath, (sizeBytes) => (pooled = scoUploadBuffers.acquireFitting(sizeBytes, limits.uploadBufferClassBytes)) ?? Buffer.allocUnsafeSlow(sizeBytes));
         if (data === undefined) throw new Error(`SCO file ${filePath} is missing`);
-        const result = await this.options.backend.store.putObject(name, data);
+        // The cluster crcs taken at ingest become the data fragments' block crcs (docs/backend-format.md).
+        const knownBlockCrcs = decodeScoFileChecksums(data, seq);
+        const result = await this.options.backend.store.putObject(name, data, { knownBlockCrcs });
         reusable = (result?.abandonedWrites ?? 0) === 0;
         return data.length;
       } finally {

@@ -4,13 +4,13 @@
  * the router's write buffer and read cache. One RouterBackend per router; each volume adds its id.
  */
 import type { Asd } from '../backend/asd.ts';
-import type { PutObjectResult, ReadRangeOptions } from '../backend/object-store.ts';
+import type { PutObjectOptions, PutObjectResult, ReadRangeOptions } from '../backend/object-store.ts';
 import type { ReadCache } from './read-cache.ts';
 import type { WriteBuffer } from './write-buffer.ts';
 
 export interface BackendObjectStore {
   /** Resolves with the store's PutObjectResult (test doubles may resolve with nothing: no abandoned writes). */
-  putObject(name: string, data: Buffer | readonly Buffer[]): Promise<PutObjectResult | void>;
+  putObject(name: string, data: Buffer | readonly Buffer[], options?: PutObjectOptions): Promise<PutObjectResult | void>;
   /** Bytes that pass options.verify when it is given (ReadRangeOptions): callers rely on that. */
   readRange(name: string, offset: number, length: number, options?: ReadRangeOptions): Promise<Buffer>;
   statObject(name: string): Promise<{ sizeBytes: number }>;

@@ -138,9 +138,9 @@ export class VolumeHa implements VolumeLifecycle {
       }
     };
     return {
-      putObject: async (name, data) => {
+      putObject: async (name, data, options) => {
         await check(`put of ${name}`);
-        return store.putObject(name, data);
+        return store.putObject(name, data, options);
       },
       deleteObject: async (name) => {
         await check(`delete of ${name}`);

@@ -2,7 +2,7 @@
  * A BackendObjectStore for tests: a real ErasureObjectStore whose puts can be held back by name pattern
  * (released later) and whose put order is recorded, so upload ordering rules can be observed exactly.
  */
-import type { PutObjectResult, ReadRangeOptions } from '../../backend/object-store.ts';
+import type { PutObjectOptions, PutObjectResult, ReadRangeOptions } from '../../backend/object-store.ts';
 import type { BackendObjectStore } from '../../router/volume-backend.ts';
 
 export class HeldObjectStore implements BackendObjectStore {
@@ -32,10 +32,10 @@ export class HeldObjectStore implements BackendObjectStore {
     return this.waiting.map((w) => w.name);
   }
 
-  async putObject(name: string, data: Buffer | readonly Buffer[]): Promise<PutObjectResult | void> {
+  async putObject(name: string, data: Buffer | readonly Buffer[], options?: PutObjectOptions): Promise<PutObjectResult | void> {
     this.started.push(name);
     if (this.holds.some((h) => h.test(name))) await new Promise<void>((release) => this.waiting.push({ name, release }));
-    const result = await this.inner.putObject(name, data);
+    const result = await this.inner.putObject(name, data, options);
     this.completed.push(name);
     return result;
   }

@@ -12,6 +12,7 @@ import {
   fragmentRuns,
   mapStoredRange,
   objectNameHash,
+  storedBlockOfDataBlock,
   stripeGeometry,
   type FragmentHeader,
 } from '../../backend/fragment-format.ts';
@@ -79,6 +80,25 @@ describe('block crc table', () => {
     expect(firstBadBlock(table, 65536 + 8192, window)).toBe(-1);
     window[5000]! ^= 0xff;
     expect(firstBadBlock(table, 65536 + 8192, window)).toBe(19);
+  });
+});
+
+describe('stored block of a data fragment block', () => {
+  it('follows the striping over several stripes, so known crcs of the stored blocks fill the data tables', () => {
+    const k = 3;
+    const stripeUnitBytes = 8192;
+    const stored = randomBytes(k * stripeUnitBytes * 4); // 4 stripes of 2-block units
+    const storedCrcs = computeBlockCrcTable([stored]);
+    for (let fragment = 0; fragment < k; fragment++) {
+      const body: Buffer[] = [];
+      for (let s = 0; s < 4; s++) body.push(stored.subarray((s * k + fragment) * stripeUnitBytes, (s * k + fragment + 1) * stripeUnitBytes));
+      const table = computeBlockCrcTable(body);
+      for (let block = 0; block < 8; block++) {
+        const storedBlock = storedBlockOfDataBlock({ k, stripeUnitBytes }, fragment, block);
+        expect(table.readUInt32LE(block * 4), `fragment ${fragment} block ${block}`).toBe(storedCrcs.readUInt32LE(storedBlock * 4));
+      }
+    }
+    expect(storedBlockOfDataBlock({ k, stripeUnitBytes }, 1, 3)).toBe(9); // stripe 1, unit 1, its second block
   });
 });
 

@@ -6,7 +6,7 @@ import { crc32c } from '../../shared/checksum.ts';
 import { NodeDisk } from '../../shared/disk.ts';
 import { isKeelError } from '../../shared/errors.ts';
 import { ClosedSco, OpenSco, readScoFooter, scanClusterChecksums, sealCrashedSco } from '../../router/sco-file.ts';
-import { decodeScoTrailer, encodeScoTrailer, scoFileBytes, scoTrailerBytes } from '../../router/sco-format.ts';
+import { decodeScoFileChecksums, decodeScoTrailer, encodeScoTrailer, scoFileBytes, scoTrailerBytes } from '../../router/sco-format.ts';
 
 const disk = new NodeDisk();
 let dir: string;
@@ -55,6 +55,15 @@ describe('SCO files', () => {
     expect(sealed.clusterCount).toBe(5);
     await sealed.close();
     expect((await readFile(filePath)).length).toBe(scoFileBytes(5));
+
+    // The uploader takes the cluster crcs from the whole file in memory; damage or another SCO gives none.
+    const file = await readFile(filePath);
+    expect([...decodeScoFileChecksums(file, 1)!]).toEqual([...checksumsOf(Buffer.concat([first, second]))]);
+    expect(decodeScoFileChecksums(file, 2)).toBeUndefined();
+    expect(decodeScoFileChecksums(file.subarray(0, file.length - 1), 1)).toBeUndefined();
+    const damagedTable = Buffer.from(file);
+    damagedTable[5 * 4096 + 2] ^= 1;
+    expect(decodeScoFileChecksums(damagedTable, 1)).toBeUndefined();
 
     const reopened = await ClosedSco.open(disk, filePath, 1);
     expect(reopened.tableCrc).toBe(sealed.tableCrc);

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { FaultyAsd } from '../../backend/asd.ts';
+import { decodeFragmentHeader, fragmentBlockBytes, fragmentKey, fragmentLayout, storedBlockOfDataBlock } from '../../backend/fragment-format.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { parsePreset } from '../../backend/preset.ts';
 import { ReadCache } from '../../router/read-cache.ts';
@@ -16,6 +17,8 @@ import { scoUploadBufferStats } from '../../router/sco-uploader.ts';
 import { VolumeDriver } from '../../router/volume-driver.ts';
 import type { VolumeBackend } from '../../router/volume-backend.ts';
 import { WriteBuffer } from '../../router/write-buffer.ts';
+import { crc32c } from '../../shared/checksum.ts';
+import { NodeDisk, type Disk } from '../../shared/disk.ts';
 import { limits } from '../../shared/limits.ts';
 import { HeldObjectStore } from '../helpers/held-object-store.ts';
 
@@ -25,6 +28,7 @@ const volumeSizeBytes = 4 * 1024 * KiB;
 
 let work: string;
 let asds: FaultyAsd[];
+let store: ErasureObjectStore;
 let held: HeldObjectStore;
 let drivers: VolumeDriver[];
 let caches: ReadCache[];
@@ -47,8 +51,9 @@ async function backendFor(writeBufferBytes: number, cacheName: string): Promise<
   };
 }
 
-async function openDriver(backend: VolumeBackend): Promise<VolumeDriver> {
+async function openDriver(backend: VolumeBackend, disk?: Disk): Promise<VolumeDriver> {
   const driver = await VolumeDriver.open({
+    disk,
     dir: path.join(work, 'volume'),
     volumeName: 'v',
     sizeBytes: volumeSizeBytes,
@@ -75,7 +80,8 @@ const localScos = async () => (await readdir(path.join(work, 'volume', 'scos')))
 beforeEach(async () => {
   work = await mkdtemp(path.join(os.tmpdir(), 'keel-uploader-'));
   asds = [0, 1, 2].map((i) => new FaultyAsd(new DirectoryAsd(`asd-${i}`, path.join(work, `asd-${i}`))));
-  held = new HeldObjectStore(new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }), retriesMax: 1, retryBackoffBaseMs: 1 }));
+  store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }), retriesMax: 1, retryBackoffBaseMs: 1 });
+  held = new HeldObjectStore(store);
   drivers = [];
   caches = [];
 });
@@ -178,3 +184,52 @@ describe('upload ordering', () => {
     for (let seq = 1; seq <= 5; seq++) expect((await driver.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
   });
 });
+
+describe('end-to-end checksums', () => {
+  it("puts the cluster crcs taken at ingest in the data fragments' block tables: a cluster that rots on the local disk before its upload is not stored under a fresh crc", async () => {
+    const rottenCluster = 5;
+    // The bytes the uploader reads back differ from those written: rot on the local disk after ingest.
+    class RottingDisk extends NodeDisk {
+      override async readFileInto(filePath: string, allocate: (sizeBytes: number) => Buffer): Promise<Buffer | undefined> {
+        const bytes = await super.readFileInto(filePath, allocate);
+        if (bytes !== undefined && filePath.endsWith('00000001.sco')) bytes[rottenCluster * 4096 + 100] ^= 0x5a;
+        return bytes;
+      }
+    }
+    const driver = await openDriver(await backendFor(64 * scoSizeBytes, 'cache'), new RottingDisk());
+    const data = pattern(1);
+    await driver.write(0, data, false); // fills SCO 1, which is sealed and uploaded
+    await until(() => held.completed.includes(scoName(1)));
+
+    let blocksChecked = 0;
+    for (let f = 0; f < 2; f++) {
+      const fragment = await fragmentOf(scoName(1), f);
+      const header = decodeFragmentHeader(fragment);
+      const layout = fragmentLayout(header);
+      for (let block = 0; block < layout.blockCount; block++) {
+        const cluster = storedBlockOfDataBlock(header, f, block);
+        if (cluster >= scoSizeBytes / 4096) continue; // the footer's blocks: computed at upload
+        const tableCrc = fragment.readUInt32LE(layout.tableOffset + block * 4);
+        expect(tableCrc, `cluster ${cluster}`).toBe(crc32c(data.subarray(cluster * 4096, (cluster + 1) * 4096)));
+        const bodyBlock = fragment.subarray(layout.bodyOffset + block * fragmentBlockBytes, layout.bodyOffset + (block + 1) * fragmentBlockBytes);
+        expect(crc32c(bodyBlock) === tableCrc, `cluster ${cluster} stored as ingested`).toBe(cluster !== rottenCluster);
+        blocksChecked += 1;
+      }
+    }
+    expect(blocksChecked).toBe(scoSizeBytes / 4096);
+    // The backend's own scrub now sees that bad bytes went up (a fresh crc would have hidden them) ...
+    const verification = await store.verifyObject(scoName(1));
+    expect(verification.fragments.filter((f) => f.state !== 'ok').map((f) => f.fragmentIndex)).toEqual([0]);
+    // ... and a read with the router's cluster check fails instead of returning the rotten bytes.
+    const ingestCrc = crc32c(data.subarray(rottenCluster * 4096, (rottenCluster + 1) * 4096));
+    await expect(held.readRange(scoName(1), rottenCluster * 4096, 4096, { verify: (bytes) => crc32c(bytes) === ingestCrc })).rejects.toThrow(/CHECKSUM|checksum|fail/);
+  });
+});
+
+async function fragmentOf(name: string, index: number): Promise<Buffer> {
+  for (const asd of asds) {
+    const bytes = await asd.get(fragmentKey(name, index)).catch(() => undefined);
+    if (bytes !== undefined) return Buffer.from(bytes);
+  }
+  throw new Error(`fragment ${index} of ${name} is on no ASD`);
+}
