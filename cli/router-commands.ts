@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { isRouterAlive } from '../shared/coordination.ts';
+import { parseCpuList } from '../shared/cpu-list.ts';
 import { limits } from '../shared/limits.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
@@ -14,12 +15,14 @@ export function addRouterCommands(program: Command): void {
     .option('--host <host>', 'address to listen on for edges', '127.0.0.1')
     .option('--port <port>', 'wire protocol port (0 picks a free one)', '0')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
-    .action(async (options: { id?: string; data?: string; host: string; port: string; redis?: string }) => {
+    .option('--cpus <list>', 'pin the router to these CPUs, e.g. 1 or 2-5 (default: not pinned)')
+    .action(async (options: { id?: string; data?: string; host: string; port: string; redis?: string; cpus?: string }) => {
       if (!options.id) {
         router.help({ error: true });
       }
+      const cpus = options.cpus === undefined ? undefined : parseCpuList(options.cpus, '--cpus');
       const { runRouter } = await import('../router/main.ts'); // loaded only when running a router
-      await runRouter({ id: options.id!, dataDir: resolveDataDir(options.data), host: options.host, port: parsePort(options.port), redisUrl: resolveRedisUrl(options.redis) });
+      await runRouter({ id: options.id!, dataDir: resolveDataDir(options.data), host: options.host, port: parsePort(options.port), redisUrl: resolveRedisUrl(options.redis), cpus });
     });
 
   router

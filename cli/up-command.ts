@@ -15,6 +15,8 @@ import { loadBackendConfig, type BackendConfigModule } from './backend-loader.ts
 import { SupervisedChild } from './child-process-supervisor.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { KeelError } from '../shared/errors.ts';
+import { allowedCpus } from '../shared/cpu-affinity.ts';
+import { spreadOverCpus } from '../shared/cpu-list.ts';
 import { checkPortFree, waitForEdge } from './edge-readiness.ts';
 
 interface UpOptions {
@@ -32,6 +34,7 @@ interface UpOptions {
   writeBuffer?: string;
   readCache?: string;
   redis?: string;
+  cpuAffinity: string;
 }
 
 const readyTimeoutMs = 30_000;
@@ -54,6 +57,7 @@ export function addUpCommand(program: Command): void {
     .option('--write-buffer <size>', 'write buffer bound per router (local bytes not yet on the backend)')
     .option('--read-cache <size>', 'read cache size per router')
     .option('--redis <url>', 'coordination on Redis (redis://host:port) instead of the embedded document; default $KEEL_REDIS_URL')
+    .option('--cpu-affinity <mode>', 'off: the scheduler places every process; spread: the edge on the lowest CPU (run NBD clients there too), each router on one CPU from the highest down', 'off')
     .action(async (options: UpOptions) => runUp(options));
 }
 
@@ -65,6 +69,7 @@ async function runUp(options: UpOptions): Promise<void> {
   const volumeSizeBytes = checkVolumeSize(parseSize(options.volumeSize));
   const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
   const dataDir = resolveDataDir(options.data);
+  const cpuPlan = planCpus(options.cpuAffinity, routerCount);
   await checkPortFree(options.host, port); // before any router starts: a second `keel up` fails here, at once
   const logger = createLogger('keel-up');
   logProcessWarnings(logger);
@@ -75,9 +80,9 @@ async function runUp(options: UpOptions): Promise<void> {
 
   const routers = Array.from({ length: routerCount }, (_, i) => {
     const id = `r${i + 1}`;
-    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir, ...redisArgs], logger);
+    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir, ...redisArgs, ...cpuArgs(cpuPlan.routers[i])], logger);
   });
-  const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, ...redisArgs, '--host', options.host, '--port', String(port)], logger);
+  const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, ...redisArgs, '--host', options.host, '--port', String(port), ...cpuArgs(cpuPlan.edge)], logger);
   const stopAll = installStopHandlers(logger, [edge, ...routers], () => markRoutersDraining(coordination, logger));
 
   try {
@@ -95,6 +100,7 @@ async function runUp(options: UpOptions): Promise<void> {
   console.log('');
   console.log(`Keel is up: ${routerCount} routers and an edge, data in ${dataDir}`);
   console.log(`  backend: ${vpool}`);
+  console.log(`  CPUs: ${describeCpuPlan(cpuPlan)}`);
   console.log(`  volume '${volumeName}' (${formatSize(volumeSizeBytes)}) at ${uri}`);
   console.log(`  try:  nbdinfo ${uri}`);
   console.log(`        qemu-img convert -n -O raw disk.img ${uri}`);
@@ -213,3 +219,29 @@ function parsePositiveInt(text: string, name: string, max: number): number {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface CpuPlan {
+  edge: number | undefined;
+  routers: Array<number | undefined>;
+}
+
+/**
+ * With `spread` (docs/cpu-affinity.md), the edge gets the lowest CPU, where its NBD clients should run
+ * too, and each router one CPU in turn from the highest down: on 2 CPUs the edge and r2 run on CPU 0,
+ * r1 and r3 on CPU 1.
+ */
+function planCpus(mode: string, routerCount: number): CpuPlan {
+  if (mode !== 'spread' && mode !== 'off') throw KeelError.badArgument(`--cpu-affinity must be spread or off, not '${mode}'`);
+  const cpus = mode === 'spread' ? (allowedCpus() ?? []) : [];
+  const routers = spreadOverCpus(routerCount, [...cpus].reverse());
+  return { edge: routers[0] === undefined ? undefined : cpus[0], routers };
+}
+
+function cpuArgs(cpu: number | undefined): string[] {
+  return cpu === undefined ? [] : ['--cpus', String(cpu)];
+}
+
+function describeCpuPlan(plan: CpuPlan): string {
+  const routers = plan.routers[0] === undefined ? 'routers not pinned' : plan.routers.map((cpu, i) => `r${i + 1} on ${cpu}`).join(', ');
+  return `${routers}; edge ${plan.edge === undefined ? 'not pinned' : `on ${plan.edge}`}`;
+}

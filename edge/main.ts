@@ -3,6 +3,7 @@
  * owning router over the wire protocol. SIGTERM/SIGINT: close client connections and exit 0.
  */
 import { openCoordination } from '../shared/coordination-factory.ts';
+import { pinThisProcess } from '../shared/cpu-affinity.ts';
 import { checkLimits } from '../shared/limits.ts';
 import { createLogger, logProcessWarnings } from '../shared/logger.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
@@ -19,6 +20,8 @@ export interface EdgeOptions {
   host: string;
   port: number;
   defaultExport?: string;
+  /** CPUs to pin the process to (docs/cpu-affinity.md); none: wherever the scheduler puts it. */
+  cpus?: number[];
 }
 
 export async function runEdge(options: EdgeOptions): Promise<void> {
@@ -26,6 +29,7 @@ export async function runEdge(options: EdgeOptions): Promise<void> {
   const logger = createLogger('edge');
   logProcessWarnings(logger);
   warnIfUntuned('edge', logger);
+  if (options.cpus !== undefined) await pinThisProcess(options.cpus, logger);
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger });
   const resolver = new VolumeResolver(coordination, new CoordinationOwnerLocator(coordination), new TcpTransport(), logger);
   const server = new NbdServer({ resolver, logger, host: options.host, port: options.port, defaultExport: options.defaultExport });

@@ -15,6 +15,7 @@ import { RpcServer } from '../shared/wire/rpc-server.ts';
 import { formatAddress } from '../shared/wire/tcp-transport.ts';
 import { TcpTransport } from '../shared/wire/tcp-transport.ts';
 import { waitForStopSignal } from '../shared/stop-signal.ts';
+import { pinThisProcess } from '../shared/cpu-affinity.ts';
 import { warnIfUntuned } from '../shared/v8-tuning.ts';
 import { openVpoolBackend, parseVpoolDataSettings, describeBackend, type VpoolBackend } from '../backend/backend-config.ts';
 import { MgmtServer } from './mgmt-server.ts';
@@ -39,6 +40,8 @@ export interface RouterOptions {
   port: number;
   /** Redis coordination URL; none: the embedded document under dataDir. */
   redisUrl?: string;
+  /** CPUs to pin the process to (docs/cpu-affinity.md); none: wherever the scheduler puts it. */
+  cpus?: number[];
 }
 
 export async function runRouter(options: RouterOptions): Promise<void> {
@@ -46,6 +49,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const logger = createLogger('router', { router: options.id });
   logProcessWarnings(logger);
   warnIfUntuned('router', logger);
+  if (options.cpus !== undefined) await pinThisProcess(options.cpus, logger);
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger: logger.child({ component: 'coordination' }) });
   const routerDir = path.join(options.dataDir, 'routers', options.id);
   await mkdir(routerDir, { recursive: true });

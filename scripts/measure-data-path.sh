@@ -18,6 +18,7 @@
 #                   main thread ran and how much it waited in the run queue (/proc/PID/schedstat)
 #   SETTLE=0        seconds to wait after the fill (uploads of the filled SCOs finish first)
 #   FIOARGS="--rate_iops=20000"   extra fio options for the measured jobs (a fixed rate gives steadier CPU per I/O)
+#   PIN="edge=0 r1=1 fio=0"   pin those processes to those CPUs (taskset) for the measured jobs
 #   PORT=11809
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,19 +43,26 @@ if [ "${FILL:-1}" = 1 ]; then
   fio --name=fill --ioengine=nbd --uri="$URI" --rw=write --bs=1M --iodepth=8 --size="$REGION" --output="$D/fill.txt" > /dev/null
 fi
 sleep "${SETTLE:-0}"
+# PIN="edge=0 r1=1 fio=0": pins those processes (all their threads) to those CPUs for the measured jobs.
+name_of() { tr '\0' ' ' < "/proc/$1/cmdline" | grep -o "router --id r[0-9]*\|edge" | sed 's/router --id //' | head -1; }
+FIOPIN=()
+for pin in ${PIN:-}; do
+  who=${pin%=*}; cpu=${pin#*=}
+  if [ "$who" = fio ]; then FIOPIN=(taskset -c "$cpu"); continue; fi
+  for p in $(pgrep -P $UP); do [ "$(name_of "$p")" = "$who" ] && taskset -a -p -c "$cpu" "$p" > /dev/null; done
+done
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Main thread's run time and run-queue wait, in ns (the first two fields of schedstat).
 sched_ns() { awk '{print $1, $2}' "/proc/$1/schedstat"; }
 # idle+iowait and total jiffies of all cores.
 cpu_idle_total() { awk '/^cpu /{print $5 + $6, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-name_of() { tr '\0' ' ' < "/proc/$1/cmdline" | grep -o "router --id r[0-9]*\|edge" | sed 's/router --id //' | head -1; }
 for rw in "${@:-randwrite randread}"; do
   for rwi in $rw; do
     declare -A before=() sched_before=()
     for p in $(pgrep -P $UP); do before[$p]=$(cpu_ticks "$p"); sched_before[$p]=$(sched_ns "$p"); done
     read -r idle_before total_before < <(cpu_idle_total)
     t0=$(date +%s.%N)
-    fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs="${BS:-4k}" --iodepth="${QD:-32}" --size="$REGION" --time_based --runtime="$RT" \
+    "${FIOPIN[@]}" fio --name=job --ioengine=nbd --uri="$URI" --rw="$rwi" --bs="${BS:-4k}" --iodepth="${QD:-32}" --size="$REGION" --time_based --runtime="$RT" \
       --norandommap --randrepeat=0 ${FIOARGS:-} --output-format=json --output="$D/$rwi.json" > /dev/null
     t1=$(date +%s.%N)
     read -r iops rest < <(node -e "const j=require('$D/$rwi.json').jobs[0]; const d=j['${rwi#rand}'];

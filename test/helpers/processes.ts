@@ -1,5 +1,6 @@
 /** Running real programs from tests: Debian's NBD clients and Keel's own processes. */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
@@ -99,6 +100,27 @@ export function waitForExit(child: ChildProcess, timeoutMs: number): Promise<num
       resolve(code);
     });
   });
+}
+
+/** The command line of a live process, as its words. */
+export function commandLineOf(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
+}
+
+/** The pids whose parent is `parentPid` (from /proc). */
+export function childrenOf(parentPid: number): number[] {
+  return readdirSync('/proc')
+    .filter((entry) => /^\d+$/.test(entry))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        // The parent pid is the 2nd field after the parenthesised command name.
+        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === parentPid;
+      } catch {
+        return false; // gone meanwhile
+      }
+    });
 }
 
 export { spawn };

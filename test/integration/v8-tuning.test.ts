@@ -2,35 +2,15 @@
  * The edge and the routers run with the V8 flags of shared/v8-tuning.ts: `keel up` starts its children
  * with them, and an edge started by hand without them logs how to start it with them.
  */
-import { readdirSync, readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { v8FlagsFor } from '../../shared/v8-tuning.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
-import { freePort, keelBin, spawn, waitForExit, waitForOutput } from '../helpers/processes.ts';
+import { childrenOf, commandLineOf, freePort, keelBin, spawn, waitForExit, waitForOutput } from '../helpers/processes.ts';
 
 const untunedWarning = 'started without the V8 flags';
-
-function commandLineOf(pid: number): string[] {
-  return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter(Boolean);
-}
-
-function childrenOf(parentPid: number): number[] {
-  return readdirSync('/proc')
-    .filter((entry) => /^\d+$/.test(entry))
-    .map(Number)
-    .filter((pid) => {
-      try {
-        // The parent pid is the 2nd field after the parenthesised command name.
-        const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-        return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === parentPid;
-      } catch {
-        return false; // gone meanwhile
-      }
-    });
-}
 
 /** Starts `node [nodeArgs] keel edge`, waits for it to serve, stops it with SIGTERM; returns its log. */
 async function edgeLog(nodeArgs: string[]): Promise<string> {
