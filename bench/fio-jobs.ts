@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { placed } from './placement.ts';
 import { spawnTracked, stopTracked } from './child-processes.ts';
 import { parseFioJson, type FioFigures } from './fio-output.ts';
 
@@ -84,7 +85,7 @@ export function fioTimeoutMs(job: FioJob, settings: FioSettings): number {
 
 export async function runFio(job: FioJob, uri: string, settings: FioSettings, workDir: string): Promise<FioFigures> {
   const outputFile = path.join(workDir, `fio-${job.id}-${Date.now()}.json`);
-  const fio = spawnTracked(`fio ${job.id}`, 'fio', fioArgs(job, uri, settings, outputFile));
+  const fio = spawnTracked(`fio ${job.id}`, ...placed('client', 'fio', fioArgs(job, uri, settings, outputFile)));
   const timeoutMs = fioTimeoutMs(job, settings);
   let timedOut = false;
   const timer = setTimeout(() => {

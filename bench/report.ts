@@ -48,7 +48,7 @@ export interface BenchResult {
   wallSeconds: number;
   /** `keel`: `keel --version`, which names the build that ran (absent in results from before 2026-11-22T08). */
   host: { cpus: number; cpuModel: string; kernel: string; node: string; fio: string; keel?: string };
-  settings: { runtimeSec: number; rampSec: number; regionBytes: number; deviceBytes: number; coldReadBytes: number; scoSize: string };
+  settings: { runtimeSec: number; rampSec: number; regionBytes: number; deviceBytes: number; coldReadBytes: number; scoSize: string; placement?: string };
   targets: TargetResult[];
   ecEncode: EcEncodeFigures | { error: string } | { skipped: string };
   lbaMap: LbaMapFigures | { error: string } | { skipped: string };
@@ -146,6 +146,7 @@ export function renderMarkdown(result: BenchResult): string {
   lines.push(
     `Jobs: ${result.settings.runtimeSec} s each after ${result.settings.rampSec} s ramp, on the first ${mib(result.settings.regionBytes)} MiB ` +
       `of a ${mib(result.settings.deviceBytes)} MiB device; cold reads read ${mib(result.settings.coldReadBytes)} MiB once each. Wall time ${result.wallSeconds.toFixed(0)} s.`,
+    `Placement: ${result.settings.placement ?? 'scheduler: nothing pinned'}.`,
     '',
   );
   const header = ['figure', 'unit', ...shown.map((t) => t.label), ...ratios.map((c) => `${labelOf(result, c.subject)} / ${labelOf(result, c.baseline)}`)];

@@ -11,10 +11,11 @@ import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { isMounted, stopAll } from './child-processes.ts';
 import { fillJob, jobMatrix, runFio, type FioJob, type FioSettings, type JobId } from './fio-jobs.ts';
 import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type JobOutcome, type PairedRound, type TargetResult } from './report.ts';
+import { describePlacement, setPlacement, type Placement } from './placement.ts';
 import { measureEcEncode, measureLbaMap, repoDir, sampleProcess, writtenBytes, type ProcessUsage } from './system-metrics.ts';
 import { targetSpecs, type RunningTarget, type Settled, type TargetId, type TargetSpec } from './targets.ts';
 
@@ -81,8 +82,10 @@ async function main(): Promise<number> {
     .option('--smoke', 'tiny harness check for CI (1 s jobs, Keel and nbdkit memory); figures mean nothing')
     .option('--only <targets>', `comma-separated subset of ${allTargets.join(',')}`, parseTargets)
     .option('--out <dir>', 'directory for the results', path.join(repoDir, 'bench', 'results'))
+    .addOption(new Option('--placement <placement>', 'scheduler: nothing pinned; split: fio on the lowest CPU, servers on the others, Keel with --cpu-affinity spread').choices(['scheduler', 'split']).default('scheduler'))
     .parse();
-  const options = program.opts<{ quick?: boolean; smoke?: boolean; only?: TargetId[]; out: string }>();
+  const options = program.opts<{ quick?: boolean; smoke?: boolean; only?: TargetId[]; out: string; placement: Placement }>();
+  setPlacement(options.placement);
   const mode: Mode = options.smoke ? 'smoke' : options.quick ? 'quick' : 'full';
   const settings = modes[mode];
   const selected = targetSpecs.filter((t) => (options.only ?? settings.defaultTargets).includes(t.id));
@@ -135,6 +138,7 @@ async function main(): Promise<number> {
       deviceBytes: settings.deviceBytes,
       coldReadBytes: settings.coldReadBytes,
       scoSize: settings.scoSize,
+      placement: describePlacement(),
     },
     targets,
     ecEncode,

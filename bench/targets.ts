@@ -12,6 +12,7 @@ import { createRequire } from 'node:module';
 import net from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { keelUpPlacementArgs, placed } from './placement.ts';
 import { isMounted, spawnTracked, stopTracked, trackMount, unmountLazily, untrackMount, waitForOutput, type TrackedChild } from './child-processes.ts';
 import { findProcess, repoDir } from './system-metrics.ts';
 import { freePort } from '../test/helpers/processes.ts';
@@ -125,7 +126,7 @@ export const targetSpecs: readonly TargetSpec[] = [
     start: async (context) => {
       const server = await startNbdkit('nbdkit memory (relayed)', [`size=${context.deviceBytes}`], 'memory');
       const upstreamPort = new URL(server.uri).port;
-      const relay = spawnTracked('node relay', process.execPath, ['--import', 'tsx', relayScript, upstreamPort]);
+      const relay = spawnTracked('node relay', ...placed('server', process.execPath, ['--import', 'tsx', relayScript, upstreamPort]));
       const stop = async () => {
         await stopTracked(relay, stopGraceMs);
         await stopTracked(server.child, stopGraceMs);
@@ -172,7 +173,7 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
     const dataDir = path.join(context.workDir, 'keel-data');
     const port = await freePort();
     const scoSize = onS3 ? keelS3ScoSize : context.scoSize;
-    const args = [keelBin, 'up', '--data', dataDir, '--port', String(port), '--volume-size', `${context.deviceBytes / 2 ** 20}M`, '--sco-size', scoSize];
+    const args = [keelBin, 'up', '--data', dataDir, '--port', String(port), '--volume-size', `${context.deviceBytes / 2 ** 20}M`, '--sco-size', scoSize, ...keelUpPlacementArgs()];
     if (s3) args.push('--s3', `${s3.endpoint}/keel`, ...(await keelS3BufferArgs(context)));
     else args.push(...(await keelLocalBufferArgs(context)));
     const env = { ...process.env, ...s3Credentials, KEEL_LOG_PRETTY: '0', KEEL_LOG_LEVEL: process.env.KEEL_LOG_LEVEL ?? 'warn' };
@@ -409,7 +410,7 @@ async function startS3backer(context: TargetContext): Promise<RunningTarget> {
 
   const mount = async () => {
     trackMount(mountDir);
-    fuse = spawnTracked('s3backer', 's3backer', s3backerArgs(context, s3.endpoint, mountDir));
+    fuse = spawnTracked('s3backer', ...placed('server', 's3backer', s3backerArgs(context, s3.endpoint, mountDir)));
     await waitFor(() => isMounted(mountDir) && existsSync(path.join(mountDir, 'file')), startTimeoutMs, () => `s3backer did not mount: ${fuse!.output()}`);
     server = await startNbdkit('nbdkit file (s3backer)', [path.join(mountDir, 'file')], 'file');
   };
@@ -468,7 +469,7 @@ async function s3backerStats(mountDir: string): Promise<string> {
 async function startS3rver(workDir: string, bucket: string): Promise<{ child: TrackedChild; endpoint: string }> {
   const directory = path.join(workDir, `s3rver-${bucket}`);
   await mkdir(directory);
-  const child = spawnTracked(`s3rver (${bucket})`, process.execPath, [s3rverBin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '--silent', '--configure-bucket', bucket]);
+  const child = spawnTracked(`s3rver (${bucket})`, ...placed('server', process.execPath, [s3rverBin, '-d', directory, '-a', '127.0.0.1', '-p', '0', '--silent', '--configure-bucket', bucket]));
   try {
     const output = await waitForOutput(child, /listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
     const port = /listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
@@ -481,7 +482,7 @@ async function startS3rver(workDir: string, bucket: string): Promise<{ child: Tr
 
 async function startNbdkit(name: string, pluginArgs: string[], plugin: 'memory' | 'file'): Promise<{ child: TrackedChild; uri: string }> {
   const port = await freePort();
-  const child = spawnTracked(name, 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), plugin, ...pluginArgs]);
+  const child = spawnTracked(name, ...placed('server', 'nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), plugin, ...pluginArgs]));
   try {
     await waitFor(() => canConnect(port), startTimeoutMs, () => `${name} did not listen: ${child.output()}`);
   } catch (err) {

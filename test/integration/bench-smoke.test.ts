@@ -102,6 +102,7 @@ describe.skipIf(!hasTools)('npm run bench -- --smoke', () => {
   it('prints the table and renders it in markdown with a ratio column', () => {
     const markdown = readFileSync(path.join(outDir, 'latest.md'), 'utf8');
     expect(markdown).toMatch(/^# Keel benchmark — .* \(smoke mode\)/);
+    expect(markdown).toContain('Placement: scheduler: nothing pinned.');
     expect(markdown).toContain('| figure | unit | Keel | nbdkit memory | Keel / nbdkit memory |');
     expect(markdown).toMatch(/\| 4k randwrite QD32 \| IOPS \(higher is better\) \| [\d.]+k? \| [\d.]+k? \| [\d.]+× \|/);
     expect(outcome.stdout).toContain('| 4k randwrite QD32 |');
