@@ -1,12 +1,14 @@
 /**
- * Pins a Keel process, every thread of it, to CPUs (docs/cpu-affinity.md). Node has no call for
- * sched_setaffinity, so this runs util-linux's `taskset -a -p -c LIST PID` on itself; threads started later
- * (libuv's pool) inherit the main thread's CPUs. Pinning is a performance setting: a CPU the process may
- * not use is a BAD_ARGUMENT, but a host where taskset is missing or fails keeps running unpinned, with a
- * warning.
+ * Pins a Keel process's event loop to CPUs (docs/cpu-affinity.md). Node has no call for sched_setaffinity,
+ * so this runs util-linux's `taskset -p -c LIST PID` on itself, which pins the main thread only. libuv's
+ * thread pool (disk reads and writes, erasure coding) is started first, so that its threads, which would
+ * otherwise inherit the main thread's CPUs, stay free to run on any: a router's cold reads wait on many
+ * pool reads at once. Pinning is a performance setting: a CPU the process may not use is a BAD_ARGUMENT,
+ * but a host where taskset is missing or fails keeps running unpinned, with a warning.
  */
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { KeelError } from './errors.ts';
 import type { Logger } from './logger.ts';
 import { formatCpuList, parseCpuList } from './cpu-list.ts';
@@ -17,12 +19,17 @@ export interface AffinityHost {
   readStatus(): string;
   /** Runs taskset with these arguments; rejects when it cannot be run or fails. */
   runTaskset(args: string[]): Promise<void>;
+  /** Makes libuv start its thread pool (all of its threads start at the first queued job). */
+  startThreadPool(): Promise<void>;
 }
 
 const tasksetTimeoutMs = 5_000;
 
 export const linuxAffinityHost: AffinityHost = {
   readStatus: () => readFileSync('/proc/self/status', 'utf8'),
+  startThreadPool: async () => {
+    await stat('/');
+  },
   runTaskset: (args) =>
     new Promise((resolve, reject) => {
       execFile('taskset', args, { timeout: tasksetTimeoutMs }, (err, _stdout, stderr) => {
@@ -57,7 +64,8 @@ export async function pinThisProcess(cpus: readonly number[], logger: Logger, ho
       });
   }
   try {
-    await host.runTaskset(['-a', '-p', '-c', list, String(process.pid)]);
+    await host.startThreadPool();
+    await host.runTaskset(['-p', '-c', list, String(process.pid)]);
   } catch (err) {
     logger.warn({ cpus: list, err: (err as Error).message }, 'could not pin to CPUs (taskset, from util-linux): running unpinned');
     return false;

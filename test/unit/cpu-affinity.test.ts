@@ -11,6 +11,9 @@ function fakeHost(allowedList: string, taskset: (args: string[]) => Promise<void
   return {
     calls,
     readStatus: () => `Name:\tnode\nCpus_allowed:\t3\nCpus_allowed_list:\t${allowedList}\nMems_allowed:\t1\n`,
+    startThreadPool: async () => {
+      calls.push(['(thread pool started)']);
+    },
     runTaskset: (args) => {
       calls.push(args);
       return taskset(args);
@@ -63,20 +66,20 @@ describe('CPU lists', () => {
 describe('pinning this process', () => {
   it('reads the CPUs it may use from /proc/self/status', () => {
     expect(allowedCpus(fakeHost('0-1,4'))).toEqual([0, 1, 4]);
-    expect(allowedCpus({ readStatus: () => 'Name:\tnode\n', runTaskset: async () => undefined })).toBeUndefined();
+    expect(allowedCpus({ ...fakeHost('0'), readStatus: () => 'Name:\tnode\n' })).toBeUndefined();
     const notLinux: AffinityHost = {
+      ...fakeHost('0'),
       readStatus: () => {
         throw new Error('ENOENT');
       },
-      runTaskset: async () => undefined,
     };
     expect(allowedCpus(notLinux)).toBeUndefined();
   });
 
-  it('runs taskset on every thread of this process', async () => {
+  it('starts the thread pool, then runs taskset on the main thread only, so the pool stays free', async () => {
     const host = fakeHost('0-3');
     expect(await pinThisProcess([1, 2], silentLogger(), host)).toBe(true);
-    expect(host.calls).toEqual([['-a', '-p', '-c', '1-2', String(process.pid)]]);
+    expect(host.calls).toEqual([['(thread pool started)'], ['-p', '-c', '1-2', String(process.pid)]]);
   });
 
   it('refuses a CPU the process may not use, before touching anything', async () => {
