@@ -10,6 +10,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { KeelError } from './errors.ts';
+import { limits } from './limits.ts';
 import type { Logger } from './logger.ts';
 import { formatCpuList, parseCpuList } from './cpu-list.ts';
 
@@ -23,8 +24,6 @@ export interface AffinityHost {
   startThreadPool(): Promise<void>;
 }
 
-const tasksetTimeoutMs = 5_000;
-
 export const linuxAffinityHost: AffinityHost = {
   readStatus: () => readFileSync('/proc/self/status', 'utf8'),
   startThreadPool: async () => {
@@ -32,7 +31,7 @@ export const linuxAffinityHost: AffinityHost = {
   },
   runTaskset: (args) =>
     new Promise((resolve, reject) => {
-      execFile('taskset', args, { timeout: tasksetTimeoutMs }, (err, _stdout, stderr) => {
+      execFile('taskset', args, { timeout: limits.cpuPinTimeoutMs }, (err, _stdout, stderr) => {
         if (err) reject(new Error(stderr.trim() || err.message));
         else resolve();
       });

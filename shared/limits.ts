@@ -266,6 +266,8 @@ export const limits = {
   childRestartWindowMs: 60_000,
   childRestartBackoffMaxMs: 2_000,
   childStopTimeoutMs: 10_000,
+  /** How long `taskset` may take to pin a process at start (docs/cpu-affinity.md); past it the process runs unpinned. */
+  cpuPinTimeoutMs: 5_000,
 
   // Snapshots, clones, scrubbing (docs/snapshots.md).
   /** Snapshots one volume keeps; creating more fails with BUSY (delete old ones). */
