@@ -10,12 +10,11 @@ import { formatCpuList } from '../shared/cpu-list.ts';
 export type Placement = 'scheduler' | 'split';
 export type ProcessRole = 'client' | 'server';
 
+/** The CPUs of each role under `split`; undefined under `scheduler`. */
 let cpusOf: Record<ProcessRole, string> | undefined;
-let current: Placement = 'scheduler';
 
 /** Sets the placement of the whole run; `split` needs at least two CPUs. */
 export function setPlacement(placement: Placement): void {
-  current = placement;
   cpusOf = undefined;
   if (placement === 'scheduler') return;
   const cpus = allowedCpus() ?? [];
@@ -30,14 +29,10 @@ export function placed(role: ProcessRole, file: string, args: string[]): [string
 
 /** Extra `keel up` options for this placement. */
 export function keelUpPlacementArgs(): string[] {
-  return current === 'split' ? ['--cpu-affinity', 'spread'] : [];
+  return cpusOf === undefined ? [] : ['--cpu-affinity', 'spread'];
 }
 
 export function describePlacement(): string {
   if (cpusOf === undefined) return 'scheduler: nothing pinned';
   return `split: fio on CPU ${cpusOf.client}, baseline servers on CPUs ${cpusOf.server}, Keel with keel up --cpu-affinity spread (edge on CPU ${cpusOf.client} with fio, routers from the highest CPU down)`;
-}
-
-export function currentPlacement(): Placement {
-  return current;
 }

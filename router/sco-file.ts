@@ -9,13 +9,12 @@ import type { Disk, DiskFile } from '../shared/disk.ts';
 import { limits } from '../shared/limits.ts';
 import { KeelError } from '../shared/errors.ts';
 import {
-  decodeScoChecksumTable,
-  decodeScoTrailer,
+  checkScoChecksumTable,
+  checkScoTrailer,
   encodeScoChecksumTable,
   encodeScoTrailer,
   scoChecksumBytes,
   scoClusterBytes,
-  scoFileBytes,
   scoFooterOffset,
   scoTrailerBytes,
 } from './sco-format.ts';
@@ -226,12 +225,12 @@ export async function readScoFooter(
   if (sizeBytes < scoTrailerBytes) return undefined;
   const trailerBytes = Buffer.alloc(scoTrailerBytes);
   await file.read(trailerBytes, sizeBytes - scoTrailerBytes);
-  const trailer = decodeScoTrailer(trailerBytes);
-  if (trailer === undefined || trailer.scoSeq !== scoSeq || scoFileBytes(trailer.clusterCount) !== sizeBytes) return undefined;
+  const trailer = checkScoTrailer(trailerBytes, sizeBytes, scoSeq);
+  if (trailer === undefined) return undefined;
   const tableBytes = Buffer.alloc(trailer.clusterCount * scoChecksumBytes);
   await file.read(tableBytes, scoFooterOffset(trailer.clusterCount));
-  if (crc32c(tableBytes) !== trailer.tableCrc) return undefined;
-  return { table: decodeScoChecksumTable(tableBytes, trailer.clusterCount), tableCrc: trailer.tableCrc };
+  const table = checkScoChecksumTable(tableBytes, trailer);
+  return table === undefined ? undefined : { table, tableCrc: trailer.tableCrc };
 }
 
 /** crc32c of every whole cluster in an unsealed SCO file (recovery), reading 1 MiB at a time. */

@@ -58,18 +58,29 @@ export function scoFooterOffset(clusterCount: number): number {
   return clusterCount * scoClusterBytes;
 }
 
+/** The trailer of a SCO file of `fileBytes` bytes, when it is valid, names `scoSeq` and fits the file's size. */
+export function checkScoTrailer(trailerBytes: Buffer, fileBytes: number, scoSeq: number): ScoTrailer | undefined {
+  const trailer = decodeScoTrailer(trailerBytes);
+  if (trailer === undefined || trailer.scoSeq !== scoSeq || scoFileBytes(trailer.clusterCount) !== fileBytes) return undefined;
+  return trailer;
+}
+
+/** The crc table, when its bytes match the trailer's table crc. */
+export function checkScoChecksumTable(tableBytes: Buffer, trailer: ScoTrailer): Uint32Array | undefined {
+  if (crc32c(tableBytes) !== trailer.tableCrc) return undefined;
+  return decodeScoChecksumTable(tableBytes, trailer.clusterCount);
+}
+
 /**
  * The cluster crc table of a whole sealed SCO file held in memory (the uploader reads it whole), or
  * undefined when its footer is missing, torn, corrupt or names another SCO.
  */
 export function decodeScoFileChecksums(file: Buffer, scoSeq: number): Uint32Array | undefined {
   if (file.length < scoTrailerBytes) return undefined;
-  const trailer = decodeScoTrailer(file.subarray(file.length - scoTrailerBytes));
-  if (trailer === undefined || trailer.scoSeq !== scoSeq || scoFileBytes(trailer.clusterCount) !== file.length) return undefined;
+  const trailer = checkScoTrailer(file.subarray(file.length - scoTrailerBytes), file.length, scoSeq);
+  if (trailer === undefined) return undefined;
   const footerOffset = scoFooterOffset(trailer.clusterCount);
-  const tableBytes = file.subarray(footerOffset, footerOffset + trailer.clusterCount * scoChecksumBytes);
-  if (crc32c(tableBytes) !== trailer.tableCrc) return undefined;
-  return decodeScoChecksumTable(tableBytes, trailer.clusterCount);
+  return checkScoChecksumTable(file.subarray(footerOffset, footerOffset + trailer.clusterCount * scoChecksumBytes), trailer);
 }
 
 export function scoFileBytes(clusterCount: number): number {
