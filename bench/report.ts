@@ -75,6 +75,8 @@ export const ratioColumns: readonly RatioColumn[] = [
   { id: 'keel/nbdkit-memory', subject: 'keel', baseline: 'nbdkit-memory' },
   { id: 'keel/node-relay', subject: 'keel', baseline: 'node-relay' },
   { id: 'node-relay/nbdkit-memory', subject: 'node-relay', baseline: 'nbdkit-memory' },
+  { id: 'keel/node-relay-2', subject: 'keel', baseline: 'node-relay-2' },
+  { id: 'node-relay-2/nbdkit-memory', subject: 'node-relay-2', baseline: 'nbdkit-memory' },
   { id: 'keel/nbdkit-file', subject: 'keel', baseline: 'nbdkit-file' },
   { id: 'keel/s3backer', subject: 'keel', baseline: 's3backer' },
   { id: 'keel-s3/s3backer', subject: 'keel-s3', baseline: 's3backer' },

@@ -200,7 +200,10 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
     const filledBytes = fill.ios * MiB;
     log(`${spec.id}: fill: ${(filledBytes / MiB).toFixed(0)} of ${settings.regionBytes / MiB} MiB at ${fill.mibPerSec.toFixed(1)} MiB/s`);
     if (filledBytes < settings.regionBytes) result.note = `The fill wrote only ${(filledBytes / MiB).toFixed(0)} of ${settings.regionBytes / MiB} MiB within its ${settings.fillRuntimeCapSec} s cap.`;
-    for (const job of jobMatrix) await runJob(job, running, settings, workDir, result, reference);
+    for (const job of jobMatrix) {
+      if (spec.only && !spec.only.jobs.includes(job.id as JobId)) result.jobs[job.id as JobId] = { skipped: spec.only.why };
+      else await runJob(job, running, settings, workDir, result, reference);
+    }
   } catch (err) {
     result.status = 'failed';
     result.note = firstLine(err);

@@ -15,9 +15,10 @@ import { promisify } from 'node:util';
 import { keelUpPlacementArgs, placed } from './placement.ts';
 import { isMounted, spawnTracked, stopTracked, trackMount, unmountLazily, untrackMount, waitForOutput, type TrackedChild } from './child-processes.ts';
 import { findProcess, repoDir } from './system-metrics.ts';
+import type { JobId } from './fio-jobs.ts';
 import { freePort } from '../test/helpers/processes.ts';
 
-export type TargetId = 'keel' | 'keel-s3' | 'nbdkit-memory' | 'node-relay' | 'nbdkit-file' | 's3backer';
+export type TargetId = 'keel' | 'keel-s3' | 'nbdkit-memory' | 'node-relay' | 'node-relay-2' | 'nbdkit-file' | 's3backer';
 
 export interface TargetContext {
   /** A fresh directory for this target, removed by the caller afterwards. */
@@ -61,6 +62,8 @@ export interface TargetSpec {
   label: string;
   /** One line for the report: what is being measured. */
   method: string;
+  /** The jobs this target runs, and why it runs no others; every job when absent. */
+  only?: { jobs: readonly JobId[]; why: string };
   /** Why this target cannot run here, or undefined when it can. */
   unavailable(): Promise<string | undefined>;
   start(context: TargetContext): Promise<RunningTarget>;
@@ -121,25 +124,19 @@ export const targetSpecs: readonly TargetSpec[] = [
     label: 'Node relay',
     method:
       'nbdkit memory behind bench/tcp-relay.ts, a Node.js process that only copies bytes both ways (stream.pipe): one extra process hop with no logic, ' +
-      "the floor under Keel's edge -> router path on this machine",
+      "the shape of a Keel read (fio -> edge -> owner router) with no work in it",
     unavailable: () => missingProgram('nbdkit'),
-    start: async (context) => {
-      const server = await startNbdkit('nbdkit memory (relayed)', [`size=${context.deviceBytes}`], 'memory');
-      const upstreamPort = new URL(server.uri).port;
-      const relay = spawnTracked('node relay', ...placed('server', process.execPath, ['--import', 'tsx', relayScript, upstreamPort]));
-      const stop = async () => {
-        await stopTracked(relay, stopGraceMs);
-        await stopTracked(server.child, stopGraceMs);
-      };
-      try {
-        const output = await waitForOutput(relay, /relay listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
-        const port = /relay listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
-        return { uri: () => `nbd://127.0.0.1:${port}/`, stop };
-      } catch (err) {
-        await stop();
-        throw err;
-      }
-    },
+    start: (context) => startRelayChain(context, 1),
+  },
+  {
+    id: 'node-relay-2',
+    label: 'Node relay ×2',
+    method:
+      'nbdkit memory behind two bench/tcp-relay.ts processes in a chain: the shape of a Keel write (fio -> edge -> owner router -> DTL peer router, ' +
+      'three processes and six loopback hops per request) with no work in it and a C server as its last process',
+    unavailable: () => missingProgram('nbdkit'),
+    start: (context) => startRelayChain(context, 2),
+    only: { jobs: ['randwrite-4k-qd32', 'randread-4k-qd32'], why: 'this floor is measured for the 4k QD32 targets only' },
   },
   {
     id: 'nbdkit-file',
@@ -166,6 +163,29 @@ export const targetSpecs: readonly TargetSpec[] = [
     start: startS3backer,
   },
 ];
+
+/** nbdkit memory behind `count` relays in a chain (fio connects to the last one started). */
+async function startRelayChain(context: TargetContext, count: number): Promise<RunningTarget> {
+  const server = await startNbdkit('nbdkit memory (relayed)', [`size=${context.deviceBytes}`], 'memory');
+  const relays: TrackedChild[] = [];
+  const stop = async () => {
+    for (const relay of relays.reverse()) await stopTracked(relay, stopGraceMs);
+    await stopTracked(server.child, stopGraceMs);
+  };
+  try {
+    let port = new URL(server.uri).port;
+    for (let index = 1; index <= count; index++) {
+      const relay = spawnTracked(`node relay ${index}`, ...placed('server', process.execPath, ['--import', 'tsx', relayScript, port]));
+      relays.push(relay);
+      const output = await waitForOutput(relay, /relay listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
+      port = /relay listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
+    }
+    return { uri: () => `nbd://127.0.0.1:${port}/`, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
 
 async function startKeel(context: TargetContext, onS3: boolean): Promise<RunningTarget> {
   const s3 = onS3 ? await startS3rver(context.workDir, 'keel') : undefined;

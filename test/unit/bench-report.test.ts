@@ -63,3 +63,31 @@ describe('bench report: paired rounds', () => {
     expect(renderMarkdown(resultWith({}))).not.toContain('Back to back');
   });
 });
+
+describe('bench report: the relay chain floor', () => {
+  it('divides Keel by the two-relay chain where the chain ran, and leaves the jobs it skips blank', () => {
+    const targets: TargetResult[] = [
+      { id: 'keel', label: 'Keel', method: 'edge -> router', status: 'ok', jobs: { 'randwrite-4k-qd32': figures(30_000), 'seqwrite-1m': figures(200) } },
+      { id: 'nbdkit-memory', label: 'nbdkit memory', method: 'nbdkit memory', status: 'ok', jobs: { 'randwrite-4k-qd32': figures(160_000), 'seqwrite-1m': figures(3000) } },
+      {
+        id: 'node-relay-2',
+        label: 'Node relay ×2',
+        method: 'two relays',
+        status: 'ok',
+        jobs: { 'randwrite-4k-qd32': figures(75_000), 'seqwrite-1m': { skipped: 'this floor is measured for the 4k QD32 targets only' } },
+      },
+    ];
+    const result = { ...resultWith({}), targets, table: buildTable(targets) };
+    const markdown = renderMarkdown(result);
+    const header = markdown.split('\n').find((line) => line.startsWith('| figure |'))!;
+    expect(header).toContain('| Keel / Node relay ×2 | Node relay ×2 / nbdkit memory |');
+    const columns = header.split('|').map((cell) => cell.trim());
+    const cellsOf = (figure: string) => markdown.split('\n').find((line) => line.startsWith(`| ${figure} |`))!.split('|').map((cell) => cell.trim());
+    const randwrite = cellsOf('4k randwrite QD32');
+    expect(randwrite[columns.indexOf('Keel / Node relay ×2')]).toBe('0.40×');
+    expect(randwrite[columns.indexOf('Node relay ×2 / nbdkit memory')]).toBe('0.47×');
+    const seqwrite = cellsOf('1M seq write QD8');
+    expect(seqwrite[columns.indexOf('Node relay ×2')]).toBe('—');
+    expect(seqwrite[columns.indexOf('Keel / Node relay ×2')]).toBe('—');
+  });
+});
