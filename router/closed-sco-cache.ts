@@ -17,6 +17,8 @@ interface CacheEntry {
 
 export class ClosedScoCache {
   private readonly entries: LruMap<number, CacheEntry>;
+  /** Handles out of the cache whose file is not closed yet (reads in flight), by SCO. */
+  private readonly closing = new Map<number, Set<Promise<void>>>();
   loads = 0;
 
   constructor(
@@ -24,7 +26,7 @@ export class ClosedScoCache {
     private readonly scoDir: string,
     entriesMax: number,
   ) {
-    this.entries = new LruMap(entriesMax, (_scoSeq, entry) => closeWhenOpened(entry));
+    this.entries = new LruMap(entriesMax, (scoSeq, entry) => this.close(scoSeq, entry));
   }
 
   get size(): number {
@@ -63,17 +65,36 @@ export class ClosedScoCache {
     const entry = this.entries.peek(scoSeq);
     if (entry === undefined) return;
     this.entries.delete(scoSeq);
-    closeWhenOpened(entry);
+    void this.close(scoSeq, entry);
+  }
+
+  /** Resolves once no handle of the SCO is open (dropped first): nothing reads its file any more. */
+  whenUnused(scoSeq: number): Promise<void> {
+    this.drop(scoSeq);
+    return Promise.all(this.closing.get(scoSeq) ?? []).then(() => undefined);
   }
 
   async closeAll(): Promise<void> {
-    const entries = [...this.entries.values()];
+    const entries = [...this.entries.entries()];
     this.entries.clear();
-    await Promise.all(entries.map(closeWhenOpened));
+    await Promise.all(entries.map(([scoSeq, entry]) => this.close(scoSeq, entry)));
   }
-}
 
-/** Closes the SCO once its open finishes (a failed open has nothing to close). */
-function closeWhenOpened(entry: CacheEntry): Promise<void> {
-  return entry.opening.then((sco) => sco.close()).catch(() => undefined);
+  /** Closes the SCO once its open finishes (a failed open has nothing to close) and its reads are done. */
+  private close(scoSeq: number, entry: CacheEntry): Promise<void> {
+    const closed = entry.opening
+      .then((sco) => {
+        void sco.close();
+        return sco.whenClosed();
+      })
+      .catch(() => undefined);
+    let pending = this.closing.get(scoSeq);
+    if (pending === undefined) this.closing.set(scoSeq, (pending = new Set()));
+    pending.add(closed);
+    void closed.then(() => {
+      pending.delete(closed);
+      if (pending.size === 0 && this.closing.get(scoSeq) === pending) this.closing.delete(scoSeq);
+    });
+    return closed;
+  }
 }

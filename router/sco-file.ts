@@ -39,6 +39,8 @@ abstract class ScoHandle {
   private readers = 0;
   private closeRequested = false;
   private closed?: Promise<void>;
+  /** Set by whenClosed() before the file is closed; resolved when it is. */
+  private onClosed?: { promise: Promise<void>; resolve: () => void };
 
   constructor(
     readonly scoSeq: number,
@@ -85,8 +87,25 @@ abstract class ScoHandle {
   close(): Promise<void> {
     this.closeRequested = true;
     if (this.readers > 0) return Promise.resolve();
-    this.closed ??= this.file.close().catch(() => undefined);
+    this.closed ??= this.file
+      .close()
+      .catch(() => undefined)
+      .then(() => this.onClosed?.resolve());
     return this.closed;
+  }
+
+  /**
+   * Resolves once the file is closed: after close(), and after the reads in flight when there are any.
+   * Before a SCO's file may be overwritten (reused as a spare), no read of the old SCO may still use it.
+   */
+  whenClosed(): Promise<void> {
+    if (this.closed !== undefined) return this.closed;
+    if (this.onClosed === undefined) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((done) => (resolve = done));
+      this.onClosed = { promise, resolve };
+    }
+    return this.onClosed.promise;
   }
 }
 
@@ -104,6 +123,8 @@ export class OpenSco extends ScoHandle {
     scoSeq: number,
     file: DiskFile,
     readonly capacityClusters: number,
+    /** A reused file: it may be longer than what was appended. */
+    private readonly reused: boolean,
   ) {
     super(scoSeq, file);
     this.table = new Uint32Array(capacityClusters);
@@ -111,7 +132,18 @@ export class OpenSco extends ScoHandle {
 
   static async create(disk: Disk, filePath: string, scoSeq: number, capacityClusters: number): Promise<OpenSco> {
     assert(capacityClusters > 0 && capacityClusters <= 65536, 'a SCO holds 1..65536 clusters');
-    return new OpenSco(scoSeq, await disk.open(filePath, 'createNew'), capacityClusters);
+    return new OpenSco(scoSeq, await disk.open(filePath, 'createNew'), capacityClusters, false);
+  }
+
+  /**
+   * Makes the file of a deleted SCO (`sparePath`, see sco-spares.ts) the new SCO at `filePath`. Its old
+   * bytes past the appended clusters stay until seal() cuts them off; recovery keeps only clusters that
+   * TLog records vouch for, by crc, so they are never taken for data (docs/sco-format.md).
+   */
+  static async reuse(disk: Disk, sparePath: string, filePath: string, scoSeq: number, capacityClusters: number): Promise<OpenSco> {
+    assert(capacityClusters > 0 && capacityClusters <= 65536, 'a SCO holds 1..65536 clusters');
+    await disk.rename(sparePath, filePath);
+    return new OpenSco(scoSeq, await disk.open(filePath, 'readWrite'), capacityClusters, true);
   }
 
   protected get checksums(): Uint32Array {
@@ -170,6 +202,8 @@ export class OpenSco extends ScoHandle {
     const tableBytes = encodeScoChecksumTable(this.table, clusterCount);
     const tableCrc = crc32c(tableBytes);
     const trailer = encodeScoTrailer({ scoSeq: this.scoSeq, clusterCount, tableCrc });
+    // Readers find the footer at the end of the file: a reused file's old tail must go first.
+    if (this.reused) await this.file.truncate(scoFooterOffset(clusterCount));
     await this.file.writev([tableBytes, trailer], scoFooterOffset(clusterCount));
     await this.sync();
     return new ClosedSco(this.scoSeq, this.file, this.table.slice(0, clusterCount), tableCrc);

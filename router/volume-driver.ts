@@ -21,6 +21,7 @@ import { KeelError, isKeelError } from '../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
 import { ClosedScoCache } from './closed-sco-cache.ts';
+import { ScoSpares, type ScoSparesStats } from './sco-spares.ts';
 import { LbaMap, locationSco, locationSlot, packLocation } from './lba-map.ts';
 import { OpenSco, type ClosedSco } from './sco-file.ts';
 import { scoFileName } from './sco-format.ts';
@@ -159,6 +160,7 @@ export class VolumeDriver implements OpenBlockTarget {
     private tlog: TlogWriter,
     private openSco: OpenSco,
     private readonly closedScos: ClosedScoCache,
+    private readonly spares: ScoSpares,
     private scoCount: number,
     private tlogCount: number,
   ) {
@@ -241,6 +243,7 @@ export class VolumeDriver implements OpenBlockTarget {
       recovered.tlog,
       openSco,
       new ClosedScoCache(disk, scoDir, limits.scoChecksumTablesCachedMax),
+      await ScoSpares.open(disk, options.dir, logger),
       recovered.scoCount + 1,
       recovered.tlogCount,
     );
@@ -409,6 +412,7 @@ export class VolumeDriver implements OpenBlockTarget {
     pressureRolls: number;
     /** Batches with a user write, trim or rollback since open (not the scrubber's own moves): unchanged means no new garbage. */
     userMapChanges: number;
+    scoSpares: ScoSparesStats;
     backend?: UploaderStats & RemoteReadStats;
   } {
     return {
@@ -427,6 +431,7 @@ export class VolumeDriver implements OpenBlockTarget {
       checksumTablesCached: this.closedScos.size,
       pressureRolls: this.counters.pressureRolls,
       userMapChanges: this.counters.userMapChanges,
+      scoSpares: this.spares.stats(),
       ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),
     };
   }
@@ -472,8 +477,15 @@ export class VolumeDriver implements OpenBlockTarget {
   /** The scrubber deletes a sealed SCO nothing references (recorded in scrubbed-scos.json first). */
   async deleteScoFile(scoSeq: number): Promise<void> {
     assert(scoSeq !== this.openSco.scoSeq, 'the open SCO is never deleted');
+    await this.retireScoFile(scoSeq);
+  }
+
+  /** The file of a SCO that is gone locally becomes a spare once its readers are done, or is removed. */
+  private async retireScoFile(scoSeq: number): Promise<void> {
     this.closedScos.drop(scoSeq);
-    await this.disk.remove(path.join(VolumeDriver.scoDir(this.dir), scoFileName(scoSeq)));
+    const scoPath = path.join(VolumeDriver.scoDir(this.dir), scoFileName(scoSeq));
+    // An open that raced the rename holds the file too: whenUnused drops it again and waits for it.
+    await this.spares.retire(scoPath, scoSeq, () => this.closedScos.whenUnused(scoSeq));
   }
 
   /**
@@ -851,8 +863,7 @@ export class VolumeDriver implements OpenBlockTarget {
 
   /** The write buffer evicts a SCO whose TLog is on the backend: later reads go to the backend. */
   private async evictLocalSco(scoSeq: number): Promise<void> {
-    this.closedScos.drop(scoSeq);
-    await this.disk.remove(path.join(VolumeDriver.scoDir(this.dir), scoFileName(scoSeq)));
+    await this.retireScoFile(scoSeq);
   }
 
   /** Clean close with a backend: close the TLog too, so everything can go up, and wait a bounded time. */
@@ -929,7 +940,7 @@ export class VolumeDriver implements OpenBlockTarget {
     this.tlog.noteScoClosed();
     const nextSeq = sealed.scoSeq + 1;
     const scoDir = VolumeDriver.scoDir(this.dir);
-    this.openSco = await OpenSco.create(this.disk, path.join(scoDir, scoFileName(nextSeq)), nextSeq, this.openSco.capacityClusters);
+    this.openSco = await this.createOpenSco(scoDir, nextSeq, this.openSco.capacityClusters);
     // The directory fsync took 8-10 ms of every roll here, with the append loop (and every write) waiting.
     const dirSynced = this.disk.syncDir(scoDir);
     dirSynced.catch(() => undefined); // a failure surfaces at the next durable point, which fails the volume
@@ -938,6 +949,23 @@ export class VolumeDriver implements OpenBlockTarget {
     this.scoCount += 1;
     this.counters.scosCreated += 1;
     if (this.tlog.scoClosedCount >= limits.tlogScosMax || this.tlog.recordCount >= limits.tlogRecordsMax) await this.rollTlog();
+  }
+
+  /** The next open SCO, in a spare file when there is one (see sco-spares.ts). */
+  private async createOpenSco(scoDir: string, scoSeq: number, capacityClusters: number): Promise<OpenSco> {
+    const filePath = path.join(scoDir, scoFileName(scoSeq));
+    const spare = this.spares.take();
+    if (spare !== undefined) {
+      try {
+        return await OpenSco.reuse(this.disk, spare, filePath, scoSeq, capacityClusters);
+      } catch (err) {
+        // Only a speed-up: fall back to a new file, whichever step failed.
+        this.logger.warn({ volume: this.volumeName, spare, err: (err as Error).message }, 'could not reuse a spare SCO file; creating a new one');
+        await this.disk.remove(filePath).catch(() => undefined);
+        await this.disk.remove(spare).catch(() => undefined);
+      }
+    }
+    return OpenSco.create(this.disk, filePath, scoSeq, capacityClusters);
   }
 
   /** Closes the TLog (everything in it durable first: recovery trusts closed TLogs) and starts the next. */

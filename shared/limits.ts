@@ -105,6 +105,11 @@ export const limits = {
   scoSizeBytesDefault: 64 * 1024 * 1024,
   /** Volume driver: the open SCO is fsynced in the background after this many appended bytes (see OpenSco). */
   scoBackgroundSyncBytes: 4 * 1024 * 1024,
+  /**
+   * Volume driver: files of deleted SCOs kept per volume for reuse as new SCOs (router/sco-spares.ts), on
+   * top of the write buffer's bound: at most this many SCOs of disk each.
+   */
+  scoSparesMax: 4,
   /** Volume driver: SCOs per TLog before it rolls over. */
   tlogScosMax: 4,
   /** Volume driver: records in one TLog before it rolls over anyway (trims and syncs add records without SCOs). */
@@ -356,6 +361,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
   if (l.readCacheBlockBytes % clusterSizeBytes !== 0 || l.readCacheBlockBytes / clusterSizeBytes > 32)
     fail('readCacheBlockBytes must be whole clusters, at most 32 (one u32 presence mask per block)');
+  if (!Number.isInteger(l.scoSparesMax) || l.scoSparesMax < 0) fail('scoSparesMax must be a whole number of files, 0 to turn spares off');
   if (l.scoBackgroundSyncBytes > l.scoSizeBytesMin) fail('scoBackgroundSyncBytes must not exceed scoSizeBytesMin, or small SCOs would seal with their whole backlog');
   if (l.coordinationLockStaleMs * 2 > l.routerDeadAfterMs)
     fail('coordinationLockStaleMs must be at most half of routerDeadAfterMs, or a frozen lock holder makes live routers look dead');

@@ -47,6 +47,10 @@ export class LruMap<K, V> {
     return this.map.delete(key);
   }
 
+  entries(): IterableIterator<[K, V]> {
+    return this.map.entries();
+  }
+
   values(): IterableIterator<V> {
     return this.map.values();
   }

@@ -1,10 +1,11 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { VolumeDriver } from '../../router/volume-driver.ts';
+import { limits } from '../../shared/limits.ts';
 import { crashGroupSize, crashScoSizeBytes, crashVolumeSizeBytes, crashWrite } from '../helpers/crash-workload.ts';
 
 const childScript = fileURLToPath(new URL('../helpers/volume-crash-child.ts', import.meta.url));
@@ -57,43 +58,57 @@ async function runAndKill(extraGroups: number): Promise<{ flushed: number; lastA
 
 describe('volume driver crash (SIGKILL of the writing process)', () => {
   it('keeps every acknowledged write; writes in flight read as old or new, never garbage', async () => {
-    const { flushed, lastAck } = await runAndKill(20);
-    expect(flushed).toBe(writesBeforeFlush - 1);
-    expect(lastAck).toBeGreaterThan(flushed);
+    await expectCrashRecovers();
+  });
 
-    // The expected contents after every acknowledged write, and the writes that may or may not be there.
-    const model = Buffer.alloc(crashVolumeSizeBytes);
-    for (let index = 0; index <= lastAck; index++) {
-      const write = crashWrite(index);
-      write.data.copy(model, write.offset);
+  it('does the same when new SCOs live in reused files of old ones (spares) that hold other bytes', async () => {
+    // Spares bigger than a SCO, full of bytes no write has: the child's first SCO rolls take them.
+    await mkdir(path.join(dir, 'sco-spares'));
+    for (let index = 1; index <= limits.scoSparesMax; index++) {
+      await writeFile(path.join(dir, 'sco-spares', `spare-${90_000 + index}`), Buffer.alloc(2 * crashScoSizeBytes, 0xa5));
     }
-    const inFlight = [];
-    for (let index = lastAck + 1; index <= lastAck + crashGroupSize; index++) inFlight.push(crashWrite(index));
-
-    const driver = await VolumeDriver.open({
-      dir,
-      volumeName: 'crash',
-      sizeBytes: crashVolumeSizeBytes,
-      scoSizeBytes: crashScoSizeBytes,
-      scoSizeBytesMinOverride: 4096,
-    });
-    try {
-      expect(driver.stats().scoCount).toBeGreaterThan(4);
-      expect(driver.stats().tlogCount).toBeGreaterThan(1);
-      const actual = await driver.read(0, crashVolumeSizeBytes);
-      let mismatches = 0;
-      let firstBad = -1;
-      for (let at = 0; at < crashVolumeSizeBytes; at++) {
-        if (actual[at] === model[at]) continue;
-        const fromInFlight = inFlight.some((write) => at >= write.offset && at < write.offset + write.data.length && write.data[at - write.offset] === actual[at]);
-        if (!fromInFlight) {
-          mismatches += 1;
-          if (firstBad < 0) firstBad = at;
-        }
-      }
-      expect({ mismatches, firstBad }).toEqual({ mismatches: 0, firstBad: -1 });
-    } finally {
-      await driver.close();
-    }
+    await expectCrashRecovers();
+    expect(await readdir(path.join(dir, 'sco-spares'))).toEqual([]); // every spare became a SCO
   });
 });
+
+async function expectCrashRecovers(): Promise<void> {
+  const { flushed, lastAck } = await runAndKill(20);
+  expect(flushed).toBe(writesBeforeFlush - 1);
+  expect(lastAck).toBeGreaterThan(flushed);
+
+  // The expected contents after every acknowledged write, and the writes that may or may not be there.
+  const model = Buffer.alloc(crashVolumeSizeBytes);
+  for (let index = 0; index <= lastAck; index++) {
+    const write = crashWrite(index);
+    write.data.copy(model, write.offset);
+  }
+  const inFlight = [];
+  for (let index = lastAck + 1; index <= lastAck + crashGroupSize; index++) inFlight.push(crashWrite(index));
+
+  const driver = await VolumeDriver.open({
+    dir,
+    volumeName: 'crash',
+    sizeBytes: crashVolumeSizeBytes,
+    scoSizeBytes: crashScoSizeBytes,
+    scoSizeBytesMinOverride: 4096,
+  });
+  try {
+    expect(driver.stats().scoCount).toBeGreaterThan(4);
+    expect(driver.stats().tlogCount).toBeGreaterThan(1);
+    const actual = await driver.read(0, crashVolumeSizeBytes);
+    let mismatches = 0;
+    let firstBad = -1;
+    for (let at = 0; at < crashVolumeSizeBytes; at++) {
+      if (actual[at] === model[at]) continue;
+      const fromInFlight = inFlight.some((write) => at >= write.offset && at < write.offset + write.data.length && write.data[at - write.offset] === actual[at]);
+      if (!fromInFlight) {
+        mismatches += 1;
+        if (firstBad < 0) firstBad = at;
+      }
+    }
+    expect({ mismatches, firstBad }).toEqual({ mismatches: 0, firstBad: -1 });
+  } finally {
+    await driver.close();
+  }
+}

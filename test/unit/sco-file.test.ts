@@ -3,8 +3,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { crc32c } from '../../shared/checksum.ts';
-import { NodeDisk } from '../../shared/disk.ts';
+import { FaultyDisk, NodeDisk } from '../../shared/disk.ts';
 import { isKeelError } from '../../shared/errors.ts';
+import { ClosedScoCache } from '../../router/closed-sco-cache.ts';
 import { ClosedSco, OpenSco, readScoFooter, scanClusterChecksums, sealCrashedSco } from '../../router/sco-file.ts';
 import { decodeScoFileChecksums, decodeScoTrailer, encodeScoTrailer, scoFileBytes, scoTrailerBytes } from '../../router/sco-format.ts';
 
@@ -112,5 +113,60 @@ describe('SCO files', () => {
     await reader.readClusters(0, back);
     expect(back).toEqual(data.subarray(0, 2 * 4096));
     await reader.close();
+  });
+});
+
+describe('reused SCO files (spares)', () => {
+  it('a spare longer than the new SCO is cut at seal, and its old clusters never pass for data', async () => {
+    const oldPath = path.join(dir, 'old');
+    const old = await OpenSco.create(disk, oldPath, 3, 16);
+    await old.append([clusters(12, 1)], checksumsOf(clusters(12, 1)));
+    await (await old.seal()).close();
+
+    const newPath = path.join(dir, '00000009.sco');
+    const reused = await OpenSco.reuse(disk, oldPath, newPath, 9, 16);
+    expect(await disk.exists(oldPath)).toBe(false);
+    const fresh = clusters(3, 7);
+    await reused.append([fresh], checksumsOf(fresh));
+    // Unsealed, the file still holds the old SCO's tail and footer: it is not a valid SCO 9.
+    const unsealed = await disk.open(newPath, 'read');
+    expect(await readScoFooter(unsealed, 9)).toBeUndefined();
+    // Recovery scans what is there; only slots whose crc a TLog record names are ever kept.
+    const scanned = await scanClusterChecksums(unsealed, 16);
+    await unsealed.close();
+    expect([...scanned.subarray(0, 3)]).toEqual([...checksumsOf(fresh)]);
+    expect(scanned[3]).toBe(checksumsOf(clusters(12, 1))[3]);
+
+    const sealed = await reused.seal();
+    expect(sealed.clusterCount).toBe(3);
+    await sealed.close();
+    expect((await readFile(newPath)).length).toBe(scoFileBytes(3));
+    const reopened = await ClosedSco.open(disk, newPath, 9);
+    const back = Buffer.alloc(3 * 4096);
+    await reopened.readClusters(0, back);
+    expect(back.equals(fresh)).toBe(true);
+    await reopened.close();
+  });
+
+  it('reports a handle closed only after the reads in flight on it finish', async () => {
+    const faulty = new FaultyDisk();
+    const scoPath = path.join(dir, '00000001.sco');
+    const open = await OpenSco.create(faulty, scoPath, 1, 8);
+    await open.append([clusters(2, 3)], checksumsOf(clusters(2, 3)));
+    await (await open.seal()).close();
+
+    const cache = new ClosedScoCache(faulty, dir, 4);
+    const sco = await cache.get(1);
+    faulty.inject({ operation: 'read', pathIncludes: '00000001.sco', delayMs: 150 });
+    const reading = sco.readClusters(0, Buffer.alloc(2 * 4096));
+    let unused = false;
+    const waiting = cache.whenUnused(1).then(() => (unused = true));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(unused).toBe(false); // dropped from the cache, but a read still uses the file
+    await reading;
+    await waiting;
+    expect(unused).toBe(true);
+    // A SCO with no handle at all is unused at once.
+    await cache.whenUnused(2);
   });
 });

@@ -150,6 +150,13 @@ describe('upload ordering', () => {
     const fetched = driver.stats().backend!.remoteBytesFetched;
     expect((await driver.read(0, scoSizeBytes)).equals(pattern(1))).toBe(true);
     expect(driver.stats().backend!.remoteBytesFetched).toBe(fetched);
+
+    // The evicted SCOs' files became spares (docs/volume-driver.md), and later SCOs are written into them.
+    for (let seq = 10; seq <= 12; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await driver.flush();
+    expect(driver.stats().scoSpares.retired).toBeGreaterThanOrEqual(2);
+    expect(driver.stats().scoSpares.reused).toBeGreaterThanOrEqual(1);
+    for (let seq = 1; seq <= 12; seq++) expect((await driver.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
   });
 
   it('restores a volume whose directory is gone from the TLogs in the backend', async () => {
