@@ -54,8 +54,9 @@ export class ScoSpares {
       const filePath = path.join(dir, name);
       if (spareNamePattern.test(name) && adopted.length < limits.scoSparesMax) adopted.push(filePath);
       else {
+        // Over the bound (it may have been lowered), or not named like a spare.
         await disk.remove(filePath);
-        logger.info({ file: filePath }, 'removed a spare SCO file over the bound');
+        logger.info({ file: filePath }, 'removed a spare SCO file');
       }
     }
     return new ScoSpares(disk, dir, adopted);
@@ -91,11 +92,14 @@ export class ScoSpares {
     );
   }
 
-  /** A spare file that may be overwritten now, or undefined. */
+  /** A spare file that may be overwritten now, or undefined; the caller reports back with noteReused. */
   take(): string | undefined {
-    const sparePath = this.ready.pop();
-    if (sparePath !== undefined) this.reused += 1;
-    return sparePath;
+    return this.ready.pop();
+  }
+
+  /** A taken spare became a SCO (one that could not be is removed by the caller). */
+  noteReused(): void {
+    this.reused += 1;
   }
 
   stats(): ScoSparesStats {

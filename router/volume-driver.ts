@@ -957,7 +957,9 @@ export class VolumeDriver implements OpenBlockTarget {
     const spare = this.spares.take();
     if (spare !== undefined) {
       try {
-        return await OpenSco.reuse(this.disk, spare, filePath, scoSeq, capacityClusters);
+        const reused = await OpenSco.reuse(this.disk, spare, filePath, scoSeq, capacityClusters);
+        this.spares.noteReused();
+        return reused;
       } catch (err) {
         // Only a speed-up: fall back to a new file, whichever step failed.
         this.logger.warn({ volume: this.volumeName, spare, err: (err as Error).message }, 'could not reuse a spare SCO file; creating a new one');
