@@ -2,6 +2,7 @@
  * The deterministic write workload of the volume-driver crash test: the child process writes it, the
  * test regenerates it to know what every acknowledged write contained.
  */
+import { VolumeDriver } from '../../router/volume-driver.ts';
 import { makeRandom } from './seeded-random.ts';
 
 export const crashVolumeSizeBytes = 16 * 1024 * 1024;
@@ -26,4 +27,9 @@ export function crashWrite(index: number): CrashWrite {
   const seed = (index * 131) & 0xff;
   for (let at = 0; at < length; at++) data[at] = (seed + at * 7 + (at >> 12)) & 0xff || 1;
   return { index, offset, data };
+}
+
+/** The crash test's volume in `dir`, as the child writes it and the test reopens it. */
+export function openCrashVolume(dir: string): Promise<VolumeDriver> {
+  return VolumeDriver.open({ dir, volumeName: 'crash', sizeBytes: crashVolumeSizeBytes, scoSizeBytes: crashScoSizeBytes, scoSizeBytesMinOverride: 4096 });
 }

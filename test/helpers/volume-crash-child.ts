@@ -4,19 +4,12 @@
  * after its flush, and keeps writing until it is killed.
  * Usage: node --import tsx test/helpers/volume-crash-child.ts <dir> <writes before flush>
  */
-import { VolumeDriver } from '../../router/volume-driver.ts';
-import { crashGroupSize, crashScoSizeBytes, crashVolumeSizeBytes, crashWrite } from './crash-workload.ts';
+import { crashGroupSize, crashWrite, openCrashVolume } from './crash-workload.ts';
 
 async function main(): Promise<void> {
   const [dir, writesBeforeFlushText] = process.argv.slice(2);
   const writesBeforeFlush = Number(writesBeforeFlushText);
-  const driver = await VolumeDriver.open({
-    dir,
-    volumeName: 'crash',
-    sizeBytes: crashVolumeSizeBytes,
-    scoSizeBytes: crashScoSizeBytes,
-    scoSizeBytesMinOverride: 4096,
-  });
+  const driver = await openCrashVolume(dir);
   for (let first = 0; ; first += crashGroupSize) {
     const group = [];
     for (let index = first; index < first + crashGroupSize; index++) {

@@ -4,9 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { VolumeDriver } from '../../router/volume-driver.ts';
 import { limits } from '../../shared/limits.ts';
-import { crashGroupSize, crashScoSizeBytes, crashVolumeSizeBytes, crashWrite } from '../helpers/crash-workload.ts';
+import { crashGroupSize, crashScoSizeBytes, crashVolumeSizeBytes, crashWrite, openCrashVolume } from '../helpers/crash-workload.ts';
 
 const childScript = fileURLToPath(new URL('../helpers/volume-crash-child.ts', import.meta.url));
 const writesBeforeFlush = 400;
@@ -86,13 +85,7 @@ async function expectCrashRecovers(): Promise<void> {
   const inFlight = [];
   for (let index = lastAck + 1; index <= lastAck + crashGroupSize; index++) inFlight.push(crashWrite(index));
 
-  const driver = await VolumeDriver.open({
-    dir,
-    volumeName: 'crash',
-    sizeBytes: crashVolumeSizeBytes,
-    scoSizeBytes: crashScoSizeBytes,
-    scoSizeBytesMinOverride: 4096,
-  });
+  const driver = await openCrashVolume(dir);
   try {
     expect(driver.stats().scoCount).toBeGreaterThan(4);
     expect(driver.stats().tlogCount).toBeGreaterThan(1);
