@@ -39,8 +39,8 @@ abstract class ScoHandle {
   private readers = 0;
   private closeRequested = false;
   private closed?: Promise<void>;
-  /** Set by whenClosed() before the file is closed; resolved when it is. */
-  private onClosed?: { promise: Promise<void>; resolve: () => void };
+  private resolveFileClosed!: () => void;
+  private readonly fileClosed = new Promise<void>((resolve) => (this.resolveFileClosed = resolve));
 
   constructor(
     readonly scoSeq: number,
@@ -90,7 +90,7 @@ abstract class ScoHandle {
     this.closed ??= this.file
       .close()
       .catch(() => undefined)
-      .then(() => this.onClosed?.resolve());
+      .then(() => this.resolveFileClosed());
     return this.closed;
   }
 
@@ -99,13 +99,7 @@ abstract class ScoHandle {
    * Before a SCO's file may be overwritten (reused as a spare), no read of the old SCO may still use it.
    */
   whenClosed(): Promise<void> {
-    if (this.closed !== undefined) return this.closed;
-    if (this.onClosed === undefined) {
-      let resolve!: () => void;
-      const promise = new Promise<void>((done) => (resolve = done));
-      this.onClosed = { promise, resolve };
-    }
-    return this.onClosed.promise;
+    return this.fileClosed;
   }
 }
 

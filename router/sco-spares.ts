@@ -41,14 +41,9 @@ export class ScoSpares {
     this.ready = adopted;
   }
 
-  /** The spare directory of a volume. */
-  static dirOf(volumeDir: string): string {
-    return path.join(volumeDir, 'sco-spares');
-  }
-
   /** Takes over the spares a previous run left (nothing has them open now), up to scoSparesMax. */
   static async open(disk: Disk, volumeDir: string, logger: Logger): Promise<ScoSpares> {
-    const dir = ScoSpares.dirOf(volumeDir);
+    const dir = path.join(volumeDir, 'sco-spares');
     const adopted: string[] = [];
     for (const name of await disk.list(dir)) {
       const filePath = path.join(dir, name);
