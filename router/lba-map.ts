@@ -207,6 +207,65 @@ export class LbaMap {
     }
   }
 
+  /** Calls fn for every mapped cluster in [lba, lba + count), pages in ascending order. The map must not change meanwhile. */
+  forEachInRange(lba: number, count: number, fn: (lba: number, location: number) => void): void {
+    if (count <= 0) return;
+    const end = lba + count;
+    const firstPage = Math.floor(lba / pageClusters);
+    const lastPage = Math.floor((end - 1) / pageClusters);
+    const inRange = (at: number, location: number) => {
+      if (at >= lba && at < end) fn(at, location);
+    };
+    for (let chunkIndex = firstPage >>> directoryChunkShift; chunkIndex <= lastPage >>> directoryChunkShift; chunkIndex++) {
+      const chunk = this.directory[chunkIndex];
+      if (chunk === undefined) continue;
+      const chunkFirstPage = chunkIndex * directoryChunkPages;
+      for (let page = Math.max(firstPage, chunkFirstPage); page <= Math.min(lastPage, chunkFirstPage + directoryChunkPages - 1); page++) {
+        const pageId = chunk[page - chunkFirstPage] - 1;
+        if (pageId < 0) continue;
+        const pageStart = page * pageClusters;
+        this.forEachInPage(pageId, pageStart, lba <= pageStart && end >= pageStart + pageClusters ? fn : inRange);
+      }
+    }
+    if (this.overflow.size !== 0) for (const [key, location] of this.overflow) if (key >= lba && key < end) fn(key, location);
+  }
+
+  /** SCO -> how many clusters map into it, straight from the pages (a volume's open: ~15x faster than forEach). */
+  clustersPerSco(): Map<number, number> {
+    const counts = new Map<number, number>();
+    const perDelta = new Uint32Array(deltaMax + 1);
+    const touched: number[] = [];
+    const note = (delta: number) => {
+      if (perDelta[delta]++ === 0) touched.push(delta);
+    };
+    for (let pageId = 0; pageId < this.pageIdsUsed; pageId++) {
+      const capacity = this.pageCapacity[pageId];
+      if (capacity === 0) continue;
+      this.locate(pageId);
+      const segment = this.blockSegment;
+      const base = this.blockOffset;
+      if (capacity === denseMark) {
+        for (let offset = 0; offset < pageClusters; offset++) {
+          const deltaPlusOne = segment[base + offset * 2];
+          if (deltaPlusOne !== 0) note(deltaPlusOne - 1);
+        }
+      } else {
+        for (let index = 0; index < this.pageCount[pageId]; index++) note(segment[base + index * 3 + 1]);
+      }
+      const baseSco = this.pageBaseSco[pageId];
+      for (const delta of touched) {
+        counts.set(baseSco + delta, (counts.get(baseSco + delta) ?? 0) + perDelta[delta]);
+        perDelta[delta] = 0;
+      }
+      touched.length = 0;
+    }
+    for (const location of this.overflow.values()) {
+      const sco = Math.floor(location / slotsPerSco);
+      counts.set(sco, (counts.get(sco) ?? 0) + 1);
+    }
+    return counts;
+  }
+
   /** Mapped runs of consecutive LBAs, ascending (for stats and tools; builds an array). */
   mappedRanges(): Array<{ lba: number; count: number }> {
     const ranges: Array<{ lba: number; count: number }> = [];

@@ -73,6 +73,8 @@ export class ScoSpares {
       await this.disk.rename(scoPath, sparePath);
     } catch (err) {
       this.waiting -= 1;
+      // The scrubber and a dead SCO's eviction may retire the same SCO at once: the first one wins.
+      if (!(await this.disk.exists(scoPath))) return;
       throw err;
     }
     this.retired += 1;

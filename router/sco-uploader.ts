@@ -35,6 +35,8 @@ export interface ScoUploaderOptions {
   relievePressure: () => void;
   /** Removes a SCO's local file (after the uploader marked it non-local). */
   evictSco: (scoSeq: number) => Promise<void>;
+  /** True when the volume maps nothing in the SCO any more: the write buffer evicts it as soon as it may. */
+  isScoDead?: (scoSeq: number) => boolean;
   retryDelayMs?: number;
 }
 
@@ -102,7 +104,7 @@ export class ScoUploader {
     state: UploaderStartState,
   ) {
     this.retryDelayMs = options.retryDelayMs ?? limits.uploadRetryDelayMs;
-    this.account = options.backend.writeBuffer.account(options.volumeName, () => this.hasUploadsPending(), options.relievePressure);
+    this.account = options.backend.writeBuffer.account(options.volumeName, () => this.hasUploadsPending(), options.relievePressure, options.isScoDead);
     this.tlogsUploadedThrough = state.manifest.tlogsUploadedThrough;
     for (const seq of state.manifest.scosUploaded) this.uploaded.add(seq);
     for (const [seq, clusterCount] of [...state.localSealedScos].sort((a, b) => a[0] - b[0])) {

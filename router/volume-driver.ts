@@ -30,6 +30,7 @@ import { TlogWriter } from './tlog-writer.ts';
 import { listSeqs, recoverVolume } from './volume-recovery.ts';
 import { restoreVolumeTlogs } from './backend-volume-objects.ts';
 import { RemoteScoReader, type RemoteReadStats } from './remote-sco-reader.ts';
+import { ScoLiveCounts } from './sco-live-counts.ts';
 import { ScoUploader, type UploaderStats } from './sco-uploader.ts';
 import { scoChecksumBytes, scoTrailerBytes, parseScoFileName } from './sco-format.ts';
 import { parseTlogFileName } from './tlog-format.ts';
@@ -136,6 +137,8 @@ export class VolumeDriver implements OpenBlockTarget {
   /** The current TLog holds changes (so a clean close closes it for upload). */
   private tlogDirty: boolean;
   private remote: VolumeRemote | undefined;
+  /** Map entries per SCO, so a SCO that dies leaves the write buffer at once (router/sco-live-counts.ts). */
+  private readonly liveCounts: ScoLiveCounts;
   private underlay: VolumeUnderlay | undefined;
   /**
    * The fsync of the SCO directory after the open SCO was created. Writes go on meanwhile: a crash before
@@ -165,6 +168,7 @@ export class VolumeDriver implements OpenBlockTarget {
     private tlogCount: number,
   ) {
     this.currentSizeBytes = sizeBytes;
+    this.liveCounts = ScoLiveCounts.of(map);
     this.tlogDirty = tlog.recordCount > 2; // a fresh TLog holds HEADER + the recovery SYNC
   }
 
@@ -263,6 +267,7 @@ export class VolumeDriver implements OpenBlockTarget {
           logger,
           relievePressure: () => driver.relievePressure(),
           evictSco: (seq) => driver.evictLocalSco(seq),
+          isScoDead: (seq) => seq !== driver.openSco.scoSeq && driver.liveCounts.isDead(seq),
         },
         state,
       );
@@ -533,12 +538,12 @@ export class VolumeDriver implements OpenBlockTarget {
     for (let at = 0; at < records.length; at += tlogRecordBytes) {
       const record = decodeTlogRecord(records, at);
       assert(record !== undefined, 'appendRecords encodes valid records');
-      if (record.type === 'write') this.map.set(record.lba, packLocation(record.sco, record.slot));
+      if (record.type === 'write') this.mapCluster(record.lba, packLocation(record.sco, record.slot));
       else if (record.type === 'trim') {
-        this.map.deleteRange(record.lba, record.count);
+        this.unmapClusters(record.lba, record.count);
         this.underlay?.mask(record.lba, record.count);
       } else if (record.type === 'fallthrough') {
-        this.map.deleteRange(record.lba, record.count);
+        this.unmapClusters(record.lba, record.count);
         this.underlay?.unmask(record.lba, record.count);
       }
     }
@@ -886,7 +891,7 @@ export class VolumeDriver implements OpenBlockTarget {
     for (const entry of entries) {
       const job = entry.job;
       if (job.kind === 'trim') {
-        this.map.deleteRange(job.lba, job.clusterCount);
+        this.unmapClusters(job.lba, job.clusterCount);
         this.underlay?.mask(job.lba, job.clusterCount);
         this.completeJob(job);
         continue;
@@ -897,13 +902,31 @@ export class VolumeDriver implements OpenBlockTarget {
         continue;
       }
       for (let index = 0; index < entry.count; index++) {
-        this.map.set(job.lba + entry.from + index, packLocation(scoSeq, entry.firstSlot + index));
+        this.mapCluster(job.lba + entry.from + index, packLocation(scoSeq, entry.firstSlot + index));
       }
       if (entry.from + entry.count === job.clusterCount) {
         job.data = undefined;
         this.completeJob(job);
       }
     }
+  }
+
+  private mapCluster(lba: number, location: number): void {
+    const previous = this.map.get(lba);
+    this.map.set(lba, location);
+    this.liveCounts.add(locationSco(location));
+    if (previous !== 0) this.forgetLocation(previous);
+  }
+
+  private unmapClusters(lba: number, count: number): void {
+    this.map.forEachInRange(lba, count, (_lba, location) => this.forgetLocation(location));
+    this.map.deleteRange(lba, count);
+  }
+
+  /** A map entry left `location`; its SCO, sealed and now holding nothing live, may leave the write buffer. */
+  private forgetLocation(location: number): void {
+    const scoSeq = locationSco(location);
+    if (this.liveCounts.remove(scoSeq) && scoSeq !== this.openSco.scoSeq) this.remote?.uploader.account.evictNow(scoSeq);
   }
 
   /** fsync the SCO, then SYNC marker, then fsync the TLog: a SYNC never precedes its data on disk. */

@@ -12,7 +12,10 @@
  *   its TLog early (pressure), so SCOs of a half-full TLog can become evictable.
  *
  * Evictable SCOs stay on disk (they serve reads locally) until the total of local SCO bytes exceeds the
- * bound; then the oldest are evicted first.
+ * bound; then the oldest are evicted first. A dead SCO (its volume maps nothing in it any more: `isDead`,
+ * `evictNow`) is evicted as soon as it is evictable, bound or not: it serves no read of the volume, and
+ * its file, turned into a spare, saves the next SCO from filling new page-cache pages (docs/volume-driver.md,
+ * "Dead SCOs leave the write buffer at once").
  */
 import { limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
@@ -38,6 +41,8 @@ export interface WriteBufferStats {
   writesWaitingNow: number;
   evictedScos: number;
   evictedBytes: number;
+  /** Of those, SCOs evicted because they were dead rather than for the bound. */
+  deadScosEvicted: number;
   evictionErrors: number;
 }
 
@@ -60,7 +65,14 @@ export class WriteBufferAccount {
     readonly hasUploadsPending: () => boolean,
     /** Asks the volume to close its TLog early so its closed SCOs can become evictable. */
     readonly relievePressure: () => void,
+    /** True when the volume maps nothing in the SCO any more. */
+    readonly isDead: (scoSeq: number) => boolean = () => false,
   ) {}
+
+  /** The SCO just died: evict it now if it is evictable (else when it becomes so, through isDead). */
+  evictNow(scoSeq: number): void {
+    this.buffer.evictNow(this, scoSeq);
+  }
 
   /** Clusters appended to the open SCO. */
   addPending(bytes: number): void {
@@ -110,6 +122,8 @@ export class WriteBuffer {
   private evictableBytes = 0;
   /** Oldest first (Map keeps insertion order). */
   private readonly evictable = new Map<string, EvictableSco>();
+  /** Keys of evictable SCOs that are dead: evicted before any other, bound or not. */
+  private readonly dead = new Set<string>();
   private readonly accounts = new Set<WriteBufferAccount>();
   private readonly waiters = new Set<() => void>();
   private evicting = false;
@@ -122,6 +136,7 @@ export class WriteBuffer {
     blockedMsTotal: 0,
     evictedScos: 0,
     evictedBytes: 0,
+    deadScosEvicted: 0,
     evictionErrors: 0,
   };
 
@@ -132,8 +147,8 @@ export class WriteBuffer {
     this.logger = options.logger ?? silentLogger();
   }
 
-  account(volumeName: string, hasUploadsPending: () => boolean, relievePressure: () => void): WriteBufferAccount {
-    const account = new WriteBufferAccount(this, volumeName, hasUploadsPending, relievePressure);
+  account(volumeName: string, hasUploadsPending: () => boolean, relievePressure: () => void, isDead?: (scoSeq: number) => boolean): WriteBufferAccount {
+    const account = new WriteBufferAccount(this, volumeName, hasUploadsPending, relievePressure, isDead);
     this.accounts.add(account);
     return account;
   }
@@ -162,6 +177,15 @@ export class WriteBuffer {
     if (this.evictable.has(key)) return;
     this.evictable.set(key, entry);
     this.evictableBytes += entry.bytes;
+    if (entry.account.isDead(entry.scoSeq)) this.dead.add(key);
+    this.evictIfNeeded();
+  }
+
+  /** @internal (WriteBufferAccount.evictNow) */
+  evictNow(account: WriteBufferAccount, scoSeq: number): void {
+    const key = `${account.volumeName}/${scoSeq}`;
+    if (!this.evictable.has(key)) return;
+    this.dead.add(key);
     this.evictIfNeeded();
   }
 
@@ -171,6 +195,7 @@ export class WriteBuffer {
     for (const [key, entry] of this.evictable) {
       if (entry.account !== account) continue;
       this.evictable.delete(key);
+      this.dead.delete(key);
       this.evictableBytes -= entry.bytes;
     }
     this.wakeWaiters();
@@ -230,20 +255,23 @@ export class WriteBuffer {
     this.logger.warn({ ...this.stats() }, message);
   }
 
-  /** Deletes the oldest evictable SCOs while all local SCO bytes exceed the bound (one at a time). */
+  /** Deletes dead SCOs, then the oldest evictable ones while all local SCO bytes exceed the bound (one at a time). */
   private evictIfNeeded(): void {
-    if (this.evicting || this.pendingBytes + this.evictableBytes <= this.bytesMax || this.evictable.size === 0) return;
+    if (this.evicting || !this.mustEvict()) return;
     this.evicting = true;
     void (async () => {
       try {
-        while (this.pendingBytes + this.evictableBytes > this.bytesMax && this.evictable.size > 0) {
-          const [key, entry] = this.evictable.entries().next().value!;
+        while (this.mustEvict()) {
+          const key: string = this.dead.values().next().value ?? this.evictable.keys().next().value!;
+          const entry = this.evictable.get(key)!;
+          const wasDead = this.dead.delete(key);
           this.evictable.delete(key);
           this.evictableBytes -= entry.bytes;
           try {
             await entry.evict();
             this.counters.evictedScos += 1;
             this.counters.evictedBytes += entry.bytes;
+            if (wasDead) this.counters.deadScosEvicted += 1;
           } catch (err) {
             this.counters.evictionErrors += 1;
             this.logger.warn({ err, volume: entry.account.volumeName, sco: entry.scoSeq }, 'evicting a SCO failed (it stays on disk)');
@@ -253,6 +281,10 @@ export class WriteBuffer {
         this.evicting = false;
       }
     })();
+  }
+
+  private mustEvict(): boolean {
+    return this.dead.size > 0 || (this.pendingBytes + this.evictableBytes > this.bytesMax && this.evictable.size > 0);
   }
 }
 

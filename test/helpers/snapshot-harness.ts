@@ -12,6 +12,7 @@ import { CloneUnderlay, ParentSnapshotReader } from '../../router/clone-underlay
 import { scrubVolume, type ScrubReport } from '../../router/scrubber.ts';
 import { replaySnapshotImage, replayTrimMask } from '../../router/snapshot-map-builder.ts';
 import { SnapshotTarget } from '../../router/snapshot-target.ts';
+import type { VolumeBackend } from '../../router/volume-backend.ts';
 import { VolumeDriver } from '../../router/volume-driver.ts';
 import { VolumeSnapshots } from '../../router/volume-snapshots.ts';
 
@@ -32,6 +33,8 @@ export class SnapshotHarness {
     private readonly root: string,
     readonly sizeBytes: number,
     readonly scoSizeBytes: number,
+    /** A backend per volume (uploads, eviction, remote reads); none by default. */
+    private readonly backendFor?: (name: string) => Promise<VolumeBackend>,
   ) {}
 
   dir(name: string): string {
@@ -115,6 +118,7 @@ export class SnapshotHarness {
       scoSizeBytes: this.scoSizeBytes,
       scoSizeBytesMinOverride: 4096,
       ...(underlay ? { underlay } : {}),
+      ...(this.backendFor ? { backend: await this.backendFor(name) } : {}),
     });
     const snapshots = await VolumeSnapshots.load(this.disk, name, dir, underlay !== undefined);
     const volume: HarnessVolume = { name, driver, snapshots, underlay };

@@ -10,6 +10,9 @@ function expectSame(map: LbaMap, reference: Map<number, number>): void {
   const expected = [...reference.entries()].sort((a, b) => a[0] - b[0]);
   expect(seen).toEqual(expected);
   for (const [lba, location] of reference) expect(map.get(lba)).toBe(location);
+  const perSco = new Map<number, number>();
+  for (const location of reference.values()) perSco.set(locationSco(location), (perSco.get(locationSco(location)) ?? 0) + 1);
+  expect(map.clustersPerSco()).toEqual(perSco);
 }
 
 describe('LbaMap', () => {
@@ -35,7 +38,7 @@ describe('LbaMap', () => {
     expect(map.mappedCount).toBe(0);
   });
 
-  it('matches a plain Map under random set/delete/deleteRange (sparse, dense, overflow, huge LBAs)', () => {
+  it('matches a plain Map under random set/delete/deleteRange and range walks (sparse, dense, overflow, huge LBAs)', () => {
     const random = makeRandom(1234);
     const map = new LbaMap();
     const reference = new Map<number, number>();
@@ -54,6 +57,9 @@ describe('LbaMap', () => {
         expect(map.delete(lba)).toBe(reference.delete(lba));
       } else {
         const count = Math.floor(random() * 12000);
+        const visited = new Map<number, number>();
+        map.forEachInRange(lba, count, (at, location) => visited.set(at, location));
+        expect(visited).toEqual(new Map([...reference].filter(([key]) => key >= lba && key < lba + count)));
         map.deleteRange(lba, count);
         for (const key of [...reference.keys()]) if (key >= lba && key < lba + count) reference.delete(key);
       }

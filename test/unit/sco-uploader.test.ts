@@ -159,6 +159,53 @@ describe('upload ordering', () => {
     for (let seq = 1; seq <= 12; seq++) expect((await driver.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
   });
 
+  it('evicts a SCO the volume no longer maps as soon as it is on the backend, far below the bound, and reads stay right', async () => {
+    const backend = await backendFor(64 * scoSizeBytes, 'cache');
+    const driver = await openDriver(backend);
+    for (let seq = 1; seq <= 4; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    // SCO 1 overwritten whole, SCO 2 all but its last cluster, SCO 3 trimmed, SCO 4 untouched: all
+    // before their TLog is up, so SCOs 1 and 3 are dead when they become evictable.
+    const lastCluster = scoSizeBytes - 4 * KiB;
+    await driver.write(0, pattern(11), false);
+    await driver.write(scoSizeBytes, pattern(12).subarray(0, lastCluster), false);
+    await driver.trim(2 * scoSizeBytes, scoSizeBytes, false);
+    const tlog = await driver.closeCurrentTlog();
+    await until(() => (driver.tlogsUploadedThrough ?? 0) >= tlog);
+    await until(() => backend.writeBuffer.stats().deadScosEvicted >= 2);
+    expect(await localScos()).not.toContain('00000001.sco');
+    expect(await localScos()).not.toContain('00000003.sco');
+    expect(await localScos()).toContain('00000002.sco'); // its last cluster is still mapped
+    expect(await localScos()).toContain('00000004.sco');
+    expect(backend.writeBuffer.stats().evictedScos).toBe(2); // nothing else: the bound is far away
+
+    // SCO 2 is evictable now; its last cluster overwritten, it goes at once.
+    await driver.write(scoSizeBytes + lastCluster, pattern(13).subarray(0, 4 * KiB), false);
+    await until(() => backend.writeBuffer.stats().deadScosEvicted >= 3);
+    expect(await localScos()).not.toContain('00000002.sco');
+    expect(await localScos()).toContain('00000004.sco');
+
+    const expectVolume = async (target: VolumeDriver) => {
+      expect((await target.read(0, scoSizeBytes)).equals(pattern(11))).toBe(true);
+      const second = Buffer.concat([pattern(12).subarray(0, lastCluster), pattern(13).subarray(0, 4 * KiB)]);
+      expect((await target.read(scoSizeBytes, scoSizeBytes)).equals(second)).toBe(true);
+      expect((await target.read(2 * scoSizeBytes, scoSizeBytes)).equals(Buffer.alloc(scoSizeBytes))).toBe(true);
+      expect((await target.read(3 * scoSizeBytes, scoSizeBytes)).equals(pattern(4))).toBe(true);
+    };
+    await expectVolume(driver);
+    expect(driver.stats().backend!.remoteClustersFetched).toBe(0); // no read needed a dead SCO
+    expect(driver.stats().scoSpares.retired).toBe(3);
+
+    // Reopened, the counts are taken from the recovered map: SCO 4, live, is not evicted.
+    await driver.close();
+    drivers.pop();
+    const reopenedBackend = await backendFor(64 * scoSizeBytes, 'cache-2');
+    const reopened = await openDriver(reopenedBackend);
+    await expectVolume(reopened);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(reopenedBackend.writeBuffer.stats().deadScosEvicted).toBe(0);
+    expect(await localScos()).toContain('00000004.sco');
+  });
+
   it('restores a volume whose directory is gone from the TLogs in the backend', async () => {
     const driver = await openDriver(await backendFor(64 * scoSizeBytes, 'cache'));
     for (let seq = 1; seq <= 6; seq++) await driver.write((seq - 1) * scoSizeBytes + 4096, pattern(seq).subarray(0, scoSizeBytes - 4096), false);

@@ -10,6 +10,11 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { packLocation } from '../../router/lba-map.ts';
 import { SnapshotHarness } from '../helpers/snapshot-harness.ts';
+import { DirectoryAsd } from '../../backend/asd-directory.ts';
+import { ErasureObjectStore } from '../../backend/object-store.ts';
+import { parsePreset } from '../../backend/preset.ts';
+import { ReadCache } from '../../router/read-cache.ts';
+import { WriteBuffer } from '../../router/write-buffer.ts';
 
 const cluster = 4096;
 const scoClusters = 8;
@@ -187,3 +192,65 @@ describe('scrubber', () => {
     expect((await busy.read(5 * cluster, 3 * cluster)).every((b) => b === 0x51)).toBe(true);
   }, 20_000);
 });
+
+describe('retiring a SCO file', () => {
+  it('lets two retirements of one SCO race (a scrub and a dead SCO\'s eviction): the first wins, the second is a no-op', async () => {
+    const { driver } = await harness.create('v');
+    await fillSco('v', 0xa1); // SCO 1
+    await fillSco('v', 0xb1); // SCO 2: SCO 1 holds nothing live
+    expect(await scoFiles('v')).toContain(1);
+    await Promise.all([driver.deleteScoFile(1), driver.deleteScoFile(1)]);
+    await driver.deleteScoFile(1); // and once more, after both
+    expect(await scoFiles('v')).not.toContain(1);
+    expect(driver.stats().scoSpares.retired).toBe(1);
+    expect((await driver.read(0, scoClusters * cluster)).every((b) => b === 0xb1)).toBe(true);
+  });
+});
+
+describe('dead SCOs with a backend', () => {
+  it('evicts a SCO only a snapshot and a clone still hold; both read it from the backend, and the scrubber keeps it', async () => {
+    await harness.closeAll();
+    const asds = [0, 1, 2].map((i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
+    const store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }) });
+    const writeBuffer = new WriteBuffer({ bytesMax: 1024 * scoClusters * cluster });
+    const caches: ReadCache[] = [];
+    harness = new SnapshotHarness(root, 64 * cluster, scoClusters * cluster, async (name) => {
+      const readCache = await ReadCache.open(path.join(root, `cache-${name}-${caches.length}`), 256 * cluster);
+      caches.push(readCache);
+      return { store, asds, writeBuffer, readCache, volumeId: `id-${name}` };
+    });
+    try {
+      const { driver, snapshots } = await harness.create('v');
+      await fillSco('v', 0xa1); // SCO 1
+      await snapshots.create(driver, 's1');
+      await harness.clone('v', 's1', 'c');
+      await fillSco('v', 0xb1); // SCO 2: SCO 1 is dead to v's map, not to s1 and c
+      const tlog = await driver.closeCurrentTlog();
+      await until(() => (driver.tlogsUploadedThrough ?? 0) >= tlog);
+      await until(() => writeBuffer.stats().deadScosEvicted >= 1);
+      expect(await scoFiles('v')).not.toContain(1);
+      const fetchedBefore = driver.stats().backend!.remoteClustersFetched;
+      await expectSnapshot('v', 's1', 0xa1);
+      expect(driver.stats().backend!.remoteClustersFetched).toBeGreaterThan(fetchedBefore);
+      expect((await harness.get('c').driver.read(0, scoClusters * cluster)).every((b) => b === 0xa1)).toBe(true);
+
+      const report = await harness.scrub('v');
+      expect(report.scosDeleted).toBe(0); // s1 holds SCO 1: its object stays on the backend
+      await harness.restart(true);
+      await expectSnapshot('v', 's1', 0xa1);
+      expect((await harness.get('v').driver.read(0, scoClusters * cluster)).every((b) => b === 0xb1)).toBe(true);
+      expect((await harness.get('c').driver.read(0, scoClusters * cluster)).every((b) => b === 0xa1)).toBe(true);
+    } finally {
+      await harness.closeAll();
+      for (const cache of caches) await cache.close();
+    }
+  });
+});
+
+async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -80,3 +80,47 @@ describe('write buffer throttle', () => {
     expect(buffer.stats().pendingBytes).toBe(0);
   });
 });
+
+describe('dead SCOs', () => {
+  it('evicts a dead SCO as soon as it is evictable, and an evictable one as soon as it dies, far below the bound', async () => {
+    const buffer = new WriteBuffer({ bytesMax: 1024 * KiB });
+    const dead = new Set<number>([1]);
+    const account = buffer.account('v', () => true, () => undefined, (seq) => dead.has(seq));
+    const evicted: number[] = [];
+    const evict = (seq: number) => async () => {
+      evicted.push(seq);
+    };
+    account.markEvictable(1, 10 * KiB, evict(1)); // dead already
+    account.markEvictable(2, 10 * KiB, evict(2)); // live
+    await new Promise((r) => setTimeout(r, 10));
+    expect(evicted).toEqual([1]);
+    account.evictNow(3); // not evictable (yet): nothing happens
+    await new Promise((r) => setTimeout(r, 10));
+    expect(evicted).toEqual([1]);
+    account.evictNow(2);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(evicted).toEqual([1, 2]);
+    expect(buffer.stats()).toMatchObject({ evictedScos: 2, deadScosEvicted: 2, evictableBytes: 0 });
+  });
+
+  it('evicts dead SCOs before older live ones when the bound is exceeded', async () => {
+    const buffer = new WriteBuffer({ bytesMax: 25 * KiB });
+    let dead = false;
+    const account = buffer.account('v', () => true, () => undefined, (seq) => dead && seq === 3);
+    const evicted: number[] = [];
+    let openGate = () => {};
+    const gate = new Promise<void>((resolve) => (openGate = resolve));
+    account.markEvictable(1, 10 * KiB, async () => {
+      evicted.push(1);
+      await gate; // the loop is busy while SCO 3 dies
+    });
+    account.markEvictable(2, 10 * KiB, async () => void evicted.push(2));
+    account.addPending(10 * KiB); // 30 KiB > 25: evict the oldest
+    dead = true;
+    account.markEvictable(3, 10 * KiB, async () => void evicted.push(3));
+    openGate();
+    await new Promise((r) => setTimeout(r, 10));
+    expect(evicted).toEqual([1, 3]); // 3, dead, before 2; then 10 pending + 10 evictable fit the bound
+  });
+});
+
