@@ -75,7 +75,7 @@ export class RemoteScoReader {
     private readonly store: BackendObjectStore,
     private readonly volumeId: string,
     private readonly cache: ReadCache,
-    tablesMax = limits.remoteScoTablesCachedMax,
+    tablesMax: number,
   ) {
     this.tables = new LruMap(tablesMax);
   }
@@ -230,6 +230,11 @@ export class RemoteScoReader {
     this.counters.tablesFetched += 1;
     return decodeScoChecksumTable(tableBytes, clusterCount);
   }
+}
+
+/** How many crc tables of a volume's SCOs fit limits.remoteScoTableBytesMax (a full SCO's table: 4 B per cluster). */
+export function scoTablesCachedMax(scoSizeBytes: number): number {
+  return Math.max(1, Math.floor(limits.remoteScoTableBytesMax / ((scoSizeBytes / clusterSizeBytes) * scoChecksumBytes)));
 }
 
 function clustersMatch(data: Buffer, table: Uint32Array, firstSlot: number): boolean {

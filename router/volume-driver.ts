@@ -29,7 +29,7 @@ import { decodeTlogRecord, encodeTlogRecord, encodeWriteRecord, tlogFileName, tl
 import { TlogWriter } from './tlog-writer.ts';
 import { listSeqs, recoverVolume } from './volume-recovery.ts';
 import { restoreVolumeTlogs } from './backend-volume-objects.ts';
-import { RemoteScoReader, type RemoteReadStats } from './remote-sco-reader.ts';
+import { RemoteScoReader, scoTablesCachedMax, type RemoteReadStats } from './remote-sco-reader.ts';
 import { ScoLiveCounts } from './sco-live-counts.ts';
 import { ScoUploader, type UploaderStats } from './sco-uploader.ts';
 import { scoChecksumBytes, scoTrailerBytes, parseScoFileName } from './sco-format.ts';
@@ -212,7 +212,7 @@ export class VolumeDriver implements OpenBlockTarget {
     const metadata = await loadOrCreateMetadata(disk, options, logger);
     const clustersPerSco = metadata.scoSizeBytes / clusterSizeBytes;
     const startedMs = Date.now();
-    const reader = backend !== undefined ? new RemoteScoReader(backend.store, backend.volumeId, backend.readCache) : undefined;
+    const reader = backend !== undefined ? new RemoteScoReader(backend.store, backend.volumeId, backend.readCache, scoTablesCachedMax(metadata.scoSizeBytes)) : undefined;
     const remoteTable =
       reader === undefined
         ? undefined

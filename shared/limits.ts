@@ -199,8 +199,12 @@ export const limits = {
   /** Read cache: default size of the local cache of backend data per router, and its slot (block) size. */
   readCacheBytesDefault: 256 * 1024 * 1024,
   readCacheBlockBytes: 64 * 1024,
-  /** Read cache / remote reads: crc tables of evicted SCOs fetched from the backend and kept in RAM. */
-  remoteScoTablesCachedMax: 256,
+  /**
+   * Remote reads: crc tables of evicted SCOs fetched from the backend and kept in RAM, per volume. A table
+   * is 4 B per cluster, so this covers 16 GiB of the volume's data whatever its SCO size (256 tables of
+   * 64 MiB SCOs, 4096 of 4 MiB ones).
+   */
+  remoteScoTableBytesMax: 16 * 1024 * 1024,
   /** Remote reads: a sequential read's fetch is widened to this many bytes within its SCO (router/remote-sco-reader.ts). */
   remoteReadAheadBytesMax: 4 * 1024 * 1024,
   /** Remote reads: the SCOs of a volume whose latest read's end is kept, to tell a sequential read. */

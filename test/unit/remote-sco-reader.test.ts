@@ -11,7 +11,7 @@ import { crc32c } from '../../shared/checksum.ts';
 import { KeelError } from '../../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../../shared/limits.ts';
 import { ReadCache } from '../../router/read-cache.ts';
-import { RemoteScoReader } from '../../router/remote-sco-reader.ts';
+import { RemoteScoReader, scoTablesCachedMax } from '../../router/remote-sco-reader.ts';
 import { encodeScoChecksumTable, encodeScoTrailer } from '../../router/sco-format.ts';
 import type { BackendObjectStore } from '../../router/volume-backend.ts';
 
@@ -73,7 +73,7 @@ describe('RemoteScoReader', () => {
     dir = await mkdtemp(path.join(tmpdir(), 'keel-remote-reader-'));
     store = new CountingStore();
     const cache = await ReadCache.open(dir, 0); // no cache: every read goes to the store or a fetch in flight
-    reader = new RemoteScoReader(store, 'vol-1', cache);
+    reader = new RemoteScoReader(store, 'vol-1', cache, scoTablesCachedMax(scoClusters * clusterSizeBytes));
     for (const seq of [1, 2]) {
       const { object, clusters } = scoObject(seq);
       contents.set(seq, clusters);
@@ -110,6 +110,17 @@ describe('RemoteScoReader', () => {
     store.dataReads.length = 0;
     await read(2, 0, 256); // on into the next SCO after reading SCO 1 to its end: a window again
     expect(store.dataReads).toEqual([[0, readAheadClusters]]);
+  });
+
+  it('keeps the crc tables of 16 GiB of SCOs whatever their size, and fetches a table again only after the LRU dropped it', async () => {
+    expect(scoTablesCachedMax(4 * 2 ** 20)).toBe(4096);
+    expect(scoTablesCachedMax(64 * 2 ** 20)).toBe(256);
+    expect(scoTablesCachedMax(128 * 2 ** 20)).toBe(128);
+    const small = new RemoteScoReader(store, 'vol-1', await ReadCache.open(path.join(dir, 'small'), 0), 1);
+    for (const seq of [1, 2, 1]) await small.readClusters(seq, 5, Buffer.alloc(clusterSizeBytes));
+    expect(small.stats().tablesFetched).toBe(3); // one table fits: SCO 1's went when SCO 2's came
+    for (const seq of [1, 2, 1, 2]) await read(seq, 5, 1);
+    expect(reader.stats().tablesFetched).toBe(2);
   });
 
   it('random reads fetch exactly what they read', async () => {
