@@ -138,6 +138,15 @@ export function defineBackendSuite(label: string, makeFixture: () => Promise<Asd
       expect(coldBytes).toBeLessThan(4096 + 4096 + 2 * 80 + 1); // data + the fragment's 4 KiB crc table (4 MiB fragment) + headers
       expect(coldRequests).toBe(3);
 
+      // A caller that checks every byte itself (the router: each cluster's crc) gets no fragment crc table read.
+      store.clearCache();
+      before = bytesRead(store);
+      beforeRequests = requests(store);
+      const checked = data.subarray(7 * MiB + 8192, 7 * MiB + 8192 + 4096);
+      expect((await store.readRange(name, 7 * MiB + 8192, 4096, { verify: (buf) => buf.equals(checked) })).equals(checked)).toBe(true);
+      expect(requests(store) - beforeRequests).toBe(2); // the object's header, the data
+      expect(bytesRead(store) - before).toBe(80 + 4096);
+
       // A 1 MiB range spans 4 stripes of 4 units: one request per data fragment, not one per unit.
       await store.readRange(name, 4 * MiB, MiB); // the fragments' crc tables come in once
       beforeRequests = requests(store);
@@ -167,6 +176,11 @@ export function defineBackendSuite(label: string, makeFixture: () => Promise<Asd
       store.clearCache();
       const errorsBefore = checksumErrors();
       const stored = 3 * 4 * 65536 + 65536; // stripe 3, unit 1
+      // Read first with the caller's check: the bad block is caught without the crc table, decoded, blamed.
+      const expectedBlock = data.subarray(stored, stored + 4096);
+      expect((await store.readRange(name, stored, 4096, { verify: (buf) => buf.equals(expectedBlock) })).equals(expectedBlock)).toBe(true);
+      expect(checksumErrors()).toBe(errorsBefore + 1);
+      store.clearCache();
       await expectReadsCorrect(store, name, data, [
         [stored, 4096],
         [stored + 50, 200],
