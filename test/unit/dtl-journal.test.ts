@@ -16,6 +16,7 @@ import { DtlJournal, type DtlJournalHost } from '../../router/dtl-journal.ts';
 import { DtlStore } from '../../router/dtl-store.ts';
 import { withHaOps } from '../../router/ha-service.ts';
 import type { VolumeHa } from '../../router/volume-ha.ts';
+import { until } from '../helpers/until.ts';
 
 interface Peer {
   routerId: string;
@@ -68,13 +69,6 @@ function holdingSecondAppend(heldOutcome: 'store' | 'busy', events: string[]): (
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not reached');
-    await sleep(20);
-  }
-}
 
 describe('DtlJournal with real peers', () => {
   let dir: string;

@@ -21,6 +21,7 @@ import { crc32c } from '../../shared/checksum.ts';
 import { NodeDisk, type Disk } from '../../shared/disk.ts';
 import { limits } from '../../shared/limits.ts';
 import { HeldObjectStore } from '../helpers/held-object-store.ts';
+import { until } from '../helpers/until.ts';
 
 const KiB = 1024;
 const scoSizeBytes = 64 * KiB; // 16 clusters: SCOs roll quickly
@@ -65,13 +66,6 @@ async function openDriver(backend: VolumeBackend, disk?: Disk): Promise<VolumeDr
   return driver;
 }
 
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 const scoName = (seq: number) => `vol/vol-0001/sco/${String(seq).padStart(8, '0')}`;
 const tlogName = (seq: number) => `vol/vol-0001/tlog/${String(seq).padStart(8, '0')}`;

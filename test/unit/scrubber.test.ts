@@ -8,13 +8,14 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { packLocation } from '../../router/lba-map.ts';
-import { SnapshotHarness } from '../helpers/snapshot-harness.ts';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { parsePreset } from '../../backend/preset.ts';
+import { packLocation } from '../../router/lba-map.ts';
 import { ReadCache } from '../../router/read-cache.ts';
 import { WriteBuffer } from '../../router/write-buffer.ts';
+import { SnapshotHarness } from '../helpers/snapshot-harness.ts';
+import { until } from '../helpers/until.ts';
 
 const cluster = 4096;
 const scoClusters = 8;
@@ -247,10 +248,3 @@ describe('dead SCOs with a backend', () => {
   });
 });
 
-async function until(condition: () => boolean | Promise<boolean>, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error('condition not reached in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
