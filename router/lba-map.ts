@@ -230,7 +230,7 @@ export class LbaMap {
     if (this.overflow.size !== 0) for (const [key, location] of this.overflow) if (key >= lba && key < end) fn(key, location);
   }
 
-  /** SCO -> how many clusters map into it, straight from the pages (a volume's open: ~15x faster than forEach). */
+  /** SCO -> how many clusters map into it, straight from the pages: at a volume's open, 2.5-5x faster than a forEach (9 ms per million clusters). */
   clustersPerSco(): Map<number, number> {
     const counts = new Map<number, number>();
     const perDelta = new Uint32Array(deltaMax + 1);
