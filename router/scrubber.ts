@@ -87,21 +87,23 @@ export async function scrubVolume(options: {
 
   // Rewrite the live clusters of mostly-garbage SCOs that no snapshot holds.
   const candidates = [...liveness].filter(([, l]) => !l.inSnapshot && l.liveCount > 0 && 1 - l.liveCount / l.clusterCount >= garbageFractionMin).map(([sco]) => sco);
-  const candidateSet = new Set(candidates);
-  const moves: Array<{ lba: number; location: number }> = [];
+  const movesBySco = new Map<number, Move[]>(candidates.map((sco) => [sco, []]));
+  let moveCount = 0;
   driver.mapView().forEach((lba, location) => {
-    if (candidateSet.has(locationSco(location))) moves.push({ lba, location });
+    const moves = movesBySco.get(locationSco(location));
+    if (moves === undefined) return;
+    moves.push({ lba, location });
+    moveCount += 1;
   });
-  let clustersRewritten = 0;
-  const cluster = Buffer.alloc(clusterSizeBytes);
   const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
-  for (const [index, move] of moves.entries()) {
-    await driver.readScoClusters(locationSco(move.location), locationSlot(move.location), cluster);
-    if (await driver.rewriteCluster(move.lba, move.location, Buffer.from(cluster))) clustersRewritten += 1;
-    if (index % scrubPaceClusters === scrubPaceClusters - 1) await pace.wait();
-    if (index % 1024 === 1023) options.onProgress?.({ phase: 'rewrite', done: index + 1, total: moves.length });
+  let clustersRewritten = 0;
+  let movesDone = 0;
+  for (const group of moveGroups(movesBySco, limits.scrubRewriteClustersMax)) {
+    clustersRewritten += await rewriteGroup(driver, group, pace);
+    movesDone += group.length;
+    options.onProgress?.({ phase: 'rewrite', done: movesDone, total: moveCount });
   }
-  options.onProgress?.({ phase: 'rewrite', done: moves.length, total: moves.length });
+  if (moveCount === 0) options.onProgress?.({ phase: 'rewrite', done: 0, total: 0 });
 
   // Delete what nothing references, checked again under the snapshot lock.
   const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
@@ -147,6 +149,115 @@ export async function scrubVolume(options: {
   };
   logger.info(report, 'volume scrubbed');
   return report;
+}
+
+interface Move {
+  lba: number;
+  location: number;
+}
+
+/**
+ * The moves of the candidate SCOs, SCO after SCO, in groups of at most `clustersMax` (a SCO with more
+ * live clusters is split). A group is what the scrubber holds in RAM at once (rewriteGroup).
+ */
+export function* moveGroups(movesBySco: ReadonlyMap<number, readonly Move[]>, clustersMax: number): Generator<Move[]> {
+  let group: Move[] = [];
+  for (const moves of movesBySco.values()) {
+    for (let at = 0; at < moves.length; ) {
+      const taken = Math.min(moves.length - at, clustersMax - group.length);
+      group.push(...moves.slice(at, at + taken));
+      at += taken;
+      if (group.length === clustersMax) {
+        yield group;
+        group = [];
+      }
+    }
+  }
+  if (group.length > 0) yield group;
+}
+
+/**
+ * Copies a group's clusters to the open SCO and returns how many were written (a user write to the LBA
+ * meanwhile drops the copy). The group is read SCO by SCO with few requests (readMoves), then rewritten in
+ * LBA order, so that the copies of neighbouring LBAs from different SCOs land side by side;
+ * scrubPaceClusters copies share one append, and the pace waits after each such batch.
+ */
+async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace): Promise<number> {
+  const data = Buffer.alloc(group.length * clusterSizeBytes);
+  await readMoves(driver, group, data);
+  const order = group.map((_move, index) => index).sort((a, b) => group[a].lba - group[b].lba);
+  let written = 0;
+  for (let at = 0; at < order.length; at += scrubPaceClusters) {
+    const batch = order.slice(at, at + scrubPaceClusters);
+    const results = await Promise.all(batch.map((index) => driver.rewriteCluster(group[index].lba, group[index].location, clusterOf(data, index))));
+    written += results.filter(Boolean).length;
+    await pace.wait();
+  }
+  return written;
+}
+
+/** A run of slots of one SCO read at once, and the moves (indexes) whose clusters it holds. */
+interface ScoSpan {
+  sco: number;
+  firstSlot: number;
+  endSlot: number;
+  members: number[];
+}
+
+/**
+ * Reads the cluster of moves[i] into cluster i of `into`, SCO by SCO in spans of neighbouring slots
+ * (bridging up to scrubReadGapClustersMax dead ones), up to scrubReadsInFlightMax spans at once. A
+ * mostly-garbage SCO of a random-write workload has its live clusters scattered, and reading them one by
+ * one cost a backend request each.
+ */
+async function readMoves(driver: VolumeDriver, moves: readonly Move[], into: Buffer): Promise<void> {
+  const spans = spansOf(moves);
+  let next = 0;
+  const reader = async (buffer: Buffer): Promise<void> => {
+    while (next < spans.length) {
+      const span = spans[next++];
+      const view = buffer.subarray(0, (span.endSlot - span.firstSlot) * clusterSizeBytes);
+      await driver.readScoClusters(span.sco, span.firstSlot, view);
+      for (const member of span.members) {
+        const offset = (locationSlot(moves[member].location) - span.firstSlot) * clusterSizeBytes;
+        view.copy(into, member * clusterSizeBytes, offset, offset + clusterSizeBytes);
+      }
+    }
+  };
+  const readers = Math.min(limits.scrubReadsInFlightMax, spans.length);
+  await Promise.all(Array.from({ length: readers }, () => reader(Buffer.allocUnsafe(limits.scrubReadClustersMax * clusterSizeBytes))));
+}
+
+/** The moves as spans of at most scrubReadClustersMax slots of one SCO each (see readMoves). */
+export function spansOf(moves: readonly Move[]): ScoSpan[] {
+  const bySco = new Map<number, number[]>();
+  moves.forEach((move, index) => {
+    const sco = locationSco(move.location);
+    const members = bySco.get(sco);
+    if (members === undefined) bySco.set(sco, [index]);
+    else members.push(index);
+  });
+  const spans: ScoSpan[] = [];
+  for (const [sco, members] of bySco) {
+    members.sort((a, b) => locationSlot(moves[a].location) - locationSlot(moves[b].location));
+    let span: ScoSpan | undefined;
+    for (const member of members) {
+      const slot = locationSlot(moves[member].location);
+      const joins = span !== undefined && slot - span.endSlot <= limits.scrubReadGapClustersMax && slot + 1 - span.firstSlot <= limits.scrubReadClustersMax;
+      if (joins) {
+        span!.endSlot = Math.max(span!.endSlot, slot + 1);
+        span!.members.push(member);
+      } else {
+        span = { sco, firstSlot: slot, endSlot: slot + 1, members: [member] };
+        spans.push(span);
+      }
+    }
+  }
+  return spans;
+}
+
+function clusterOf(data: Buffer, index: number): Buffer {
+  return data.subarray(index * clusterSizeBytes, (index + 1) * clusterSizeBytes);
 }
 
 /** SCO seq -> object bytes of the volume's SCO objects in the backend; undefined without a backend. */

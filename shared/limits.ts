@@ -296,6 +296,17 @@ export const limits = {
    * 1.2-1.8 ms to 5 ms. Parallax's collector has the same goal: interfere as little as possible.
    */
   scrubClustersPerSecondBusyMax: 1024,
+  /** Live clusters the scrubber reads before it rewrites them, in LBA order: its buffer (16 MiB). */
+  scrubRewriteClustersMax: 4096,
+  /**
+   * One scrubber read of a SCO covers at most this many clusters (1 MiB), and bridges at most
+   * scrubReadGapClustersMax dead clusters between two live ones: on a backend every request has a fixed
+   * cost (s3rver serves about 1600 GETs a second), so reading 64 KiB more beats a second request.
+   */
+  scrubReadClustersMax: 256,
+  scrubReadGapClustersMax: 16,
+  /** The scrubber's reads in flight at once (each with a scrubReadClustersMax buffer). */
+  scrubReadsInFlightMax: 4,
   /** How often the background scrubber looks at a router's volumes. */
   scrubIntervalMs: 60_000,
   /** How long a scrub waits for the TLog recording its deletions to reach the backend before deleting objects. */
@@ -333,6 +344,8 @@ export function checkLimits(l: Limits = limits): void {
   if (!(l.scrubClustersPerSecondBusyMax > 0 && l.scrubClustersPerSecondBusyMax <= l.scrubClustersPerSecondMax)) {
     fail('scrubClustersPerSecondBusyMax must lie in (0, scrubClustersPerSecondMax]');
   }
+  if (l.scrubReadGapClustersMax >= l.scrubReadClustersMax) fail('scrubReadGapClustersMax must be below scrubReadClustersMax');
+  if (l.scrubReadsInFlightMax < 1 || l.scrubRewriteClustersMax < 1) fail('the scrubber needs at least one read in flight and one cluster to rewrite');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');
   if (l.backendParityPoolBytesMax < l.backendParityBufferBytesMax) fail('backendParityPoolBytesMax must hold at least one backendParityBufferBytesMax buffer');

@@ -2,7 +2,8 @@
  * The scrubber on real volume drivers with 8-cluster SCOs: exactly which SCOs it deletes, that every
  * snapshot keeps its data (also one captured only by the newest snapshot), that deleting a snapshot gives
  * its space back, that mostly-garbage SCOs are rewritten, that a user write racing a rewrite wins, and
- * that a volume whose SCOs were scrubbed still recovers after a restart.
+ * that a volume whose SCOs were scrubbed still recovers after a restart; and how the rewrite phase reads
+ * (few requests per SCO) and orders (by LBA) the clusters it moves.
  */
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -11,8 +12,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { parsePreset } from '../../backend/preset.ts';
-import { packLocation } from '../../router/lba-map.ts';
+import { locationSco, locationSlot, packLocation } from '../../router/lba-map.ts';
 import { ReadCache } from '../../router/read-cache.ts';
+import { moveGroups, spansOf } from '../../router/scrubber.ts';
+import { limits } from '../../shared/limits.ts';
 import { WriteBuffer } from '../../router/write-buffer.ts';
 import { SnapshotHarness } from '../helpers/snapshot-harness.ts';
 import { until } from '../helpers/until.ts';
@@ -248,3 +251,96 @@ describe('dead SCOs with a backend', () => {
   });
 });
 
+
+describe('scrubbing SCOs that live only on the backend', () => {
+  it('reads each mostly-garbage SCO with one request, rewrites its live clusters in LBA order, and keeps the data', async () => {
+    await harness.closeAll();
+    const asds = [0, 1, 2].map((i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
+    const store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }) });
+    // Room for two SCOs: older ones leave the write buffer once they are on the backend.
+    const writeBuffer = new WriteBuffer({ bytesMax: 2 * scoClusters * cluster });
+    const caches: ReadCache[] = [];
+    harness = new SnapshotHarness(root, 64 * cluster, scoClusters * cluster, async (name) => {
+      const readCache = await ReadCache.open(path.join(root, `cache-${name}-${caches.length}`), 256 * cluster);
+      caches.push(readCache);
+      return { store, asds, writeBuffer, readCache, volumeId: `id-${name}` };
+    });
+    try {
+      const { driver } = await harness.create('v');
+      // SCOs 1-4 hold LBAs 0-31 (byte = LBA); then every even LBA is overwritten, so each of those SCOs
+      // keeps its odd slots only: half garbage, live clusters one slot apart.
+      const original = Buffer.alloc(32 * cluster);
+      for (let lba = 0; lba < 32; lba++) original.fill(lba, lba * cluster, (lba + 1) * cluster);
+      await driver.write(0, original, false);
+      for (let lba = 0; lba < 32; lba += 2) await driver.write(lba * cluster, Buffer.alloc(cluster, 0xe0), false);
+      await driver.write(40 * cluster, Buffer.alloc(8 * cluster, 0xf0), false); // more SCOs, so 1-4 can leave
+      const tlog = await driver.closeCurrentTlog();
+      await until(() => (driver.tlogsUploadedThrough ?? 0) >= tlog);
+      await until(async () => {
+        const files = await scoFiles('v');
+        return [1, 2, 3, 4].every((sco) => !files.includes(sco));
+      });
+      const readsBefore = driver.stats().backend!.remoteReads;
+
+      const report = await harness.scrub('v');
+      expect(report.clustersRewritten).toBe(16);
+      // One backend read per SCO (its slots 1, 3, 5, 7 in one span), not one per cluster.
+      expect(driver.stats().backend!.remoteReads - readsBefore).toBe(4);
+      const moved = Array.from({ length: 16 }, (_, index) => driver.mapView().get(2 * index + 1)!);
+      expect(moved.every((location) => locationSco(location) > 4)).toBe(true);
+      expect(moved).toEqual([...moved].sort((a, b) => a - b)); // in LBA order
+      const expectData = async (reader: { read(offset: number, length: number): Promise<Buffer> }) => {
+        const data = await reader.read(0, 32 * cluster);
+        for (let lba = 0; lba < 32; lba++) {
+          const byte = lba % 2 === 0 ? 0xe0 : lba;
+          expect(data.subarray(lba * cluster, (lba + 1) * cluster).every((b) => b === byte), `LBA ${lba}`).toBe(true);
+        }
+      };
+      await expectData(driver);
+      await harness.restart(true);
+      await expectData(harness.get('v').driver);
+    } finally {
+      await harness.closeAll();
+      for (const cache of caches) await cache.close();
+    }
+  });
+});
+
+describe('the scrubber`s reads and rewrites', () => {
+  const move = (lba: number, sco: number, slot: number) => ({ lba, location: packLocation(sco, slot) });
+
+  it('reads each SCO in spans of neighbouring slots, bridging small gaps only', () => {
+    const gap = limits.scrubReadGapClustersMax;
+    const bridged = 1 + 1 + gap; // gap dead slots after slot 1
+    const apart = bridged + 1 + gap + 1; // one dead slot too many
+    const moves = [move(0, 7, bridged), move(1, 3, 0), move(2, 7, 1), move(3, 7, apart), move(4, 3, 1)];
+    const spans = spansOf(moves).map((span) => ({ ...span, members: span.members.map((index) => moves[index].lba) }));
+    expect(spans).toEqual([
+      { sco: 7, firstSlot: 1, endSlot: bridged + 1, members: [2, 0] },
+      { sco: 7, firstSlot: apart, endSlot: apart + 1, members: [3] },
+      { sco: 3, firstSlot: 0, endSlot: 2, members: [1, 4] },
+    ]);
+  });
+
+  it('caps a span at scrubReadClustersMax slots', () => {
+    const count = limits.scrubReadClustersMax + 3;
+    const moves = Array.from({ length: count }, (_, slot) => move(slot, 2, slot));
+    const spans = spansOf(moves);
+    expect(spans.map((span) => [span.firstSlot, span.endSlot])).toEqual([
+      [0, limits.scrubReadClustersMax],
+      [limits.scrubReadClustersMax, count],
+    ]);
+    expect(spans.flatMap((span) => span.members).sort((a, b) => a - b)).toEqual(moves.map((_, index) => index));
+  });
+
+  it('groups the moves SCO after SCO, splitting a SCO with more than a group holds', () => {
+    const bySco = new Map([
+      [1, [move(0, 1, 0), move(5, 1, 3)]],
+      [2, [move(1, 2, 0), move(2, 2, 1), move(3, 2, 2), move(9, 2, 7)]],
+      [4, [move(4, 4, 0)]],
+    ]);
+    const groups = [...moveGroups(bySco, 3)].map((group) => group.map((m) => `${locationSco(m.location)}:${locationSlot(m.location)}`));
+    expect(groups).toEqual([['1:0', '1:3', '2:0'], ['2:1', '2:2', '2:7'], ['4:0']]);
+    expect([...moveGroups(new Map(), 3)]).toEqual([]);
+  });
+});
