@@ -42,7 +42,7 @@ const modes: Record<Mode, ModeSettings> = {
     coldRuntimeCapSec: 60, fillRuntimeCapSec: 120, scoSize: '64M', watchdogMs: 60 * 60_000, settleWaitMaxMs: 120_000, pairedRounds: 3, defaultTargets: allTargets,
   },
   quick: {
-    runtimeSec: 1.5, rampSec: 0.5, regionBytes: 128 * MiB, deviceBytes: 512 * MiB, coldReadBytes: 8 * MiB,
+    runtimeSec: 1, rampSec: 0.5, regionBytes: 128 * MiB, deviceBytes: 512 * MiB, coldReadBytes: 8 * MiB,
     coldRuntimeCapSec: 10, fillRuntimeCapSec: 30, scoSize: '64M', watchdogMs: 5 * 60_000, settleWaitMaxMs: 5_000, pairedRounds: 1, defaultTargets: allTargets,
   },
   smoke: {
