@@ -214,18 +214,28 @@ async function readMoves(driver: VolumeDriver, moves: readonly Move[], into: Buf
   const spans = spansOf(moves);
   let next = 0;
   const reader = async (buffer: Buffer): Promise<void> => {
-    while (next < spans.length) {
-      const span = spans[next++];
-      const view = buffer.subarray(0, (span.endSlot - span.firstSlot) * clusterSizeBytes);
-      await driver.readScoClusters(span.sco, span.firstSlot, view);
-      for (const member of span.members) {
-        const offset = (locationSlot(moves[member].location) - span.firstSlot) * clusterSizeBytes;
-        view.copy(into, member * clusterSizeBytes, offset, offset + clusterSizeBytes);
-      }
-    }
+    while (next < spans.length) await readSpan(driver, spans[next++], moves, buffer, into);
   };
   const readers = Math.min(limits.scrubReadsInFlightMax, spans.length);
   await Promise.all(Array.from({ length: readers }, () => reader(Buffer.allocUnsafe(limits.scrubReadClustersMax * clusterSizeBytes))));
+}
+
+/** One span's live clusters into `into`, read through `buffer`. */
+async function readSpan(driver: VolumeDriver, span: ScoSpan, moves: readonly Move[], buffer: Buffer, into: Buffer): Promise<void> {
+  const view = buffer.subarray(0, (span.endSlot - span.firstSlot) * clusterSizeBytes);
+  try {
+    await driver.readScoClusters(span.sco, span.firstSlot, view);
+  } catch (err) {
+    // A bad dead cluster the span bridged must not stop the scrub, which never needs it: read the live
+    // ones alone (a bad live one still fails the scrub, as it always did).
+    if (!isKeelError(err, 'CHECKSUM_MISMATCH') || span.members.length === span.endSlot - span.firstSlot) throw err;
+    for (const member of span.members) await driver.readScoClusters(span.sco, locationSlot(moves[member].location), clusterOf(into, member));
+    return;
+  }
+  for (const member of span.members) {
+    const offset = (locationSlot(moves[member].location) - span.firstSlot) * clusterSizeBytes;
+    view.copy(into, member * clusterSizeBytes, offset, offset + clusterSizeBytes);
+  }
 }
 
 /** The moves as spans of at most scrubReadClustersMax slots of one SCO each (see readMoves). */

@@ -5,7 +5,7 @@
  * that a volume whose SCOs were scrubbed still recovers after a restart; and how the rewrite phase reads
  * (few requests per SCO) and orders (by LBA) the clusters it moves.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -14,6 +14,7 @@ import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { parsePreset } from '../../backend/preset.ts';
 import { locationSco, locationSlot, packLocation } from '../../router/lba-map.ts';
 import { ReadCache } from '../../router/read-cache.ts';
+import { scoFileName } from '../../router/sco-format.ts';
 import { moveGroups, spansOf } from '../../router/scrubber.ts';
 import { limits } from '../../shared/limits.ts';
 import { WriteBuffer } from '../../router/write-buffer.ts';
@@ -331,6 +332,27 @@ describe('the scrubber`s reads and rewrites', () => {
       [limits.scrubReadClustersMax, count],
     ]);
     expect(spans.flatMap((span) => span.members).sort((a, b) => a - b)).toEqual(moves.map((_, index) => index));
+  });
+
+  it('scrubs a SCO whose dead cluster went bad: the span read fails its check, the live clusters are read alone', async () => {
+    const { driver } = await harness.create('v');
+    const original = Buffer.alloc(scoClusters * cluster);
+    for (let lba = 0; lba < scoClusters; lba++) original.fill(0x10 + lba, lba * cluster, (lba + 1) * cluster);
+    await driver.write(0, original, false); // SCO 1, sealed once full
+    for (let lba = 0; lba < scoClusters; lba += 2) await driver.write(lba * cluster, Buffer.alloc(cluster, 0xe0), false);
+    await driver.flush();
+    const file = await open(path.join(harness.dir('v'), 'scos', scoFileName(1)), 'r+');
+    await file.write(Buffer.from([0xff]), 0, 1, 2 * cluster + 100); // slot 2: dead, between live slots 1 and 3
+    await file.close();
+
+    const report = await harness.scrub('v');
+    expect(report.clustersRewritten).toBe(scoClusters / 2);
+    expect(await scoFiles('v')).not.toContain(1);
+    const data = await driver.read(0, scoClusters * cluster);
+    for (let lba = 0; lba < scoClusters; lba++) {
+      const byte = lba % 2 === 0 ? 0xe0 : 0x10 + lba;
+      expect(data.subarray(lba * cluster, (lba + 1) * cluster).every((b) => b === byte), `LBA ${lba}`).toBe(true);
+    }
   });
 
   it('groups the moves SCO after SCO, splitting a SCO with more than a group holds', () => {
