@@ -212,18 +212,24 @@ describe('retiring a SCO file', () => {
   });
 });
 
+/** Replaces the harness by one whose volumes have a 2+1 backend on directory ASDs and a write buffer of `scos` SCOs. */
+async function useBackend(scos: number): Promise<{ writeBuffer: WriteBuffer; caches: ReadCache[] }> {
+  await harness.closeAll();
+  const asds = [0, 1, 2].map((i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
+  const store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }) });
+  const writeBuffer = new WriteBuffer({ bytesMax: scos * scoClusters * cluster });
+  const caches: ReadCache[] = [];
+  harness = new SnapshotHarness(root, 64 * cluster, scoClusters * cluster, async (name) => {
+    const readCache = await ReadCache.open(path.join(root, `cache-${name}-${caches.length}`), 256 * cluster);
+    caches.push(readCache);
+    return { store, asds, writeBuffer, readCache, volumeId: `id-${name}` };
+  });
+  return { writeBuffer, caches };
+}
+
 describe('dead SCOs with a backend', () => {
   it('evicts a SCO only a snapshot and a clone still hold; both read it from the backend, and the scrubber keeps it', async () => {
-    await harness.closeAll();
-    const asds = [0, 1, 2].map((i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
-    const store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }) });
-    const writeBuffer = new WriteBuffer({ bytesMax: 1024 * scoClusters * cluster });
-    const caches: ReadCache[] = [];
-    harness = new SnapshotHarness(root, 64 * cluster, scoClusters * cluster, async (name) => {
-      const readCache = await ReadCache.open(path.join(root, `cache-${name}-${caches.length}`), 256 * cluster);
-      caches.push(readCache);
-      return { store, asds, writeBuffer, readCache, volumeId: `id-${name}` };
-    });
+    const { writeBuffer, caches } = await useBackend(1024);
     try {
       const { driver, snapshots } = await harness.create('v');
       await fillSco('v', 0xa1); // SCO 1
@@ -252,20 +258,9 @@ describe('dead SCOs with a backend', () => {
   });
 });
 
-
 describe('scrubbing SCOs that live only on the backend', () => {
   it('reads each mostly-garbage SCO with one request, rewrites its live clusters in LBA order, and keeps the data', async () => {
-    await harness.closeAll();
-    const asds = [0, 1, 2].map((i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
-    const store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 2, m: 1 }) });
-    // Room for two SCOs: older ones leave the write buffer once they are on the backend.
-    const writeBuffer = new WriteBuffer({ bytesMax: 2 * scoClusters * cluster });
-    const caches: ReadCache[] = [];
-    harness = new SnapshotHarness(root, 64 * cluster, scoClusters * cluster, async (name) => {
-      const readCache = await ReadCache.open(path.join(root, `cache-${name}-${caches.length}`), 256 * cluster);
-      caches.push(readCache);
-      return { store, asds, writeBuffer, readCache, volumeId: `id-${name}` };
-    });
+    const { caches } = await useBackend(2); // room for two SCOs: older ones leave once on the backend
     try {
       const { driver } = await harness.create('v');
       // SCOs 1-4 hold LBAs 0-31 (byte = LBA); then every even LBA is overwritten, so each of those SCOs
