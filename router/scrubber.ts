@@ -98,8 +98,9 @@ export async function scrubVolume(options: {
   const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
   let clustersRewritten = 0;
   let movesDone = 0;
+  const buffers = moveCount > 0 ? scrubBuffers(moveCount) : undefined;
   for (const group of moveGroups(movesBySco, limits.scrubRewriteClustersMax)) {
-    clustersRewritten += await rewriteGroup(driver, group, pace);
+    clustersRewritten += await rewriteGroup(driver, group, pace, buffers!);
     movesDone += group.length;
     options.onProgress?.({ phase: 'rewrite', done: movesDone, total: moveCount });
   }
@@ -156,6 +157,19 @@ interface Move {
   location: number;
 }
 
+/** The scrubber's memory, taken once per scrub: a group's clusters, and one buffer per read in flight. */
+interface ScrubBuffers {
+  group: Buffer;
+  spans: Buffer[];
+}
+
+function scrubBuffers(moveCount: number): ScrubBuffers {
+  return {
+    group: Buffer.allocUnsafe(Math.min(moveCount, limits.scrubRewriteClustersMax) * clusterSizeBytes),
+    spans: Array.from({ length: limits.scrubReadsInFlightMax }, () => Buffer.allocUnsafe(limits.scrubReadClustersMax * clusterSizeBytes)),
+  };
+}
+
 /**
  * The moves of the candidate SCOs, SCO after SCO, in groups of at most `clustersMax` (a SCO with more
  * live clusters is split). A group is what the scrubber holds in RAM at once (rewriteGroup).
@@ -182,9 +196,9 @@ export function* moveGroups(movesBySco: ReadonlyMap<number, readonly Move[]>, cl
  * LBA order, so that the copies of neighbouring LBAs from different SCOs land side by side;
  * scrubPaceClusters copies share one append, and the pace waits after each such batch.
  */
-async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace): Promise<number> {
-  const data = Buffer.alloc(group.length * clusterSizeBytes);
-  await readMoves(driver, group, data);
+async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace, buffers: ScrubBuffers): Promise<number> {
+  const data = buffers.group.subarray(0, group.length * clusterSizeBytes);
+  await readMoves(driver, group, data, buffers.spans);
   const order = group.map((_move, index) => index).sort((a, b) => group[a].lba - group[b].lba);
   let written = 0;
   for (let at = 0; at < order.length; at += scrubPaceClusters) {
@@ -210,14 +224,13 @@ interface ScoSpan {
  * mostly-garbage SCO of a random-write workload has its live clusters scattered, and reading them one by
  * one cost a backend request each.
  */
-async function readMoves(driver: VolumeDriver, moves: readonly Move[], into: Buffer): Promise<void> {
+async function readMoves(driver: VolumeDriver, moves: readonly Move[], into: Buffer, spanBuffers: readonly Buffer[]): Promise<void> {
   const spans = spansOf(moves);
   let next = 0;
   const reader = async (buffer: Buffer): Promise<void> => {
     while (next < spans.length) await readSpan(driver, spans[next++], moves, buffer, into);
   };
-  const readers = Math.min(limits.scrubReadsInFlightMax, spans.length);
-  await Promise.all(Array.from({ length: readers }, () => reader(Buffer.allocUnsafe(limits.scrubReadClustersMax * clusterSizeBytes))));
+  await Promise.all(spanBuffers.slice(0, spans.length).map(reader));
 }
 
 /** One span's live clusters into `into`, read through `buffer`. */
