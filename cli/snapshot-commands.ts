@@ -7,7 +7,7 @@ import type { Coordination } from '../shared/coordination.ts';
 import { KeelError, isKeelError } from '../shared/errors.ts';
 import { formatSize } from '../shared/sizes.ts';
 import { parseSnapshotRef } from '../shared/snapshot-ref.ts';
-import type { ScrubReport } from '../router/scrubber.ts';
+import type { ScrubProgressEvent, ScrubReport } from '../router/scrubber.ts';
 import type { SnapshotInfo } from '../router/snapshot-catalog-format.ts';
 import type { TreeVolume } from '../router/snapshot-service.ts';
 import type { ChangedExtent } from '../router/volume-snapshots.ts';
@@ -215,10 +215,14 @@ export function addSnapshotCommands(program: Command): void {
     .description("reclaim space: delete SCOs nothing references, rewrite mostly-garbage ones; prints bytes before and after")
     .argument('<volume>')
     .option('--data <dir>', 'cluster data directory')
-    .option('--json', 'print JSON')
-    .action(async (name: string, options: DataOptions) => {
-      if (!options.json) console.error(`scrubbing '${name}': marking live clusters, rewriting, deleting...`);
-      const report = await volumeAdmin<ScrubReport>(await coordinationFor(options), name, { op: 'volume-scrub' });
+    .option('--clusters-per-second <n>', 'copy at most this many 4 KiB clusters a second (default: the router\'s pace)')
+    .option('--json', 'print JSON (progress still goes to stderr)')
+    .action(async (name: string, options: DataOptions & { clustersPerSecond?: string }) => {
+      const pace = options.clustersPerSecond === undefined ? undefined : parseClustersPerSecond(options.clustersPerSecond);
+      const coordination = await coordinationFor(options);
+      console.error(`scrubbing '${name}': marking live clusters, rewriting, deleting...`);
+      const scrub = volumeAdmin<ScrubReport>(coordination, name, { op: 'volume-scrub', ...(pace ? { clustersPerSecond: pace } : {}) });
+      const report = await withScrubProgress(scrub, () => volumeAdmin<ScrubProgressReport | null>(coordination, name, { op: 'volume-scrub-progress' }));
       if (options.json) return printJson(report);
       console.log(
         `scrubbed '${name}': ${formatSize(report.bytesBefore)} in ${report.scosBefore} SCOs -> ${formatSize(report.bytesAfter)} in ${report.scosAfter} SCOs ` +
@@ -229,6 +233,44 @@ export function addSnapshotCommands(program: Command): void {
       }
       if (report.scosPending > 0) console.log(`${report.scosPending} dead SCOs wait for their TLog to reach the backend: a later scrub deletes them`);
     });
+}
+
+function parseClustersPerSecond(text: string): number {
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < 1) throw KeelError.badArgument(`--clusters-per-second must be a whole number from 1 on, got '${text}'`);
+  return value;
+}
+
+type ScrubProgressReport = ScrubProgressEvent & { elapsedMs: number };
+const scrubProgressIntervalMs = 1_000;
+const scrubProgressUnits: Record<ScrubProgressEvent['phase'], string> = { mark: 'passes', rewrite: 'clusters', delete: 'SCOs' };
+
+/**
+ * Prints the running scrub's progress to stderr once a second until `scrub` settles (a long scrub of a
+ * large volume, or one joined while the background scrubber runs it). Progress is best effort: a failed
+ * poll is skipped.
+ */
+async function withScrubProgress<T>(scrub: Promise<T>, poll: () => Promise<ScrubProgressReport | null>): Promise<T> {
+  let last = '';
+  let polling = false;
+  const timer = setInterval(() => {
+    if (polling) return;
+    polling = true;
+    poll()
+      .then((progress) => {
+        if (progress === null) return;
+        const line = `${progress.phase} ${progress.done}/${progress.total} ${scrubProgressUnits[progress.phase]} (${(progress.elapsedMs / 1000).toFixed(0)} s)`;
+        if (line !== last) process.stderr.write(`${line}\n`);
+        last = line;
+      })
+      .catch(() => undefined)
+      .finally(() => (polling = false));
+  }, scrubProgressIntervalMs);
+  try {
+    return await scrub;
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 /**

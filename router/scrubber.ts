@@ -46,7 +46,14 @@ export interface ScrubReport {
   durationMs: number;
 }
 
-export type ScrubProgress = (event: { phase: 'mark' | 'rewrite' | 'delete'; done: number; total: number }) => void;
+/** Where a scrub is: `done` of `total` (mark: 0 or 1 pass; rewrite: clusters; delete: SCOs). */
+export interface ScrubProgressEvent {
+  phase: 'mark' | 'rewrite' | 'delete';
+  done: number;
+  total: number;
+}
+
+export type ScrubProgress = (event: ScrubProgressEvent) => void;
 
 /** Per sealed SCO: which slots are live, and which a snapshot holds (those are never moved). */
 interface ScoLiveness {
@@ -100,9 +107,10 @@ export async function scrubVolume(options: {
   let movesDone = 0;
   const buffers = moveCount > 0 ? scrubBuffers(moveCount) : undefined;
   for (const group of moveGroups(movesBySco, limits.scrubRewriteClustersMax)) {
-    clustersRewritten += await rewriteGroup(driver, group, pace, buffers!);
-    movesDone += group.length;
-    options.onProgress?.({ phase: 'rewrite', done: movesDone, total: moveCount });
+    clustersRewritten += await rewriteGroup(driver, group, pace, buffers!, (count) => {
+      movesDone += count;
+      options.onProgress?.({ phase: 'rewrite', done: movesDone, total: moveCount });
+    });
   }
   if (moveCount === 0) options.onProgress?.({ phase: 'rewrite', done: 0, total: 0 });
 
@@ -192,11 +200,11 @@ export function* moveGroups(movesBySco: ReadonlyMap<number, readonly Move[]>, cl
 
 /**
  * Copies a group's clusters to the open SCO and returns how many were written (a user write to the LBA
- * meanwhile drops the copy). The group is read SCO by SCO with few requests (readMoves), then rewritten in
+ * meanwhile drops the copy); `onCopied` hears of each batch. The group is read SCO by SCO with few requests (readMoves), then rewritten in
  * LBA order, so that the copies of neighbouring LBAs from different SCOs land side by side;
  * scrubPaceClusters copies share one append, and the pace waits after each such batch.
  */
-async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace, buffers: ScrubBuffers): Promise<number> {
+async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace, buffers: ScrubBuffers, onCopied: (count: number) => void): Promise<number> {
   const data = buffers.group.subarray(0, group.length * clusterSizeBytes);
   await readMoves(driver, group, data, buffers.spans);
   const order = group.map((_move, index) => index).sort((a, b) => group[a].lba - group[b].lba);
@@ -205,6 +213,7 @@ async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: 
     const batch = order.slice(at, at + scrubPaceClusters);
     const results = await Promise.all(batch.map((index) => driver.rewriteCluster(group[index].lba, group[index].location, clusterOf(data, index))));
     written += results.filter(Boolean).length;
+    onCopied(batch.length);
     await pace.wait();
   }
   return written;

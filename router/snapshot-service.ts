@@ -21,7 +21,7 @@ import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
 import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin, type CloneOrigin } from './clone-format.ts';
 import { ReadOnlyTarget } from './read-only-target.ts';
 import { ScrubSchedule, type ScrubState } from './scrub-schedule.ts';
-import { scrubVolume, type ScrubReport } from './scrubber.ts';
+import { scrubVolume, type ScrubProgressEvent, type ScrubReport } from './scrubber.ts';
 import type { SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, replayTrimMask } from './snapshot-map-builder.ts';
 import { SnapshotTarget } from './snapshot-target.ts';
@@ -50,6 +50,8 @@ export class SnapshotService implements VolumeAdmin {
   private scrubTimer: NodeJS.Timeout | undefined;
   /** Scrubs running, by volume: a second request joins the running one. */
   private readonly scrubs = new Map<string, Promise<ScrubReport>>();
+  /** Where each running scrub is, for `volume-scrub-progress`. */
+  private readonly scrubProgress = new Map<string, ScrubProgressEvent & { startedMs: number }>();
   private scrubbing = false;
   private readonly scrubSchedule = new ScrubSchedule<VolumeDriver>();
 
@@ -161,7 +163,9 @@ export class SnapshotService implements VolumeAdmin {
       case 'volume-tree':
         return this.tree();
       case 'volume-scrub':
-        return this.scrub(volumeField(header));
+        return this.scrub(volumeField(header), optionalPace(header));
+      case 'volume-scrub-progress':
+        return this.scrubProgressOf(volumeField(header));
       default:
         throw KeelError.protocol(`unknown op '${header.op}'`, { op: header.op });
     }
@@ -247,19 +251,34 @@ export class SnapshotService implements VolumeAdmin {
   }
 
   private async scrubOnce(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
-    return this.withDriver(volume, async (driver, snapshots) => {
-      const state = scrubState(driver, snapshots);
-      const report = await scrubVolume({
-        disk: this.disk,
-        dir: this.registry.volumeDir(volume),
-        driver,
-        snapshots,
-        logger: this.logger,
-        ...(clustersPerSecondMax ? { clustersPerSecondMax } : {}),
+    const startedMs = Date.now();
+    this.scrubProgress.set(volume, { phase: 'mark', done: 0, total: 1, startedMs });
+    try {
+      return await this.withDriver(volume, async (driver, snapshots) => {
+        const state = scrubState(driver, snapshots);
+        const report = await scrubVolume({
+          disk: this.disk,
+          dir: this.registry.volumeDir(volume),
+          driver,
+          snapshots,
+          logger: this.logger,
+          ...(clustersPerSecondMax ? { clustersPerSecondMax } : {}),
+          onProgress: (event) => this.scrubProgress.set(volume, { ...event, startedMs }),
+        });
+        this.scrubSchedule.scrubbed(driver, state, report);
+        return report;
       });
-      this.scrubSchedule.scrubbed(driver, state, report);
-      return report;
-    });
+    } finally {
+      this.scrubProgress.delete(volume);
+    }
+  }
+
+  /** The running scrub's phase and count, and how long it has run; null when none runs. */
+  private scrubProgressOf(volume: string): (ScrubProgressEvent & { elapsedMs: number }) | null {
+    const progress = this.scrubProgress.get(volume);
+    if (progress === undefined) return null;
+    const { startedMs, ...event } = progress;
+    return { ...event, elapsedMs: Date.now() - startedMs };
   }
 
   // ---------------------------------------------------------------- helpers
@@ -369,6 +388,16 @@ function stringField(header: RequestHeader, field: string): string {
     throw KeelError.protocol(`'${header.op}' needs a '${field}' string`);
   }
   return value;
+}
+
+/** `clustersPerSecond` of a scrub request: a whole number from 1 on, or absent (the router's pace). */
+function optionalPace(header: RequestHeader): number | undefined {
+  const pace = header.clustersPerSecond;
+  if (pace === undefined || pace === null) return undefined;
+  if (typeof pace !== 'number' || !Number.isInteger(pace) || pace < 1) {
+    throw KeelError.badArgument(`'volume-scrub' needs clustersPerSecond to be a whole number from 1 on, got ${JSON.stringify(pace)}`);
+  }
+  return pace;
 }
 
 function optionalString(header: RequestHeader, field: string): string | undefined {

@@ -50,6 +50,7 @@ export const snapshotAdminOps = [
   'volume-template',
   'volume-tree',
   'volume-scrub',
+  'volume-scrub-progress',
 ] as const;
 
 /** The operations a client may request. `hello` is only valid as the first frame of a connection. */

@@ -127,6 +127,24 @@ describe('snapshots on a keel up cluster', () => {
     await qemuIo('c1', ['read -P 0xa1 8k 8k'], true);
   }, 90_000);
 
+  it('moves the live half of half-overwritten SCOs at the pace asked for, printing progress', async () => {
+    await qemuIo('demo', ['write -P 0x31 32M 8M']);
+    const halves = Array.from({ length: 64 }, (_, i) => `write -P 0x32 ${32 * 2 ** 20 + i * 128 * 1024} 64k`);
+    await qemuIo('demo', halves);
+    const bad = await cluster.keel('scrub', 'demo', '--clusters-per-second', '0');
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--clusters-per-second must be a whole number from 1 on, got '0'/);
+
+    const result = await cluster.keel('scrub', 'demo', '--json', '--clusters-per-second', '400');
+    expect(result.code, result.stderr).toBe(0);
+    const report = JSON.parse(result.stdout);
+    expect(report.clustersRewritten).toBeGreaterThanOrEqual(800); // at least 2 of the 8 MiB's SCOs, half live
+    expect(report.durationMs).toBeGreaterThanOrEqual(1000); // 800 clusters at 400 a second
+    expect(result.stderr).toMatch(/^rewrite \d+\/\d+ clusters \(\d+ s\)$/m);
+    await qemuIo('demo', Array.from({ length: 64 }, (_, i) => `read -P 0x32 ${32 * 2 ** 20 + i * 128 * 1024} 64k`), true);
+    await qemuIo('demo', Array.from({ length: 64 }, (_, i) => `read -P 0x31 ${32 * 2 ** 20 + i * 128 * 1024 + 64 * 1024} 64k`), true);
+  }, 60_000);
+
   it('exports a snapshot and the changes between two, and imports them into another volume', async () => {
     await keelOk('snapshot', 'create', 'demo', 'x1');
     await qemuIo('demo', ['write -P 0xf1 40M 64k', 'write -z 0 256k']);
