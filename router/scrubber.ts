@@ -200,9 +200,10 @@ export function* moveGroups(movesBySco: ReadonlyMap<number, readonly Move[]>, cl
 
 /**
  * Copies a group's clusters to the open SCO and returns how many were written (a user write to the LBA
- * meanwhile drops the copy); `onCopied` hears of each batch. The group is read SCO by SCO with few requests (readMoves), then rewritten in
- * LBA order, so that the copies of neighbouring LBAs from different SCOs land side by side;
- * scrubPaceClusters copies share one append, and the pace waits after each such batch.
+ * meanwhile drops the copy). The group is read SCO by SCO with few requests (readMoves), then rewritten
+ * in LBA order, so that the copies of neighbouring LBAs from different SCOs land side by side.
+ * scrubPaceClusters copies share one append; after each such batch `onCopied` hears of it and the pace
+ * waits.
  */
 async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace, buffers: ScrubBuffers, onCopied: (count: number) => void): Promise<number> {
   const data = buffers.group.subarray(0, group.length * clusterSizeBytes);
