@@ -16,7 +16,7 @@ import path from 'node:path';
 import type { Disk } from '../shared/disk.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
-import { locationSco, locationSlot } from './lba-map.ts';
+import { locationSco, locationSlot, type LbaMap } from './lba-map.ts';
 import { parseScoFileName, scoChecksumBytes, scoFileName, scoTrailerBytes } from './sco-format.ts';
 import { listObjectNames } from '../backend/object-listing.ts';
 import { isKeelError } from '../shared/errors.ts';
@@ -41,14 +41,18 @@ export interface ScrubReport {
   backendObjectsDeleted?: number;
   scosRewritten: number;
   clustersRewritten: number;
+  /** With `defrag`: LBA extents rewritten in order, their clusters copied, and fragmented extents left for another run. */
+  extentsDefragmented?: number;
+  clustersDefragmented?: number;
+  extentsFragmentedLeft?: number;
   /** Dead SCOs (files or backend objects) left for a later scrub: their TLog records are not uploaded yet. */
   scosPending: number;
   durationMs: number;
 }
 
-/** Where a scrub is: `done` of `total` (mark: 0 or 1 pass; rewrite: clusters; delete: SCOs). */
+/** Where a scrub is: `done` of `total` (mark: 0 or 1 pass; rewrite and defrag: clusters; delete: SCOs). */
 export interface ScrubProgressEvent {
-  phase: 'mark' | 'rewrite' | 'delete';
+  phase: 'mark' | 'rewrite' | 'defrag' | 'delete';
   done: number;
   total: number;
 }
@@ -74,6 +78,8 @@ export async function scrubVolume(options: {
   /** The pace while users read or write the volume (default limits.scrubClustersPerSecondBusyMax). */
   clustersPerSecondBusyMax?: number;
   onProgress?: ScrubProgress;
+  /** Also rewrite fragmented LBA extents in LBA order (see defragment). */
+  defrag?: boolean;
 }): Promise<ScrubReport> {
   const { disk, dir, driver, snapshots, logger } = options;
   const startedMs = Date.now();
@@ -103,16 +109,9 @@ export async function scrubVolume(options: {
     moveCount += 1;
   });
   const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
-  let clustersRewritten = 0;
-  let movesDone = 0;
-  const buffers = moveCount > 0 ? scrubBuffers(moveCount) : undefined;
-  for (const group of moveGroups(movesBySco, limits.scrubRewriteClustersMax)) {
-    clustersRewritten += await rewriteGroup(driver, group, pace, buffers!, (count) => {
-      movesDone += count;
-      options.onProgress?.({ phase: 'rewrite', done: movesDone, total: moveCount });
-    });
-  }
-  if (moveCount === 0) options.onProgress?.({ phase: 'rewrite', done: 0, total: 0 });
+  const groups = moveGroups(movesBySco, limits.scrubRewriteClustersMax);
+  const clustersRewritten = await rewriteGroups(driver, groups, moveCount, pace, 'rewrite', options.onProgress);
+  const defragged = options.defrag ? await defragment(driver, liveness, pace, options.onProgress) : undefined;
 
   // Delete what nothing references, checked again under the snapshot lock.
   const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
@@ -153,6 +152,7 @@ export async function scrubVolume(options: {
       : {}),
     scosRewritten: candidates.filter((sco) => deleted.includes(sco)).length,
     clustersRewritten,
+    ...defragged,
     scosPending,
     durationMs: Date.now() - startedMs,
   };
@@ -163,6 +163,98 @@ export async function scrubVolume(options: {
 interface Move {
   lba: number;
   location: number;
+}
+
+/**
+ * Rewrites, in LBA order, every mapped cluster of the LBA extents (limits.defragExtentClusters, 1 MiB)
+ * that lie in at least limits.defragRunsPerExtentMin runs (a run: neighbouring LBAs at neighbouring slots
+ * of one SCO). After random writes a volume's sequential reads fetch one run at a time, and from a backend
+ * each run is a request of its own; rewritten, an extent is one run in a new SCO. Extents with a cluster in
+ * a SCO a snapshot holds are left alone (copying them would store their data twice), and so are extents
+ * past limits.defragClustersPerScrubMax clusters: they are counted, for another run. The old copies are
+ * garbage for the delete phase and later scrubs.
+ */
+async function defragment(
+  driver: VolumeDriver,
+  liveness: ReadonlyMap<number, ScoLiveness>,
+  pace: ScrubPace,
+  onProgress: ScrubProgress | undefined,
+): Promise<{ extentsDefragmented: number; clustersDefragmented: number; extentsFragmentedLeft: number }> {
+  const { extents, left } = fragmentedExtents(driver.mapView(), (sco) => liveness.get(sco)?.inSnapshot === true);
+  const total = extents.reduce((count, extent) => count + extent.length, 0);
+  const written = await rewriteGroups(driver, extentGroups(extents, limits.scrubRewriteClustersMax), total, pace, 'defrag', onProgress);
+  return { extentsDefragmented: extents.length, clustersDefragmented: written, extentsFragmentedLeft: left };
+}
+
+/** rewriteGroup for each of `groups` (`total` clusters in all) through one set of buffers, reporting `phase`. */
+async function rewriteGroups(
+  driver: VolumeDriver,
+  groups: Iterable<Move[]>,
+  total: number,
+  pace: ScrubPace,
+  phase: 'rewrite' | 'defrag',
+  onProgress: ScrubProgress | undefined,
+): Promise<number> {
+  if (total === 0) {
+    onProgress?.({ phase, done: 0, total: 0 });
+    return 0;
+  }
+  const buffers = scrubBuffers(total);
+  let done = 0;
+  let written = 0;
+  for (const group of groups) {
+    written += await rewriteGroup(driver, group, pace, buffers, (count) => {
+      done += count;
+      onProgress?.({ phase, done, total });
+    });
+  }
+  return written;
+}
+
+/** The mapped clusters of each fragmented extent, in LBA order, up to defragClustersPerScrubMax in all. */
+export function fragmentedExtents(map: Pick<LbaMap, 'forEach'>, inSnapshot: (sco: number) => boolean): { extents: Move[][]; left: number } {
+  const extents: Move[][] = [];
+  let taken = 0;
+  let left = 0;
+  let current: Move[] = [];
+  let runs = 0;
+  let held = false;
+  const finish = () => {
+    if (current.length === 0 || runs < limits.defragRunsPerExtentMin || held) return;
+    if (taken + current.length > limits.defragClustersPerScrubMax) left += 1;
+    else {
+      extents.push(current);
+      taken += current.length;
+    }
+  };
+  map.forEach((lba, location) => {
+    const previous = current.at(-1);
+    if (previous !== undefined && Math.floor(lba / limits.defragExtentClusters) !== Math.floor(previous.lba / limits.defragExtentClusters)) {
+      finish();
+      current = [];
+      runs = 0;
+      held = false;
+    }
+    const last = current.at(-1);
+    if (last === undefined || lba !== last.lba + 1 || location !== last.location + 1 || locationSco(location) !== locationSco(last.location)) runs += 1;
+    held ||= inSnapshot(locationSco(location));
+    current.push({ lba, location });
+  });
+  finish();
+  return { extents, left };
+}
+
+/** Whole extents, in LBA order, in groups of at most `clustersMax` clusters (an extent never exceeds it). */
+function* extentGroups(extents: readonly Move[][], clustersMax: number): Generator<Move[]> {
+  let group: Move[] = [];
+  for (const extent of extents) {
+    if (group.length + extent.length > clustersMax) {
+      yield group;
+      group = [];
+    }
+    group.push(...extent);
+  }
+  if (group.length > 0) yield group;
 }
 
 /** The scrubber's memory, taken once per scrub: a group's clusters, and one buffer per read in flight. */

@@ -163,7 +163,7 @@ export class SnapshotService implements VolumeAdmin {
       case 'volume-tree':
         return this.tree();
       case 'volume-scrub':
-        return this.scrub(volumeField(header), optionalPace(header));
+        return this.scrub(volumeField(header), optionalPace(header), header.defrag === true);
       case 'volume-scrub-progress':
         return this.scrubProgressOf(volumeField(header));
       default:
@@ -242,15 +242,20 @@ export class SnapshotService implements VolumeAdmin {
     return volumes;
   }
 
-  private scrub(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
-    const running = this.scrubs.get(volume);
-    if (running) return running;
-    const scrub = this.scrubOnce(volume, clustersPerSecondMax).finally(() => this.scrubs.delete(volume));
+  /** A scrub of the volume; a request joins the running one, except a defrag, which runs after it. */
+  private async scrub(volume: string, clustersPerSecondMax?: number, defrag = false): Promise<ScrubReport> {
+    let running = this.scrubs.get(volume);
+    if (running && !defrag) return running;
+    while (running) {
+      await running.catch(() => undefined);
+      running = this.scrubs.get(volume);
+    }
+    const scrub = this.scrubOnce(volume, clustersPerSecondMax, defrag).finally(() => this.scrubs.delete(volume));
     this.scrubs.set(volume, scrub);
     return scrub;
   }
 
-  private async scrubOnce(volume: string, clustersPerSecondMax?: number): Promise<ScrubReport> {
+  private async scrubOnce(volume: string, clustersPerSecondMax?: number, defrag = false): Promise<ScrubReport> {
     const startedMs = Date.now();
     this.scrubProgress.set(volume, { phase: 'mark', done: 0, total: 1, startedMs });
     try {
@@ -263,6 +268,7 @@ export class SnapshotService implements VolumeAdmin {
           snapshots,
           logger: this.logger,
           ...(clustersPerSecondMax ? { clustersPerSecondMax } : {}),
+          defrag,
           onProgress: (event) => this.scrubProgress.set(volume, { ...event, startedMs }),
         });
         this.scrubSchedule.scrubbed(driver, state, report);

@@ -307,6 +307,12 @@ export const limits = {
   scrubReadGapClustersMax: 16,
   /** The scrubber's reads in flight at once (each with a scrubReadClustersMax buffer). */
   scrubReadsInFlightMax: 4,
+  /** `keel scrub --defrag`: LBA extents of this many clusters (1 MiB) are rewritten in order when fragmented... */
+  defragExtentClusters: 256,
+  /** ...into at least this many runs (an average run of 128 KiB or less; on s3rver each run is a GET)... */
+  defragRunsPerExtentMin: 8,
+  /** ...up to this many clusters per scrub (1 GiB); the report counts the fragmented extents left. */
+  defragClustersPerScrubMax: 262_144,
   /** How often the background scrubber looks at a router's volumes. */
   scrubIntervalMs: 60_000,
   /** How long a scrub waits for the TLog recording its deletions to reach the backend before deleting objects. */
@@ -345,6 +351,8 @@ export function checkLimits(l: Limits = limits): void {
     fail('scrubClustersPerSecondBusyMax must lie in (0, scrubClustersPerSecondMax]');
   }
   if (l.scrubReadGapClustersMax >= l.scrubReadClustersMax) fail('scrubReadGapClustersMax must be below scrubReadClustersMax');
+  if (l.defragExtentClusters > l.scrubRewriteClustersMax) fail('defragExtentClusters must fit the scrubber\'s buffer (scrubRewriteClustersMax)');
+  if (l.defragRunsPerExtentMin < 2 || l.defragRunsPerExtentMin > l.defragExtentClusters) fail('defragRunsPerExtentMin must lie in [2, defragExtentClusters]');
   if (l.scrubReadsInFlightMax < 1 || l.scrubRewriteClustersMax < 1) fail('the scrubber needs at least one read in flight and one cluster to rewrite');
   if (l.backendRetryBackoffBaseMs > l.backendRetryBackoffMaxMs)
     fail('backendRetryBackoffBaseMs must not exceed backendRetryBackoffMaxMs');

@@ -81,7 +81,7 @@ export class SnapshotHarness {
     return new SnapshotTarget(info.sizeBytes, image, { readScoClusters: (s, slot, b) => volume.driver.readScoClusters(s, slot, b), ...(parent ? { parent } : {}) }, `${name}@${snapshot}`, () => undefined);
   }
 
-  scrub(name: string, pace: { clustersPerSecondMax?: number; clustersPerSecondBusyMax?: number } = {}): Promise<ScrubReport> {
+  scrub(name: string, pace: { clustersPerSecondMax?: number; clustersPerSecondBusyMax?: number; defrag?: boolean } = {}): Promise<ScrubReport> {
     const volume = this.get(name);
     return scrubVolume({ disk: this.disk, dir: this.dir(name), driver: volume.driver, snapshots: volume.snapshots, logger: silentLogger(), garbageFractionMin: 0.25, ...pace });
   }

@@ -145,6 +145,21 @@ describe('snapshots on a keel up cluster', () => {
     await qemuIo('demo', Array.from({ length: 64 }, (_, i) => `read -P 0x31 ${32 * 2 ** 20 + i * 128 * 1024 + 64 * 1024} 64k`), true);
   }, 60_000);
 
+  it('defragments on request: 4k writes scattered over 2 MiB become one run per extent, data unchanged', async () => {
+    await qemuIo('demo', ['write -P 0x41 44M 2M']);
+    await qemuIo('demo', Array.from({ length: 32 }, (_, i) => `write -P 0x42 ${44 * 2 ** 20 + i * 64 * 1024} 4k`));
+    const text = await keelOk('scrub', 'demo', '--defrag');
+    const done = /defragmented (\d+) extents of 1 MiB \((\d+) clusters rewritten in LBA order\)/.exec(text);
+    expect(done, text).not.toBeNull();
+    expect(Number(done![1])).toBeGreaterThanOrEqual(2); // 44M-46M: each extent in 33 runs
+    expect(Number(done![2])).toBeGreaterThanOrEqual(512);
+    const report = JSON.parse(await keelOk('scrub', 'demo', '--defrag', '--json'));
+    expect(report.extentsDefragmented).toBe(0); // the first run left nothing fragmented
+    expect(report.extentsFragmentedLeft).toBe(0);
+    const reads = Array.from({ length: 32 }, (_, i) => [`read -P 0x42 ${44 * 2 ** 20 + i * 64 * 1024} 4k`, `read -P 0x41 ${44 * 2 ** 20 + i * 64 * 1024 + 4096} 60k`]).flat();
+    await qemuIo('demo', reads, true);
+  }, 60_000);
+
   it('exports a snapshot and the changes between two, and imports them into another volume', async () => {
     await keelOk('snapshot', 'create', 'demo', 'x1');
     await qemuIo('demo', ['write -P 0xf1 40M 64k', 'write -z 0 256k']);

@@ -15,7 +15,7 @@ import { parsePreset } from '../../backend/preset.ts';
 import { locationSco, locationSlot, packLocation } from '../../router/lba-map.ts';
 import { ReadCache } from '../../router/read-cache.ts';
 import { scoFileName } from '../../router/sco-format.ts';
-import { moveGroups, spansOf } from '../../router/scrubber.ts';
+import { fragmentedExtents, moveGroups, spansOf } from '../../router/scrubber.ts';
 import { limits } from '../../shared/limits.ts';
 import { WriteBuffer } from '../../router/write-buffer.ts';
 import { SnapshotHarness } from '../helpers/snapshot-harness.ts';
@@ -302,6 +302,39 @@ describe('scrubbing SCOs that live only on the backend', () => {
   });
 });
 
+describe('defragmenting', () => {
+  it('rewrites a fragmented extent in LBA order, leaves the data as it was, and survives a restart', async () => {
+    const { driver } = await harness.create('v');
+    const original = Buffer.alloc(32 * cluster);
+    for (let lba = 0; lba < 32; lba++) original.fill(lba, lba * cluster, (lba + 1) * cluster);
+    await driver.write(0, original, false); // SCOs 1-4, in order
+    for (let lba = 1; lba < 32; lba += 4) await driver.write(lba * cluster, Buffer.alloc(cluster, 0xd0 + lba), false);
+    const expected = (lba: number) => (lba % 4 === 1 ? 0xd0 + lba : lba);
+    const runs = () => {
+      let count = 0;
+      for (let lba = 0; lba < 32; lba++) if (lba === 0 || driver.mapView().get(lba)! !== driver.mapView().get(lba - 1)! + 1) count += 1;
+      return count;
+    };
+    expect(runs()).toBeGreaterThanOrEqual(limits.defragRunsPerExtentMin);
+
+    const plain = await harness.scrub('v');
+    expect(plain.extentsDefragmented).toBeUndefined(); // only when asked
+    const report = await harness.scrub('v', { defrag: true });
+    expect([report.extentsDefragmented, report.extentsFragmentedLeft]).toEqual([1, 0]);
+    expect(report.clustersDefragmented).toBe(32);
+    expect(runs()).toBeLessThanOrEqual(32 / scoClusters); // one run per new SCO at most
+    const check = async (reader: { read(offset: number, length: number): Promise<Buffer> }) => {
+      const data = await reader.read(0, 32 * cluster);
+      for (let lba = 0; lba < 32; lba++) expect(data.subarray(lba * cluster, (lba + 1) * cluster).every((b) => b === expected(lba)), `LBA ${lba}`).toBe(true);
+    };
+    await check(driver);
+    const again = await harness.scrub('v', { defrag: true });
+    expect(again.extentsDefragmented).toBe(0); // nothing fragmented any more
+    await harness.restart(true);
+    await check(harness.get('v').driver);
+  });
+});
+
 describe('the scrubber`s reads and rewrites', () => {
   const move = (lba: number, sco: number, slot: number) => ({ lba, location: packLocation(sco, slot) });
 
@@ -348,6 +381,38 @@ describe('the scrubber`s reads and rewrites', () => {
       const byte = lba % 2 === 0 ? 0xe0 : 0x10 + lba;
       expect(data.subarray(lba * cluster, (lba + 1) * cluster).every((b) => b === byte), `LBA ${lba}`).toBe(true);
     }
+  });
+
+  it('finds the extents that lie in at least defragRunsPerExtentMin runs, and skips those a snapshot holds', () => {
+    const extent = limits.defragExtentClusters;
+    const runsMin = limits.defragRunsPerExtentMin;
+    const entries: Array<[number, number]> = [];
+    /** Extent `index` in `runs` runs: run r in SCO firstSco + r, slots following the LBAs. */
+    const addExtent = (index: number, runs: number, firstSco: number) => {
+      for (let i = 0; i < extent; i++) entries.push([index * extent + i, packLocation(firstSco + Math.floor((i * runs) / extent), i)]);
+    };
+    addExtent(0, 1, 10);
+    addExtent(1, runsMin, 20);
+    addExtent(2, runsMin - 1, 40);
+    addExtent(3, runsMin, 9); // its first run is in SCO 9, which a snapshot holds
+    const map = { forEach: (fn: (lba: number, location: number) => void) => entries.forEach(([lba, location]) => fn(lba, location)) };
+    const { extents, left } = fragmentedExtents(map, (sco) => sco === 9);
+    expect(extents.map((moves) => [moves[0].lba, moves.length])).toEqual([[extent, extent]]);
+    expect(left).toBe(0);
+    expect(fragmentedExtents(map, () => false).extents.map((moves) => moves[0].lba)).toEqual([extent, 3 * extent]);
+  });
+
+  it('takes at most defragClustersPerScrubMax clusters a scrub and counts the fragmented extents left', () => {
+    const extent = limits.defragExtentClusters;
+    const extentsMax = limits.defragClustersPerScrubMax / extent;
+    // extentsMax + 2 extents, each cluster in a SCO of its own: all fragmented.
+    const map = {
+      forEach: (fn: (lba: number, location: number) => void) => {
+        for (let lba = 0; lba < (extentsMax + 2) * extent; lba++) fn(lba, packLocation(1 + (lba % 7), lba % extent));
+      },
+    };
+    const { extents, left } = fragmentedExtents(map, () => false);
+    expect([extents.length, left]).toEqual([extentsMax, 2]);
   });
 
   it('groups the moves SCO after SCO, splitting a SCO with more than a group holds', () => {
