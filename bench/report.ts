@@ -33,6 +33,8 @@ export interface TargetResult {
   pairedRounds?: Partial<Record<JobId, PairedRound[]>>;
   /** Bytes the S3 server sent (HTTP included) per 4 KiB read of the cold job. */
   backendBytesPerColdRead?: number;
+  /** Keel on S3: the 1M sequential read job once more, after `keel scrub --defrag` (what the defrag did). */
+  seqReadAfterDefrag?: { defrag: string; outcome: JobOutcome };
 }
 
 /** One round of a paired job: the reference's run and the target's right after it. */
@@ -224,6 +226,11 @@ function otherFigures(result: BenchResult): Array<[string, string]> {
       rows.push([`${target.label} edge CPU during ${job}`, `${(usage.cpuCores * 100).toFixed(0)}% of a core = ${(usage.cpuCoresPer10kIops * 100).toFixed(1)}% per 10k IOPS`]);
     }
     if (target.backendBytesPerColdRead !== undefined) rows.push([`${target.label} backend bytes fetched per cold 4 KiB read`, target.backendBytesPerColdRead.toFixed(0)]);
+    const afterDefrag = target.seqReadAfterDefrag;
+    if (afterDefrag !== undefined) {
+      const outcome = 'figures' in afterDefrag.outcome ? `${afterDefrag.outcome.figures.mibPerSec.toFixed(0)} MiB/s` : `failed: ${'error' in afterDefrag.outcome ? afterDefrag.outcome.error : ''}`;
+      rows.push([`${target.label} 1M seq read QD8 after \`keel scrub --defrag\` (${afterDefrag.defrag})`, outcome]);
+    }
   }
   if ('mibPerSecPerCore' in result.ecEncode) {
     for (const [code, value] of Object.entries(result.ecEncode.mibPerSecPerCore)) rows.push([`EC encode ${code}, per core`, `${value.toFixed(0)} MiB/s`]);

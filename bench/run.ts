@@ -204,6 +204,7 @@ async function benchTarget(spec: TargetSpec, settings: ModeSettings, root: strin
       if (spec.only && !spec.only.jobs.includes(job.id as JobId)) result.jobs[job.id as JobId] = { skipped: spec.only.why };
       else await runJob(job, running, settings, workDir, result, reference);
     }
+    if (running.defragment) result.seqReadAfterDefrag = await seqReadAfterDefrag(running, settings, workDir, result);
   } catch (err) {
     result.status = 'failed';
     result.note = firstLine(err);
@@ -252,6 +253,28 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     for (let round = 2; round <= settings.pairedRounds; round++) rounds.push(await runPairedRound(job, round, running, pairedWith, settings, workDir, result));
   }
 }
+
+/**
+ * After the last job: `keel scrub --defrag`, the write-back it leaves, then the 1M sequential read job again.
+ * The main table keeps the read as random writes and the ordinary scrub leave the volume; this figure shows
+ * what a user who defragments gets (docs/snapshots.md, "Scrubbing").
+ */
+async function seqReadAfterDefrag(running: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<TargetResult['seqReadAfterDefrag']> {
+  const job = jobMatrix.find((j) => j.id === 'seqread-1m')!;
+  let defrag: string;
+  try {
+    defrag = await running.defragment!(defragWaitMaxMs);
+  } catch (err) {
+    log(`${result.id}: keel scrub --defrag: ${(err as Error).message}`);
+    return { defrag: 'failed', outcome: { error: firstLine(err) } };
+  }
+  log(`${result.id}: keel scrub --defrag: ${defrag}`);
+  if (running.settle) await settle(running.settle, `${job.label} after defrag`, settings, result);
+  return { defrag, outcome: await pairedOutcome(job, running.uri(), settings, workDir, `${result.id}: ${job.label} after defrag`) };
+}
+
+/** A defrag of 256 MiB from s3rver took 8.8-9.1 s (scratch defrag-s3.sh): the full bench's 1 GiB region, about four times that. */
+const defragWaitMaxMs = 300_000;
 
 /** One more round of a paired job, after round 1 (which is the target's job in the main table). */
 async function runPairedRound(job: FioJob, round: number, running: RunningTarget, reference: RunningTarget, settings: ModeSettings, workDir: string, result: TargetResult): Promise<PairedRound> {
