@@ -109,7 +109,7 @@ export async function scrubVolume(options: {
     moveCount += 1;
   });
   const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
-  const groups = moveGroups(movesBySco, limits.scrubRewriteClustersMax);
+  const groups = moveGroups(movesBySco.values(), limits.scrubRewriteClustersMax);
   const clustersRewritten = await rewriteGroups(driver, groups, moveCount, pace, 'rewrite', options.onProgress);
   const defragged = options.defrag ? await defragment(driver, liveness, pace, options.onProgress) : undefined;
 
@@ -182,7 +182,7 @@ async function defragment(
 ): Promise<{ extentsDefragmented: number; clustersDefragmented: number; extentsFragmentedLeft: number }> {
   const { extents, left } = fragmentedExtents(driver.mapView(), (sco) => liveness.get(sco)?.inSnapshot === true);
   const total = extents.reduce((count, extent) => count + extent.length, 0);
-  const written = await rewriteGroups(driver, extentGroups(extents, limits.scrubRewriteClustersMax), total, pace, 'defrag', onProgress);
+  const written = await rewriteGroups(driver, moveGroups(extents, limits.scrubRewriteClustersMax), total, pace, 'defrag', onProgress);
   return { extentsDefragmented: extents.length, clustersDefragmented: written, extentsFragmentedLeft: left };
 }
 
@@ -244,19 +244,6 @@ export function fragmentedExtents(map: Pick<LbaMap, 'forEach'>, inSnapshot: (sco
   return { extents, left };
 }
 
-/** Whole extents, in LBA order, in groups of at most `clustersMax` clusters (an extent never exceeds it). */
-function* extentGroups(extents: readonly Move[][], clustersMax: number): Generator<Move[]> {
-  let group: Move[] = [];
-  for (const extent of extents) {
-    if (group.length + extent.length > clustersMax) {
-      yield group;
-      group = [];
-    }
-    group.push(...extent);
-  }
-  if (group.length > 0) yield group;
-}
-
 /** The scrubber's memory, taken once per scrub: a group's clusters, and one buffer per read in flight. */
 interface ScrubBuffers {
   group: Buffer;
@@ -271,12 +258,12 @@ function scrubBuffers(moveCount: number): ScrubBuffers {
 }
 
 /**
- * The moves of the candidate SCOs, SCO after SCO, in groups of at most `clustersMax` (a SCO with more
- * live clusters is split). A group is what the scrubber holds in RAM at once (rewriteGroup).
+ * Lists of moves (a candidate SCO's, or a fragmented extent's), one after another, in groups of at most
+ * `clustersMax` (a longer list is split). A group is what the scrubber holds in RAM at once (rewriteGroup).
  */
-export function* moveGroups(movesBySco: ReadonlyMap<number, readonly Move[]>, clustersMax: number): Generator<Move[]> {
+export function* moveGroups(lists: Iterable<readonly Move[]>, clustersMax: number): Generator<Move[]> {
   let group: Move[] = [];
-  for (const moves of movesBySco.values()) {
+  for (const moves of lists) {
     for (let at = 0; at < moves.length; ) {
       const taken = Math.min(moves.length - at, clustersMax - group.length);
       group.push(...moves.slice(at, at + taken));

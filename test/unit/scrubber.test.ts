@@ -421,8 +421,8 @@ describe('the scrubber`s reads and rewrites', () => {
       [2, [move(1, 2, 0), move(2, 2, 1), move(3, 2, 2), move(9, 2, 7)]],
       [4, [move(4, 4, 0)]],
     ]);
-    const groups = [...moveGroups(bySco, 3)].map((group) => group.map((m) => `${locationSco(m.location)}:${locationSlot(m.location)}`));
+    const groups = [...moveGroups(bySco.values(), 3)].map((group) => group.map((m) => `${locationSco(m.location)}:${locationSlot(m.location)}`));
     expect(groups).toEqual([['1:0', '1:3', '2:0'], ['2:1', '2:2', '2:7'], ['4:0']]);
-    expect([...moveGroups(new Map(), 3)]).toEqual([]);
+    expect([...moveGroups([], 3)]).toEqual([]);
   });
 });
