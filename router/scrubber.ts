@@ -110,8 +110,9 @@ export async function scrubVolume(options: {
   });
   const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
   const groups = moveGroups(movesBySco.values(), limits.scrubRewriteClustersMax);
-  const clustersRewritten = await rewriteGroups(driver, groups, moveCount, pace, 'rewrite', options.onProgress);
-  const defragged = options.defrag ? await defragment(driver, liveness, pace, options.onProgress) : undefined;
+  const memory: ScrubMemory = {};
+  const clustersRewritten = await rewriteGroups(driver, groups, moveCount, pace, memory, 'rewrite', options.onProgress);
+  const defragged = options.defrag ? await defragment(driver, liveness, pace, memory, options.onProgress) : undefined;
 
   // Delete what nothing references, checked again under the snapshot lock.
   const uploadedThrough = driver.stats().backend?.tlogsUploadedThrough;
@@ -178,20 +179,22 @@ async function defragment(
   driver: VolumeDriver,
   liveness: ReadonlyMap<number, ScoLiveness>,
   pace: ScrubPace,
+  memory: ScrubMemory,
   onProgress: ScrubProgress | undefined,
 ): Promise<{ extentsDefragmented: number; clustersDefragmented: number; extentsFragmentedLeft: number }> {
   const { extents, left } = fragmentedExtents(driver.mapView(), (sco) => liveness.get(sco)?.inSnapshot === true);
   const total = extents.reduce((count, extent) => count + extent.length, 0);
-  const written = await rewriteGroups(driver, moveGroups(extents, limits.scrubRewriteClustersMax), total, pace, 'defrag', onProgress);
+  const written = await rewriteGroups(driver, moveGroups(extents, limits.scrubRewriteClustersMax), total, pace, memory, 'defrag', onProgress);
   return { extentsDefragmented: extents.length, clustersDefragmented: written, extentsFragmentedLeft: left };
 }
 
-/** rewriteGroup for each of `groups` (`total` clusters in all) through one set of buffers, reporting `phase`. */
+/** rewriteGroup for each of `groups` (`total` clusters in all) through the scrub's buffers, reporting `phase`. */
 async function rewriteGroups(
   driver: VolumeDriver,
   groups: Iterable<Move[]>,
   total: number,
   pace: ScrubPace,
+  memory: ScrubMemory,
   phase: 'rewrite' | 'defrag',
   onProgress: ScrubProgress | undefined,
 ): Promise<number> {
@@ -199,7 +202,7 @@ async function rewriteGroups(
     onProgress?.({ phase, done: 0, total: 0 });
     return 0;
   }
-  const buffers = scrubBuffers(total);
+  const buffers = (memory.buffers = scrubBuffers(total, memory.buffers));
   let done = 0;
   let written = 0;
   for (const group of groups) {
@@ -228,14 +231,14 @@ export function fragmentedExtents(map: Pick<LbaMap, 'forEach'>, inSnapshot: (sco
     }
   };
   map.forEach((lba, location) => {
-    const previous = current.at(-1);
-    if (previous !== undefined && Math.floor(lba / limits.defragExtentClusters) !== Math.floor(previous.lba / limits.defragExtentClusters)) {
+    let last = current.at(-1);
+    if (last !== undefined && Math.floor(lba / limits.defragExtentClusters) !== Math.floor(last.lba / limits.defragExtentClusters)) {
       finish();
       current = [];
       runs = 0;
       held = false;
+      last = undefined;
     }
-    const last = current.at(-1);
     if (last === undefined || lba !== last.lba + 1 || location !== last.location + 1 || locationSco(location) !== locationSco(last.location)) runs += 1;
     held ||= inSnapshot(locationSco(location));
     current.push({ lba, location });
@@ -244,16 +247,24 @@ export function fragmentedExtents(map: Pick<LbaMap, 'forEach'>, inSnapshot: (sco
   return { extents, left };
 }
 
-/** The scrubber's memory, taken once per scrub: a group's clusters, and one buffer per read in flight. */
+/** The scrubber's memory: a group's clusters, and one buffer per read in flight. */
 interface ScrubBuffers {
   group: Buffer;
   spans: Buffer[];
 }
 
-function scrubBuffers(moveCount: number): ScrubBuffers {
+/** Shared by a scrub's phases (rewrite, then defrag), so that fresh memory is taken once per scrub. */
+interface ScrubMemory {
+  buffers?: ScrubBuffers;
+}
+
+/** Buffers for `moveCount` clusters: `reuse` when its group buffer is large enough, else a larger one. */
+function scrubBuffers(moveCount: number, reuse: ScrubBuffers | undefined): ScrubBuffers {
+  const groupBytes = Math.min(moveCount, limits.scrubRewriteClustersMax) * clusterSizeBytes;
+  if (reuse !== undefined && reuse.group.length >= groupBytes) return reuse;
   return {
-    group: Buffer.allocUnsafe(Math.min(moveCount, limits.scrubRewriteClustersMax) * clusterSizeBytes),
-    spans: Array.from({ length: limits.scrubReadsInFlightMax }, () => Buffer.allocUnsafe(limits.scrubReadClustersMax * clusterSizeBytes)),
+    group: Buffer.allocUnsafe(groupBytes),
+    spans: reuse?.spans ?? Array.from({ length: limits.scrubReadsInFlightMax }, () => Buffer.allocUnsafe(limits.scrubReadClustersMax * clusterSizeBytes)),
   };
 }
 
