@@ -372,30 +372,22 @@ async function ownerOf(dataDir: string): Promise<{ id: string; pid: number; stat
 
 /** Runs `keel scrub`: what it collected ("a scrub (3 SCOs deleted, 1200 clusters moved)"), or undefined if nothing. */
 async function keelScrub(dataDir: string, volume: string, timeoutMs: number): Promise<string | undefined> {
-  const { stdout } = await execFileAsync(process.execPath, [keelBin, 'scrub', volume, '--json', '--data', dataDir], {
-    timeout: Math.max(timeoutMs, 30_000),
-    killSignal: 'SIGKILL',
-    env: { ...process.env, KEEL_LOG_PRETTY: '0' },
-  });
-  const report = JSON.parse(stdout) as { scosDeleted: number; clustersRewritten: number; durationMs: number };
+  const report = await keelJson<{ scosDeleted: number; clustersRewritten: number; durationMs: number }>(['scrub', volume, '--json', '--data', dataDir], Math.max(timeoutMs, 30_000));
   if (report.scosDeleted === 0 && report.clustersRewritten === 0) return undefined;
   return `a scrub (${report.scosDeleted} SCOs deleted, ${report.clustersRewritten} clusters moved, ${(report.durationMs / 1000).toFixed(1)} s)`;
 }
 
 /** Runs `keel scrub --defrag`: "256 extents (65536 clusters) rewritten in LBA order in 8.8 s". */
 async function keelDefragment(dataDir: string, volume: string, timeoutMs: number): Promise<string> {
-  const { stdout } = await execFileAsync(process.execPath, [keelBin, 'scrub', volume, '--defrag', '--json', '--data', dataDir], {
-    timeout: timeoutMs,
-    killSignal: 'SIGKILL',
-    env: { ...process.env, KEEL_LOG_PRETTY: '0' },
-  });
-  const report = JSON.parse(stdout) as { extentsDefragmented: number; clustersDefragmented: number; extentsFragmentedLeft: number; durationMs: number };
+  type DefragReport = { extentsDefragmented: number; clustersDefragmented: number; extentsFragmentedLeft: number; durationMs: number };
+  const report = await keelJson<DefragReport>(['scrub', volume, '--defrag', '--json', '--data', dataDir], timeoutMs);
   const left = report.extentsFragmentedLeft > 0 ? `, ${report.extentsFragmentedLeft} fragmented extents left` : '';
   return `${report.extentsDefragmented} extents (${report.clustersDefragmented} clusters) rewritten in LBA order in ${(report.durationMs / 1000).toFixed(1)} s${left}`;
 }
 
-async function keelJson<T>(args: string[]): Promise<T> {
-  const { stdout } = await execFileAsync(process.execPath, [keelBin, ...args], { timeout: 30_000, killSignal: 'SIGKILL', env: { ...process.env, KEEL_LOG_PRETTY: '0' } });
+/** Runs a `keel` command that prints JSON, killed after `timeoutMs`. */
+async function keelJson<T>(args: string[], timeoutMs = 30_000): Promise<T> {
+  const { stdout } = await execFileAsync(process.execPath, [keelBin, ...args], { timeout: timeoutMs, killSignal: 'SIGKILL', env: { ...process.env, KEEL_LOG_PRETTY: '0' } });
   return JSON.parse(stdout) as T;
 }
 
