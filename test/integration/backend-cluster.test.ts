@@ -144,10 +144,21 @@ describe('a keel up --s3 cluster with an erasure-coded backend', () => {
     expect(repairLost.stderr).toMatch(/repaired \d+\/\d+ objects/);
     figures.repairOfLostAsds = repairedLost;
 
-    // Flip bytes in the middle of a data fragment (index 0..3) of a SCO on asd-3.
+    // Flip bytes in the middle of a data fragment (index 0..3) of a SCO. Placement hashes the object names,
+    // which hold the volume's random id, so with a handful of SCOs one ASD may hold only parity: take the
+    // first ASD from asd-3 on that holds a data fragment.
     const info = JSON.parse((await cluster.keel('volume', 'info', 'ec', '--json')).stdout) as { id: string };
-    const scoDir = path.join(s3Prefix('asd-3'), 'vol', info.id, 'sco');
-    const victim = (await readdir(scoDir)).find((f) => /\.frag[0-3]\._S3rver_object$/.test(f));
+    let victimAsd: string | undefined;
+    let scoDir = '';
+    let victim: string | undefined;
+    for (const asd of ['asd-3', 'asd-4', 'asd-5', 'asd-6']) {
+      scoDir = path.join(s3Prefix(asd), 'vol', info.id, 'sco');
+      victim = (await readdir(scoDir)).find((f) => /\.frag[0-3]\._S3rver_object$/.test(f));
+      if (victim !== undefined) {
+        victimAsd = asd;
+        break;
+      }
+    }
     expect(victim).toBeDefined();
     const file = await open(path.join(scoDir, victim!), 'r+');
     const { size } = await file.stat();
@@ -159,9 +170,9 @@ describe('a keel up --s3 cluster with an erasure-coded backend', () => {
 
     await restart(); // empties the read cache: reads go to the backend again
     await compare('ec');
-    const asd3 = (await ownerStatus('ec')).backend.asds.find((a) => a.asdId === 'asd-3')!;
-    expect(asd3.checksumErrors).toBeGreaterThan(0);
-    figures.checksumErrorsOnAsd3 = asd3.checksumErrors;
+    const flipped = (await ownerStatus('ec')).backend.asds.find((a) => a.asdId === victimAsd)!;
+    expect(flipped.checksumErrors).toBeGreaterThan(0);
+    figures.checksumErrorsOnFlippedAsd = { asd: victimAsd, checksumErrors: flipped.checksumErrors };
 
     const verifyBad = await cluster.keel('backend', 'verify', 'ec', '--json');
     expect(verifyBad.code).toBe(1);
