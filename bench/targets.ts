@@ -200,7 +200,7 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
     const scoSize = onS3 ? keelS3ScoSize : context.scoSize;
     const args = [keelBin, 'up', '--data', dataDir, '--port', String(port), '--volume-size', `${context.deviceBytes / 2 ** 20}M`, '--sco-size', scoSize, ...keelUpPlacementArgs()];
     if (s3) args.push('--s3', `${s3.endpoint}/keel`, ...(await keelS3BufferArgs(context)));
-    else args.push(...(await keelLocalBufferArgs(context)));
+    else args.push(...(await keelLocalBufferArgs(context)), ...(await keelLocalRamCacheArgs(context)));
     const env = { ...process.env, ...s3Credentials, KEEL_LOG_PRETTY: '0', KEEL_LOG_LEVEL: process.env.KEEL_LOG_LEVEL ?? 'warn' };
     const up = spawnTracked(onS3 ? 'keel up --s3' : 'keel up', process.execPath, args, env);
     const stop = async () => {
@@ -257,6 +257,16 @@ async function keelS3BufferArgs(context: TargetContext): Promise<string[]> {
 async function keelLocalBufferArgs(context: TargetContext): Promise<string[]> {
   if (!(await keelUpHelp()).includes('--write-buffer')) return [];
   return ['--write-buffer', `${Math.max(1024, (8 * context.regionBytes) / 2 ** 20)}M`];
+}
+
+/**
+ * Keel on local ASDs: a RAM cache (router/cluster-ram-cache.ts) that holds the region twice over, for the
+ * same reason as the write buffer above: the "cache hit" job should find its clusters cached, here in the
+ * routers' RAM tier (the default, 256 MiB, holds a quarter of the full mode's region). Keel on S3 keeps the default.
+ */
+async function keelLocalRamCacheArgs(context: TargetContext): Promise<string[]> {
+  if (!(await keelUpHelp()).includes('--ram-cache')) return [];
+  return ['--ram-cache', `${(2 * context.regionBytes) / 2 ** 20}M`];
 }
 
 /** Keel on S3's write buffer: 1/8 of the region, but at least the router's minimum of 8 SCOs. s3backer's block cache gets the same bytes. */

@@ -18,6 +18,7 @@ import { KeelError } from '../shared/errors.ts';
 import { allowedCpus } from '../shared/cpu-affinity.ts';
 import { spreadOverCpus } from '../shared/cpu-list.ts';
 import { checkPortFree, waitForEdge } from './edge-readiness.ts';
+import { parseRamCacheSize } from './router-commands.ts';
 
 interface UpOptions {
   data?: string;
@@ -33,6 +34,7 @@ interface UpOptions {
   config?: string;
   writeBuffer?: string;
   readCache?: string;
+  ramCache?: string;
   redis?: string;
   cpuAffinity: string;
 }
@@ -56,6 +58,7 @@ export function addUpCommand(program: Command): void {
     .option('--config <file>', 'vPool settings as JSON: { "backend": { "asds": [...], "preset": {...} }, "writeBufferBytesMax": ..., "readCacheBytesMax": ... }')
     .option('--write-buffer <size>', 'write buffer bound per router (local bytes not yet on the backend)')
     .option('--read-cache <size>', 'read cache size per router')
+    .option('--ram-cache <size>', 'RAM each router keeps for copies of recently read clusters (0: off)')
     .option('--redis <url>', 'coordination on Redis (redis://host:port) instead of the embedded document; default $KEEL_REDIS_URL')
     .option('--cpu-affinity <mode>', 'off: the scheduler places every process; spread: the edge on the lowest CPU (run NBD clients there too), each router on one CPU from the highest down', 'off')
     .action(async (options: UpOptions) => runUp(options));
@@ -70,6 +73,7 @@ async function runUp(options: UpOptions): Promise<void> {
   const scoSizeBytes = checkScoSize(parseSize(options.scoSize));
   const dataDir = resolveDataDir(options.data);
   const cpuPlan = planCpus(options.cpuAffinity, routerCount);
+  const ramCacheArgs = options.ramCache === undefined ? [] : ['--ram-cache', String(parseRamCacheSize(options.ramCache))];
   await checkPortFree(options.host, port); // before any router starts: a second `keel up` fails here, at once
   const logger = createLogger('keel-up');
   logProcessWarnings(logger);
@@ -80,7 +84,7 @@ async function runUp(options: UpOptions): Promise<void> {
 
   const routers = Array.from({ length: routerCount }, (_, i) => {
     const id = `r${i + 1}`;
-    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir, ...redisArgs, ...cpuArgs(cpuPlan.routers[i])], logger);
+    return new SupervisedChild(`router ${id}`, ['router', '--id', id, '--data', dataDir, ...redisArgs, ...ramCacheArgs, ...cpuArgs(cpuPlan.routers[i])], logger);
   });
   const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, ...redisArgs, '--host', options.host, '--port', String(port), ...cpuArgs(cpuPlan.edge)], logger);
   const stopAll = installStopHandlers(logger, [edge, ...routers], () => markRoutersDraining(coordination, logger));

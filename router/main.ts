@@ -26,6 +26,7 @@ import { createVolumeService } from './volume-service.ts';
 import { SnapshotService } from './snapshot-service.ts';
 import { VolumeRegistry } from './volume-registry.ts';
 import { WriteBuffer } from './write-buffer.ts';
+import { ClusterRamCache } from './cluster-ram-cache.ts';
 import { DtlStore } from './dtl-store.ts';
 import { withHaOps } from './ha-service.ts';
 import { VolumeHa } from './volume-ha.ts';
@@ -42,6 +43,8 @@ export interface RouterOptions {
   redisUrl?: string;
   /** CPUs to pin the process to (docs/cpu-affinity.md); none: wherever the scheduler puts it. */
   cpus?: number[];
+  /** Bytes of the RAM tier of cluster data (router/cluster-ram-cache.ts); default limits.ramCacheBytesDefault, 0: off. */
+  ramCacheBytes?: number;
 }
 
 export async function runRouter(options: RouterOptions): Promise<void> {
@@ -55,7 +58,8 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   await mkdir(routerDir, { recursive: true });
 
   const { backend, vpoolBackend } = await openRouterBackend(coordination, routerDir, logger);
-  const registry = new VolumeRegistry(options.id, routerDir, coordination, logger, backend);
+  const ramCache = new ClusterRamCache(options.ramCacheBytes ?? limits.ramCacheBytesDefault);
+  const registry = new VolumeRegistry(options.id, routerDir, coordination, logger, backend, ramCache);
   const transport = new TcpTransport();
   const ha = new VolumeHa(options.id, registry, coordination, transport, logger.child({ component: 'ha' }), backend !== undefined);
   registry.lifecycle = ha;
@@ -64,7 +68,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   await registry.openOwnedVolumes();
   const replyBuffers = new BufferPool();
   let server: RpcServer | undefined; // listens below, once the mgmt server is up
-  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), wireGatherBuffers: server?.gatherPoolStats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), ramCache: ramCache.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), wireGatherBuffers: server?.gatherPoolStats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const drain = async () => {

@@ -3,7 +3,8 @@
  * /status returns, flattened: every numeric field of a volume's stats becomes `keel_volume_<field>{volume}`,
  * of an ASD's counters `keel_asd_<field>{asd}`, and of the write buffer, read cache and backend store
  * `keel_write_buffer_<field>`, `keel_read_cache_<field>`, `keel_backend_<field>`, the inline I/O gate's
- * `keel_inline_io_<field>` and the reply buffer pool's `keel_reply_buffers_<field>`. Walking the status
+ * `keel_inline_io_<field>`, the RAM cache's `keel_ram_cache_<field>` and the reply buffer pool's
+ * `keel_reply_buffers_<field>`. Walking the status
  * object, instead of listing metrics by hand, keeps /metrics and /status from drifting apart.
  */
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
@@ -17,6 +18,7 @@ export interface MetricsStatus {
     readCache?: Record<string, unknown>;
   };
   inlineIo?: Record<string, unknown>;
+  ramCache?: Record<string, unknown>;
   replyBuffers?: Record<string, unknown>;
   wireGatherBuffers?: Record<string, unknown>;
   dtlSlabs?: Record<string, unknown>;
@@ -48,6 +50,7 @@ export class RouterMetrics {
     this.setAll('keel_write_buffer', status.backend?.writeBuffer, {});
     this.setAll('keel_read_cache', status.backend?.readCache, {});
     this.setAll('keel_inline_io', status.inlineIo, {});
+    this.setAll('keel_ram_cache', status.ramCache, {});
     this.setAll('keel_reply_buffers', status.replyBuffers, {});
     this.setAll('keel_wire_gather_buffers', status.wireGatherBuffers, {});
     this.setAll('keel_dtl_slabs', status.dtlSlabs, {});

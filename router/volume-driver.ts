@@ -38,6 +38,7 @@ import { decodeUploadManifest, emptyUploadManifest, encodeUploadManifest, upload
 import type { VolumeBackend } from './volume-backend.ts';
 import type { VolumeUnderlay } from './volume-underlay.ts';
 import type { WriteJournal } from './write-journal.ts';
+import type { ClusterRamCache, RamCacheView } from './cluster-ram-cache.ts';
 import { loadScrubbedScos } from './scrubbed-scos.ts';
 
 export interface VolumeDriverOptions {
@@ -53,6 +54,8 @@ export interface VolumeDriverOptions {
   backend?: VolumeBackend;
   /** A clone's parent snapshot: clusters this volume never wrote nor trimmed read from it (docs/snapshots.md). */
   underlay?: VolumeUnderlay;
+  /** The router's RAM tier of cluster data (router/cluster-ram-cache.ts); small reads look there first. */
+  ramCache?: ClusterRamCache;
 }
 
 /** The backend side of a volume: uploads, and reads of SCOs no longer in the write buffer. */
@@ -151,6 +154,7 @@ export class VolumeDriver implements OpenBlockTarget {
   private volumeBackend: VolumeBackend | undefined;
   /** Set by the router's HA layer: every write and trim also goes to the volume's DTL. */
   journal: WriteJournal | undefined;
+  private ramCache: RamCacheView | undefined;
 
   private constructor(
     private readonly disk: Disk,
@@ -276,6 +280,7 @@ export class VolumeDriver implements OpenBlockTarget {
     }
     driver.underlay = options.underlay;
     driver.volumeBackend = options.backend;
+    driver.ramCache = options.ramCache?.openView();
     return driver;
   }
 
@@ -310,6 +315,8 @@ export class VolumeDriver implements OpenBlockTarget {
     if (offset % clusterSizeBytes !== 0 || target.length % clusterSizeBytes !== 0) return false;
     const firstLba = offset / clusterSizeBytes;
     const endLba = firstLba + target.length / clusterSizeBytes;
+    // Small reads only: a syscall per read is what the RAM tier saves, and a scan would flush it.
+    const ram = endLba - firstLba <= limits.ramCacheReadClustersMax ? this.ramCache : undefined;
     let lba = firstLba;
     while (lba < endLba) {
       const location = this.map.get(lba);
@@ -320,9 +327,15 @@ export class VolumeDriver implements OpenBlockTarget {
         lba += 1;
         continue;
       }
+      if (ram?.read(location, target, at)) {
+        this.counters.readClusters += 1;
+        lba += 1;
+        continue;
+      }
       const count = this.runLength(lba, location, endLba);
       const sco = this.openLocalSco(locationSco(location));
       if (sco === undefined || !sco.readClustersInline(locationSlot(location), target.subarray(at, at + count * clusterSizeBytes))) return false;
+      if (ram !== undefined) for (let index = 0; index < count; index++) ram.fill(location + index, target, at + index * clusterSizeBytes);
       this.counters.readClusters += count;
       lba += count;
     }
@@ -396,6 +409,8 @@ export class VolumeDriver implements OpenBlockTarget {
       await this.remote?.uploader.close();
       await this.closedScos.closeAll();
       await this.tlog.close().catch(() => undefined);
+      this.ramCache?.close();
+      this.ramCache = undefined;
       this.setStatus('closed');
     }
   }

@@ -16,6 +16,7 @@ import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeHost } from './volume-service.ts';
 import type { VolumeUnderlay } from './volume-underlay.ts';
 import type { VolumeLifecycle } from './volume-lifecycle.ts';
+import type { ClusterRamCache } from './cluster-ram-cache.ts';
 
 interface OwnedVolume {
   driver: VolumeDriver;
@@ -44,6 +45,8 @@ export class VolumeRegistry implements VolumeHost {
     private readonly logger: Logger,
     /** Where volumes' data lives beyond the local write buffer; undefined: local disk only. */
     private readonly backend?: RouterBackend,
+    /** The router's RAM tier of cluster data, shared by its volumes (router/cluster-ram-cache.ts). */
+    private readonly ramCache?: ClusterRamCache,
   ) {}
 
   volumeDir(name: string): string {
@@ -141,6 +144,7 @@ export class VolumeRegistry implements VolumeHost {
       sizeBytes: record.sizeBytes,
       scoSizeBytes: record.scoSizeBytes,
       logger: this.logger.child({ volume: record.name }),
+      ...(this.ramCache ? { ramCache: this.ramCache } : {}),
       ...(this.backend ? { backend: { ...this.backend, volumeId: record.id, ownerEpoch: record.ownerEpoch, store: this.lifecycle?.fencedStore(record, this.backend.store) ?? this.backend.store } } : {}),
     });
     try {

@@ -196,6 +196,12 @@ export const limits = {
   writeThrottleDelayMaxMs: 50,
   /** Write buffer: at most one throttle log line per this period. */
   throttleLogIntervalMs: 5_000,
+  /** RAM cache: default bytes of cluster copies a router keeps in memory (router/cluster-ram-cache.ts; `--ram-cache`). */
+  ramCacheBytesDefault: 256 * 1024 * 1024,
+  /** RAM cache: memory is taken in slabs of this size as the cache fills. */
+  ramCacheSlabBytes: 4 * 1024 * 1024,
+  /** RAM cache: only reads of at most this many clusters look in it and fill it (small random reads; a scan would flush it). */
+  ramCacheReadClustersMax: 4,
   /** Read cache: default size of the local cache of backend data per router, and its slot (block) size. */
   readCacheBytesDefault: 256 * 1024 * 1024,
   readCacheBlockBytes: 64 * 1024,
@@ -384,6 +390,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.writeBufferSoftFraction <= 0 || l.writeBufferSoftFraction >= 1) fail('writeBufferSoftFraction must lie in (0, 1)');
   if (l.writeBufferBytesDefault < (l.tlogScosMax + 2) * l.scoSizeBytesDefault)
     fail('writeBufferBytesDefault must hold tlogScosMax + 2 SCOs of scoSizeBytesDefault, or a TLog could never close');
+  if (l.ramCacheSlabBytes % clusterSizeBytes !== 0 || l.ramCacheSlabBytes <= 0) fail('ramCacheSlabBytes must be a positive number of whole clusters');
+  if (l.ramCacheReadClustersMax < 1) fail('ramCacheReadClustersMax must be at least 1, or the RAM cache is never used');
   if (l.readCacheBlockBytes % clusterSizeBytes !== 0 || l.readCacheBlockBytes / clusterSizeBytes > 32)
     fail('readCacheBlockBytes must be whole clusters, at most 32 (one u32 presence mask per block)');
   if (!Number.isInteger(l.scoSparesMax) || l.scoSparesMax < 0) fail('scoSparesMax must be a whole number of files, 0 to turn spares off');

@@ -14,6 +14,7 @@ export interface RouterRow {
   state: string;
   pid: number;
   volumes: string;
+  mgmtAddress?: string;
 }
 
 export class KeelCluster {

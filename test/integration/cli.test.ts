@@ -68,6 +68,22 @@ describe('keel CLI: volumes and bad arguments', () => {
     }
   });
 
+  it('refuses a --ram-cache that is not a size, below one slab or over half the memory, before starting anything', async () => {
+    for (const [size, message] of [
+      ['lots', "'lots' is not a size"],
+      ['1M', '--ram-cache 1M: at least 4 MiB, or 0 to turn it off'],
+      ['64T', "more than half of this machine's"],
+    ]) {
+      const up = await runKeel(['up', '--data', dataDir, '--port', '10999', '--ram-cache', size!]);
+      expect(up.code, size).toBe(2);
+      expect(up.stderr, size).toContain(message);
+      expect(up.stderr).not.toContain('    at ');
+      const router = await runKeel(['router', '--id', 'rx', '--data', dataDir, '--ram-cache', size!]);
+      expect(router.code, size).toBe(2);
+      expect(router.stderr, size).toContain(message);
+    }
+  });
+
   it('rejects an unknown command and a missing argument without a stack trace', async () => {
     const unknown = await runKeel(['frobnicate']);
     expect(unknown.code).not.toBe(0);

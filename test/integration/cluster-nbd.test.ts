@@ -77,6 +77,30 @@ describe('a keel up cluster served to real NBD clients', () => {
     expect(io.stdout.match(/^read /gm)).toHaveLength(6);
   });
 
+  it("the owner's RAM cache serves repeated 4k reads, and a rewritten cluster reads back new", async () => {
+    await createVolume('ram', '8M');
+    const ramCache = async () => {
+      const owner = await cluster.ownerOf('ram');
+      const status = (await (await fetch(`http://${owner.mgmtAddress}/status`)).json()) as { ramCache: { hits: number; fills: number; bytes: number } };
+      return status.ramCache;
+    };
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 64k', cluster.uri('ram')]);
+    expect(write.code, write.stdout + write.stderr).toBe(0);
+    const before = await ramCache();
+    const reads = ['-f', 'raw'];
+    for (let pass = 0; pass < 2; pass++) for (let at = 0; at < 64 * 1024; at += 4096) reads.push('-c', `read -P 0x11 ${at} 4k`);
+    const read = await run('qemu-io', [...reads, cluster.uri('ram')]);
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+    const after = await ramCache();
+    expect(after.fills - before.fills).toBe(16); // the first pass
+    expect(after.hits - before.hits).toBeGreaterThanOrEqual(16); // the second
+    expect(after.bytes).toBeGreaterThanOrEqual(16 * 4096);
+    const rewrite = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x22 4k 4k', '-c', 'read -P 0x22 4k 4k', '-c', 'read -P 0x11 0 4k', '-c', 'read -P 0x11 8k 4k', cluster.uri('ram')]);
+    expect(rewrite.code, rewrite.stdout + rewrite.stderr).toBe(0);
+    expect(rewrite.stdout).not.toMatch(/Pattern verification failed/);
+  });
+
   it('fio with verify=crc32c over the nbd engine finds no errors', async () => {
     await createVolume('fio', '128M');
     const output = path.join(work, 'fio.json');
