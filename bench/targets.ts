@@ -103,7 +103,7 @@ export const targetSpecs: readonly TargetSpec[] = [
   {
     id: 'keel',
     label: 'Keel',
-    method: 'keel up: 3 router processes + 1 edge, embedded coordination, 4+2 on local-directory ASDs, a write buffer of 8 × the region (at least 1 GiB) so that nothing the run writes is evicted',
+    method: 'keel up: 3 router processes + 1 edge, embedded coordination, 4+2 on local-directory ASDs, a write buffer of 8 × the region (at least 1 GiB) so that nothing the run writes is evicted, and a RAM cache of 2 × the region (--ram-cache) for the cache-hit reads',
     unavailable: async () => undefined,
     start: (context) => startKeel(context, false),
   },
