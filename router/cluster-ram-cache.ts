@@ -35,7 +35,7 @@ export interface RamCacheStats {
 export interface RamCacheView {
   /** Copies the cluster at `location` into target[at..] and returns true, or returns false on a miss. */
   read(location: number, target: Buffer, at: number): boolean;
-  /** Keeps a copy of the cluster source[at..at+4 KiB] that was just read (checked) from `location`. */
+  /** Keeps a copy of the cluster source[at..at+4 KiB] that was just read (checked) from `location`; nothing once closed. */
   fill(location: number, source: Buffer, at: number): void;
   /** Forgets every cluster of this view (its driver closed). */
   close(): void;
@@ -100,7 +100,7 @@ export class ClusterRamCache {
   }
 
   private fill(owner: number, map: Map<number, number>, location: number, source: Buffer, at: number): void {
-    if (map.has(location)) return;
+    if (this.maps[owner] !== map || map.has(location)) return; // closed meanwhile (a read from the backend outlived its driver), or there already
     const slot = this.takeSlot();
     this.slotOwner[slot] = owner;
     this.slotLocation[slot] = location;

@@ -1051,10 +1051,17 @@ export class VolumeDriver implements OpenBlockTarget {
     const firstLba = Math.floor(offset / clusterSizeBytes);
     const endByte = offset + target.length;
     const lastLba = Math.floor((endByte - 1) / clusterSizeBytes);
+    const ram = lastLba - firstLba < limits.ramCacheReadClustersMax ? this.ramCache : undefined;
     const reads: Array<Promise<void>> = [];
     let lba = firstLba;
     while (lba <= lastLba) {
       const location = this.map.get(lba);
+      const at = lba * clusterSizeBytes - offset;
+      if (location !== 0 && at >= 0 && at + clusterSizeBytes <= target.length && ram?.read(location, target, at)) {
+        this.counters.readClusters += 1;
+        lba += 1;
+        continue;
+      }
       if (location === 0 && this.underlay?.covers(lba)) {
         reads.push(this.underlay.readInto(lba, target, offset));
         lba += 1;
@@ -1066,7 +1073,7 @@ export class VolumeDriver implements OpenBlockTarget {
         continue;
       }
       const count = this.runLength(lba, location, lastLba + 1);
-      reads.push(this.readRun(target, offset, lba, count, location));
+      reads.push(this.readRun(target, offset, lba, count, location, ram));
       lba += count;
     }
     await Promise.all(reads);
@@ -1079,14 +1086,18 @@ export class VolumeDriver implements OpenBlockTarget {
     return count;
   }
 
-  /** One pread for `count` clusters that lie in consecutive slots of one SCO, verified, copied in place. */
-  private async readRun(target: Buffer, offset: number, lba: number, count: number, location: number): Promise<void> {
+  /**
+   * One pread for `count` clusters that lie in consecutive slots of one SCO (or one read from the
+   * backend), verified, copied in place; copies go to the RAM cache when `ram` is given.
+   */
+  private async readRun(target: Buffer, offset: number, lba: number, count: number, location: number, ram: RamCacheView | undefined): Promise<void> {
     const scoSeq = locationSco(location);
     const runStart = lba * clusterSizeBytes;
     const runEnd = runStart + count * clusterSizeBytes;
     const inPlace = runStart >= offset && runEnd <= offset + target.length;
     const buffer = inPlace ? target.subarray(runStart - offset, runEnd - offset) : Buffer.allocUnsafe(count * clusterSizeBytes);
     await this.readClustersOf(scoSeq, locationSlot(location), buffer, lba);
+    if (ram !== undefined) for (let index = 0; index < count; index++) ram.fill(location + index, buffer, index * clusterSizeBytes);
     this.counters.readClusters += count;
     if (!inPlace) {
       const from = Math.max(runStart, offset);

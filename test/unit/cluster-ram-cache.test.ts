@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ClusterRamCache } from '../../router/cluster-ram-cache.ts';
 import { VolumeDriver } from '../../router/volume-driver.ts';
 import { clusterSizeBytes, limits } from '../../shared/limits.ts';
+import { makeRandom } from '../helpers/seeded-random.ts';
 
 const slabClusters = limits.ramCacheSlabBytes / clusterSizeBytes;
 
@@ -114,6 +115,20 @@ describe('VolumeDriver with a RAM cache', () => {
     expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(3))).toBe(true);
   });
 
+  it('fills and hits on the asynchronous path too (unaligned reads, reads outside the turn)', async () => {
+    const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    const data = Buffer.concat([cluster(7), cluster(8)]);
+    await driver.write(0, data, false);
+    expect((await driver.read(100, clusterSizeBytes + 100)).equals(data.subarray(100, clusterSizeBytes + 200))).toBe(true);
+    expect(cache.stats()).toMatchObject({ fills: 2, hits: 0 }); // both runs were read whole, neither covered whole
+    expect((await driver.read(clusterSizeBytes, clusterSizeBytes)).equals(cluster(8))).toBe(true);
+    expect(cache.stats().hits).toBe(1);
+    await driver.write(clusterSizeBytes, cluster(9), false);
+    expect((await driver.read(clusterSizeBytes, clusterSizeBytes)).equals(cluster(9))).toBe(true);
+    expect((await driver.read(clusterSizeBytes - 10, 20)).equals(Buffer.concat([cluster(7).subarray(-10), cluster(9).subarray(0, 10)]))).toBe(true);
+  });
+
   it('leaves large reads to the disk', async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
     driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
@@ -129,11 +144,8 @@ describe('VolumeDriver with a RAM cache', () => {
     const sizeBytes = 16 * MiB; // 4096 clusters over a 1024-cluster cache
     driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes, scoSizeBytes: 4 * MiB, ramCache: cache });
     const model = Buffer.alloc(sizeBytes);
-    let seed = 12345;
-    const random = (n: number) => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed % n;
-    };
+    const next = makeRandom(12345);
+    const random = (n: number) => Math.floor(next() * n);
     const clusters = sizeBytes / clusterSizeBytes;
     for (let step = 0; step < 12000; step++) {
       const count = 1 + random(limits.ramCacheReadClustersMax);
@@ -148,9 +160,14 @@ describe('VolumeDriver with a RAM cache', () => {
       } else if (action < 5) {
         await driver.trim(offset, length, false);
         model.fill(0, offset, offset + length);
-      } else {
+      } else if (action < 8) {
         const got = readInline(driver, offset, length);
         expect(got.equals(model.subarray(offset, offset + length)), `read at cluster ${offset / clusterSizeBytes} x${count}, step ${step}`).toBe(true);
+      } else {
+        const from = offset + random(clusterSizeBytes); // the asynchronous path, unaligned
+        const to = Math.max(from + 1, offset + length - random(clusterSizeBytes));
+        const got = await driver.read(from, to - from);
+        expect(got.equals(model.subarray(from, to)), `read of bytes ${from}..${to}, step ${step}`).toBe(true);
       }
     }
     expect(cache.stats().hits).toBeGreaterThan(0);
