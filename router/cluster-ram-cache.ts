@@ -12,8 +12,8 @@
  * - **Small reads only.** Only reads of up to limits.ramCacheReadClustersMax clusters fill it or look in
  *   it: random small reads are what a syscall per read slows down, and a sequential scan would otherwise
  *   flush the working set.
- * - **Bounded.** One budget for all the router's volumes (the vPool's ramCacheBytesMax), in slabs of
- *   limits.ramCacheSlabBytes allocated as needed. When full, CLOCK (second chance) picks the victim: a
+ * - **Bounded.** One budget for all the router's volumes (`keel router --ram-cache`, default
+ *   limits.ramCacheBytesDefault), in slabs of limits.ramCacheSlabBytes allocated as needed. When full, CLOCK (second chance) picks the victim: a
  *   slot hit since the hand last passed is spared once.
  */
 import assert from 'node:assert';
