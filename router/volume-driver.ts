@@ -315,8 +315,7 @@ export class VolumeDriver implements OpenBlockTarget {
     if (offset % clusterSizeBytes !== 0 || target.length % clusterSizeBytes !== 0) return false;
     const firstLba = offset / clusterSizeBytes;
     const endLba = firstLba + target.length / clusterSizeBytes;
-    // Small reads only: a syscall per read is what the RAM tier saves, and a scan would flush it.
-    const ram = endLba - firstLba <= limits.ramCacheReadClustersMax ? this.ramCache : undefined;
+    const ram = this.ramCacheFor(endLba - firstLba);
     let lba = firstLba;
     while (lba < endLba) {
       const location = this.map.get(lba);
@@ -1051,7 +1050,7 @@ export class VolumeDriver implements OpenBlockTarget {
     const firstLba = Math.floor(offset / clusterSizeBytes);
     const endByte = offset + target.length;
     const lastLba = Math.floor((endByte - 1) / clusterSizeBytes);
-    const ram = lastLba - firstLba < limits.ramCacheReadClustersMax ? this.ramCache : undefined;
+    const ram = this.ramCacheFor(lastLba - firstLba + 1);
     const reads: Array<Promise<void>> = [];
     let lba = firstLba;
     while (lba <= lastLba) {
@@ -1077,6 +1076,11 @@ export class VolumeDriver implements OpenBlockTarget {
       lba += count;
     }
     await Promise.all(reads);
+  }
+
+  /** The RAM cache for a read of `clusters` clusters: small reads only, a syscall per read is what it saves and a scan would flush it. */
+  private ramCacheFor(clusters: number): RamCacheView | undefined {
+    return clusters <= limits.ramCacheReadClustersMax ? this.ramCache : undefined;
   }
 
   /** How many clusters from `lba` (mapped to `location`) lie in consecutive slots of one SCO, before `endLba`. */
