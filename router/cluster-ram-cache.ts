@@ -35,8 +35,11 @@ export interface RamCacheStats {
 export interface RamCacheView {
   /** Copies the cluster at `location` into target[at..] and returns true, or returns false on a miss. */
   read(location: number, target: Buffer, at: number): boolean;
-  /** Keeps a copy of the cluster source[at..at+4 KiB] that was just read (checked) from `location`; nothing once closed. */
-  fill(location: number, source: Buffer, at: number): void;
+  /**
+   * Keeps copies of the `count` clusters at source[at..] that were just read (checked) from `location` and
+   * the slots after it; nothing once closed.
+   */
+  fill(location: number, source: Buffer, at: number, count?: number): void;
   /** Forgets every cluster of this view (its driver closed). */
   close(): void;
 }
@@ -76,7 +79,9 @@ export class ClusterRamCache {
     this.maps[owner] = map;
     return {
       read: (location, target, at) => this.read(map, location, target, at),
-      fill: (location, source, at) => this.fill(owner, map, location, source, at),
+      fill: (location, source, at, count = 1) => {
+        for (let index = 0; index < count; index++) this.fill(owner, map, location + index, source, at + index * clusterSizeBytes);
+      },
       close: () => this.closeView(owner, map),
     };
   }

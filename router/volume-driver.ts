@@ -334,7 +334,7 @@ export class VolumeDriver implements OpenBlockTarget {
       const count = this.runLength(lba, location, endLba);
       const sco = this.openLocalSco(locationSco(location));
       if (sco === undefined || !sco.readClustersInline(locationSlot(location), target.subarray(at, at + count * clusterSizeBytes))) return false;
-      if (ram !== undefined) for (let index = 0; index < count; index++) ram.fill(location + index, target, at + index * clusterSizeBytes);
+      ram?.fill(location, target, at, count);
       this.counters.readClusters += count;
       lba += count;
     }
@@ -1101,7 +1101,7 @@ export class VolumeDriver implements OpenBlockTarget {
     const inPlace = runStart >= offset && runEnd <= offset + target.length;
     const buffer = inPlace ? target.subarray(runStart - offset, runEnd - offset) : Buffer.allocUnsafe(count * clusterSizeBytes);
     await this.readClustersOf(scoSeq, locationSlot(location), buffer, lba);
-    if (ram !== undefined) for (let index = 0; index < count; index++) ram.fill(location + index, buffer, index * clusterSizeBytes);
+    ram?.fill(location, buffer, 0, count);
     this.counters.readClusters += count;
     if (!inPlace) {
       const from = Math.max(runStart, offset);
