@@ -19,7 +19,7 @@ import { KeelError } from '../shared/errors.ts';
 import { LruMap } from '../shared/lru-map.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import { volumeObjectName } from './backend-object-names.ts';
-import { decodeScoChecksumTable, decodeScoTrailer, scoChecksumBytes, scoTrailerBytes } from './sco-format.ts';
+import { decodeScoChecksumTable, decodeScoTrailer, firstBadCluster, scoChecksumBytes, scoTrailerBytes } from './sco-format.ts';
 import type { ReadCache } from './read-cache.ts';
 import type { BackendObjectStore } from './volume-backend.ts';
 
@@ -119,7 +119,7 @@ export class RemoteScoReader {
       let run = 1;
       while (index + run < count && this.cache.lookup(name, slot + index + run) === position + run * clusterSizeBytes) run += 1;
       const view = target.subarray(index * clusterSizeBytes, (index + run) * clusterSizeBytes);
-      const ok = (await this.cache.readAt(position, view)) && clustersMatch(view, table, slot + index);
+      const ok = (await this.cache.readAt(position, view)) && firstBadCluster(view, table, slot + index) < 0;
       if (ok) this.counters.cacheClustersServed += run;
       else for (let i = index; i < index + run; i++) missing.push(i); // reused slot or bad disk: refetch
       index += run;
@@ -163,7 +163,7 @@ export class RemoteScoReader {
   private async fetch(name: string, scoSeq: number, table: Uint32Array, firstSlot: number, end: number): Promise<Buffer> {
     const bytes = (end - firstSlot) * clusterSizeBytes;
     const data = this.store
-      .readRange(name, firstSlot * clusterSizeBytes, bytes, { verify: (got) => clustersMatch(got, table, firstSlot) })
+      .readRange(name, firstSlot * clusterSizeBytes, bytes, { verify: (got) => firstBadCluster(got, table, firstSlot) < 0 })
       .then((got) => {
         // No second crc pass here: readRange returns only bytes that passed `verify` (or throws).
         this.counters.remoteReads += 1;
@@ -235,12 +235,4 @@ export class RemoteScoReader {
 /** How many crc tables of a volume's SCOs fit limits.remoteScoTableBytesMax (a full SCO's table: 4 B per cluster). */
 export function scoTablesCachedMax(scoSizeBytes: number): number {
   return Math.max(1, Math.floor(limits.remoteScoTableBytesMax / ((scoSizeBytes / clusterSizeBytes) * scoChecksumBytes)));
-}
-
-function clustersMatch(data: Buffer, table: Uint32Array, firstSlot: number): boolean {
-  const count = data.length / clusterSizeBytes;
-  for (let index = 0; index < count; index++) {
-    if (crc32c(data.subarray(index * clusterSizeBytes, (index + 1) * clusterSizeBytes)) !== table[firstSlot + index]) return false;
-  }
-  return true;
 }

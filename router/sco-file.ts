@@ -13,6 +13,7 @@ import {
   checkScoTrailer,
   encodeScoChecksumTable,
   encodeScoTrailer,
+  firstBadCluster,
   scoChecksumBytes,
   scoClusterBytes,
   scoFooterOffset,
@@ -24,14 +25,11 @@ const scanChunkBytes = 1024 * 1024;
 
 /** Throws CHECKSUM_MISMATCH unless every cluster of `data` matches the table from `firstSlot` on. */
 export function verifyClusters(data: Buffer, table: Uint32Array, firstSlot: number, scoSeq: number): void {
-  const count = data.length / scoClusterBytes;
-  for (let index = 0; index < count; index++) {
-    const actual = crc32c(data.subarray(index * scoClusterBytes, (index + 1) * scoClusterBytes));
-    const slot = firstSlot + index;
-    if (actual !== table[slot]) {
-      throw KeelError.checksumMismatch(`SCO ${scoSeq} slot ${slot}`, { sco: scoSeq, slot, expected: table[slot], actual });
-    }
-  }
+  const bad = firstBadCluster(data, table, firstSlot);
+  if (bad < 0) return;
+  const slot = firstSlot + bad;
+  const actual = crc32c(data.subarray(bad * scoClusterBytes, (bad + 1) * scoClusterBytes));
+  throw KeelError.checksumMismatch(`SCO ${scoSeq} slot ${slot}`, { sco: scoSeq, slot, expected: table[slot], actual });
 }
 
 /** A SCO file handle shared by readers: closes only when the last reader is done. */

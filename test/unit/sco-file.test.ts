@@ -7,7 +7,7 @@ import { FaultyDisk, NodeDisk } from '../../shared/disk.ts';
 import { isKeelError } from '../../shared/errors.ts';
 import { ClosedScoCache } from '../../router/closed-sco-cache.ts';
 import { ClosedSco, OpenSco, readScoFooter, scanClusterChecksums, sealCrashedSco } from '../../router/sco-file.ts';
-import { decodeScoFileChecksums, decodeScoTrailer, encodeScoTrailer, scoFileBytes, scoTrailerBytes } from '../../router/sco-format.ts';
+import { decodeScoFileChecksums, decodeScoTrailer, encodeScoTrailer, firstBadCluster, scoFileBytes, scoTrailerBytes } from '../../router/sco-format.ts';
 
 const disk = new NodeDisk();
 let dir: string;
@@ -89,6 +89,29 @@ describe('SCO files', () => {
     expect(isKeelError(error, 'CHECKSUM_MISMATCH')).toBe(true);
     expect((error as { details: { slot: number } }).details.slot).toBe(2);
     await reader.close();
+  });
+
+  it('names the first bad cluster of a run, whether its data or its table entry is wrong', () => {
+    const data = clusters(9, 5);
+    const table = new Uint32Array(12);
+    table.set(checksumsOf(data), 3);
+    for (const [from, count] of [[0, 9], [0, 1], [4, 1], [2, 5], [8, 1]] as const) {
+      const run = data.subarray(from * 4096, (from + count) * 4096);
+      expect(firstBadCluster(run, table, 3 + from)).toBe(-1);
+      for (let bad = 0; bad < count; bad++) {
+        const damaged = Buffer.from(run);
+        damaged[bad * 4096 + ((bad * 977) % 4096)] ^= 0x10;
+        expect(firstBadCluster(damaged, table, 3 + from)).toBe(bad);
+        const wrongTable = Uint32Array.from(table);
+        wrongTable[3 + from + bad] ^= 1;
+        expect(firstBadCluster(run, wrongTable, 3 + from)).toBe(bad);
+      }
+    }
+    // Two damaged clusters whose errors might cancel in a combined crc: the walk still finds the first.
+    const twice = Buffer.from(data);
+    twice[4096 + 7] ^= 0x01;
+    twice[5 * 4096 + 7] ^= 0x01;
+    expect(firstBadCluster(twice, table, 3)).toBe(1);
   });
 
   it('refuses to open a SCO without a valid footer, and recovery can seal it', async () => {
