@@ -13,7 +13,9 @@
  *   33     7     reserved    zero
  *   40     n     data        write only: `length` bytes
  */
-import { crc32c } from '../shared/checksum.ts';
+import assert from 'node:assert';
+import { crc32c, crc32cAppender } from '../shared/checksum.ts';
+import { clusterSizeBytes } from '../shared/limits.ts';
 import { KeelError } from '../shared/errors.ts';
 
 export const dtlRecordMagic = 0x4b44544c;
@@ -39,11 +41,16 @@ function readU64(source: Buffer, at: number): number {
   return source.readUInt32BE(at) * 2 ** 32 + source.readUInt32BE(at + 4);
 }
 
+const appendClusterCrc = crc32cAppender(clusterSizeBytes);
+
 /**
  * Writes a record's header at `at` in `target`, whose bytes from `at + dtlHeaderBytes` must already hold
  * `data` (or be where the caller copies it: the checksum covers it, so it is computed from `data`).
+ * `dataClusterCrcs`, when given, are the crc32c of data's 4 KiB clusters, which the volume driver computes
+ * for its TLog anyway: the record's crc is then folded from them (checksum.ts, crc32cAppender) instead of
+ * read over the data a second time.
  */
-export function writeDtlHeader(target: Buffer, at: number, seq: number, op: DtlOp, offset: number, length: number, data: Buffer | undefined): void {
+export function writeDtlHeader(target: Buffer, at: number, seq: number, op: DtlOp, offset: number, length: number, data: Buffer | undefined, dataClusterCrcs?: Uint32Array): void {
   target.writeUInt32BE(dtlRecordMagic, at);
   writeU64(target, at + 8, seq);
   writeU64(target, at + 16, offset);
@@ -51,7 +58,12 @@ export function writeDtlHeader(target: Buffer, at: number, seq: number, op: DtlO
   target[at + 32] = opCodes[op];
   target.fill(0, at + 33, at + dtlHeaderBytes);
   let crc = crc32c(target.subarray(at + 8, at + dtlHeaderBytes));
-  if (data !== undefined) crc = crc32c(data, crc);
+  if (dataClusterCrcs !== undefined) {
+    assert(data !== undefined && data.length === dataClusterCrcs.length * clusterSizeBytes, 'one crc per cluster of data');
+    for (let index = 0; index < dataClusterCrcs.length; index++) crc = appendClusterCrc(crc, dataClusterCrcs[index]!);
+  } else if (data !== undefined) {
+    crc = crc32c(data, crc);
+  }
   target.writeUInt32BE(crc, at + 4);
 }
 

@@ -156,15 +156,15 @@ export class DtlJournal implements WriteJournal {
 
   // ---------------------------------------------------------------- WriteJournal
 
-  write(offset: number, data: Buffer, apply: () => Promise<void>): Promise<void> {
-    return this.journaled('write', offset, data.length, data, apply);
+  write(offset: number, data: Buffer, apply: () => Promise<void>, clusterCrcs?: Uint32Array): Promise<void> {
+    return this.journaled('write', offset, data.length, data, apply, clusterCrcs);
   }
 
   trim(offset: number, length: number, apply: () => Promise<void>): Promise<void> {
     return this.journaled('trim', offset, length, undefined, apply);
   }
 
-  private async journaled(op: DtlOp, offset: number, length: number, data: Buffer | undefined, apply: () => Promise<void>): Promise<void> {
+  private async journaled(op: DtlOp, offset: number, length: number, data: Buffer | undefined, apply: () => Promise<void>, clusterCrcs?: Uint32Array): Promise<void> {
     if (this.status.state === 'fenced') throw KeelError.notOwner(this.host.volumeName);
     if (this.mode === 'none' || this.status.state === 'closed') return apply();
     const bytes = dtlHeaderBytes + (data?.length ?? 0);
@@ -173,7 +173,7 @@ export class DtlJournal implements WriteJournal {
     // One copy, into the arena: the record must not pin the socket chunk the payload arrived in.
     const record = this.arena.take(bytes);
     if (data !== undefined) data.copy(record, dtlHeaderBytes);
-    writeDtlHeader(record, 0, seq, op, offset, length, data);
+    writeDtlHeader(record, 0, seq, op, offset, length, data, clusterCrcs);
     let acked!: Promise<void>;
     const entry: BacklogEntry = { seq, record, tlogTag: undefined, acked: false, onAcked: undefined, sending: false, dropped: false };
     acked = new Promise<void>((resolve) => (entry.onAcked = resolve));

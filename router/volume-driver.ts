@@ -94,6 +94,8 @@ interface AppendJob {
   expectedLocation: number;
   /** records: encoded TLog records without data (snapshots, rollback remaps), applied like replay applies them. */
   records: Buffer | undefined;
+  /** write: crc32c of each cluster of data when the caller computed them already; else the batch does. */
+  checksums: Uint32Array | undefined;
   resolve: () => void;
   reject: (err: unknown) => void;
 }
@@ -351,9 +353,11 @@ export class VolumeDriver implements OpenBlockTarget {
     // Inline rather than through tracked(): the hot path of every write, where each async layer costs a
     // promise and a microtask turn.
     const journal = this.journal; // DTL (docs/dtl.md): records the write and decides when it may be acknowledged
+    // An aligned write's cluster crcs, computed once: for its TLog records, and folded into its DTL record's crc.
+    const checksums = journal !== undefined && isClusterAligned(offset, data.length) ? clusterChecksums(data) : undefined;
     this.operationsInFlight += 1;
     try {
-      await (journal ? journal.write(offset, data, () => this.writeRange(offset, data)) : this.writeRange(offset, data));
+      await (journal ? journal.write(offset, data, () => this.writeRange(offset, data, checksums), checksums) : this.writeRange(offset, data));
     } finally {
       this.untrack();
     }
@@ -621,17 +625,18 @@ export class VolumeDriver implements OpenBlockTarget {
   // ---------------------------------------------------------------- write path
 
   /** Not async: an aligned write that no read-modify-write holds is queued in this call (the hot path). */
-  private writeRange(offset: number, data: Buffer): Promise<void> {
+  /** `checksums`: crc32c of each cluster of data, when the caller has them (aligned writes only). */
+  private writeRange(offset: number, data: Buffer, checksums?: Uint32Array): Promise<void> {
     if (data.length === 0) return Promise.resolve();
     const firstLba = Math.floor(offset / clusterSizeBytes);
     const endByte = offset + data.length;
     const lastLba = Math.floor((endByte - 1) / clusterSizeBytes);
-    const aligned = offset % clusterSizeBytes === 0 && endByte % clusterSizeBytes === 0;
-    if (aligned && this.lockedLbasIn(firstLba, lastLba).length === 0) return this.enqueue('write', firstLba, lastLba - firstLba + 1, data);
-    return this.writeRangeLocked(offset, data, firstLba, lastLba, aligned);
+    const aligned = isClusterAligned(offset, data.length);
+    if (aligned && this.lockedLbasIn(firstLba, lastLba).length === 0) return this.enqueue('write', firstLba, lastLba - firstLba + 1, data, undefined, 0, checksums);
+    return this.writeRangeLocked(offset, data, firstLba, lastLba, aligned, checksums);
   }
 
-  private async writeRangeLocked(offset: number, data: Buffer, firstLba: number, lastLba: number, aligned: boolean): Promise<void> {
+  private async writeRangeLocked(offset: number, data: Buffer, firstLba: number, lastLba: number, aligned: boolean, checksums?: Uint32Array): Promise<void> {
     if (aligned) {
       // Behind a read-modify-write: hold the whole range, so later RMWs of it wait for this write too.
       const range: number[] = [];
@@ -639,7 +644,7 @@ export class VolumeDriver implements OpenBlockTarget {
       const lock = this.lockClusters(range);
       try {
         await lock.ready;
-        return await this.enqueue('write', firstLba, lastLba - firstLba + 1, data);
+        return await this.enqueue('write', firstLba, lastLba - firstLba + 1, data, undefined, 0, checksums);
       } finally {
         lock.release();
       }
@@ -715,22 +720,22 @@ export class VolumeDriver implements OpenBlockTarget {
   }
 
   /** Not async when the queue has room (the hot path): the job is queued in this call. */
-  private enqueue(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0): Promise<void> {
+  private enqueue(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0, checksums?: Uint32Array): Promise<void> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
-    if (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax) return this.enqueueWhenRoom(kind, lba, clusterCount, data, records, expectedLocation);
+    if (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax) return this.enqueueWhenRoom(kind, lba, clusterCount, data, records, expectedLocation, checksums);
     const done = new Promise<void>((resolve, reject) => {
-      this.queue.push({ kind, lba, clusterCount, data, taken: 0, expectedLocation, records, resolve, reject });
+      this.queue.push({ kind, lba, clusterCount, data, taken: 0, expectedLocation, records, checksums, resolve, reject });
     });
     this.jobsEnqueued += 1;
     this.pump();
     return done;
   }
 
-  private async enqueueWhenRoom(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0): Promise<void> {
+  private async enqueueWhenRoom(kind: AppendJob['kind'], lba: number, clusterCount: number, data: Buffer | undefined, records?: Buffer, expectedLocation = 0, checksums?: Uint32Array): Promise<void> {
     while (this.queue.length - this.queueHead >= limits.volumeWritesQueuedMax && this.failure === undefined) {
       await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
     }
-    return this.enqueue(kind, lba, clusterCount, data, records, expectedLocation);
+    return this.enqueue(kind, lba, clusterCount, data, records, expectedLocation, checksums);
   }
 
   private waitForApplied(target: number): Promise<void> {
@@ -825,7 +830,7 @@ export class VolumeDriver implements OpenBlockTarget {
       const data = job.data!;
       for (let index = 0; index < count; index++) {
         const start = (job.taken + index) * clusterSizeBytes;
-        const checksum = crc32c(data.subarray(start, start + clusterSizeBytes));
+        const checksum = job.checksums !== undefined ? job.checksums[job.taken + index]! : crc32c(data.subarray(start, start + clusterSizeBytes));
         this.batchChecksums[clusters + index] = checksum;
         encodeWriteRecord(this.batchRecords, recordBytes, job.lba + job.taken + index, sco.scoSeq, firstSlot + index, checksum);
         recordBytes += tlogRecordBytes;
@@ -1144,6 +1149,16 @@ export class VolumeDriver implements OpenBlockTarget {
 }
 
 /** A write or trim from a user, or a rollback's remap: not a scrubber rewrite, marker or SCO_DELETED record. */
+function isClusterAligned(offset: number, length: number): boolean {
+  return offset % clusterSizeBytes === 0 && length % clusterSizeBytes === 0;
+}
+
+function clusterChecksums(data: Buffer): Uint32Array {
+  const checksums = new Uint32Array(data.length / clusterSizeBytes);
+  for (let index = 0; index < checksums.length; index++) checksums[index] = crc32c(data.subarray(index * clusterSizeBytes, (index + 1) * clusterSizeBytes));
+  return checksums;
+}
+
 function isUserMapChange(job: AppendJob): boolean {
   if (job.kind === 'trim') return true;
   if (job.kind === 'write') return job.expectedLocation === 0;

@@ -4,6 +4,7 @@
  * append), and resolves when the request may be acknowledged — in sync mode, once the DTL peer holds it.
  */
 export interface WriteJournal {
-  write(offset: number, data: Buffer, apply: () => Promise<void>): Promise<void>;
+  /** `clusterCrcs`: crc32c of each 4 KiB cluster of data, when the write is cluster-aligned (saves a pass over it). */
+  write(offset: number, data: Buffer, apply: () => Promise<void>, clusterCrcs?: Uint32Array): Promise<void>;
   trim(offset: number, length: number, apply: () => Promise<void>): Promise<void>;
 }

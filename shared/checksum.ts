@@ -26,6 +26,9 @@ export const crc32c: (data: Uint8Array, initial?: number) => number = sse4.hardw
   ? (data, initial = 0) => (data.length < shortInputBytes ? sse4.sse42_crc(data, initial) : nodeRsCrc32c(data as Buffer, initial)) >>> 0
   : (data, initial = 0) => nodeRsCrc32c(data as Buffer, initial) >>> 0;
 
+/** Built once per piece length (formats share the cluster size's). */
+const appenders = new Map<number, (crcA: number, crcB: number) => number>();
+
 /**
  * crc32c(a ‖ b) from crc32c(a) and crc32c(b), for pieces b of one fixed length: `crc32cAppender(n)(crcA,
  * crcB)`. Appending n bytes multiplies the crc register by x^(8n) mod P, a linear map on 32 bits, and the
@@ -38,6 +41,12 @@ export const crc32c: (data: Uint8Array, initial?: number) => number = sse4.hardw
  * 4 KiB cluster. Neither crc library offers the combine (zlib's crc32_combine, for CRC-32C).
  */
 export function crc32cAppender(pieceBytes: number): (crcA: number, crcB: number) => number {
+  let appender = appenders.get(pieceBytes);
+  if (appender === undefined) appenders.set(pieceBytes, (appender = buildAppender(pieceBytes)));
+  return appender;
+}
+
+function buildAppender(pieceBytes: number): (crcA: number, crcB: number) => number {
   const zeros = Buffer.alloc(pieceBytes);
   const ofZero = crc32c(zeros, 0);
   const tables = [0, 1, 2, 3].map(() => new Uint32Array(256));

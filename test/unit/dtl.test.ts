@@ -2,10 +2,12 @@
  * The DTL's pieces on their own: the record codec, the peer's segment store (bounds, trimming, sealing,
  * reload after a crash), and restore's choice of TLogs when a fenced owner uploaded late.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, writeFile, appendFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { crc32c } from '../../shared/checksum.ts';
 import { isKeelError } from '../../shared/errors.ts';
 import { limits } from '../../shared/limits.ts';
 import { silentLogger } from '../../shared/logger.ts';
@@ -41,6 +43,19 @@ describe('DTL records', () => {
     const badMagic = Buffer.from(bytes);
     badMagic[0] = 0;
     expect(() => decodeDtlRecords(badMagic)).toThrow(/bad magic/);
+  });
+
+  it('fold the crc of a write from the crcs of its clusters into the same bytes as one crc over the data', () => {
+    const data = randomBytes(4096 * 5);
+    for (const clusters of [0, 1, 5]) {
+      const payload = data.subarray(0, clusters * 4096);
+      const crcs = Uint32Array.from({ length: clusters }, (_, index) => crc32c(payload.subarray(index * 4096, (index + 1) * 4096)));
+      const folded = Buffer.alloc(dtlHeaderBytes + payload.length);
+      payload.copy(folded, dtlHeaderBytes);
+      writeDtlHeader(folded, 0, 9, 'write', 8192, payload.length, payload, crcs);
+      expect(folded.equals(record(9, 8192, payload))).toBe(true);
+      expect(decodeDtlRecords(folded).records[0]!.data!.equals(payload)).toBe(true);
+    }
   });
 
   it('read a segment up to the first record that is out of sequence, torn or not a record', () => {
