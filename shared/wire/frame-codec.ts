@@ -86,8 +86,19 @@ function payloadLength(payload: Buffer | readonly Buffer[] | undefined): number 
  * server can stop taking frames while its request window is full and resume later.
  * After it throws PROTOCOL once, the decoder stays broken: the connection must be closed.
  */
+/** A frame at least this large is read straight into a buffer of its own (FrameDecoder.readTarget). */
+export const directReadFrameBytesMin = 64 * 1024;
+/**
+ * The most room one read in place is offered. Offering a large frame's whole rest made 1M sequential
+ * reads 5% slower (the owner spent more CPU per MiB sending them); 64 KiB reads, as a socket read into
+ * a buffer of its own gets, made them 5% faster.
+ */
+const directReadBytesMax = 64 * 1024;
+
 export class FrameDecoder {
   private readonly frameLimits: FrameLimits;
+  /** A large frame being read in place (readTarget): its buffer, the bytes in it so far, its pool buffer. */
+  private filling: { frame: Buffer; filledBytes: number; pooled: Buffer | undefined } | undefined;
   private readonly chunks: Buffer[] = [];
   /** Bytes of chunks[0] already consumed. */
   private headOffset = 0;
@@ -111,13 +122,54 @@ export class FrameDecoder {
   push(chunk: Buffer): void {
     if (this.failure) throw this.failure;
     if (chunk.length === 0) return;
+    if (this.filling !== undefined) chunk = this.fill(this.filling, chunk);
+    if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.bufferedBytes += chunk.length;
+  }
+
+  /**
+   * Where the next socket read may land, for a transport that can read into given memory: the rest of a
+   * frame of at least directReadFrameBytesMin whose preamble has arrived. Read there and push()ed, its
+   * bytes need no join (a 1 MiB reply arrives in many reads; joining them cost a copy of every byte).
+   * Undefined: read anywhere. Call only once next() has returned undefined.
+   */
+  readTarget(): Buffer | undefined {
+    if (this.failure) return undefined;
+    if (this.filling !== undefined) return this.filling.frame.subarray(this.filling.filledBytes, this.filling.filledBytes + directReadBytesMax);
+    if (this.bufferedBytes < framePreambleBytes) return undefined;
+    const preamble = this.peek(framePreambleBytes);
+    const restBytes = preamble.readUInt32BE(0);
+    const frameBytes = frameLengthFieldBytes + restBytes;
+    // Garbage lengths are next()'s to reject; here they only mean "not in place".
+    if (lengthProblem(restBytes, preamble.readUInt32BE(frameLengthFieldBytes), this.frameLimits) !== undefined) return undefined;
+    if (frameBytes < directReadFrameBytesMin || this.bufferedBytes >= frameBytes) return undefined;
+    // All that is buffered is the start of this frame: move it into the frame's own buffer.
+    const pooled = this.gatherPool?.acquire(frameBytes);
+    const frame = pooled === undefined ? Buffer.allocUnsafe(frameBytes) : pooled.subarray(0, frameBytes);
+    let filledBytes = 0;
+    for (let i = 0; i < this.chunks.length; i++) filledBytes += this.chunks[i]!.copy(frame, filledBytes, i === 0 ? this.headOffset : 0);
+    this.chunks.length = 0;
+    this.headOffset = 0;
+    this.filling = { frame, filledBytes, pooled };
+    return frame.subarray(filledBytes, filledBytes + directReadBytesMax);
+  }
+
+  /** Takes what of `chunk` belongs to the frame being filled (copied unless it was read in place); returns the rest. */
+  private fill(filling: { frame: Buffer; filledBytes: number }, chunk: Buffer): Buffer {
+    const { frame, filledBytes } = filling;
+    const taken = Math.min(frame.length - filledBytes, chunk.length);
+    const inPlace = chunk.buffer === frame.buffer && chunk.byteOffset === frame.byteOffset + filledBytes;
+    if (!inPlace) chunk.copy(frame, filledBytes, 0, taken);
+    filling.filledBytes += taken;
+    this.bufferedBytes += taken;
+    return chunk.subarray(taken);
   }
 
   /** The next complete frame, or undefined if more bytes are needed. Throws KeelError PROTOCOL on garbage. */
   next(): Frame | undefined {
     if (this.failure) throw this.failure;
+    if (this.filling !== undefined) return this.nextFilled(this.filling);
     if (this.bufferedBytes < framePreambleBytes) return undefined;
     const first = this.chunks[0]!;
     // The preamble is read in place when it lies in the first chunk (nearly always): no view to allocate.
@@ -132,6 +184,19 @@ export class FrameDecoder {
     const frame = this.take(frameBytes);
     const gathered = this.gatheredFromPool;
     this.gatheredFromPool = undefined;
+    return this.decodeFrame(frame, headerBytes, gathered);
+  }
+
+  private nextFilled(filling: { frame: Buffer; filledBytes: number; pooled: Buffer | undefined }): Frame | undefined {
+    const { frame, filledBytes, pooled } = filling;
+    if (filledBytes < frame.length) return undefined;
+    this.filling = undefined;
+    this.bufferedBytes -= frame.length;
+    return this.decodeFrame(frame, frame.readUInt32BE(frameLengthFieldBytes), pooled); // lengths checked by readTarget
+  }
+
+  /** Header and payload of a whole frame; `gathered` (its pool buffer) goes back to the pool if it is garbage. */
+  private decodeFrame(frame: Buffer, headerBytes: number, gathered: Buffer | undefined): Frame {
     let header: Record<string, unknown>;
     try {
       header = this.decodeHeader(frame, framePreambleBytes, headerBytes);
@@ -147,21 +212,16 @@ export class FrameDecoder {
   /** The stream ended: throws PROTOCOL if it stopped in the middle of a frame. */
   end(): void {
     if (this.failure) throw this.failure;
-    if (this.bufferedBytes > 0) this.fail(`stream ended inside a frame (${this.bufferedBytes} bytes left over)`);
+    if (this.bufferedBytes > 0) {
+      if (this.filling?.pooled !== undefined) this.gatherPool!.discard(this.filling.pooled);
+      this.filling = undefined;
+      this.fail(`stream ended inside a frame (${this.bufferedBytes} bytes left over)`);
+    }
   }
 
   private validateLengths(restBytes: number, headerBytes: number): void {
-    const frameBytes = frameLengthFieldBytes + restBytes;
-    if (frameBytes > this.frameLimits.frameBytesMax) {
-      this.fail(`frame of ${frameBytes} bytes exceeds the maximum of ${this.frameLimits.frameBytesMax}`);
-    }
-    if (headerBytes === 0) this.fail('frame has an empty header');
-    if (headerBytes > this.frameLimits.headerBytesMax) {
-      this.fail(`frame header of ${headerBytes} bytes exceeds the maximum of ${this.frameLimits.headerBytesMax}`);
-    }
-    if (headerLengthFieldBytes + headerBytes > restBytes) {
-      this.fail(`frame header of ${headerBytes} bytes does not fit in a frame of ${frameBytes} bytes`);
-    }
+    const problem = lengthProblem(restBytes, headerBytes, this.frameLimits);
+    if (problem !== undefined) this.fail(problem);
   }
 
   private decodeHeader(frame: Buffer, at: number, length: number): Record<string, unknown> {
@@ -234,4 +294,14 @@ export class FrameDecoder {
       this.headOffset = 0;
     }
   }
+}
+
+/** What is wrong with a frame's two length fields, if anything. */
+function lengthProblem(restBytes: number, headerBytes: number, frameLimits: FrameLimits): string | undefined {
+  const frameBytes = frameLengthFieldBytes + restBytes;
+  if (frameBytes > frameLimits.frameBytesMax) return `frame of ${frameBytes} bytes exceeds the maximum of ${frameLimits.frameBytesMax}`;
+  if (headerBytes === 0) return 'frame has an empty header';
+  if (headerBytes > frameLimits.headerBytesMax) return `frame header of ${headerBytes} bytes exceeds the maximum of ${frameLimits.headerBytesMax}`;
+  if (headerLengthFieldBytes + headerBytes > restBytes) return `frame header of ${headerBytes} bytes does not fit in a frame of ${frameBytes} bytes`;
+  return undefined;
 }

@@ -100,6 +100,7 @@ export class RpcClient {
     this.requestsInFlightMax = options.requestsInFlightMax ?? limits.wireRequestsInFlightMax;
     this.requestsQueuedMax = options.requestsQueuedMax ?? limits.wireRequestsQueuedMax;
     connection.onData((chunk) => this.onData(chunk));
+    connection.readInto?.(() => this.decoder.readTarget()); // a large reply is read into its own buffer, not joined
     connection.onDrain(() => this.onDrain());
     connection.onClose((error) => this.onTransportClose(error));
   }

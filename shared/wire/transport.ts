@@ -22,6 +22,12 @@ export interface TransportConnection {
   flush(): void;
   /** Received bytes, in order. Chunks may split or join frames arbitrarily. */
   onData(listener: (chunk: Buffer) => void): void;
+  /**
+   * For a transport that can read into given memory (TCP connections it dialled): before each read it asks
+   * `provider` where the bytes may land (undefined: anywhere of its choosing). They still arrive through
+   * onData, as a view of that memory.
+   */
+  readInto?(provider: () => Buffer | undefined): void;
   /** The send queue went back below its bound after write() returned false. */
   onDrain(listener: () => void): void;
   /** Fires once when the connection is gone, for any reason; `error` is set if it failed. */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Packr } from 'msgpackr';
 import { isKeelError } from '../../shared/errors.ts';
-import { encodeFrame, FrameDecoder, type Frame } from '../../shared/wire/frame-codec.ts';
+import { directReadFrameBytesMin, encodeFrame, FrameDecoder, type Frame } from '../../shared/wire/frame-codec.ts';
 
 const smallLimits = { frameBytesMax: 4096, headerBytesMax: 256 };
 
@@ -106,6 +106,59 @@ describe('frame codec', () => {
     expect(second!.payload.equals(Buffer.alloc(100, 3))).toBe(true);
     expect(second!.gathered).toBeUndefined(); // within one chunk: a view of it, no pool
     expect(given).toHaveLength(1);
+  });
+
+  it('reads a large frame in place when the reader uses readTarget, and copies what arrives elsewhere', () => {
+    const payloads = [100, directReadFrameBytesMin, 5, 3 * directReadFrameBytesMin + 17, 0, 200_000].map((bytes, index) =>
+      Buffer.from(Array.from({ length: bytes }, (_, i) => (i * 13 + index) & 0xff)),
+    );
+    const stream = Buffer.concat(payloads.map((payload, index) => frameBytes({ id: index + 1, ok: true }, payload)));
+    for (const inPlaceEvery of [1, 2, 0]) {
+      const decoder = new FrameDecoder();
+      const frames: Frame[] = [];
+      let at = 0;
+      let reads = 0;
+      let inPlaceBytes = 0;
+      while (at < stream.length) {
+        reads += 1;
+        const want = 1 + ((reads * 40_503) % 90_000); // what one socket read brings, at most
+        const target = inPlaceEvery !== 0 && reads % inPlaceEvery === 0 ? decoder.readTarget() : undefined;
+        const bytes = Math.min(want, stream.length - at, target?.length ?? Infinity);
+        if (target === undefined) {
+          decoder.push(Buffer.from(stream.subarray(at, at + bytes)));
+        } else {
+          stream.copy(target, 0, at, at + bytes); // the kernel's read, straight into the frame's buffer
+          decoder.push(target.subarray(0, bytes));
+          inPlaceBytes += bytes;
+        }
+        at += bytes;
+        frames.push(...drain(decoder));
+      }
+      expect(frames.map((frame) => frame.header.id)).toEqual([1, 2, 3, 4, 5, 6]);
+      frames.forEach((frame, index) => expect(frame.payload.equals(payloads[index]!)).toBe(true));
+      if (inPlaceEvery === 1) expect(inPlaceBytes).toBeGreaterThan(250_000); // most of the three large frames
+      expect(decoder.pendingBytes).toBe(0);
+    }
+  });
+
+  it('offers no read target for small frames or garbage lengths, and reports a stream that ends inside a frame read in place', () => {
+    const small = new FrameDecoder();
+    small.push(frameBytes({ id: 1, ok: true }, Buffer.alloc(1000)).subarray(0, 20));
+    expect(small.readTarget()).toBeUndefined();
+    const garbage = new FrameDecoder();
+    garbage.push(preamble(2 ** 31, 0));
+    expect(garbage.readTarget()).toBeUndefined();
+    expectProtocolError(() => garbage.next());
+    const large = new FrameDecoder();
+    const bytes = frameBytes({ id: 2, ok: true }, Buffer.alloc(directReadFrameBytesMin, 9));
+    large.push(bytes.subarray(0, 100));
+    const target = large.readTarget()!;
+    expect(target.length).toBe(bytes.length - 100);
+    bytes.copy(target, 0, 100, 5000);
+    large.push(target.subarray(0, 4900));
+    expect(large.next()).toBeUndefined();
+    expect(large.pendingBytes).toBe(5000);
+    expectProtocolError(() => large.end());
   });
 
   it('rejects an oversized frame as soon as its preamble arrives', () => {
