@@ -11,6 +11,7 @@ import { KeelError } from '../shared/errors.ts';
 import {
   checkScoChecksumTable,
   checkScoTrailer,
+  clusterChecksums,
   encodeScoChecksumTable,
   encodeScoTrailer,
   firstBadCluster,
@@ -269,9 +270,7 @@ export async function scanClusterChecksums(file: DiskFile, clustersMax: number):
     const clusters = Math.min(clusterCount - slot, scanChunkBytes / scoClusterBytes);
     const view = chunk.subarray(0, clusters * scoClusterBytes);
     await file.read(view, slot * scoClusterBytes);
-    for (let index = 0; index < clusters; index++) {
-      table[slot + index] = crc32c(view.subarray(index * scoClusterBytes, (index + 1) * scoClusterBytes));
-    }
+    clusterChecksums(view, table, slot);
     slot += clusters;
   }
   return table;

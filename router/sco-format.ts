@@ -15,6 +15,13 @@ export const scoChecksumBytes = 4;
 
 const appendClusterCrc = crc32cAppender(scoClusterBytes);
 
+/** crc32c of each cluster of `data` (whole clusters) into table[at...]; returns table. */
+export function clusterChecksums(data: Buffer, table: Uint32Array, at = 0): Uint32Array {
+  const count = data.length / scoClusterBytes;
+  for (let index = 0; index < count; index++) table[at + index] = crc32c(data.subarray(index * scoClusterBytes, (index + 1) * scoClusterBytes));
+  return table;
+}
+
 /**
  * Index of the first cluster of `data` (whole clusters) whose crc32c is not table[firstSlot + index], or
  * -1 when all match. A run is checked with one crc over all of it against the table's crcs folded

@@ -32,7 +32,7 @@ import { restoreVolumeTlogs } from './backend-volume-objects.ts';
 import { RemoteScoReader, scoTablesCachedMax, type RemoteReadStats } from './remote-sco-reader.ts';
 import { ScoLiveCounts } from './sco-live-counts.ts';
 import { ScoUploader, type UploaderStats } from './sco-uploader.ts';
-import { scoChecksumBytes, scoTrailerBytes, parseScoFileName } from './sco-format.ts';
+import { clusterChecksums, scoChecksumBytes, scoTrailerBytes, parseScoFileName } from './sco-format.ts';
 import { parseTlogFileName } from './tlog-format.ts';
 import { decodeUploadManifest, emptyUploadManifest, encodeUploadManifest, uploadManifestFileName, type UploadManifest } from './upload-manifest.ts';
 import type { VolumeBackend } from './volume-backend.ts';
@@ -354,7 +354,7 @@ export class VolumeDriver implements OpenBlockTarget {
     // promise and a microtask turn.
     const journal = this.journal; // DTL (docs/dtl.md): records the write and decides when it may be acknowledged
     // An aligned write's cluster crcs, computed once: for its TLog records, and folded into its DTL record's crc.
-    const checksums = journal !== undefined && isClusterAligned(offset, data.length) ? clusterChecksums(data) : undefined;
+    const checksums = journal !== undefined && isClusterAligned(offset, data.length) ? clusterChecksums(data, new Uint32Array(data.length / clusterSizeBytes)) : undefined;
     this.operationsInFlight += 1;
     try {
       await (journal ? journal.write(offset, data, () => this.writeRange(offset, data, checksums), checksums) : this.writeRange(offset, data));
@@ -624,8 +624,10 @@ export class VolumeDriver implements OpenBlockTarget {
 
   // ---------------------------------------------------------------- write path
 
-  /** Not async: an aligned write that no read-modify-write holds is queued in this call (the hot path). */
-  /** `checksums`: crc32c of each cluster of data, when the caller has them (aligned writes only). */
+  /**
+   * Not async: an aligned write that no read-modify-write holds is queued in this call (the hot path).
+   * `checksums`: crc32c of each cluster of data, when the caller has them (aligned writes only).
+   */
   private writeRange(offset: number, data: Buffer, checksums?: Uint32Array): Promise<void> {
     if (data.length === 0) return Promise.resolve();
     const firstLba = Math.floor(offset / clusterSizeBytes);
@@ -1148,17 +1150,11 @@ export class VolumeDriver implements OpenBlockTarget {
   }
 }
 
-/** A write or trim from a user, or a rollback's remap: not a scrubber rewrite, marker or SCO_DELETED record. */
 function isClusterAligned(offset: number, length: number): boolean {
   return offset % clusterSizeBytes === 0 && length % clusterSizeBytes === 0;
 }
 
-function clusterChecksums(data: Buffer): Uint32Array {
-  const checksums = new Uint32Array(data.length / clusterSizeBytes);
-  for (let index = 0; index < checksums.length; index++) checksums[index] = crc32c(data.subarray(index * clusterSizeBytes, (index + 1) * clusterSizeBytes));
-  return checksums;
-}
-
+/** A write or trim from a user, or a rollback's remap: not a scrubber rewrite, marker or SCO_DELETED record. */
 function isUserMapChange(job: AppendJob): boolean {
   if (job.kind === 'trim') return true;
   if (job.kind === 'write') return job.expectedLocation === 0;

@@ -81,11 +81,6 @@ function payloadLength(payload: Buffer | readonly Buffer[] | undefined): number 
   return total;
 }
 
-/**
- * Streaming decoder. push() socket chunks, then call next() until it returns undefined. Pull-based so a
- * server can stop taking frames while its request window is full and resume later.
- * After it throws PROTOCOL once, the decoder stays broken: the connection must be closed.
- */
 /** A frame at least this large is read straight into a buffer of its own (FrameDecoder.readTarget). */
 export const directReadFrameBytesMin = 64 * 1024;
 /**
@@ -95,6 +90,11 @@ export const directReadFrameBytesMin = 64 * 1024;
  */
 const directReadBytesMax = 64 * 1024;
 
+/**
+ * Streaming decoder. push() socket chunks, then call next() until it returns undefined. Pull-based so a
+ * server can stop taking frames while its request window is full and resume later.
+ * After it throws PROTOCOL once, the decoder stays broken: the connection must be closed.
+ */
 export class FrameDecoder {
   private readonly frameLimits: FrameLimits;
   /** A large frame being read in place (readTarget): its buffer, the bytes in it so far, its pool buffer. */
