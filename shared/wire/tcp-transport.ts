@@ -93,7 +93,7 @@ class TcpConnection implements TransportConnection {
     this.readTarget = provider;
   }
 
-  /** The bytes a read put in memory the listeners may keep (a slab, or their readInto target). False (stop reading) while nobody listens yet. */
+  /** The bytes a read put in memory the listeners may keep (a copy, or their readInto target). False (stop reading) while nobody listens yet. */
   deliver(chunk: Buffer): boolean {
     if (this.dataListeners.length === 0) {
       this.undelivered = chunk;
@@ -154,46 +154,8 @@ class TcpListener implements TransportListener {
   }
 }
 
-/** The least room a dialled connection's read gets. */
+/** The buffer a dialled connection reads into when its listener names no place (readInto). */
 const readBufferBytes = 64 * 1024;
-/** Reads land in slabs of this size, one after another (ReadSlab). */
-const readSlabBytes = 256 * 1024;
-
-/**
- * Where a dialled connection's reads land when its listener names no place (readInto): each read gets the
- * unused tail of the current slab, at least readBufferBytes, and its bytes stay there, handed on as a
- * view. One allocation serves several reads, and no read is copied; a slab is freed by the garbage
- * collector once no frame or payload holds a view of it. (Node's default gives each read a new
- * zero-filled buffer; one buffer per connection that every read is copied out of cost a copy and an
- * allocation per read.) Large frames are read into their own buffers instead (FrameDecoder.readTarget),
- * so slabs, fresh memory each, fill at the rate of small replies only.
- */
-class ReadSlab {
-  private slab = Buffer.allocUnsafeSlow(readSlabBytes);
-  private usedBytes = 0;
-  private handedOut: Buffer | undefined;
-
-  /** The slab's room for the next read. */
-  next(): Buffer {
-    if (readSlabBytes - this.usedBytes < readBufferBytes) {
-      this.slab = Buffer.allocUnsafeSlow(readSlabBytes);
-      this.usedBytes = 0;
-    }
-    this.handedOut = this.slab.subarray(this.usedBytes);
-    return this.handedOut;
-  }
-
-  /** Whether a read went into the room next() gave. */
-  holds(buffer: Uint8Array): boolean {
-    return buffer === this.handedOut;
-  }
-
-  /** The `bytes` the read put there, now the caller's. */
-  take(bytes: number): Buffer {
-    this.usedBytes += bytes;
-    return this.handedOut!.subarray(0, bytes);
-  }
-}
 
 export class TcpTransport implements Transport {
   private readonly options: Required<TcpTransportOptions>;
@@ -210,13 +172,14 @@ export class TcpTransport implements Transport {
     const timeoutMs = options.timeoutMs ?? limits.wireConnectTimeoutMs;
     return new Promise((resolve, reject) => {
       let connection: TcpConnection | undefined;
-      // Node allocates a zero-filled buffer of each read's size and copies the bytes into it; reading into
-      // memory of our own skips the allocator's memset (3% of the edge's CPU) and the copy.
-      const slab = new ReadSlab();
+      // Node allocates a zero-filled buffer of each read's size and copies the bytes into it. Reading into
+      // one buffer per connection and copying out skips the allocator's memset (3% of the edge's CPU); the
+      // rest of a large frame is read straight into the frame's own buffer (readInto), without that copy.
+      const readBuffer = Buffer.allocUnsafe(readBufferBytes);
       const onread = {
-        buffer: (): Buffer => connection?.readTarget() ?? slab.next(),
+        buffer: (): Buffer => connection?.readTarget() ?? readBuffer,
         callback: (bytes: number, buffer: Uint8Array): boolean =>
-          connection!.deliver(slab.holds(buffer) ? slab.take(bytes) : (buffer as Buffer).subarray(0, bytes)), // false pauses
+          connection!.deliver(buffer === readBuffer ? copyOut(readBuffer, bytes) : (buffer as Buffer).subarray(0, bytes)), // false pauses
       };
       const socket = net.connect({ host, port, onread });
       const timer = setTimeout(() => {
@@ -249,4 +212,11 @@ export class TcpTransport implements Transport {
       });
     });
   }
+}
+
+/** The first `bytes` of the connection's read buffer, in memory of their own: frames and payloads outlive the read. */
+function copyOut(readBuffer: Buffer, bytes: number): Buffer {
+  const chunk = Buffer.allocUnsafe(bytes);
+  readBuffer.copy(chunk, 0, 0, bytes);
+  return chunk;
 }
