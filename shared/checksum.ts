@@ -38,7 +38,8 @@ const appenders = new Map<number, (crcA: number, crcB: number) => number>();
  *
  * Why: a read of a run of clusters can check all of them with one crc over the run (one native call,
  * the library's fast loop) against the clusters' stored crcs folded together, instead of one call per
- * 4 KiB cluster. Neither crc library offers the combine (zlib's crc32_combine, for CRC-32C).
+ * 4 KiB cluster; and a DTL record's crc can be folded from its clusters' crcs instead of read over the
+ * data again. Neither crc library offers the combine (zlib's crc32_combine, for CRC-32C).
  */
 export function crc32cAppender(pieceBytes: number): (crcA: number, crcB: number) => number {
   let appender = appenders.get(pieceBytes);
