@@ -90,6 +90,16 @@ export const directReadFrameBytesMin = 64 * 1024;
  */
 const directReadBytesMax = 64 * 1024;
 
+/** A large frame being read in place (FrameDecoder.readTarget). */
+interface FrameInPlace {
+  /** The whole frame's buffer. */
+  frame: Buffer;
+  /** Bytes of it received so far. */
+  filledBytes: number;
+  /** The gather pool's buffer that `frame` is a view of, if it came from the pool. */
+  pooled: Buffer | undefined;
+}
+
 /**
  * Streaming decoder. push() socket chunks, then call next() until it returns undefined. Pull-based so a
  * server can stop taking frames while its request window is full and resume later.
@@ -97,8 +107,7 @@ const directReadBytesMax = 64 * 1024;
  */
 export class FrameDecoder {
   private readonly frameLimits: FrameLimits;
-  /** A large frame being read in place (readTarget): its buffer, the bytes in it so far, its pool buffer. */
-  private filling: { frame: Buffer; filledBytes: number; pooled: Buffer | undefined } | undefined;
+  private filling: FrameInPlace | undefined;
   private readonly chunks: Buffer[] = [];
   /** Bytes of chunks[0] already consumed. */
   private headOffset = 0;
@@ -147,8 +156,8 @@ export class FrameDecoder {
     // All that is buffered is the start of this frame: move it into the frame's own buffer.
     const pooled = this.gatherPool?.acquire(frameBytes);
     const frame = pooled === undefined ? Buffer.allocUnsafe(frameBytes) : pooled.subarray(0, frameBytes);
-    let filledBytes = 0;
-    for (let i = 0; i < this.chunks.length; i++) filledBytes += this.chunks[i]!.copy(frame, filledBytes, i === 0 ? this.headOffset : 0);
+    const filledBytes = this.bufferedBytes;
+    this.copyFront(frame, filledBytes);
     this.chunks.length = 0;
     this.headOffset = 0;
     this.filling = { frame, filledBytes, pooled };
@@ -156,7 +165,7 @@ export class FrameDecoder {
   }
 
   /** Takes what of `chunk` belongs to the frame being filled (copied unless it was read in place); returns the rest. */
-  private fill(filling: { frame: Buffer; filledBytes: number }, chunk: Buffer): Buffer {
+  private fill(filling: FrameInPlace, chunk: Buffer): Buffer {
     const { frame, filledBytes } = filling;
     const taken = Math.min(frame.length - filledBytes, chunk.length);
     const inPlace = chunk.buffer === frame.buffer && chunk.byteOffset === frame.byteOffset + filledBytes;
@@ -187,7 +196,7 @@ export class FrameDecoder {
     return this.decodeFrame(frame, headerBytes, gathered);
   }
 
-  private nextFilled(filling: { frame: Buffer; filledBytes: number; pooled: Buffer | undefined }): Frame | undefined {
+  private nextFilled(filling: FrameInPlace): Frame | undefined {
     const { frame, filledBytes, pooled } = filling;
     if (filledBytes < frame.length) return undefined;
     this.filling = undefined;
@@ -269,16 +278,20 @@ export class FrameDecoder {
     const pooled = consume ? this.gatherPool?.acquire(n) : undefined;
     if (pooled !== undefined) this.gatheredFromPool = pooled;
     const out = pooled === undefined ? Buffer.allocUnsafe(n) : pooled.subarray(0, n);
+    this.copyFront(out, n);
+    if (consume) this.consume(n);
+    return out;
+  }
+
+  /** Copies the first n buffered bytes to the start of `out`, joining chunks; consumes nothing. */
+  private copyFront(out: Buffer, n: number): void {
     let written = 0;
     let offset = this.headOffset;
     for (let i = 0; written < n; i++) {
       const chunk = this.chunks[i]!;
-      const copied = chunk.copy(out, written, offset, Math.min(chunk.length, offset + (n - written)));
-      written += copied;
+      written += chunk.copy(out, written, offset, Math.min(chunk.length, offset + (n - written)));
       offset = 0;
     }
-    if (consume) this.consume(n);
-    return out;
   }
 
   private consume(n: number): void {
