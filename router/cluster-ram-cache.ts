@@ -11,7 +11,10 @@
  *   checked again (as ZFS checks a block when it reads it from disk, not on an ARC hit).
  * - **Small reads only.** Only reads of up to limits.ramCacheReadClustersMax clusters fill it or look in
  *   it: random small reads are what a syscall per read slows down, and a sequential scan would otherwise
- *   flush the working set.
+ *   flush the working set. Writes do not fill it (router/volume-driver.ts, `applyWrite`).
+ * - **Copies of dead locations go at once.** A location overwritten, trimmed or remapped is `forget`ed,
+ *   so its slot serves live data instead of waiting for the clock; a scrubber move `move`s the copy to the
+ *   cluster's new location without copying bytes.
  * - **Bounded.** One budget for all the router's volumes (`keel router --ram-cache`, default
  *   limits.ramCacheBytesDefault), in slabs of limits.ramCacheSlabBytes allocated as needed. When full, CLOCK (second chance) picks the victim: a
  *   slot hit since the hand last passed is spared once.
@@ -40,6 +43,10 @@ export interface RamCacheView {
    * the slots after it; nothing once closed.
    */
   fill(location: number, source: Buffer, at: number, count?: number): void;
+  /** Drops the copy of `location`, if any: no map entry points there any more. */
+  forget(location: number): void;
+  /** The cluster at `from` now lives at `to` (a scrubber move): its copy, if any, is keyed by `to` instead. */
+  move(from: number, to: number): void;
   /** Forgets every cluster of this view (its driver closed). */
   close(): void;
 }
@@ -82,6 +89,8 @@ export class ClusterRamCache {
       fill: (location, source, at, count = 1) => {
         for (let index = 0; index < count; index++) this.fill(owner, map, location + index, source, at + index * clusterSizeBytes);
       },
+      forget: (location) => this.forget(map, location),
+      move: (from, to) => this.move(map, from, to),
       close: () => this.closeView(owner, map),
     };
   }
@@ -114,6 +123,28 @@ export class ClusterRamCache {
     const slab = this.slabs[Math.floor(slot / clustersPerSlab)]!;
     source.copy(slab, (slot % clustersPerSlab) * clusterSizeBytes, at, at + clusterSizeBytes);
     this.counters.fills += 1;
+  }
+
+  private forget(map: Map<number, number>, location: number): void {
+    const slot = map.get(location);
+    if (slot === undefined) return;
+    map.delete(location);
+    this.freeSlot(slot);
+  }
+
+  private move(map: Map<number, number>, from: number, to: number): void {
+    const slot = map.get(from);
+    if (slot === undefined) return;
+    map.delete(from);
+    if (map.has(to)) return this.freeSlot(slot);
+    map.set(to, slot);
+    this.slotLocation[slot] = to;
+  }
+
+  private freeSlot(slot: number): void {
+    this.slotOwner[slot] = freeOwner;
+    this.freeSlots.push(slot);
+    this.slotsInUse -= 1;
   }
 
   /** A free slot, from a new slab while under budget, else the clock's victim. */
@@ -160,11 +191,7 @@ export class ClusterRamCache {
 
   private closeView(owner: number, map: Map<number, number>): void {
     if (this.maps[owner] !== map) return;
-    for (const slot of map.values()) {
-      this.slotOwner[slot] = freeOwner;
-      this.freeSlots.push(slot);
-      this.slotsInUse -= 1;
-    }
+    for (const slot of map.values()) this.freeSlot(slot);
     map.clear();
     this.maps[owner] = undefined;
   }

@@ -1,7 +1,8 @@
 /**
  * The router's RAM tier of cluster data: the cache alone (hits, misses, the budget, CLOCK's second chance,
- * views kept apart and given back), then on a real volume driver, where reads must see every write and
- * trim although the cache is never told about them (it is keyed by location).
+ * views kept apart and given back, copies forgotten and moved), then on a real volume driver, where reads
+ * must see every write and trim (the cache is keyed by location, so a stale copy is never looked up), writes
+ * leave no copies, dead locations give their slots back, and a scrubber move keeps its cluster's copy.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -67,6 +68,26 @@ describe('ClusterRamCache', () => {
     expect(readBack(view, slabClusters + 1)!.equals(cluster(slabClusters + 1))).toBe(true);
   });
 
+  it('forgets a copy at once, and moves one to a new location without a second copy', () => {
+    const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
+    const view = cache.openView()!;
+    view.fill(5, Buffer.concat([cluster(5), cluster(6), cluster(7)]), 0, 3);
+    view.forget(6);
+    view.forget(99); // nothing there: nothing happens
+    expect(readBack(view, 6)).toBeUndefined();
+    expect(cache.stats().bytes).toBe(2 * clusterSizeBytes);
+    view.move(5, 70000);
+    expect(readBack(view, 5)).toBeUndefined();
+    expect(readBack(view, 70000)!.equals(cluster(5))).toBe(true);
+    expect(cache.stats()).toMatchObject({ bytes: 2 * clusterSizeBytes, fills: 3 });
+    view.move(7, 70000); // the target holds a copy already: the moved one is dropped
+    expect(readBack(view, 7)).toBeUndefined();
+    expect(readBack(view, 70000)!.equals(cluster(5))).toBe(true);
+    expect(cache.stats().bytes).toBe(clusterSizeBytes);
+    for (let location = 1; location < slabClusters; location++) view.fill(100 + location, cluster(location), 0);
+    expect(cache.stats()).toMatchObject({ evictions: 0, bytes: limits.ramCacheSlabBytes }); // the freed slots were used first
+  });
+
   it('gives a closed view its memory back to the others', () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
     const closing = cache.openView()!;
@@ -104,15 +125,63 @@ describe('VolumeDriver with a RAM cache', () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
     driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
     await driver.write(0, Buffer.concat([cluster(1), cluster(2)]), false);
+    expect(cache.stats()).toMatchObject({ fills: 0, bytes: 0 }); // writes leave no copies
     expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(1))).toBe(true);
     expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(1))).toBe(true);
     expect(cache.stats()).toMatchObject({ hits: 1, fills: 1 });
 
-    await driver.write(0, cluster(3), false); // a new location: the copy of the old one is not looked up
+    expect(readInline(driver, 0, 2 * clusterSizeBytes).equals(Buffer.concat([cluster(1), cluster(2)]))).toBe(true);
+    expect(cache.stats()).toMatchObject({ hits: 2, fills: 2, bytes: 2 * clusterSizeBytes });
+    await driver.write(0, cluster(3), false); // a new location; the old one's copy goes at once
+    expect(cache.stats().bytes).toBe(clusterSizeBytes);
     expect(readInline(driver, 0, 2 * clusterSizeBytes).equals(Buffer.concat([cluster(3), cluster(2)]))).toBe(true);
     await driver.trim(clusterSizeBytes, clusterSizeBytes, false);
+    expect(cache.stats().bytes).toBe(clusterSizeBytes);
     expect(readInline(driver, clusterSizeBytes, clusterSizeBytes).equals(Buffer.alloc(clusterSizeBytes))).toBe(true);
     expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(3))).toBe(true);
+  });
+
+  it('holds no more copies than live clusters while small writes and reads churn one region', async () => {
+    const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    const next = makeRandom(7);
+    const regionClusters = 300; // well under the cache's 1024 slots: nothing needs evicting
+    const live = new Set<number>();
+    for (let step = 0; step < 3000; step++) {
+      const lba = Math.floor(next() * regionClusters);
+      if (step % 2 === 0) {
+        await driver.write(lba * clusterSizeBytes, cluster(step), false);
+        live.add(lba);
+      } else if (live.has(lba)) {
+        readInline(driver, lba * clusterSizeBytes, clusterSizeBytes);
+      }
+    }
+    const stats = cache.stats();
+    expect(stats.evictions).toBe(0);
+    expect(stats.fills).toBeGreaterThan(live.size);
+    expect(stats.bytes).toBeLessThanOrEqual(live.size * clusterSizeBytes);
+    for (const lba of live) readInline(driver, lba * clusterSizeBytes, clusterSizeBytes);
+    expect(cache.stats().bytes).toBe(live.size * clusterSizeBytes);
+  });
+
+  it("keeps a cluster's copy when the scrubber moves it, and drops the copy a racing user write replaced", async () => {
+    const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    await driver.write(0, cluster(1), false);
+    readInline(driver, 0, clusterSizeBytes);
+    const before = driver.mapView().get(0);
+    expect(await driver.rewriteCluster(0, before, cluster(1))).toBe(true);
+    expect(driver.mapView().get(0)).not.toBe(before);
+    expect(cache.stats()).toMatchObject({ fills: 1, bytes: clusterSizeBytes });
+    expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(1))).toBe(true);
+    expect(cache.stats()).toMatchObject({ hits: 1, misses: 1, fills: 1 });
+
+    const moved = driver.mapView().get(0);
+    const user = driver.write(0, cluster(2), false);
+    expect(await driver.rewriteCluster(0, moved, cluster(1))).toBe(false);
+    await user;
+    expect(cache.stats().bytes).toBe(0);
+    expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(2))).toBe(true);
   });
 
   it('fills and hits on the asynchronous path too (unaligned reads, reads outside the turn)', async () => {
