@@ -13,6 +13,8 @@ export interface FioFigures {
   p50LatencyUs: number;
   p99LatencyUs: number;
   runtimeMs: number;
+  /** fio's own CPU (user + system) over the job, in % of one core (absent in results before 2026-11-23). */
+  cpuPercent?: number;
 }
 
 interface FioDirection {
@@ -25,6 +27,8 @@ interface FioDirection {
 
 interface FioJob {
   error: number;
+  usr_cpu?: number;
+  sys_cpu?: number;
   read: FioDirection;
   write: FioDirection;
 }
@@ -49,5 +53,6 @@ export function parseFioJson(text: string, direction: 'read' | 'write'): FioFigu
     p50LatencyUs: nsToUs(percentile['50.000000']),
     p99LatencyUs: nsToUs(percentile['99.000000']),
     runtimeMs: figures.runtime,
+    ...(job.usr_cpu !== undefined && job.sys_cpu !== undefined ? { cpuPercent: job.usr_cpu + job.sys_cpu } : {}),
   };
 }

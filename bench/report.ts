@@ -26,6 +26,8 @@ export interface TargetResult {
   settled?: Partial<Record<JobId, Settled>>;
   /** Keel's edge process during the job (sampled from /proc). */
   edgeUsage?: Partial<Record<JobId, ProcessUsage & { cpuCoresPer10kIops: number }>>;
+  /** Where the CPU goes in the 4k QD32 jobs: each server process, fio and the machine's idle share. */
+  cpuPerIo?: Partial<Record<JobId, CpuPerIo>>;
   /**
    * Paired jobs (bench/run.ts, pairedJobs): each round runs the job on the reference nbdkit memory, then on
    * this target. Round 1's target run is the one in `jobs`.
@@ -35,6 +37,16 @@ export interface TargetResult {
   backendBytesPerColdRead?: number;
   /** Keel on S3: the 1M sequential read job once more, after `keel scrub --defrag` (what the defrag did). */
   seqReadAfterDefrag?: { defrag: string; outcome: JobOutcome };
+}
+
+/** CPU over a job's measured window, per completed I/O (bench/run.ts, sampledJobs). */
+export interface CpuPerIo {
+  /** µs of CPU (user + system, all threads) per I/O of each server process, fio's side of the chain first. */
+  processes: Array<{ role: string; usPerIo: number }>;
+  /** fio's own, from its JSON (over the whole job, ramp included). */
+  fioUsPerIo?: number;
+  /** Share of both cores' time that was idle (/proc/stat). */
+  machineIdleShare: number;
 }
 
 /** One round of a paired job: the reference's run and the target's right after it. */
@@ -160,6 +172,7 @@ export function renderMarkdown(result: BenchResult): string {
     lines.push(`| ${cells.join(' | ')} |`);
   }
   lines.push(...pairedSection(result));
+  lines.push(...cpuSection(result));
   lines.push('', '## Other figures', '', '| figure | value |', '|---|---:|');
   for (const [figure, value] of otherFigures(result)) lines.push(`| ${figure} | ${value} |`);
   lines.push('', '## Targets', '');
@@ -201,6 +214,31 @@ function pairedSection(result: BenchResult): string[] {
     '',
     '| target | job | each round: target / nbdkit memory, IOPS | each round: ratio | median ratio |',
     '|---|---|---|---|---:|',
+    ...rows,
+  ];
+}
+
+function cpuSection(result: BenchResult): string[] {
+  const rows: string[] = [];
+  for (const target of result.targets) {
+    for (const [job, cpu] of Object.entries(target.cpuPerIo ?? {})) {
+      const outcome = target.jobs[job as JobId];
+      if (!cpu || !outcome || !('figures' in outcome)) continue;
+      const processes = cpu.processes.map((p) => `${p.role} ${p.usPerIo.toFixed(1)}`).join(', ');
+      const total = cpu.processes.reduce((sum, p) => sum + p.usPerIo, 0) + (cpu.fioUsPerIo ?? 0);
+      const fio = cpu.fioUsPerIo !== undefined ? cpu.fioUsPerIo.toFixed(1) : '—';
+      rows.push(`| ${target.label} | ${job} | ${formatValue(outcome.figures.iops, 'IOPS')} | ${processes} | ${fio} | ${total.toFixed(1)} | ${(cpu.machineIdleShare * 100).toFixed(0)}% |`);
+    }
+  }
+  if (rows.length === 0) return [];
+  return [
+    '',
+    '## Where the CPU goes',
+    '',
+    "CPU time (user + system, all threads) per completed I/O, in µs, of each server process over the job's measured window (from /proc), fio's own from its JSON, and the share of the machine's cores left idle. The processes are listed from fio's side of the chain.",
+    '',
+    '| target | job | IOPS | µs of CPU per I/O, by process | fio | all | machine idle |',
+    '|---|---|---:|---|---:|---:|---:|',
     ...rows,
   ];
 }

@@ -14,9 +14,9 @@ import { promisify } from 'node:util';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { isMounted, stopAll } from './child-processes.ts';
 import { fillJob, jobMatrix, runFio, type FioJob, type FioSettings, type JobId } from './fio-jobs.ts';
-import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type JobOutcome, type PairedRound, type TargetResult } from './report.ts';
+import { buildTable, ratioColumns, renderMarkdown, writeReport, type BenchResult, type CpuPerIo, type JobOutcome, type PairedRound, type TargetResult } from './report.ts';
 import { describePlacement, setPlacement, type Placement } from './placement.ts';
-import { measureEcEncode, measureLbaMap, repoDir, sampleProcess, writtenBytes, type ProcessUsage } from './system-metrics.ts';
+import { measureEcEncode, measureLbaMap, repoDir, sampleCpuShares, sampleProcess, writtenBytes, type CpuShares, type RoleProcess } from './system-metrics.ts';
 import { targetSpecs, type RunningTarget, type Settled, type TargetId, type TargetSpec } from './targets.ts';
 
 type Mode = BenchResult['mode'];
@@ -62,7 +62,7 @@ const pairedJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4
 const pairedSubject: TargetId = 'keel';
 const referenceId: TargetId = 'nbdkit-memory';
 
-/** Jobs during which Keel's edge is sampled for RSS and CPU. */
+/** Jobs during which Keel's edge is sampled for RSS and CPU, and every target's processes for CPU per I/O. */
 const sampledJobs: ReadonlySet<JobId> = new Set(['randwrite-4k-qd32', 'randread-4k-qd32']);
 const edgeSampleIntervalMs = 200;
 const execFileAsync = promisify(execFile);
@@ -233,16 +233,23 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
     result.coldMethod = await running.makeCold();
   }
   const backendBefore = id === 'randread-4k-qd32-cold' && running.backendPid ? writtenBytes(running.backendPid) : undefined;
-  const sampler = running.edgePid && sampledJobs.has(id) ? delayedSampler(running.edgePid, settings.rampSec * 1000) : undefined;
+  const sampled = sampledJobs.has(id);
+  const rampMs = settings.rampSec * 1000;
+  const sampler = running.edgePid && sampled ? afterDelay(() => sampleProcess(running.edgePid!, edgeSampleIntervalMs), rampMs) : undefined;
+  const processes = sampled ? await serverProcesses(running, result.id) : [];
+  const cpuSampler = processes.length > 0 ? afterDelay(() => sampleCpuShares(processes), rampMs) : undefined;
   try {
     const figures = await runFio(job, running.uri(), settings, workDir);
     result.jobs[id] = { figures };
     const usage = sampler?.stop();
     if (usage) (result.edgeUsage ??= {})[id] = { ...usage, cpuCoresPer10kIops: usage.cpuCores / (figures.iops / 10_000) };
+    const shares = cpuSampler?.stop();
+    if (shares) (result.cpuPerIo ??= {})[id] = cpuPerIo(shares, figures);
     if (backendBefore !== undefined) result.backendBytesPerColdRead = (writtenBytes(running.backendPid!) - backendBefore) / figures.ios;
     log(`${result.id}: ${job.label}: ${figures.iops.toFixed(0)} IOPS, ${figures.mibPerSec.toFixed(1)} MiB/s, p50 ${figures.p50LatencyUs.toFixed(0)} µs, p99 ${figures.p99LatencyUs.toFixed(0)} µs`);
   } catch (err) {
     sampler?.stop();
+    cpuSampler?.stop();
     result.jobs[id] = { error: firstLine(err) };
     log(`${result.id}: ${job.label}: ${(err as Error).message}`);
     logTailOf(running, result.id);
@@ -319,19 +326,39 @@ async function settle(settleTarget: NonNullable<RunningTarget['settle']>, what: 
   }
 }
 
-/** Starts sampling after the ramp, so the figures cover the measured window only. */
-function delayedSampler(pid: number, delayMs: number): { stop(): ProcessUsage | undefined } {
-  let sampler: ReturnType<typeof sampleProcess> | undefined;
-  const timer = setTimeout(() => (sampler = sampleProcess(pid, edgeSampleIntervalMs)), delayMs);
+/** Starts a sampler after the ramp, so its figures cover the measured window only; undefined if stopped before. */
+function afterDelay<T>(start: () => { stop(): T }, delayMs: number): { stop(): T | undefined } {
+  let sampler: { stop(): T } | undefined;
+  const timer = setTimeout(() => (sampler = start()), delayMs);
   if (delayMs === 0) {
     clearTimeout(timer);
-    sampler = sampleProcess(pid, edgeSampleIntervalMs);
+    sampler = start();
   }
   return {
     stop() {
       clearTimeout(timer);
       return sampler?.stop();
     },
+  };
+}
+
+/** The target's processes to sample, or none when it names none or cannot say (the job runs regardless). */
+async function serverProcesses(running: RunningTarget, targetId: string): Promise<RoleProcess[]> {
+  try {
+    return (await running.processes?.()) ?? [];
+  } catch (err) {
+    log(`${targetId}: could not list its processes for CPU per I/O: ${(err as Error).message}`);
+    return [];
+  }
+}
+
+/** CPU shares over the measured window as microseconds of CPU per completed I/O. */
+function cpuPerIo(shares: CpuShares, figures: { iops: number; cpuPercent?: number }): CpuPerIo {
+  const usPerIo = (cores: number) => (cores / figures.iops) * 1e6;
+  return {
+    processes: shares.processes.map((p) => ({ role: p.role, usPerIo: usPerIo(p.cpuCores) })),
+    ...(figures.cpuPercent !== undefined ? { fioUsPerIo: usPerIo(figures.cpuPercent / 100) } : {}),
+    machineIdleShare: shares.machineIdleShare,
   };
 }
 

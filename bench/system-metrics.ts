@@ -1,6 +1,7 @@
 /**
  * The figures of issue 6 part 2 that are not fio's: CPU and RSS of a process sampled from /proc while a
- * job runs (the edge), bytes a process wrote to its sockets and files (/proc/PID/io, for the backend bytes
+ * job runs (the edge), the CPU of every server process of a target and the machine's idle share over a
+ * job (where the CPU goes), bytes a process wrote to its sockets and files (/proc/PID/io, for the backend bytes
  * fetched per cold read), and the two micro-benchmarks next to this file (EC encode, LBA map RAM), run as
  * children and parsed from their output.
  */
@@ -61,6 +62,54 @@ export function sampleProcess(pid: number, intervalMs: number): { stop(): Proces
         rssPeakBytes: Math.max(...rss),
         samples: rss.length,
       };
+    },
+  };
+}
+
+/** A server process of a target, named by its part in the chain (`edge`, `owner r1`, `relay 1`, `nbdkit`). */
+export interface RoleProcess {
+  role: string;
+  pid: number;
+}
+
+export interface CpuShares {
+  /** Per process that lived through the window: CPU time (user + system, all threads) / wall time. */
+  processes: Array<{ role: string; cpuCores: number }>;
+  /** Share of all cores' time spent idle or in iowait over the window (/proc/stat). */
+  machineIdleShare: number;
+}
+
+/** idle + iowait and the total, in jiffies, over all cores (the first line of /proc/stat). */
+function readMachineTicks(): { idle: number; total: number } {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!;
+  const fields = line.trim().split(/\s+/).slice(1, 9).map(Number);
+  return { idle: fields[3]! + fields[4]!, total: fields.reduce((a, b) => a + b, 0) };
+}
+
+/** CPU of each process and the machine's idle share from now until stop(); a process gone by then is left out. */
+export function sampleCpuShares(processes: readonly RoleProcess[]): { stop(): CpuShares } {
+  const ticksOf = (pid: number) => {
+    try {
+      return readCpuTicks(pid);
+    } catch {
+      return undefined;
+    }
+  };
+  const start = processes.map((p) => ticksOf(p.pid));
+  const machineStart = readMachineTicks();
+  const startMs = performance.now();
+  return {
+    stop() {
+      const wallSec = (performance.now() - startMs) / 1000;
+      const machineEnd = readMachineTicks();
+      const shares: CpuShares['processes'] = [];
+      processes.forEach((p, index) => {
+        const end = ticksOf(p.pid);
+        if (start[index] === undefined || end === undefined || wallSec <= 0) return;
+        shares.push({ role: p.role, cpuCores: (end - start[index]!) / clockTicksPerSec / wallSec });
+      });
+      const total = machineEnd.total - machineStart.total;
+      return { processes: shares, machineIdleShare: total > 0 ? (machineEnd.idle - machineStart.idle) / total : 0 };
     },
   };
 }

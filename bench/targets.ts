@@ -14,7 +14,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { keelUpPlacementArgs, placed } from './placement.ts';
 import { isMounted, spawnTracked, stopTracked, trackMount, unmountLazily, untrackMount, waitForOutput, type TrackedChild } from './child-processes.ts';
-import { findProcess, repoDir } from './system-metrics.ts';
+import { findProcess, repoDir, type RoleProcess } from './system-metrics.ts';
 import type { JobId } from './fio-jobs.ts';
 import { freePort } from '../test/helpers/processes.ts';
 
@@ -34,6 +34,11 @@ export interface RunningTarget {
   uri(): string;
   /** Keel's edge, sampled for RSS and CPU during the random-I/O jobs. */
   edgePid?: number;
+  /**
+   * The target's server processes by their part in the chain, fio's side first (asked again before each
+   * job: Keel's owner can change), whose CPU per I/O the report gives for the 4k QD32 jobs.
+   */
+  processes?: () => Promise<RoleProcess[]>;
   /** The S3 server's process, whose socket writes count the backend bytes fetched by cold reads. */
   backendPid?: number;
   /** Makes the next reads cold (restart, caches dropped) and says how; absent when there is no slower tier. */
@@ -121,7 +126,7 @@ export const targetSpecs: readonly TargetSpec[] = [
     unavailable: () => missingProgram('nbdkit'),
     start: async (context) => {
       const server = await startNbdkit('nbdkit memory', [`size=${context.deviceBytes}`], 'memory');
-      return { uri: () => server.uri, stop: () => stopTracked(server.child, stopGraceMs) };
+      return { uri: () => server.uri, processes: async () => rolesOf([['nbdkit', server.child]]), stop: () => stopTracked(server.child, stopGraceMs) };
     },
   },
   {
@@ -154,7 +159,7 @@ export const targetSpecs: readonly TargetSpec[] = [
       await handle.truncate(context.deviceBytes);
       await handle.close();
       const server = await startNbdkit('nbdkit file', [file], 'file');
-      return { uri: () => server.uri, stop: () => stopTracked(server.child, stopGraceMs) };
+      return { uri: () => server.uri, processes: async () => rolesOf([['nbdkit', server.child]]), stop: () => stopTracked(server.child, stopGraceMs) };
     },
   },
   {
@@ -185,11 +190,19 @@ async function startRelayChain(context: TargetContext, count: number): Promise<R
       const output = await waitForOutput(relay, /relay listening on 127\.0\.0\.1:(\d+)/, startTimeoutMs);
       port = /relay listening on 127\.0\.0\.1:(\d+)/.exec(output)![1];
     }
-    return { uri: () => `nbd://127.0.0.1:${port}/`, stop };
+    // Relay 1 is the one fio connects to (where Keel has its edge), the last one the one before nbdkit.
+    const chain: Array<[string, TrackedChild]> = relays.map((relay, index): [string, TrackedChild] => [`relay ${count - index}`, relay]).reverse();
+    const processes = async () => rolesOf([...chain, ['nbdkit', server.child]]);
+    return { uri: () => `nbd://127.0.0.1:${port}/`, processes, stop };
   } catch (err) {
     await stop();
     throw err;
   }
+}
+
+/** Role and pid of each child still running, in the order given. */
+function rolesOf(children: ReadonlyArray<[string, TrackedChild]>): RoleProcess[] {
+  return children.filter(([, child]) => child.process.pid !== undefined && child.process.exitCode === null).map(([role, child]) => ({ role, pid: child.process.pid! }));
 }
 
 async function startKeel(context: TargetContext, onS3: boolean): Promise<RunningTarget> {
@@ -216,6 +229,7 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
     return {
       uri: () => `nbd://127.0.0.1:${port}/demo`,
       edgePid: findProcess(['keel.js', 'edge', '--data', dataDir]),
+      processes: async () => [...(await keelProcesses(dataDir)), ...(s3 ? rolesOf([['s3rver', s3.child]]) : [])],
       backendPid: s3?.child.process.pid,
       makeCold: () => restartOwnerCold(dataDir, `nbd://127.0.0.1:${port}/demo`),
       settle: async (waitMaxMs) => {
@@ -372,6 +386,17 @@ async function keelUploadsPending(statusAddresses: readonly string[]): Promise<s
   return scos + tlogs === 0 ? undefined : `${scos} SCOs and ${tlogs} TLogs to upload`;
 }
 
+/** The edge, then demo's owner and DTL peer, then any other router, each named by its part. */
+async function keelProcesses(dataDir: string): Promise<RoleProcess[]> {
+  const info = await keelJson<{ owner: string; dtlPeer?: string }>(['volume', 'info', 'demo', '--json', '--data', dataDir]);
+  const routers = await keelJson<Array<{ id: string; pid: number; state: string }>>(['router', 'list', '--json', '--data', dataDir]);
+  const roleOf = (id: string) => (id === info.owner ? `owner ${id}` : id === info.dtlPeer ? `DTL peer ${id}` : `router ${id}`);
+  const rank = (id: string) => (id === info.owner ? 0 : id === info.dtlPeer ? 1 : 2);
+  const edge = findProcess(['keel.js', 'edge', '--data', dataDir]);
+  const up = routers.filter((r) => r.state === 'up').sort((a, b) => rank(a.id) - rank(b.id));
+  return [...(edge !== undefined ? [{ role: 'edge', pid: edge }] : []), ...up.map((r) => ({ role: roleOf(r.id), pid: r.pid }))];
+}
+
 async function ownerOf(dataDir: string): Promise<{ id: string; pid: number; state: string }> {
   const info = await keelJson<{ owner: string }>(['volume', 'info', 'demo', '--json', '--data', dataDir]);
   const routers = await keelJson<Array<{ id: string; pid: number; state: string }>>(['router', 'list', '--json', '--data', dataDir]);
@@ -475,6 +500,7 @@ async function startS3backer(context: TargetContext): Promise<RunningTarget> {
   }
   return {
     uri: () => server!.uri,
+    processes: async () => rolesOf([['nbdkit', server!.child], ['s3backer', fuse!], ['s3rver', s3.child]]),
     backendPid: s3.child.process.pid,
     makeCold: async () => {
       const stats = await s3backerStats(mountDir);

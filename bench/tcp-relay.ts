@@ -2,7 +2,7 @@
  * A TCP relay that only copies bytes both ways (stream.pipe), one upstream connection per client. The
  * bench puts it in front of nbdkit memory as the `node-relay` baseline: what one extra Node.js process
  * hop costs on this machine with no logic at all, the floor under Keel's edge -> router path
- * (docs/benchmark.md, "Baselines").
+ * (docs/benchmark.md, "Targets and how each is started").
  *
  *   node --import tsx bench/tcp-relay.ts UPSTREAM_PORT     prints "relay listening on 127.0.0.1:PORT"
  */

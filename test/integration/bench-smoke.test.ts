@@ -66,7 +66,7 @@ describe.skipIf(!hasTools)('npm run bench -- --smoke', () => {
     expect(keel.status).toBe('ok');
     expect(memory.status).toBe('ok');
     for (const job of ['seqwrite-1m', 'randwrite-4k-qd32', 'randwrite-4k-qd1', 'randread-4k-qd32', 'seqread-1m', 'randread-4k-qd32-cold']) {
-      expect(Object.keys(keel.jobs[job].figures).sort()).toEqual(['iops', 'ios', 'meanLatencyUs', 'mibPerSec', 'p50LatencyUs', 'p99LatencyUs', 'runtimeMs']);
+      expect(Object.keys(keel.jobs[job].figures).sort()).toEqual(['cpuPercent', 'iops', 'ios', 'meanLatencyUs', 'mibPerSec', 'p50LatencyUs', 'p99LatencyUs', 'runtimeMs']);
     }
     expect(memory.jobs['randread-4k-qd32-cold'].skipped).toMatch(/no slower tier/);
     expect(keel.coldMethod).toMatch(/got SIGTERM .* owned demo again/);
@@ -84,6 +84,15 @@ describe.skipIf(!hasTools)('npm run bench -- --smoke', () => {
     expect(rounds[0].subject).toEqual(keel.jobs['randwrite-4k-qd32']);
     expect(rounds[1].subject).not.toEqual(rounds[0].subject);
     expect(memory.pairedRounds).toBeUndefined();
+    // Where the CPU goes: every process of the chain, fio's side first, for the two 4k QD32 jobs.
+    for (const job of ['randread-4k-qd32', 'randwrite-4k-qd32']) {
+      const roles = keel.cpuPerIo[job].processes.map((p: { role: string }) => p.role);
+      expect(roles.slice(0, 3)).toEqual(['edge', expect.stringMatching(/^owner r\d$/), expect.stringMatching(/^DTL peer r\d$/)]);
+      expect(keel.cpuPerIo[job].processes[0].usPerIo).toBeGreaterThan(0);
+      expect(keel.cpuPerIo[job].fioUsPerIo).toBeGreaterThan(0);
+      expect(memory.cpuPerIo[job].processes.map((p: { role: string }) => p.role)).toEqual(['nbdkit']);
+    }
+    expect(readFileSync(path.join(outDir, 'latest.md'), 'utf8')).toMatch(/## Where the CPU goes[\s\S]*\| Keel \| randwrite-4k-qd32 \| [\d.k]+ \| edge [\d.]+, owner r\d [\d.]+, DTL peer r\d [\d.]+/);
     expect(readFileSync(path.join(outDir, 'latest.md'), 'utf8')).toMatch(
       /## Back to back with nbdkit memory[\s\S]*\| Keel \| randwrite-4k-qd32 \| [\d.k]+ \/ [\d.k]+, [\d.k]+ \/ [\d.k]+ \| [\d.]+×, [\d.]+× \| \*\*[\d.]+×\*\* \|/,
     );

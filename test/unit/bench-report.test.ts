@@ -91,3 +91,37 @@ describe('bench report: the relay chain floor', () => {
     expect(seqwrite[columns.indexOf('Keel / Node relay ×2')]).toBe('—');
   });
 });
+
+describe('bench report: where the CPU goes', () => {
+  it('gives each process its µs per I/O in chain order, fio, their sum and the idle share', () => {
+    const markdown = renderMarkdown(
+      resultWith({
+        cpuPerIo: {
+          'randread-4k-qd32': {
+            processes: [
+              { role: 'edge', usPerIo: 7.46 },
+              { role: 'owner r1', usPerIo: 5.52 },
+              { role: 'DTL peer r2', usPerIo: 0.04 },
+            ],
+            fioUsPerIo: 4.4,
+            machineIdleShare: 0.234,
+          },
+        },
+      }),
+    );
+    expect(markdown).toContain('## Where the CPU goes');
+    const row = markdown.split('\n').find((line) => line.startsWith('| Keel | randread-4k-qd32 |'));
+    expect(row).toBe('| Keel | randread-4k-qd32 | 34.0k | edge 7.5, owner r1 5.5, DTL peer r2 0.0 | 4.4 | 17.4 | 23% |');
+  });
+
+  it('has no such section when nothing was sampled, and skips a job that failed', () => {
+    expect(renderMarkdown(resultWith({}))).not.toContain('## Where the CPU goes');
+    const failed = renderMarkdown(
+      resultWith({
+        jobs: { 'randread-4k-qd32': { error: 'fio exited with 1' } },
+        cpuPerIo: { 'randread-4k-qd32': { processes: [{ role: 'edge', usPerIo: 7 }], machineIdleShare: 0.5 } },
+      }),
+    );
+    expect(failed).not.toContain('## Where the CPU goes');
+  });
+});
