@@ -1,5 +1,5 @@
 /**
- * The V8 flags the edge and the routers run with (docs/benchmark.md, "The edge's garbage collector had
+ * The V8 flags the edge and the routers run with (docs/benchmark-log.md, "The edge's garbage collector had
  * two steady states"). Heap sizes are fixed when the process starts, so these must be on node's command
  * line: `keel up` passes them to its children, and a process started without them says so in its log.
  */
@@ -62,7 +62,7 @@ export function warnIfUntuned(role: TunedRole, logger: Logger): void {
   if (missing.length === 0) return;
   logger.warn(
     { missing, start: `node ${v8FlagsFor(role).join(' ')} bin/keel.js ${role} ...` },
-    `started without the V8 flags the ${role} is tuned with; its garbage collector may cost up to a fifth of its CPU under load (docs/benchmark.md)`,
+    `started without the V8 flags the ${role} is tuned with; its garbage collector may cost up to a fifth of its CPU under load (docs/benchmark-log.md)`,
   );
 }
 
