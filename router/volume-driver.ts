@@ -937,10 +937,8 @@ export class VolumeDriver implements OpenBlockTarget {
    */
   private applyWrite(entry: BatchEntry, location: number): void {
     const job = entry.job;
-    for (let index = 0; index < entry.count; index++) {
-      if (job.expectedLocation !== 0) this.ramCache?.move(job.expectedLocation, location + index);
-      this.mapCluster(job.lba + entry.from + index, location + index);
-    }
+    if (job.expectedLocation !== 0) this.ramCache?.move(job.expectedLocation, location); // a rewrite is one cluster
+    for (let index = 0; index < entry.count; index++) this.mapCluster(job.lba + entry.from + index, location + index);
   }
 
   private mapCluster(lba: number, location: number): void {

@@ -27,21 +27,26 @@ describe('sampleCpuShares', () => {
     for (const child of children.splice(0)) child.kill('SIGKILL');
   });
 
-  function start(code: string): ChildProcess {
-    const child = spawn(process.execPath, ['-e', code], { stdio: 'ignore' });
+  /** A node child running `code` once it has said it is up, so that its start-up is not sampled. */
+  async function start(code: string): Promise<ChildProcess> {
+    const child = spawn(process.execPath, ['-e', `process.stdout.write('up\\n'); ${code}`], { stdio: ['ignore', 'pipe', 'ignore'] });
     children.push(child);
+    await new Promise((resolve, reject) => {
+      child.stdout!.once('data', resolve);
+      child.once('error', reject);
+    });
     return child;
   }
 
   it('tells a spinning process from a sleeping one, and leaves out one that is gone', async () => {
-    const spinning = start('for (;;) {}');
-    const sleeping = start('setTimeout(() => {}, 60_000)');
-    const short = start('setTimeout(() => {}, 100)');
-    await new Promise((resolve) => setTimeout(resolve, 300)); // past Node.js's own start-up
+    const spinning = await start('for (;;) {}');
+    const sleeping = await start('setTimeout(() => {}, 60_000)');
+    const gone = await start('');
+    if (gone.exitCode === null) await new Promise((resolve) => gone.once('exit', resolve));
     const sampler = sampleCpuShares([
       { role: 'spinning', pid: spinning.pid! },
       { role: 'sleeping', pid: sleeping.pid! },
-      { role: 'gone', pid: short.pid! },
+      { role: 'gone', pid: gone.pid! },
     ]);
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const shares = sampler.stop();
