@@ -205,17 +205,17 @@ function pairedSection(result: BenchResult): string[] {
       rows.push(`| ${target.label} | ${job} | ${iopsCell} | ${ratioCell} | ${median === undefined ? '—' : `**${median.toFixed(3)}×**`} |`);
     }
   }
-  if (rows.length === 0) return [];
-  return [
-    '',
-    '## Back to back with nbdkit memory',
-    '',
+  return tableSection(
+    'Back to back with nbdkit memory',
     'The same job on a second nbdkit memory, run right before the target\'s once its write-back is done, so that both see the host in the same minute; each round is such a pair, and the first round\'s target run is the one in the table above.',
-    '',
-    '| target | job | each round: target / nbdkit memory, IOPS | each round: ratio | median ratio |',
-    '|---|---|---|---|---:|',
-    ...rows,
-  ];
+    ['| target | job | each round: target / nbdkit memory, IOPS | each round: ratio | median ratio |', '|---|---|---|---|---:|'],
+    rows,
+  );
+}
+
+/** A markdown section of one table: nothing when it has no rows. */
+function tableSection(title: string, intro: string, header: [string, string], rows: readonly string[]): string[] {
+  return rows.length === 0 ? [] : ['', `## ${title}`, '', intro, '', ...header, ...rows];
 }
 
 function cpuSection(result: BenchResult): string[] {
@@ -230,17 +230,12 @@ function cpuSection(result: BenchResult): string[] {
       rows.push(`| ${target.label} | ${job} | ${formatValue(outcome.figures.iops, 'IOPS')} | ${processes} | ${fio} | ${total.toFixed(1)} | ${(cpu.machineIdleShare * 100).toFixed(0)}% |`);
     }
   }
-  if (rows.length === 0) return [];
-  return [
-    '',
-    '## Where the CPU goes',
-    '',
+  return tableSection(
+    'Where the CPU goes',
     "CPU time (user + system, all threads) per completed I/O, in µs, of each server process over the job's measured window (from /proc), fio's own from its JSON, and the share of the machine's cores left idle. The processes are listed from fio's side of the chain.",
-    '',
-    '| target | job | IOPS | µs of CPU per I/O, by process | fio | all | machine idle |',
-    '|---|---|---:|---|---:|---:|---:|',
-    ...rows,
-  ];
+    ['| target | job | IOPS | µs of CPU per I/O, by process | fio | all | machine idle |', '|---|---|---:|---|---:|---:|---:|'],
+    rows,
+  );
 }
 
 function iopsOf(outcome: JobOutcome | undefined): number | undefined {

@@ -386,10 +386,16 @@ async function keelUploadsPending(statusAddresses: readonly string[]): Promise<s
   return scos + tlogs === 0 ? undefined : `${scos} SCOs and ${tlogs} TLogs to upload`;
 }
 
-/** The edge, then demo's owner and DTL peer, then any other router, each named by its part. */
-async function keelProcesses(dataDir: string): Promise<RoleProcess[]> {
+/** Volume demo's record (`keel volume info`) and the registered routers (`keel router list`). */
+async function demoAndRouters(dataDir: string): Promise<{ info: { owner: string; dtlPeer?: string }; routers: Array<{ id: string; pid: number; state: string }> }> {
   const info = await keelJson<{ owner: string; dtlPeer?: string }>(['volume', 'info', 'demo', '--json', '--data', dataDir]);
   const routers = await keelJson<Array<{ id: string; pid: number; state: string }>>(['router', 'list', '--json', '--data', dataDir]);
+  return { info, routers };
+}
+
+/** The edge, then demo's owner and DTL peer, then any other router, each named by its part. */
+async function keelProcesses(dataDir: string): Promise<RoleProcess[]> {
+  const { info, routers } = await demoAndRouters(dataDir);
   const roleOf = (id: string) => (id === info.owner ? `owner ${id}` : id === info.dtlPeer ? `DTL peer ${id}` : `router ${id}`);
   const rank = (id: string) => (id === info.owner ? 0 : id === info.dtlPeer ? 1 : 2);
   const edge = findProcess(['keel.js', 'edge', '--data', dataDir]);
@@ -398,8 +404,7 @@ async function keelProcesses(dataDir: string): Promise<RoleProcess[]> {
 }
 
 async function ownerOf(dataDir: string): Promise<{ id: string; pid: number; state: string }> {
-  const info = await keelJson<{ owner: string }>(['volume', 'info', 'demo', '--json', '--data', dataDir]);
-  const routers = await keelJson<Array<{ id: string; pid: number; state: string }>>(['router', 'list', '--json', '--data', dataDir]);
+  const { info, routers } = await demoAndRouters(dataDir);
   const row = routers.find((r) => r.id === info.owner);
   if (!row) throw new Error(`volume demo has no registered owner (${info.owner})`);
   return row;
