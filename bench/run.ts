@@ -235,8 +235,9 @@ async function runJob(job: FioJob, running: RunningTarget, settings: ModeSetting
   const backendBefore = id === 'randread-4k-qd32-cold' && running.backendPid ? writtenBytes(running.backendPid) : undefined;
   const sampled = sampledJobs.has(id);
   const rampMs = settings.rampSec * 1000;
-  const sampler = running.edgePid && sampled ? afterDelay(() => sampleProcess(running.edgePid!, edgeSampleIntervalMs), rampMs) : undefined;
   const processes = sampled ? await serverProcesses(running, result.id) : [];
+  const edge = processes.find((p) => p.role === 'edge');
+  const sampler = edge ? afterDelay(() => sampleProcess(edge.pid, edgeSampleIntervalMs), rampMs) : undefined;
   const cpuSampler = processes.length > 0 ? afterDelay(() => sampleCpuShares(processes), rampMs) : undefined;
   try {
     const figures = await runFio(job, running.uri(), settings, workDir);

@@ -32,11 +32,10 @@ export interface TargetContext {
 
 export interface RunningTarget {
   uri(): string;
-  /** Keel's edge, sampled for RSS and CPU during the random-I/O jobs. */
-  edgePid?: number;
   /**
    * The target's server processes by their part in the chain, fio's side first (asked again before each
-   * job: Keel's owner can change), whose CPU per I/O the report gives for the 4k QD32 jobs.
+   * job: Keel's owner can change), whose CPU per I/O the report gives for the 4k QD32 jobs. Keel's `edge`
+   * is also sampled for RSS.
    */
   processes?: () => Promise<RoleProcess[]>;
   /** The S3 server's process, whose socket writes count the backend bytes fetched by cold reads. */
@@ -228,7 +227,6 @@ async function startKeel(context: TargetContext, onS3: boolean): Promise<Running
     }
     return {
       uri: () => `nbd://127.0.0.1:${port}/demo`,
-      edgePid: findProcess(['keel.js', 'edge', '--data', dataDir]),
       processes: async () => [...(await keelProcesses(dataDir)), ...(s3 ? rolesOf([['s3rver', s3.child]]) : [])],
       backendPid: s3?.child.process.pid,
       makeCold: () => restartOwnerCold(dataDir, `nbd://127.0.0.1:${port}/demo`),
