@@ -448,7 +448,7 @@ export class NbdClient {
         const data = dataBytes > 0 ? this.incoming.take(dataBytes) : undefined;
         this.pending.delete(header.handleLo);
         if (header.error === 0) request.resolve(data);
-        else request.reject(keelErrorFromNbd(header.error, request.type, request.offset, request.length));
+        else request.reject(keelErrorFromNbd(header.error, request.type, request.offset, request.length, this.sizeBytes));
         this.slotWaiters.shift()?.();
         this.notifyIfIdle();
       }

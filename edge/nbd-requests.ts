@@ -168,6 +168,8 @@ export function nbdErrorFor(err: unknown, type: number): number {
       return NBD_EPERM;
     case 'OUT_OF_RANGE':
       return outOfRangeError(type);
+    case 'NO_SPACE': // QEMU's default werror=enospc pauses the guest on it, where EIO would reach the guest
+      return NBD_ENOSPC;
     case 'BAD_ARGUMENT':
     case 'REQUEST_TOO_LARGE':
       return NBD_EINVAL;
@@ -178,8 +180,11 @@ export function nbdErrorFor(err: unknown, type: number): number {
   }
 }
 
-/** Client side: the KeelError a program sees for an NBD error value (unknown values count as EINVAL). */
-export function keelErrorFromNbd(error: number, type: number, offset: number, length: number): KeelError {
+/**
+ * Client side: the KeelError a program sees for an NBD error value (unknown values count as EINVAL).
+ * ENOSPC means a write past the end, or a full store: the export's size tells them apart.
+ */
+export function keelErrorFromNbd(error: number, type: number, offset: number, length: number, exportSizeBytes: number): KeelError {
   const details = { nbdError: error, command: commandNames[type] ?? type, offset, length };
   const what = `NBD ${commandNames[type] ?? type} [${offset}, +${length})`;
   switch (error) {
@@ -188,7 +193,8 @@ export function keelErrorFromNbd(error: number, type: number, offset: number, le
     case NBD_EIO:
       return new KeelError('IO', `${what}: input/output error (EIO)`, details);
     case NBD_ENOSPC:
-      return new KeelError('OUT_OF_RANGE', `${what}: no space left on device (ENOSPC)`, details);
+      if (offset + length > exportSizeBytes) return new KeelError('OUT_OF_RANGE', `${what}: past the end of the device (ENOSPC)`, details);
+      return KeelError.noSpace(`${what}: no space left on device (ENOSPC)`, undefined, details);
     case NBD_ESHUTDOWN:
       return new KeelError('CLOSED', `${what}: server is shutting down (ESHUTDOWN)`, details);
     default:

@@ -107,9 +107,11 @@ export class DtlJournal implements WriteJournal {
   private rollPending = false;
   /** The peer refused a batch as full: not in sync until a batch goes through again. */
   private peerFull = false;
+  /** Batches in a row that peers refused because their disk was full (see pauseAfterNoSpace). */
+  private peerNoSpaceStreak = 0;
   private firstInSyncDone = false;
   private readonly excluded = new Set<string>();
-  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0, overlappedBatches: 0 };
+  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0, overlappedBatches: 0, peerNoSpaceRefusals: 0 };
 
   constructor(
     private readonly host: DtlJournalHost,
@@ -241,6 +243,7 @@ export class DtlJournal implements WriteJournal {
         if (oldest.stored) {
           this.counters.batches += 1;
           this.peerFull = false;
+          this.peerNoSpaceStreak = 0;
           for (const entry of oldest.entries) this.ack(entry);
           continue;
         }
@@ -256,11 +259,23 @@ export class DtlJournal implements WriteJournal {
           continue;
         }
         this.lostPeer(oldest.peer, err);
+        if (isKeelError(err, 'NO_SPACE')) await this.pauseAfterNoSpace();
       }
     } finally {
       this.pumping = false;
       this.wakePump = undefined;
     }
+  }
+
+  /**
+   * A peer whose disk is full is alive, so connecting to the next one succeeds at once; without a pause
+   * the journal would cycle through the peers as fast as they refuse. The pause doubles up to
+   * limits.dtlPeerNoSpaceBackoffMsMax while every peer is full; sync writes wait for a peer meanwhile.
+   */
+  private async pauseAfterNoSpace(): Promise<void> {
+    this.peerNoSpaceStreak += 1;
+    this.counters.peerNoSpaceRefusals += 1;
+    await sleep(Math.min(limits.dtlPeerRetryMs * 2 ** (this.peerNoSpaceStreak - 1), limits.dtlPeerNoSpaceBackoffMsMax));
   }
 
   /** Puts one batch on the wire now, so the peer stores it while this router appends it locally. */

@@ -116,8 +116,8 @@ export class OpenSco extends ScoHandle {
     scoSeq: number,
     file: DiskFile,
     readonly capacityClusters: number,
-    /** A reused file: it may be longer than what was appended. */
-    private readonly reused: boolean,
+    /** A reused file, or one cut back: it may be longer than what was appended. */
+    private hasStaleTail: boolean,
   ) {
     super(scoSeq, file);
     this.table = new Uint32Array(capacityClusters);
@@ -164,6 +164,16 @@ export class OpenSco extends ScoHandle {
     return firstSlot;
   }
 
+  /**
+   * Forgets the clusters from slot `clusterCount` on (a batch whose TLog records could not be written):
+   * nothing vouches for them, and the next append writes over their slots.
+   */
+  cutBack(clusterCount: number): void {
+    assert(clusterCount <= this.appendedClusters, 'cut back beyond the end');
+    this.appendedClusters = clusterCount;
+    this.hasStaleTail = true; // the failed append may have written past the new end
+  }
+
   async sync(): Promise<void> {
     await this.backgroundSync;
     if (this.backgroundSyncError !== undefined) throw KeelError.io(`fsync of SCO ${this.scoSeq} failed`, this.backgroundSyncError);
@@ -196,7 +206,7 @@ export class OpenSco extends ScoHandle {
     const tableCrc = crc32c(tableBytes);
     const trailer = encodeScoTrailer({ scoSeq: this.scoSeq, clusterCount, tableCrc });
     // Readers find the footer at the end of the file: a reused file's old tail must go first.
-    if (this.reused) await this.file.truncate(scoFooterOffset(clusterCount));
+    if (this.hasStaleTail) await this.file.truncate(scoFooterOffset(clusterCount));
     await this.file.writev([tableBytes, trailer], scoFooterOffset(clusterCount));
     await this.sync();
     return new ClosedSco(this.scoSeq, this.file, this.table.slice(0, clusterCount), tableCrc);

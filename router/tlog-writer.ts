@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert';
 import type { Disk, DiskFile } from '../shared/disk.ts';
+import { isKeelError, KeelError } from '../shared/errors.ts';
 import { encodeTlogRecordToBuffer, tlogRecordBytes } from './tlog-format.ts';
 
 export class TlogWriter {
@@ -16,11 +17,18 @@ export class TlogWriter {
     private scosClosed: number,
   ) {}
 
-  /** A new TLog file starting with its HEADER record. */
+  /** A new TLog file starting with its HEADER record; if the header cannot be written, no file is left. */
   static async create(disk: Disk, filePath: string, tlogSeq: number): Promise<TlogWriter> {
     const file = await disk.open(filePath, 'createNew');
     const writer = new TlogWriter(tlogSeq, file, 0, 0);
-    await writer.append(encodeTlogRecordToBuffer({ type: 'header', tlogSeq }));
+    try {
+      await writer.append(encodeTlogRecordToBuffer({ type: 'header', tlogSeq }));
+    } catch (err) {
+      // Gone, so that the next attempt (after a full disk) can create it again.
+      await file.close().catch(() => undefined);
+      await disk.remove(filePath).catch(() => undefined);
+      throw err;
+    }
     return writer;
   }
 
@@ -41,7 +49,10 @@ export class TlogWriter {
     return this.scosClosed;
   }
 
-  /** Appends whole encoded records (length a multiple of 32) with one write. */
+  /**
+   * Appends whole encoded records (length a multiple of 32) with one write. A write that fails on a full
+   * disk is cut off again (see cutBack), so the file never holds records beyond `recordCount`.
+   */
   async append(records: Buffer): Promise<void> {
     assert(records.length % tlogRecordBytes === 0, 'TLog appends are whole records');
     assert(!this.appending, 'one TLog append at a time');
@@ -49,9 +60,27 @@ export class TlogWriter {
     try {
       await this.file.write(records, this.records * tlogRecordBytes);
       this.records += records.length / tlogRecordBytes;
+    } catch (err) {
+      if (isKeelError(err, 'NO_SPACE')) await this.cutBack(this.records, err);
+      throw err;
     } finally {
       this.appending = false;
     }
+  }
+
+  /**
+   * Drops every record from `recordCount` on, in the file too: the records of a batch that failed must
+   * not stay behind the next, shorter append for replay to find (docs/volume-driver.md, "Disk full").
+   * Truncating frees space, so it works on a full disk; if it fails, the TLog's state is unknown (IO).
+   */
+  async cutBack(recordCount: number, cause: KeelError): Promise<void> {
+    assert(recordCount <= this.records, 'cut back beyond the end');
+    try {
+      await this.file.truncate(recordCount * tlogRecordBytes);
+    } catch (err) {
+      throw KeelError.io(`TLog ${this.tlogSeq}: could not cut off a failed append (${cause.message})`, err);
+    }
+    this.records = recordCount;
   }
 
   noteScoClosed(): void {

@@ -136,7 +136,9 @@ export class VolumeDriver implements OpenBlockTarget {
   private readonly batchChecksums = new Uint32Array(limits.appendBatchClustersMax);
   private readonly batchRecords = Buffer.alloc((limits.appendBatchClustersMax + batchTrimRecordsMax + 4) * tlogRecordBytes);
 
-  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, userMapChanges: 0 };
+  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, userMapChanges: 0, noSpaceBatches: 0 };
+  /** Since when batches fail on a full disk (undefined: they do not). */
+  private noSpaceSinceMs: number | undefined;
   /** Write buffer pressure asked for the open SCO and TLog to close early (done at the end of the next batch). */
   private rollRequested = false;
   /** The current TLog holds changes (so a clean close closes it for upload). */
@@ -153,6 +155,13 @@ export class VolumeDriver implements OpenBlockTarget {
   private scoDirSynced: Promise<void> = Promise.resolve();
   /** The scrubber asked for the current TLog to close (so its SCO_DELETED records reach the backend). */
   private tlogCloseRequested = false;
+  /**
+   * Rolls a full disk interrupted, with the steps already done, so that the next batch does only the rest
+   * (docs/volume-driver.md, "Disk full"): a sealed SCO, perhaps logged as closed, whose successor does not
+   * exist yet; or a TLog closed (TLOG_CLOSED durable) whose successor does not exist yet.
+   */
+  private interruptedScoRoll: { sealed: ClosedSco; logged: boolean } | undefined;
+  private interruptedTlogRoll: TlogWriter | undefined;
   private volumeBackend: VolumeBackend | undefined;
   /** Set by the router's HA layer: every write and trim also goes to the volume's DTL. */
   journal: WriteJournal | undefined;
@@ -433,6 +442,8 @@ export class VolumeDriver implements OpenBlockTarget {
     readClusters: number;
     checksumTablesCached: number;
     pressureRolls: number;
+    /** Batches refused because the disk was full (their writes failed with ENOSPC). */
+    noSpaceBatches: number;
     /** Batches with a user write, trim or rollback since open (not the scrubber's own moves): unchanged means no new garbage. */
     userMapChanges: number;
     scoSpares: ScoSparesStats;
@@ -453,6 +464,7 @@ export class VolumeDriver implements OpenBlockTarget {
       readClusters: this.counters.readClusters,
       checksumTablesCached: this.closedScos.size,
       pressureRolls: this.counters.pressureRolls,
+      noSpaceBatches: this.counters.noSpaceBatches,
       userMapChanges: this.counters.userMapChanges,
       scoSpares: this.spares.stats(),
       ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),
@@ -746,9 +758,10 @@ export class VolumeDriver implements OpenBlockTarget {
     return new Promise((resolve, reject) => this.appliedWaiters.push({ target, resolve, reject }));
   }
 
-  private completeJob(job: AppendJob, dropped = false): void {
+  /** Settles a job that leaves the queue: applied (no error), or not (a dropped rewrite, a full disk). */
+  private completeJob(job: AppendJob, error?: unknown): void {
     this.jobsCompleted += 1;
-    if (dropped) job.reject(rewriteDropped);
+    if (error !== undefined) job.reject(error);
     else job.resolve();
     while (this.appliedWaiters.length > 0 && this.appliedWaiters[0].target <= this.jobsCompleted) this.appliedWaiters.shift()!.resolve();
   }
@@ -785,6 +798,13 @@ export class VolumeDriver implements OpenBlockTarget {
 
   /** Takes the next batch off the queue, writes it, applies it to the map and acknowledges it. */
   private async appendBatch(): Promise<void> {
+    if (this.interruptedScoRoll !== undefined || this.interruptedTlogRoll !== undefined) {
+      try {
+        await this.finishInterruptedRolls();
+      } catch (err) {
+        return this.refuseQueued(err);
+      }
+    }
     const sco = this.openSco;
     const entries: BatchEntry[] = [];
     const trims: AppendJob[] = [];
@@ -823,7 +843,7 @@ export class VolumeDriver implements OpenBlockTarget {
       }
       if (job.expectedLocation !== 0 && this.rewriteIsStale(job, entries)) {
         this.dequeue();
-        this.completeJob(job, true); // a user write won the race: the scrubber's copy is dropped
+        this.completeJob(job, rewriteDropped); // a user write won the race: the scrubber's copy is dropped
         continue;
       }
       const count = Math.min(job.clusterCount - job.taken, clusterRoom - clusters);
@@ -844,28 +864,96 @@ export class VolumeDriver implements OpenBlockTarget {
       if (job.taken === job.clusterCount) this.dequeue();
     }
 
+    const scoClustersBefore = sco.clusterCount;
+    const tlogRecordsBefore = this.tlog.recordCount;
+    const writes: Array<Promise<unknown>> = [];
     try {
-      const writes: Array<Promise<unknown>> = [];
       if (clusters > 0) writes.push(sco.append(buffers, this.batchChecksums.subarray(0, clusters)));
       if (recordBytes > 0) writes.push(this.tlog.append(this.batchRecords.subarray(0, recordBytes)));
       await Promise.all(writes);
-      if (clusters > 0) this.remote?.uploader.account.addPending(clusters * clusterSizeBytes);
-      if (recordBytes > 0) this.tlogDirty = true;
-      this.counters.appendBatches += 1;
-      this.counters.appendedClusters += clusters;
-      this.applyBatch(entries);
-      if (syncs.length > 0) await this.syncAll();
     } catch (err) {
-      // The files are in an unknown state: fail this batch and (via fail()) the volume.
+      if (isKeelError(err, 'NO_SPACE')) {
+        await Promise.allSettled(writes); // both settled before either is undone
+        sco.cutBack(scoClustersBefore);
+        await this.tlog.cutBack(tlogRecordsBefore, err);
+      }
+      return this.refuseBatch(entries, syncs, err);
+    }
+    if (clusters > 0) this.remote?.uploader.account.addPending(clusters * clusterSizeBytes);
+    if (recordBytes > 0) this.tlogDirty = true;
+    this.counters.appendBatches += 1;
+    this.counters.appendedClusters += clusters;
+    this.noteSpaceBack();
+    this.applyBatch(entries);
+    if (syncs.length > 0) {
+      try {
+        await this.syncAll();
+      } catch (err) {
+        return this.refuseBatch([], syncs, err);
+      }
+    }
+    for (const job of syncs) this.completeJob(job);
+    try {
+      if (this.openSco.freeClusters === 0) await this.rollSco();
+      else if (this.tlog.recordCount >= limits.tlogRecordsMax) await this.rollTlog();
+      if (this.rollRequested) await this.rollForPressure();
+      if (this.tlogCloseRequested) await this.closeTlogForUpload();
+    } catch (err) {
+      this.refuseQueued(err); // this batch is done; what waits behind it needs the roll
+    }
+  }
+
+  private async finishInterruptedRolls(): Promise<void> {
+    if (this.interruptedTlogRoll !== undefined) await this.rollTlog();
+    if (this.interruptedScoRoll !== undefined) await this.rollSco();
+  }
+
+  /**
+   * A roll found the disk full: every queued job fails with NO_SPACE, since none can be appended before the
+   * roll is done (the next batch tries it again). Any other error fails the volume (the caller's fail()).
+   */
+  private refuseQueued(err: unknown): void {
+    if (!isKeelError(err, 'NO_SPACE')) throw err;
+    const refused = this.queue.slice(this.queueHead);
+    this.queue.length = 0;
+    this.queueHead = 0;
+    for (const wake of this.spaceWaiters.splice(0)) wake();
+    for (const job of refused) this.completeJob(job, err);
+    this.noteNoSpace(err);
+  }
+
+  /**
+   * A batch that could not be written. On a full disk (NO_SPACE) its jobs fail and the volume stays open:
+   * the caller has cut the SCO and the TLog back to where they ended before the batch (the next append
+   * writes over the SCO slots), so reads go on and writes succeed again once there is space
+   * (docs/volume-driver.md, "Disk full"). Anything else leaves the files in an unknown state: the batch
+   * fails, and the volume with it (the caller's fail()).
+   */
+  private refuseBatch(entries: BatchEntry[], syncs: AppendJob[], err: unknown): void {
+    if (!isKeelError(err, 'NO_SPACE')) {
       for (const entry of entries) entry.job.reject(err);
       for (const job of syncs) job.reject(err);
       throw err;
     }
-    for (const job of syncs) this.completeJob(job);
-    if (this.openSco.freeClusters === 0) await this.rollSco();
-    else if (this.tlog.recordCount >= limits.tlogRecordsMax) await this.rollTlog();
-    if (this.rollRequested) await this.rollForPressure();
-    if (this.tlogCloseRequested) await this.closeTlogForUpload();
+    const last = entries.at(-1)?.job;
+    // A job only partly taken into this batch is still queued: it fails as a whole.
+    if (last !== undefined && this.queueHead < this.queue.length && this.queue[this.queueHead] === last) this.dequeue();
+    for (const entry of entries) this.completeJob(entry.job, err);
+    for (const job of syncs) this.completeJob(job, err);
+    this.noteNoSpace(err);
+  }
+
+  private noteNoSpace(err: KeelError): void {
+    this.counters.noSpaceBatches += 1;
+    if (this.noSpaceSinceMs !== undefined) return;
+    this.noSpaceSinceMs = Date.now();
+    this.logger.warn({ volume: this.volumeName, err: err.message }, 'disk full: writes fail with ENOSPC until there is space again; reads go on');
+  }
+
+  private noteSpaceBack(): void {
+    if (this.noSpaceSinceMs === undefined) return;
+    this.logger.warn({ volume: this.volumeName, fullForMs: Date.now() - this.noSpaceSinceMs }, 'disk has space again: writes succeed');
+    this.noSpaceSinceMs = undefined;
   }
 
   /**
@@ -981,20 +1069,29 @@ export class VolumeDriver implements OpenBlockTarget {
 
   /** The open SCO is full: seal it, log SCO_CLOSED, maybe roll the TLog, open the next SCO. */
   private async rollSco(): Promise<void> {
-    const sealed = await this.openSco.seal();
-    this.closedScos.add(sealed);
-    this.remote?.uploader.scoSealed(sealed.scoSeq);
-    encodeTlogRecord(this.batchRecords, 0, {
-      type: 'scoClosed',
-      sco: sealed.scoSeq,
-      clusterCount: sealed.clusterCount,
-      tableCrc: sealed.tableCrc,
-    });
-    await this.tlog.append(this.batchRecords.subarray(0, tlogRecordBytes));
-    this.tlog.noteScoClosed();
+    if (this.interruptedScoRoll === undefined) {
+      const sealed = await this.openSco.seal(); // a failed seal changes nothing: the next one writes the footer again
+      this.closedScos.add(sealed);
+      this.remote?.uploader.scoSealed(sealed.scoSeq);
+      this.interruptedScoRoll = { sealed, logged: false };
+    }
+    const roll = this.interruptedScoRoll;
+    const sealed = roll.sealed;
+    if (!roll.logged) {
+      encodeTlogRecord(this.batchRecords, 0, {
+        type: 'scoClosed',
+        sco: sealed.scoSeq,
+        clusterCount: sealed.clusterCount,
+        tableCrc: sealed.tableCrc,
+      });
+      await this.tlog.append(this.batchRecords.subarray(0, tlogRecordBytes));
+      this.tlog.noteScoClosed();
+      roll.logged = true;
+    }
     const nextSeq = sealed.scoSeq + 1;
     const scoDir = VolumeDriver.scoDir(this.dir);
     this.openSco = await this.createOpenSco(scoDir, nextSeq, this.openSco.capacityClusters);
+    this.interruptedScoRoll = undefined;
     // The directory fsync took 8-10 ms of every roll here, with the append loop (and every write) waiting.
     const dirSynced = this.disk.syncDir(scoDir);
     dirSynced.catch(() => undefined); // a failure surfaces at the next durable point, which fails the volume
@@ -1026,14 +1123,19 @@ export class VolumeDriver implements OpenBlockTarget {
 
   /** Closes the TLog (everything in it durable first: recovery trusts closed TLogs) and starts the next. */
   private async rollTlog(): Promise<void> {
-    await this.openSco.sync();
-    const closing = this.tlog;
-    encodeTlogRecord(this.batchRecords, 0, { type: 'tlogClosed', tlogSeq: closing.tlogSeq, recordCount: closing.recordCount });
-    await this.appendDurablePoint(closing, this.batchRecords.subarray(0, tlogRecordBytes));
-    await closing.close();
+    if (this.interruptedTlogRoll === undefined) {
+      await this.openSco.sync();
+      const closing = this.tlog;
+      encodeTlogRecord(this.batchRecords, 0, { type: 'tlogClosed', tlogSeq: closing.tlogSeq, recordCount: closing.recordCount });
+      await this.appendDurablePoint(closing, this.batchRecords.subarray(0, tlogRecordBytes)); // cut back if it fails
+      await closing.close();
+      this.interruptedTlogRoll = closing;
+    }
+    const closing = this.interruptedTlogRoll;
     const tlogDir = VolumeDriver.tlogDir(this.dir);
     const nextSeq = closing.tlogSeq + 1;
     this.tlog = await TlogWriter.create(this.disk, path.join(tlogDir, tlogFileName(nextSeq)), nextSeq);
+    this.interruptedTlogRoll = undefined;
     await this.disk.syncDir(tlogDir);
     this.tlogDirty = false;
     this.remote?.uploader.tlogClosed(closing.tlogSeq);
@@ -1042,6 +1144,7 @@ export class VolumeDriver implements OpenBlockTarget {
   }
 
   private async sealOnClose(): Promise<void> {
+    await this.finishInterruptedRolls(); // a full disk stopped one: finish it, or the close fails (recovery takes over)
     if (this.openSco.clusterCount === 0) {
       // Nothing in it: remove it rather than keep an empty SCO per open/close cycle.
       await this.openSco.close();

@@ -7,7 +7,7 @@
 import assert from 'node:assert';
 import fsCallback, { constants as fsConstants, promises as fs } from 'node:fs';
 import path from 'node:path';
-import { KeelError } from './errors.ts';
+import { isKeelError, KeelError } from './errors.ts';
 import { processInlineIoGate, type InlineIoGate } from './inline-io-gate.ts';
 import { limits } from './limits.ts';
 import { dropWrittenPrefix, firstWriteSlice, totalBytes } from './write-slices.ts';
@@ -60,9 +60,17 @@ export interface Disk {
   syncDir(dirPath: string): Promise<void>;
 }
 
+/** A full disk is its own code: callers keep a volume open and fail only the writes (docs/volume-driver.md, "Disk full"). */
 function ioError(op: string, targetPath: string, err: unknown): KeelError {
   if (err instanceof KeelError) return err;
-  return KeelError.io(`${op} ${targetPath} failed: ${(err as Error).message}`, err, { path: targetPath, op });
+  const message = `${op} ${targetPath} failed: ${(err as Error).message}`;
+  if (isNoSpace(err)) return KeelError.noSpace(message, err, { path: targetPath, op });
+  return KeelError.io(message, err, { path: targetPath, op });
+}
+
+function isNoSpace(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
 }
 
 function isNotFound(err: unknown): boolean {
@@ -154,11 +162,12 @@ class NodeDiskFile implements DiskFile {
     }
   }
 
+  /** A failed fsync is IO whatever its errno: the kernel may have dropped the dirty pages it could not write. */
   async sync(): Promise<void> {
     try {
       await this.handle.sync();
     } catch (err) {
-      throw ioError('fsync', this.path, err);
+      throw KeelError.io(`fsync ${this.path} failed: ${(err as Error).message}`, err, { path: this.path, op: 'fsync' });
     }
   }
 
@@ -338,6 +347,8 @@ export interface DiskFault {
   delayMs?: number;
   /** Fail the call with KeelError IO (default true unless only delayMs is given). */
   fail?: boolean;
+  /** Fail it as a full disk (KeelError NO_SPACE, as NodeDisk reports ENOSPC) instead of IO; a write or writev writes half its bytes first. */
+  noSpace?: boolean;
 }
 
 interface ActiveFault extends DiskFault {
@@ -381,7 +392,9 @@ export class FaultyDisk implements Disk {
       const fail = fault.fail ?? fault.delayMs === undefined;
       if (fail) {
         this.failuresInjected += 1;
-        throw KeelError.io(`injected fault: ${operation} ${targetPath}`, undefined, { path: targetPath, injected: true });
+        const details = { path: targetPath, injected: true };
+        if (fault.noSpace === true) throw KeelError.noSpace(`injected fault: ${operation} ${targetPath}: no space left on device`, undefined, details);
+        throw KeelError.io(`injected fault: ${operation} ${targetPath}`, undefined, details);
       }
       return;
     }
@@ -438,12 +451,21 @@ class FaultyDiskFile implements DiskFile {
     return this.inner.path;
   }
   async write(data: Uint8Array, position: number): Promise<void> {
-    await this.disk.check('write', this.path);
+    await this.checkWrite('write', () => this.inner.write(data.subarray(0, data.length >> 1), position));
     return this.inner.write(data, position);
   }
   async writev(buffers: readonly Uint8Array[], position: number): Promise<void> {
-    await this.disk.check('writev', this.path);
+    await this.checkWrite('writev', () => this.inner.write(Buffer.concat(buffers).subarray(0, totalBytes(buffers) >> 1), position));
     return this.inner.writev(buffers, position);
+  }
+  /** A full disk takes what fits before it fails: an injected NO_SPACE writes the first half first. */
+  private async checkWrite(operation: DiskOperation, writeFirstHalf: () => Promise<void>): Promise<void> {
+    try {
+      await this.disk.check(operation, this.path);
+    } catch (err) {
+      if (isKeelError(err, 'NO_SPACE')) await writeFirstHalf();
+      throw err;
+    }
   }
   /** Never inline while a read fault is injected: read() applies it. */
   readInline(target: Uint8Array, position: number): number | undefined {

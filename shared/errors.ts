@@ -16,6 +16,7 @@ export type KeelErrorCode =
   | 'CHECKSUM_MISMATCH'
   | 'CORRUPT' // an on-disk structure failed validation
   | 'IO' // a disk or network operation failed
+  | 'NO_SPACE' // a disk is full (ENOSPC, EDQUOT): writes fail until space returns; nothing else is lost
   | 'TIMEOUT'
   | 'CONNECTION_CLOSED'
   | 'NOT_OWNER' // this router does not own the volume (see `owner` in details)
@@ -86,6 +87,9 @@ export class KeelError extends Error {
   }
   static io(message: string, cause?: unknown, details?: Record<string, unknown>) {
     return new KeelError('IO', message, details, cause);
+  }
+  static noSpace(message: string, cause?: unknown, details?: Record<string, unknown>) {
+    return new KeelError('NO_SPACE', message, details, cause);
   }
   static timeout(what: string, timeoutMs: number) {
     return new KeelError('TIMEOUT', `${what} timed out after ${timeoutMs} ms`, { timeoutMs });

@@ -269,6 +269,8 @@ export const limits = {
   dtlRequestTimeoutMs: 3_000,
   /** DTL: pause between attempts to find a peer while none is available. */
   dtlPeerRetryMs: 250,
+  /** DTL: the pause after a peer's disk was full doubles from dtlPeerRetryMs up to this, until a batch is stored again. */
+  dtlPeerNoSpaceBackoffMsMax: 4_000,
   /** Takeover: how long a router probes a volume's recorded owner (connect + hello) before calling it unreachable. */
   ownerProbeTimeoutMs: 1_000,
   /** Takeover: an owner whose heartbeat is younger than this is never taken over (it may be restarting its connection). */
@@ -403,6 +405,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('coordinationCommandTimeoutMs must let a router retry a timed-out heartbeat before it is declared dead');
   if (l.coordinationReconnectBackoffBaseMs > l.coordinationReconnectBackoffMaxMs)
     fail('coordinationReconnectBackoffBaseMs must not exceed coordinationReconnectBackoffMaxMs');
+  if (l.dtlPeerNoSpaceBackoffMsMax < l.dtlPeerRetryMs) fail('dtlPeerNoSpaceBackoffMsMax must be at least dtlPeerRetryMs');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');
 }

@@ -68,6 +68,22 @@ function holdingSecondAppend(heldOutcome: 'store' | 'busy', events: string[]): (
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** A peer whose disk is full while `disk.full`: every dtl-append fails with NO_SPACE, as its DtlStore would. */
+function fullDisk(disk: { full: boolean; refusals: number }): (inner: RpcHandler) => RpcHandler {
+  return (inner) => ({
+    openSession: (peer) => {
+      const session = inner.openSession(peer);
+      return {
+        close: () => session.close(),
+        handle: (request: RpcRequest) => {
+          if (request.header.op !== 'dtl-append' || !disk.full) return session.handle(request);
+          disk.refusals += 1;
+          throw KeelError.noSpace('test: write of a DTL segment failed: no space left on device');
+        },
+      };
+    },
+  });
+}
 
 
 describe('DtlJournal with real peers', () => {
@@ -218,5 +234,24 @@ describe('DtlJournal with real peers', () => {
     expect(events.slice(0, 3)).toEqual(['second held', 'third while second held', 'second answered']);
     expect(await recordsOn(peer)).toEqual([1, 2, 3]);
     expect(journal.stats().peerChanges).toBe(1); // a full peer is waited for, not replaced
+  });
+
+  it('peers whose disks are full: a sync write waits, tried again at a doubling pause instead of cycling through the peers, and is acknowledged once a disk has space', async () => {
+    const disk = { full: true, refusals: 0 };
+    await startPeer('p1', fullDisk(disk));
+    await startPeer('p2', fullDisk(disk));
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    let acknowledged = false;
+    const write = journal.write(0, Buffer.alloc(4096, 7), async () => undefined).then(() => (acknowledged = true));
+    await sleep(1_300); // pauses of 250, 500, 1000 ms: three or four refusals; without them, hundreds
+    expect(acknowledged).toBe(false);
+    expect(disk.refusals).toBeGreaterThanOrEqual(2);
+    expect(disk.refusals).toBeLessThanOrEqual(4);
+    expect(journal.stats().peerNoSpaceRefusals).toBe(disk.refusals);
+    disk.full = false;
+    await write;
+    const stored = [...(await recordsOn(peers[0]!)), ...(await recordsOn(peers[1]!))];
+    expect(stored).toContain(1);
   });
 });

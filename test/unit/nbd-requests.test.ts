@@ -175,6 +175,8 @@ describe('NBD error mapping', () => {
     expect(nbdErrorFor(KeelError.readOnly('vol'), NBD_CMD_WRITE)).toBe(NBD_EPERM);
     expect(nbdErrorFor(KeelError.outOfRange(0, 1, 0), NBD_CMD_WRITE)).toBe(NBD_ENOSPC);
     expect(nbdErrorFor(KeelError.outOfRange(0, 1, 0), NBD_CMD_READ)).toBe(NBD_EINVAL);
+    expect(nbdErrorFor(KeelError.noSpace('disk full'), NBD_CMD_WRITE)).toBe(NBD_ENOSPC);
+    expect(nbdErrorFor(KeelError.noSpace('disk full'), NBD_CMD_FLUSH)).toBe(NBD_ENOSPC);
   });
 
   it('rethrows programmer errors instead of hiding them as EIO', () => {
@@ -183,10 +185,11 @@ describe('NBD error mapping', () => {
   });
 
   it('gives clients KeelErrors for NBD errors', () => {
-    expect(keelErrorFromNbd(NBD_EIO, NBD_CMD_READ, 0, 512).code).toBe('IO');
-    expect(keelErrorFromNbd(NBD_EPERM, NBD_CMD_WRITE, 0, 512).code).toBe('READ_ONLY');
-    expect(keelErrorFromNbd(NBD_ENOSPC, NBD_CMD_WRITE, 0, 512).code).toBe('OUT_OF_RANGE');
-    expect(keelErrorFromNbd(NBD_EINVAL, NBD_CMD_READ, 0, 512).code).toBe('BAD_ARGUMENT');
-    expect(keelErrorFromNbd(9999, NBD_CMD_READ, 0, 512).details).toMatchObject({ nbdError: 9999, command: 'read' });
+    expect(keelErrorFromNbd(NBD_EIO, NBD_CMD_READ, 0, 512, 4096).code).toBe('IO');
+    expect(keelErrorFromNbd(NBD_EPERM, NBD_CMD_WRITE, 0, 512, 4096).code).toBe('READ_ONLY');
+    expect(keelErrorFromNbd(NBD_ENOSPC, NBD_CMD_WRITE, 4096 - 511, 512, 4096).code).toBe('OUT_OF_RANGE');
+    expect(keelErrorFromNbd(NBD_ENOSPC, NBD_CMD_WRITE, 0, 512, 4096).code).toBe('NO_SPACE');
+    expect(keelErrorFromNbd(NBD_EINVAL, NBD_CMD_READ, 0, 512, 4096).code).toBe('BAD_ARGUMENT');
+    expect(keelErrorFromNbd(9999, NBD_CMD_READ, 0, 512, 4096).details).toMatchObject({ nbdError: 9999, command: 'read' });
   });
 });

@@ -1,11 +1,12 @@
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { FaultyDisk } from '../../shared/disk.ts';
+import { FaultyDisk, type DiskFault } from '../../shared/disk.ts';
 import { isKeelError } from '../../shared/errors.ts';
 import { VolumeDriver, type VolumeDriverOptions } from '../../router/volume-driver.ts';
 import { expectBytes } from '../helpers/expect-bytes.ts';
+import { until } from '../helpers/until.ts';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -230,6 +231,124 @@ describe('VolumeDriver', () => {
     await driver.close();
     driver = await VolumeDriver.open(options());
     expectBytes(await driver.read(0, 4096), pattern(4096, 1));
+  });
+
+  describe('on a full disk', () => {
+    const failedAt = 64 * 4096;
+    const laterAt = 128 * 4096;
+
+    /** 32 one-cluster writes from one turn (one batch) at failedAt, each rejected with NO_SPACE. */
+    async function writesFailWithNoSpace(volume: VolumeDriver): Promise<void> {
+      const writes = [];
+      for (let index = 0; index < 32; index++) writes.push(volume.write(failedAt + index * 4096, pattern(4096, 50 + index), false));
+      const outcomes = await Promise.allSettled(writes);
+      for (const outcome of outcomes) expect(outcome).toMatchObject({ status: 'rejected', reason: { code: 'NO_SPACE' } });
+    }
+
+    /**
+     * What the open volume reads, it reads again after a crash (recovery from a copy of its files as they
+     * are now, unsealed) and after a clean close.
+     */
+    async function expectSameAfterRecovery(): Promise<void> {
+      const seen = await driver!.read(0, 256 * 4096);
+      expectBytes(seen.subarray(0, 4 * 4096), pattern(4 * 4096, 1));
+      expectBytes(seen.subarray(failedAt, failedAt + 32 * 4096), Buffer.alloc(32 * 4096)); // no failed write took effect
+      expectBytes(seen.subarray(laterAt, laterAt + 4096), pattern(4096, 9));
+      const crashImage = `${dir}-crash`;
+      await cp(dir, crashImage, { recursive: true });
+      try {
+        const recovered = await VolumeDriver.open(options({ dir: crashImage }));
+        expectBytes(await recovered.read(0, 256 * 4096), seen);
+        await recovered.close();
+      } finally {
+        await rm(crashImage, { recursive: true, force: true });
+      }
+      await driver!.close();
+      driver = await VolumeDriver.open(options());
+      expectBytes(await driver.read(0, 256 * 4096), seen);
+    }
+
+    it('fails the writes of a batch whose SCO append ran out of space, keeps serving reads, and takes writes again once there is space', async () => {
+      const disk = new FaultyDisk();
+      driver = await VolumeDriver.open(options({ disk }));
+      await driver.write(0, pattern(4 * 4096, 1), false);
+      disk.inject({ operation: 'writev', pathIncludes: '.sco', noSpace: true });
+      await writesFailWithNoSpace(driver);
+      await expect(driver.write(laterAt, pattern(4096, 9), false)).rejects.toMatchObject({ code: 'NO_SPACE' });
+      expectBytes(await driver.read(0, 4 * 4096), pattern(4 * 4096, 1)); // reads go on
+      expect(driver.stats().noSpaceBatches).toBeGreaterThanOrEqual(2);
+      disk.clearFaults();
+      // The TLog took the failed batch's records; they were cut off, or replay would map the failed
+      // writes' clusters onto the slots this write now fills.
+      await driver.write(laterAt, pattern(4096, 9), false);
+      await driver.flush();
+      await expectSameAfterRecovery();
+    });
+
+    it('cuts a TLog append that ran out of space halfway back off, so replay never finds its records', async () => {
+      const disk = new FaultyDisk();
+      driver = await VolumeDriver.open(options({ disk }));
+      await driver.write(0, pattern(4 * 4096, 1), false);
+      disk.inject({ operation: 'write', pathIncludes: '.tlog', noSpace: true, times: 1 }); // writes 16 of the 32 records
+      await writesFailWithNoSpace(driver);
+      await driver.write(laterAt, pattern(4096, 9), false); // one record where the 32 began; a flush and the close add three
+      await driver.flush();
+      await expectSameAfterRecovery();
+    });
+
+    it('fails a flush whose SYNC record found no space, and the next flush succeeds', async () => {
+      const disk = new FaultyDisk();
+      driver = await VolumeDriver.open(options({ disk }));
+      await driver.write(0, pattern(4 * 4096, 1), false);
+      disk.inject({ operation: 'write', pathIncludes: '.tlog', noSpace: true, times: 1 });
+      await expect(driver.flush()).rejects.toMatchObject({ code: 'NO_SPACE' });
+      await driver.write(laterAt, pattern(4096, 9), false);
+      await driver.flush();
+      await expectSameAfterRecovery();
+    });
+
+    /**
+     * Appends `clustersBefore` clusters, injects `fault`, then writes the cluster after them, whose roll
+     * meets the fault twice: that write succeeds (it was appended), the next fails with NO_SPACE, and the
+     * one after it finishes the roll first. The volume reads the same after a crash and after a close.
+     */
+    async function rollMeetsAFullDisk(clustersBefore: number, fault: Omit<DiskFault, 'noSpace' | 'times'>): Promise<ReturnType<VolumeDriver['stats']>> {
+      const disk = new FaultyDisk();
+      driver = await VolumeDriver.open(options({ disk }));
+      const bulk = pattern((clustersBefore - 4) * 4096, 3);
+      const fillAt = laterAt + bulk.length;
+      await driver.write(0, pattern(4 * 4096, 1), false);
+      await driver.write(laterAt, bulk, false);
+      disk.inject({ ...fault, noSpace: true, times: 2 });
+      await driver.write(fillAt, pattern(4096, 4), false); // appended; the roll behind it fails
+      await until(() => driver!.stats().noSpaceBatches === 1);
+      await expect(driver.write(laterAt + 4096, pattern(4096, 5), false)).rejects.toMatchObject({ code: 'NO_SPACE' });
+      expectBytes(await driver.read(fillAt, 4096), pattern(4096, 4));
+      await driver.write(laterAt, pattern(4096, 9), false); // the roll, then this write
+      await driver.flush();
+      expectBytes(await driver.read(laterAt + 4096, bulk.length - 4096), bulk.subarray(4096));
+      expectBytes(await driver.read(fillAt, 4096), pattern(4096, 4));
+      const rolled = driver.stats();
+      await expectSameAfterRecovery();
+      return rolled;
+    }
+
+    const scoClusters = (4 * MiB) / 4096;
+
+    it('finishes a SCO roll whose footer found no space at the next write', async () => {
+      const rolled = await rollMeetsAFullDisk(scoClusters - 1, { operation: 'writev', pathIncludes: '00000001.sco', skip: 1 });
+      expect(rolled).toMatchObject({ openScoSeq: 2, noSpaceBatches: 2 });
+    });
+
+    it('finishes a SCO roll whose SCO_CLOSED record found no space at the next write', async () => {
+      const rolled = await rollMeetsAFullDisk(scoClusters - 1, { operation: 'write', pathIncludes: '.tlog', skip: 1 });
+      expect(rolled).toMatchObject({ openScoSeq: 2, noSpaceBatches: 2 });
+    });
+
+    it('finishes a TLog roll whose next TLog found no space at the next write', async () => {
+      const rolled = await rollMeetsAFullDisk(4 * scoClusters - 1, { operation: 'write', pathIncludes: '00000002.tlog' }); // the 4th SCO closes TLog 1
+      expect(rolled).toMatchObject({ tlogSeq: 2, openScoSeq: 5, noSpaceBatches: 2 });
+    });
   });
 
   it('rolls to the next SCO without waiting for the directory fsync; a flush waits for it', async () => {
