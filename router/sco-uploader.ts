@@ -291,7 +291,7 @@ export class ScoUploader {
   }
 
   /** On the backend: uploaded, or covered by an uploaded TLog, or not local (evicted / restored). */
-  private onBackend(sco: number): boolean {
+  onBackend(sco: number): boolean {
     return this.uploaded.has(sco) || this.covered.has(sco) || !this.localScos.has(sco);
   }
 

@@ -136,7 +136,7 @@ export class VolumeDriver implements OpenBlockTarget {
   private readonly batchChecksums = new Uint32Array(limits.appendBatchClustersMax);
   private readonly batchRecords = Buffer.alloc((limits.appendBatchClustersMax + batchTrimRecordsMax + 4) * tlogRecordBytes);
 
-  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, userMapChanges: 0, noSpaceBatches: 0 };
+  private readonly counters = { appendedClusters: 0, appendBatches: 0, syncs: 0, readClusters: 0, scosCreated: 0, tlogsCreated: 0, pressureRolls: 0, userMapChanges: 0, noSpaceBatches: 0, localCopyFailures: 0 };
   /** Since when batches fail on a full disk (undefined: they do not). */
   private noSpaceSinceMs: number | undefined;
   /** Write buffer pressure asked for the open SCO and TLog to close early (done at the end of the next batch). */
@@ -344,7 +344,7 @@ export class VolumeDriver implements OpenBlockTarget {
       }
       const count = this.runLength(lba, location, endLba);
       const sco = this.openLocalSco(locationSco(location));
-      if (sco === undefined || !sco.readClustersInline(locationSlot(location), target.subarray(at, at + count * clusterSizeBytes))) return false;
+      if (sco === undefined || !this.readLocalInline(sco, locationSlot(location), target.subarray(at, at + count * clusterSizeBytes))) return false;
       ram?.fill(location, target, at, count);
       this.counters.readClusters += count;
       lba += count;
@@ -444,6 +444,8 @@ export class VolumeDriver implements OpenBlockTarget {
     pressureRolls: number;
     /** Batches refused because the disk was full (their writes failed with ENOSPC). */
     noSpaceBatches: number;
+    /** Reads whose local SCO copy failed (checksum, I/O) and were served from the backend. */
+    localCopyFailures: number;
     /** Batches with a user write, trim or rollback since open (not the scrubber's own moves): unchanged means no new garbage. */
     userMapChanges: number;
     scoSpares: ScoSparesStats;
@@ -465,6 +467,7 @@ export class VolumeDriver implements OpenBlockTarget {
       checksumTablesCached: this.closedScos.size,
       pressureRolls: this.counters.pressureRolls,
       noSpaceBatches: this.counters.noSpaceBatches,
+      localCopyFailures: this.counters.localCopyFailures,
       userMapChanges: this.counters.userMapChanges,
       scoSpares: this.spares.stats(),
       ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),
@@ -1237,6 +1240,16 @@ export class VolumeDriver implements OpenBlockTarget {
     return this.closedScos.readOpen(scoSeq);
   }
 
+  /** A local read in this turn; false (the async path) when the local copy failed and the backend has one. */
+  private readLocalInline(sco: OpenSco | ClosedSco, slot: number, target: Buffer): boolean {
+    try {
+      return sco.readClustersInline(slot, target);
+    } catch (err) {
+      if (this.backendCopyOf(sco.scoSeq, err) === undefined) throw err;
+      return false;
+    }
+  }
+
   /** Local SCO (open, or closed in the write buffer) from disk; an evicted one through the backend. */
   private async readClustersOf(scoSeq: number, slot: number, buffer: Buffer, lba?: number): Promise<void> {
     if (scoSeq === this.openSco.scoSeq) return this.openSco.readClusters(slot, buffer);
@@ -1245,10 +1258,31 @@ export class VolumeDriver implements OpenBlockTarget {
     try {
       await (await this.closedScos.get(scoSeq)).readClusters(slot, buffer);
     } catch (err) {
-      // Evicted while this read was opening the file: read the backend copy instead.
-      if (remote === undefined || remote.uploader.isLocal(scoSeq)) throw err;
-      await remote.reader.readClusters(scoSeq, slot, buffer, lba);
+      // Evicted while this read was opening the file, or the local copy failed: read the backend's.
+      const reader = remote !== undefined && !remote.uploader.isLocal(scoSeq) ? remote.reader : this.backendCopyOf(scoSeq, err);
+      if (reader === undefined) throw err;
+      if (remote!.uploader.isLocal(scoSeq)) this.dropLocalCopy(scoSeq, err as KeelError);
+      await reader.readClusters(scoSeq, slot, buffer, lba);
     }
+  }
+
+  /**
+   * Where to read a cluster whose local copy failed (a checksum mismatch: the write buffer's disk rotted;
+   * or an I/O error): the backend's copy, once the SCO is there (DESIGN: a mismatch is repaired from
+   * redundancy). Undefined when the local copy is the only one; the DTL peer still has the write.
+   */
+  private backendCopyOf(scoSeq: number, err: unknown): RemoteScoReader | undefined {
+    if (!isKeelError(err, 'CHECKSUM_MISMATCH') && !isKeelError(err, 'IO')) return undefined;
+    const remote = this.remote;
+    if (remote === undefined || scoSeq === this.openSco.scoSeq || !remote.uploader.onBackend(scoSeq)) return undefined;
+    return remote.reader;
+  }
+
+  /** The local copy of a SCO failed a read: counted, and evicted as soon as the write buffer may (reads then use the backend). */
+  private dropLocalCopy(scoSeq: number, err: KeelError): void {
+    this.counters.localCopyFailures += 1;
+    this.logger.warn({ volume: this.volumeName, sco: scoSeq, code: err.code, err: err.message }, 'local SCO copy failed a read: served from the backend');
+    this.remote?.uploader.account.evictNow(scoSeq);
   }
 
   private metadataBytes(sizeBytes: number): Buffer {

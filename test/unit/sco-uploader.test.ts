@@ -3,7 +3,7 @@
  * a TLog goes up only after every SCO it references; a SCO is evicted only after its TLog is up; evicted
  * SCOs read back from the backend; an empty volume directory is restored from the backend.
  */
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -271,6 +271,36 @@ describe('end-to-end checksums', () => {
     // ... and a read with the router's cluster check fails instead of returning the rotten bytes.
     const ingestCrc = crc32c(data.subarray(rottenCluster * 4096, (rottenCluster + 1) * 4096));
     await expect(held.readRange(scoName(1), rottenCluster * 4096, 4096, { verify: (bytes) => crc32c(bytes) === ingestCrc })).rejects.toThrow(/CHECKSUM|checksum|fail/);
+  });
+});
+
+describe('a local SCO copy that fails a read', () => {
+  /** Flips a byte of cluster `cluster` in the write buffer's file of SCO `seq` (its pages too: the driver reads them next). */
+  async function rot(seq: number, cluster: number): Promise<void> {
+    const file = path.join(work, 'volume', 'scos', `${String(seq).padStart(8, '0')}.sco`);
+    const bytes = await readFile(file);
+    bytes[cluster * 4096 + 7] ^= 0xff;
+    await writeFile(file, bytes);
+  }
+
+  it('is read from the backend once its SCO is there, inline reads included, and leaves the write buffer; before that the mismatch is the answer', async () => {
+    held.hold(/sco\/00000001$/);
+    const backend = await backendFor(64 * scoSizeBytes, 'cache');
+    const driver = await openDriver(backend);
+    for (let seq = 1; seq <= 5; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await rot(1, 3);
+    // Not on the backend yet: the local copy is the only one, and a read says so.
+    await expect(driver.read(0, scoSizeBytes)).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
+    held.release(/./);
+    await until(() => held.completed.includes(tlogName(1))); // SCOs 1..4 and their TLog are up
+    const inline = Buffer.alloc(scoSizeBytes);
+    expect(driver.readIntoInline(inline, 0)).toBe(false); // left to the async path, which can reach the backend
+    expect((await driver.read(0, scoSizeBytes)).equals(pattern(1))).toBe(true);
+    expect(driver.stats()).toMatchObject({ localCopyFailures: 1 });
+    await until(async () => !(await localScos()).includes('00000001.sco')); // evicted: later reads go to the backend
+    expect((await driver.read(0, scoSizeBytes)).equals(pattern(1))).toBe(true);
+    for (let seq = 2; seq <= 5; seq++) expect((await driver.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
+    expect(driver.stats().localCopyFailures).toBe(1);
   });
 });
 
