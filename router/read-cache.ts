@@ -8,10 +8,13 @@
  * construction. The cache is not persistent: it starts empty with every router start.
  *
  * Readers verify every cluster they take from the cache against the SCO's crc table, so a slot reused
- * while a read was in flight (or a bad disk) can only cause a refetch, never bad data.
+ * while a read was in flight (or a bad disk) can only cause a refetch, never bad data. The cache is only a
+ * speed-up: a slab write that fails (the slab is sparse, so a full disk refuses it) or a slab read that
+ * fails is counted and the read goes on without the cache (docs/volume-driver.md, "Disk full").
  */
 import path from 'node:path';
 import { NodeDisk, type Disk, type DiskFile } from '../shared/disk.ts';
+import { isKeelError } from '../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 
 export interface ReadCacheStats {
@@ -24,6 +27,9 @@ export interface ReadCacheStats {
   misses: number;
   evictions: number;
   insertedClusters: number;
+  /** Slab writes and reads that failed (a full disk, an I/O error): the clusters were not cached, or refetched. */
+  writeFailures: number;
+  readFailures: number;
 }
 
 interface Block {
@@ -43,7 +49,7 @@ export class ReadCache {
   private readonly blocks = new Map<string, Block>();
   private readonly freeSlots: number[] = [];
   private readonly slotGenerations: Uint32Array;
-  private readonly counters = { hits: 0, misses: 0, evictions: 0, insertedClusters: 0 };
+  private readonly counters = { hits: 0, misses: 0, evictions: 0, insertedClusters: 0, writeFailures: 0, readFailures: 0 };
 
   private constructor(
     private readonly file: DiskFile | undefined,
@@ -85,10 +91,16 @@ export class ReadCache {
     return block.slot * this.blockBytes + bit * clusterSizeBytes;
   }
 
-  /** Reads cached bytes at a position from lookup(). Returns false on a short read. */
+  /** Reads cached bytes at a position from lookup(). Returns false on a short or failed read (the caller refetches). */
   async readAt(position: number, target: Buffer): Promise<boolean> {
     if (this.file === undefined) return false;
-    return (await this.file.read(target, position)) === target.length;
+    try {
+      return (await this.file.read(target, position)) === target.length;
+    } catch (err) {
+      if (!isKeelError(err)) throw err;
+      this.counters.readFailures += 1;
+      return false;
+    }
   }
 
   /** Stores clusters [scoSlot, +n) of `object` (data: n whole clusters), block by block. */
@@ -143,7 +155,13 @@ export class ReadCache {
       this.blocks.set(key, block);
     }
     const { slot, generation } = block;
-    await this.file!.write(data, slot * this.blockBytes + firstCluster * clusterSizeBytes);
+    try {
+      await this.file!.write(data, slot * this.blockBytes + firstCluster * clusterSizeBytes);
+    } catch (err) {
+      if (!isKeelError(err)) throw err;
+      this.counters.writeFailures += 1; // not cached: its mask bits stay clear
+      return;
+    }
     // The slot may have gone to another block while the write was in flight: then these bytes are not ours.
     if (this.slotGenerations[slot] !== generation || this.blocks.get(key) !== block) return;
     const clusters = data.length / clusterSizeBytes;

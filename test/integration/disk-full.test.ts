@@ -3,6 +3,8 @@
  * of a fixed size, and qemu-io over NBD. Writes past the space fail with ENOSPC (not EIO: QEMU's default
  * werror=enospc pauses the guest on it), reads go on, writes succeed again once the filesystem has room,
  * and what was acknowledged survives a SIGKILL of the owner afterwards (docs/volume-driver.md, "Disk full").
+ * With the data on S3 (s3rver outside the tmpfs), something else fills the routers' disk: reads of data
+ * that lives only on S3 still work (the read cache, which cannot store them, steps aside).
  *
  * Mounting a tmpfs needs root (CI runs as root); elsewhere the suite is skipped and says why.
  */
@@ -13,6 +15,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
 import { run } from '../helpers/processes.ts';
+import { startS3Server, type TestS3Server } from '../helpers/s3-server.ts';
 
 const hasQemuIo = spawnSync('qemu-io', ['--version']).status === 0;
 
@@ -26,16 +29,29 @@ function mountTmpfs(size: string): string | undefined {
 }
 
 const mountDir = hasQemuIo ? mountTmpfs('192M') : undefined;
+const s3MountDir = mountDir !== undefined ? mountTmpfs('256M') : undefined;
+
+/** qemu-io commands against a volume's NBD URI. */
+function qemuIo(uri: string, ...commands: string[]) {
+  return run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 120_000 });
+}
+
+async function expectRead(uri: string, pattern: string, offset: string, length: string): Promise<void> {
+  const read = await qemuIo(uri, `read -P ${pattern} ${offset} ${length}`);
+  expect(read.stdout + read.stderr, `read -P ${pattern} ${offset} ${length}`).not.toMatch(/failed|error/i);
+  expect(read.code).toBe(0);
+}
+
+function unmount(dir: string): void {
+  spawnSync('umount', [dir]);
+  rmSync(dir, { recursive: true, force: true });
+}
 
 describe.skipIf(mountDir === undefined)('a router whose disk fills up (real tmpfs, qemu-io)', () => {
   let cluster: KeelCluster;
 
-  const qemuIo = (...commands: string[]) => run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), cluster.uri()], { timeoutMs: 120_000 });
-  const expectRead = async (pattern: string, offset: string, length: string) => {
-    const read = await qemuIo(`read -P ${pattern} ${offset} ${length}`);
-    expect(read.stdout + read.stderr, `read -P ${pattern} ${offset} ${length}`).not.toMatch(/failed|error/i);
-    expect(read.code).toBe(0);
-  };
+  const io = (...commands: string[]) => qemuIo(cluster.uri(), ...commands);
+  const readBack = (pattern: string, offset: string, length: string) => expectRead(cluster.uri(), pattern, offset, length);
 
   beforeAll(async () => {
     cluster = await KeelCluster.start({ dataDir: path.join(mountDir!, 'data'), volumeSize: '1G', scoSize: '4M' });
@@ -44,33 +60,71 @@ describe.skipIf(mountDir === undefined)('a router whose disk fills up (real tmpf
   afterAll(async () => {
     await cluster?.stop();
     await cluster?.destroy();
-    spawnSync('umount', [mountDir!]);
-    rmSync(mountDir!, { recursive: true, force: true });
+    unmount(mountDir!);
   });
 
   it('fails writes with ENOSPC while full, keeps serving reads, takes writes again once there is room, and loses nothing acknowledged', async () => {
-    const first = await qemuIo('write -P 0x5a 0 16M');
+    const first = await io('write -P 0x5a 0 16M');
     expect(first.stdout + first.stderr).not.toMatch(/failed/i);
 
     // Far more than the tmpfs holds (SCOs, DTL segments and 4+2 fragments all live on it).
-    const fill = await qemuIo('write -P 0x6b 16M 512M');
+    const fill = await io('write -P 0x6b 16M 512M');
     expect(fill.stdout + fill.stderr).toMatch(/write failed: No space left on device/);
     expect(spawnSync('df', ['--output=avail', '-B1', mountDir!]).stdout.toString()).toMatch(/\n\s*\d{1,7}\s*$/); // under 10 MB left
 
-    await expectRead('0x5a', '0', '16M'); // reads go on while the disk is full
-    const stillFull = await qemuIo('write -P 0x6b 700M 1M');
+    await readBack('0x5a', '0', '16M'); // reads go on while the disk is full
+    const stillFull = await io('write -P 0x6b 700M 1M');
     expect(stillFull.stdout + stillFull.stderr).toMatch(/No space left on device/);
 
     expect(spawnSync('mount', ['-o', 'remount,size=2G', mountDir!]).status).toBe(0); // room again, no restart
-    const after = await qemuIo('write -P 0x7c 600M 16M', 'flush');
+    const after = await io('write -P 0x7c 600M 16M', 'flush');
     expect(after.stdout + after.stderr).not.toMatch(/failed/i);
-    await expectRead('0x7c', '600M', '16M');
-    await expectRead('0x5a', '0', '16M');
+    await readBack('0x7c', '600M', '16M');
+    await readBack('0x5a', '0', '16M');
 
     const owner = await cluster.ownerOf('demo');
     process.kill(owner.pid, 'SIGKILL');
     await cluster.waitForRestart(owner.id, owner.pid, 60_000);
-    await expectRead('0x5a', '0', '16M');
-    await expectRead('0x7c', '600M', '16M');
+    await readBack('0x5a', '0', '16M');
+    await readBack('0x7c', '600M', '16M');
+  }, 240_000);
+});
+
+describe.skipIf(s3MountDir === undefined)('routers whose disk fills up, with the data on S3 (real tmpfs, s3rver, qemu-io)', () => {
+  let s3: TestS3Server;
+  let cluster: KeelCluster;
+
+  beforeAll(async () => {
+    s3 = await startS3Server(1);
+    cluster = await KeelCluster.start({
+      dataDir: path.join(s3MountDir!, 'data'),
+      volumeSize: '256M',
+      scoSize: '4M',
+      upArgs: ['--s3', `${s3.endpoint}/asd0`, '--s3-access-key', 'S3RVER', '--s3-secret-key', 'S3RVER', '--write-buffer', '24M', '--ram-cache', '0'],
+    });
+  }, 90_000);
+
+  afterAll(async () => {
+    await cluster?.stop();
+    await cluster?.destroy();
+    await s3?.close();
+    unmount(s3MountDir!);
+  });
+
+  it('reads data that lives only on S3 while the disk is full, and fails writes with ENOSPC', async () => {
+    const uri = cluster.uri();
+    const written = await qemuIo(uri, 'write -P 0x3c 0 64M', 'flush');
+    expect(written.stdout + written.stderr).not.toMatch(/failed/i);
+    // Something else takes every byte left on the routers' disk.
+    spawnSync('dd', ['if=/dev/zero', `of=${path.join(s3MountDir!, 'filler')}`, 'bs=1M']);
+    expect(spawnSync('df', ['--output=avail', '-B1', s3MountDir!]).stdout.toString()).toMatch(/\n\s*0\s*$/);
+    await expectRead(uri, '0x3c', '0', '64M'); // mostly from S3 (24M write buffer): the read cache cannot store it
+    const refused = await qemuIo(uri, 'write -P 0x4d 128M 8M');
+    expect(refused.stdout + refused.stderr).toMatch(/No space left on device/);
+    rmSync(path.join(s3MountDir!, 'filler'));
+    const after = await qemuIo(uri, 'write -P 0x4d 128M 8M', 'flush');
+    expect(after.stdout + after.stderr).not.toMatch(/failed/i);
+    await expectRead(uri, '0x4d', '128M', '8M');
+    await expectRead(uri, '0x3c', '0', '64M');
   }, 240_000);
 });

@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ReadCache, readCacheFileName } from '../../router/read-cache.ts';
+import { FaultyDisk } from '../../shared/disk.ts';
 
 const KiB = 1024;
 let dir: string;
@@ -55,6 +56,21 @@ describe('read cache', () => {
     expect((await readCluster(cache, 'sco-2', 39 * 16 + 5))!.equals(cluster(39))).toBe(true);
     expect(cache.stats().evictions).toBe(36);
     expect(cache.stats().clustersCached).toBeLessThanOrEqual(4 * 16);
+  });
+
+  it('caches nothing, and fails nothing, when its slab cannot be written or read (a full disk, a bad disk)', async () => {
+    const disk = new FaultyDisk();
+    cache = await ReadCache.open(dir, 256 * KiB, undefined, disk);
+    disk.inject({ operation: 'write', pathIncludes: readCacheFileName, noSpace: true, times: 1 });
+    await cache.insert('sco-1', 0, cluster(1)); // resolves: the read that fetched it goes on
+    expect(await readCluster(cache, 'sco-1', 0)).toBeUndefined();
+    await cache.insert('sco-1', 0, cluster(1));
+    const position = cache.lookup('sco-1', 0);
+    expect(position).toBeGreaterThanOrEqual(0);
+    disk.inject({ operation: 'read', pathIncludes: readCacheFileName, times: 1 });
+    expect(await cache.readAt(position, Buffer.alloc(4096))).toBe(false); // the reader refetches
+    expect((await readCluster(cache, 'sco-1', 0))!.equals(cluster(1))).toBe(true);
+    expect(cache.stats()).toMatchObject({ writeFailures: 1, readFailures: 1, insertedClusters: 1 });
   });
 
   it('forgets a deleted volume and starts empty on every open', async () => {
