@@ -30,12 +30,16 @@ export class EmbeddedCoordination implements Coordination {
   }
 
   static async open(dataDir: string): Promise<EmbeddedCoordination> {
-    await fs.mkdir(dataDir, { recursive: true });
+    try {
+      await fs.mkdir(dataDir, { recursive: true });
+    } catch (err) {
+      throw KeelError.io(`cannot use ${dataDir} as the data directory: ${(err as Error).message}`, err);
+    }
     const coordination = new EmbeddedCoordination(dataDir);
     try {
       await fs.writeFile(coordination.file, JSON.stringify(emptyDocument(), null, 2), { flag: 'wx' });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw KeelError.io(`cannot create ${coordination.file}`, err);
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw KeelError.io(`cannot create ${coordination.file}: ${(err as Error).message}`, err);
     }
     await coordination.read(); // validates an existing document early
     return coordination;

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -91,5 +91,16 @@ describe('keel CLI: volumes and bad arguments', () => {
     const missing = await keel('volume', 'create', 'onlyname');
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain("missing required argument 'size'");
+  });
+
+  it('refuses a data directory that cannot be one (a path under a file) with one line, for keel up too', async () => {
+    const file = path.join(dataDir, 'a-file');
+    await writeFile(file, 'not a directory');
+    for (const args of [['volume', 'list'], ['up', '--port', '1']]) {
+      const refused = await runKeel([...args, '--data', path.join(file, 'data')]);
+      expect(refused.code, args.join(' ')).toBe(1);
+      expect(refused.stderr.trim()).toMatch(/^keel: cannot use .*a-file\/data as the data directory: ENOTDIR/);
+      expect(refused.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    }
   });
 });
