@@ -55,7 +55,8 @@ interface BacklogEntry {
   /** TLog current when the write was applied; undefined until then (not trimmable). */
   tlogTag: number | undefined;
   acked: boolean;
-  onAcked: (() => void) | undefined;
+  /** Ends the write's wait: acknowledged (no argument), or refused (every peer's disk full too long; the record stays and is sent later). */
+  onAcked: ((refusal?: KeelError) => void) | undefined;
   /** In a batch on the wire: its memory may still be read by the socket. */
   sending: boolean;
   /** Left the backlog (trimmed or cleared): its memory goes back to the arena once not sending. */
@@ -109,6 +110,10 @@ export class DtlJournal implements WriteJournal {
   private peerFull = false;
   /** Batches in a row that peers refused because their disk was full (see pauseAfterNoSpace). */
   private peerNoSpaceStreak = 0;
+  /** Since when peers refuse batches for a full disk (undefined: a batch was stored since). */
+  private peersFullSinceMs: number | undefined;
+  /** Set once peers were full for limits.dtlPeersFullWaitMaxMs: sync writes fail with it instead of waiting. */
+  private peersFull: KeelError | undefined;
   private firstInSyncDone = false;
   private readonly excluded = new Set<string>();
   private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0, overlappedBatches: 0, peerNoSpaceRefusals: 0 };
@@ -176,9 +181,10 @@ export class DtlJournal implements WriteJournal {
     const record = this.arena.take(bytes);
     if (data !== undefined) data.copy(record, dtlHeaderBytes);
     writeDtlHeader(record, 0, seq, op, offset, length, data, clusterCrcs);
-    let acked!: Promise<void>;
+    let acked!: Promise<KeelError | undefined>;
     const entry: BacklogEntry = { seq, record, tlogTag: undefined, acked: false, onAcked: undefined, sending: false, dropped: false };
-    acked = new Promise<void>((resolve) => (entry.onAcked = resolve));
+    // Resolves with the refusal rather than rejecting: nobody awaits it when apply() fails or in async mode.
+    acked = new Promise<KeelError | undefined>((resolve) => (entry.onAcked = resolve));
     this.backlog.push(entry);
     this.backlogBytes += bytes;
     this.counters.records += 1;
@@ -190,7 +196,9 @@ export class DtlJournal implements WriteJournal {
       entry.tlogTag = this.host.currentTlogSeq(); // an upper bound of the TLog that holds it
     }
     if (this.mode === 'sync') {
-      await acked;
+      if (this.peersFull !== undefined && !entry.acked) throw this.peersFull;
+      const refusal = await acked;
+      if (refusal !== undefined) throw refusal;
       if ((this.status as DtlJournalStatus).state === 'fenced') throw KeelError.notOwner(this.host.volumeName);
     }
   }
@@ -244,6 +252,8 @@ export class DtlJournal implements WriteJournal {
           this.counters.batches += 1;
           this.peerFull = false;
           this.peerNoSpaceStreak = 0;
+          this.peersFullSinceMs = undefined;
+          this.peersFull = undefined;
           for (const entry of oldest.entries) this.ack(entry);
           continue;
         }
@@ -259,7 +269,7 @@ export class DtlJournal implements WriteJournal {
           continue;
         }
         this.lostPeer(oldest.peer, err);
-        if (isKeelError(err, 'NO_SPACE')) await this.pauseAfterNoSpace();
+        if (isKeelError(err, 'NO_SPACE')) await this.pauseAfterNoSpace(err);
       }
     } finally {
       this.pumping = false;
@@ -272,10 +282,27 @@ export class DtlJournal implements WriteJournal {
    * the journal would cycle through the peers as fast as they refuse. The pause doubles up to
    * limits.dtlPeerNoSpaceBackoffMsMax while every peer is full; sync writes wait for a peer meanwhile.
    */
-  private async pauseAfterNoSpace(): Promise<void> {
+  private async pauseAfterNoSpace(err: KeelError): Promise<void> {
     this.peerNoSpaceStreak += 1;
     this.counters.peerNoSpaceRefusals += 1;
+    this.peersFullSinceMs ??= Date.now();
+    if (this.peersFull === undefined && Date.now() - this.peersFullSinceMs >= limits.dtlPeersFullWaitMaxMs) this.refuseWaitingWrites(err);
     await sleep(Math.min(limits.dtlPeerRetryMs * 2 ** (this.peerNoSpaceStreak - 1), limits.dtlPeerNoSpaceBackoffMsMax));
+  }
+
+  /**
+   * Peers have been full for dtlPeersFullWaitMaxMs: sync writes fail with NO_SPACE instead of waiting
+   * until the edge gives up on them (wireRequestTimeoutMs, then EIO): an NBD client sees ENOSPC, which QEMU
+   * pauses the guest on. Their records stay in the backlog and are sent once a peer has room.
+   */
+  private refuseWaitingWrites(cause: KeelError): void {
+    this.peersFull = KeelError.noSpace(`volume '${this.host.volumeName}': no DTL peer has room for its writes (${cause.message})`);
+    this.host.logger.warn({ volume: this.host.volumeName, err: cause.message }, 'DTL peers full: sync writes fail with ENOSPC until one has room');
+    for (const entry of this.pendingEntries()) {
+      if (entry.acked) continue;
+      entry.onAcked?.(this.peersFull);
+      entry.onAcked = undefined;
+    }
   }
 
   /** Puts one batch on the wire now, so the peer stores it while this router appends it locally. */

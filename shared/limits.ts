@@ -271,6 +271,8 @@ export const limits = {
   dtlPeerRetryMs: 250,
   /** DTL: the pause after a peer's disk was full doubles from dtlPeerRetryMs up to this, until a batch is stored again. */
   dtlPeerNoSpaceBackoffMsMax: 4_000,
+  /** DTL: once peers have refused for a full disk this long, sync writes fail with NO_SPACE instead of waiting for one. */
+  dtlPeersFullWaitMaxMs: 3_000,
   /** Takeover: how long a router probes a volume's recorded owner (connect + hello) before calling it unreachable. */
   ownerProbeTimeoutMs: 1_000,
   /** Takeover: an owner whose heartbeat is younger than this is never taken over (it may be restarting its connection). */
@@ -406,6 +408,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.coordinationReconnectBackoffBaseMs > l.coordinationReconnectBackoffMaxMs)
     fail('coordinationReconnectBackoffBaseMs must not exceed coordinationReconnectBackoffMaxMs');
   if (l.dtlPeerNoSpaceBackoffMsMax < l.dtlPeerRetryMs) fail('dtlPeerNoSpaceBackoffMsMax must be at least dtlPeerRetryMs');
+  if (l.dtlPeersFullWaitMaxMs + l.dtlPeerNoSpaceBackoffMsMax >= l.wireRequestTimeoutMs)
+    fail('dtlPeersFullWaitMaxMs plus dtlPeerNoSpaceBackoffMsMax must end before wireRequestTimeoutMs, so writes fail with ENOSPC before the edge times them out');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');
 }

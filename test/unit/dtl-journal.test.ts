@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { isKeelError, KeelError } from '../../shared/errors.ts';
+import { limits } from '../../shared/limits.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { RpcServer, type RpcHandler, type RpcRequest } from '../../shared/wire/rpc-server.ts';
 import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
@@ -121,6 +122,8 @@ describe('DtlJournal with real peers', () => {
       return true;
     },
   });
+  /** Records a peer holds for the stream, without sealing it. */
+  const recordsOnOpen = async (peer: Peer) => peer.store.stats().appendedRecords as number;
   const recordsOn = async (peer: Peer) => {
     const streams = await peer.store.seal('vol-1', 1);
     const seqs: number[] = [];
@@ -254,4 +257,22 @@ describe('DtlJournal with real peers', () => {
     const stored = [...(await recordsOn(peers[0]!)), ...(await recordsOn(peers[1]!))];
     expect(stored).toContain(1);
   });
+
+  it(`peers full for longer than dtlPeersFullWaitMaxMs: sync writes fail with NO_SPACE instead of waiting for the edge's timeout, and their records still reach a peer once one has room`, async () => {
+    const disk = { full: true, refusals: 0 };
+    await startPeer('p1', fullDisk(disk));
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start();
+    const startedAt = Date.now();
+    const waiting = journal.write(0, Buffer.alloc(4096, 7), async () => undefined);
+    await expect(waiting).rejects.toMatchObject({ code: 'NO_SPACE' });
+    const waitedMs = Date.now() - startedAt;
+    expect(waitedMs).toBeGreaterThanOrEqual(limits.dtlPeersFullWaitMaxMs);
+    expect(waitedMs).toBeLessThan(limits.wireRequestTimeoutMs); // before the edge would time it out
+    await expect(journal.write(4096, Buffer.alloc(4096, 8), async () => undefined)).rejects.toMatchObject({ code: 'NO_SPACE' }); // at once
+    disk.full = false;
+    await until(async () => (await recordsOnOpen(peers[0]!)) >= 2, 10_000); // after the current pause
+    await journal.write(8192, Buffer.alloc(4096, 9), async () => undefined); // acknowledged again
+    expect(await recordsOn(peers[0]!)).toEqual([1, 2, 3]);
+  }, 20_000);
 });
