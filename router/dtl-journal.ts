@@ -110,7 +110,7 @@ export class DtlJournal implements WriteJournal {
   private peerFull = false;
   /** Batches in a row that peers refused because their disk was full (see pauseAfterNoSpace). */
   private peerNoSpaceStreak = 0;
-  /** Since when peers refuse batches for a full disk (undefined: a batch was stored since). */
+  /** Since when peers refuse batches for a full disk (undefined: a peer has caught up with the backlog since). */
   private peersFullSinceMs: number | undefined;
   /** Set once peers were full for limits.dtlPeersFullWaitMaxMs: sync writes fail with it instead of waiting. */
   private peersFull: KeelError | undefined;
@@ -239,6 +239,7 @@ export class DtlJournal implements WriteJournal {
         }
         const oldest = this.inFlight[0];
         if (oldest === undefined) {
+          this.caughtUp();
           if (this.status.state === 'resyncing') this.setStatus({ state: 'streaming', peer: this.peer.routerId });
           this.maybePublishInSync();
           break;
@@ -251,9 +252,6 @@ export class DtlJournal implements WriteJournal {
         if (oldest.stored) {
           this.counters.batches += 1;
           this.peerFull = false;
-          this.peerNoSpaceStreak = 0;
-          this.peersFullSinceMs = undefined;
-          this.peersFull = undefined;
           for (const entry of oldest.entries) this.ack(entry);
           continue;
         }
@@ -280,7 +278,8 @@ export class DtlJournal implements WriteJournal {
   /**
    * A peer whose disk is full is alive, so connecting to the next one succeeds at once; without a pause
    * the journal would cycle through the peers as fast as they refuse. The pause doubles up to
-   * limits.dtlPeerNoSpaceBackoffMsMax while every peer is full; sync writes wait for a peer meanwhile.
+   * limits.dtlPeerNoSpaceBackoffMsMax until a peer catches up; sync writes wait meanwhile, at most
+   * dtlPeersFullWaitMaxMs (refuseWaitingWrites).
    */
   private async pauseAfterNoSpace(err: KeelError): Promise<void> {
     this.peerNoSpaceStreak += 1;
@@ -288,6 +287,20 @@ export class DtlJournal implements WriteJournal {
     this.peersFullSinceMs ??= Date.now();
     if (this.peersFull === undefined && Date.now() - this.peersFullSinceMs >= limits.dtlPeersFullWaitMaxMs) this.refuseWaitingWrites(err);
     await sleep(Math.min(limits.dtlPeerRetryMs * 2 ** (this.peerNoSpaceStreak - 1), limits.dtlPeerNoSpaceBackoffMsMax));
+  }
+
+  /**
+   * The peer holds the whole backlog. Only this ends a full-disk episode: a nearly full peer still stores
+   * a small batch now and then (into the last page of a segment), and resetting on each of those kept
+   * writes trickling through at 14 KiB/s, each waiting until the edge timed it out.
+   */
+  private caughtUp(): void {
+    if (this.peersFullSinceMs === undefined) return;
+    this.peerNoSpaceStreak = 0;
+    this.peersFullSinceMs = undefined;
+    if (this.peersFull === undefined) return;
+    this.peersFull = undefined;
+    this.host.logger.warn({ volume: this.host.volumeName }, 'DTL peer has room again: sync writes are acknowledged');
   }
 
   /**
