@@ -237,6 +237,15 @@ describe('VolumeDriver', () => {
     const failedAt = 64 * 4096;
     const laterAt = 128 * 4096;
 
+    /** A driver on a FaultyDisk (no fault yet) with pattern 1 in its first four clusters. */
+    async function openWithFourClusters(): Promise<{ disk: FaultyDisk; volume: VolumeDriver }> {
+      const disk = new FaultyDisk();
+      const volume = await VolumeDriver.open(options({ disk }));
+      driver = volume;
+      await volume.write(0, pattern(4 * 4096, 1), false);
+      return { disk, volume };
+    }
+
     /** 32 one-cluster writes from one turn (one batch) at failedAt, each rejected with NO_SPACE. */
     async function writesFailWithNoSpace(volume: VolumeDriver): Promise<void> {
       const writes = [];
@@ -271,41 +280,35 @@ describe('VolumeDriver', () => {
     }
 
     it('fails the writes of a batch whose SCO append ran out of space, keeps serving reads, and takes writes again once there is space', async () => {
-      const disk = new FaultyDisk();
-      driver = await VolumeDriver.open(options({ disk }));
-      await driver.write(0, pattern(4 * 4096, 1), false);
+      const { disk, volume } = await openWithFourClusters();
       disk.inject({ operation: 'writev', pathIncludes: '.sco', noSpace: true });
-      await writesFailWithNoSpace(driver);
-      await expect(driver.write(laterAt, pattern(4096, 9), false)).rejects.toMatchObject({ code: 'NO_SPACE' });
-      expectBytes(await driver.read(0, 4 * 4096), pattern(4 * 4096, 1)); // reads go on
-      expect(driver.stats().noSpaceBatches).toBeGreaterThanOrEqual(2);
+      await writesFailWithNoSpace(volume);
+      await expect(volume.write(laterAt, pattern(4096, 9), false)).rejects.toMatchObject({ code: 'NO_SPACE' });
+      expectBytes(await volume.read(0, 4 * 4096), pattern(4 * 4096, 1)); // reads go on
+      expect(volume.stats().noSpaceBatches).toBeGreaterThanOrEqual(2);
       disk.clearFaults();
       // The TLog took the failed batch's records; they were cut off, or replay would map the failed
       // writes' clusters onto the slots this write now fills.
-      await driver.write(laterAt, pattern(4096, 9), false);
-      await driver.flush();
+      await volume.write(laterAt, pattern(4096, 9), false);
+      await volume.flush();
       await expectSameAfterRecovery();
     });
 
     it('cuts a TLog append that ran out of space halfway back off, so replay never finds its records', async () => {
-      const disk = new FaultyDisk();
-      driver = await VolumeDriver.open(options({ disk }));
-      await driver.write(0, pattern(4 * 4096, 1), false);
+      const { disk, volume } = await openWithFourClusters();
       disk.inject({ operation: 'write', pathIncludes: '.tlog', noSpace: true, times: 1 }); // writes 16 of the 32 records
-      await writesFailWithNoSpace(driver);
-      await driver.write(laterAt, pattern(4096, 9), false); // one record where the 32 began; a flush and the close add three
-      await driver.flush();
+      await writesFailWithNoSpace(volume);
+      await volume.write(laterAt, pattern(4096, 9), false); // one record where the 32 began; a flush and the close add three
+      await volume.flush();
       await expectSameAfterRecovery();
     });
 
     it('fails a flush whose SYNC record found no space, and the next flush succeeds', async () => {
-      const disk = new FaultyDisk();
-      driver = await VolumeDriver.open(options({ disk }));
-      await driver.write(0, pattern(4 * 4096, 1), false);
+      const { disk, volume } = await openWithFourClusters();
       disk.inject({ operation: 'write', pathIncludes: '.tlog', noSpace: true, times: 1 });
-      await expect(driver.flush()).rejects.toMatchObject({ code: 'NO_SPACE' });
-      await driver.write(laterAt, pattern(4096, 9), false);
-      await driver.flush();
+      await expect(volume.flush()).rejects.toMatchObject({ code: 'NO_SPACE' });
+      await volume.write(laterAt, pattern(4096, 9), false);
+      await volume.flush();
       await expectSameAfterRecovery();
     });
 
