@@ -446,6 +446,8 @@ export class VolumeDriver implements OpenBlockTarget {
     noSpaceBatches: number;
     /** Reads whose local SCO copy failed (checksum, I/O) and were served from the backend. */
     localCopyFailures: number;
+    /** 1 once an I/O error failed the volume (every request fails until its router reopens it), else 0: an alert for /metrics. */
+    failed: number;
     /** Batches with a user write, trim or rollback since open (not the scrubber's own moves): unchanged means no new garbage. */
     userMapChanges: number;
     scoSpares: ScoSparesStats;
@@ -468,6 +470,7 @@ export class VolumeDriver implements OpenBlockTarget {
       pressureRolls: this.counters.pressureRolls,
       noSpaceBatches: this.counters.noSpaceBatches,
       localCopyFailures: this.counters.localCopyFailures,
+      failed: this.status === 'failed' ? 1 : 0,
       userMapChanges: this.counters.userMapChanges,
       scoSpares: this.spares.stats(),
       ...(this.remote ? { backend: { ...this.remote.uploader.stats(), ...this.remote.reader.stats() } } : {}),

@@ -224,9 +224,11 @@ describe('VolumeDriver', () => {
     const disk = new FaultyDisk();
     driver = await VolumeDriver.open(options({ disk }));
     await driver.write(0, pattern(4096, 1), false);
+    expect(driver.stats().failed).toBe(0);
     disk.inject({ operation: 'writev', pathIncludes: '.sco' });
     await expect(driver.write(4096, pattern(4096, 2), false)).rejects.toMatchObject({ code: 'IO' });
     await expect(driver.read(0, 4096)).rejects.toMatchObject({ code: 'IO' });
+    expect(driver.stats().failed).toBe(1); // keel_volume_failed in /metrics
     disk.clearFaults();
     await driver.close();
     driver = await VolumeDriver.open(options());
@@ -285,6 +287,7 @@ describe('VolumeDriver', () => {
       await writesFailWithNoSpace(volume);
       await expect(volume.write(laterAt, pattern(4096, 9), false)).rejects.toMatchObject({ code: 'NO_SPACE' });
       expectBytes(await volume.read(0, 4 * 4096), pattern(4 * 4096, 1)); // reads go on
+      expect(volume.stats()).toMatchObject({ failed: 0 }); // a full disk fails writes, not the volume
       expect(volume.stats().noSpaceBatches).toBeGreaterThanOrEqual(2);
       disk.clearFaults();
       // The TLog took the failed batch's records; they were cut off, or replay would map the failed
