@@ -221,6 +221,7 @@ export function addSnapshotCommands(program: Command): void {
     .action(async (name: string, options: DataOptions & { clustersPerSecond?: string; defrag?: boolean }) => {
       const pace = options.clustersPerSecond === undefined ? undefined : parseClustersPerSecond(options.clustersPerSecond);
       const coordination = await coordinationFor(options);
+      if (!(await coordination.getVolume(name))) throw KeelError.volumeNotFound(name); // before the banner
       console.error(`scrubbing '${name}': marking live clusters, rewriting, deleting...`);
       const scrub = volumeAdmin<ScrubReport>(coordination, name, { op: 'volume-scrub', ...(pace ? { clustersPerSecond: pace } : {}), ...(options.defrag ? { defrag: true } : {}) });
       const report = await withScrubProgress(scrub, () => volumeAdmin<ScrubProgressReport | null>(coordination, name, { op: 'volume-scrub-progress' }));

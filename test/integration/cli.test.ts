@@ -50,6 +50,9 @@ describe('keel CLI: volumes and bad arguments', () => {
     const unknown = await keel('volume', 'info', 'nope');
     expect(unknown.code).toBe(1);
     expect(unknown.stderr.trim()).toBe("keel: volume 'nope' does not exist");
+    const scrubUnknown = await keel('scrub', 'nope'); // no "scrubbing..." banner first
+    expect(scrubUnknown.code).toBe(1);
+    expect(scrubUnknown.stderr.trim()).toBe("keel: volume 'nope' does not exist");
     const shrink = await keel('volume', 'resize', 'vm1', '5G');
     expect(shrink.code).toBe(2);
     expect(shrink.stderr).toContain('--allow-shrink');
