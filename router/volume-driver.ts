@@ -165,6 +165,8 @@ export class VolumeDriver implements OpenBlockTarget {
   private volumeBackend: VolumeBackend | undefined;
   /** Set by the router's HA layer: every write and trim also goes to the volume's DTL. */
   journal: WriteJournal | undefined;
+  /** Set by the router (volume-registry.ts): told once when an I/O error fails the volume, to hand it over. */
+  onFailed: ((cause: KeelError) => void) | undefined;
   private ramCache: RamCacheView | undefined;
 
   private constructor(
@@ -628,16 +630,21 @@ export class VolumeDriver implements OpenBlockTarget {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  /** The append loop failed: nothing more is accepted; pending and future requests fail with the cause. */
+  /**
+   * The append loop failed: nothing more is accepted; pending and future requests fail with the cause, or
+   * with CLOSED when the router hands the volume to another one (onFailed): the edges re-send them there.
+   */
   private fail(err: unknown): void {
     if (this.failure !== undefined) return;
-    this.failure = isKeelError(err) ? err : KeelError.io(`volume '${this.volumeName}' failed`, err);
+    const cause = isKeelError(err) ? err : KeelError.io(`volume '${this.volumeName}' failed`, err);
+    this.failure = this.onFailed === undefined ? cause : new KeelError('CLOSED', `volume '${this.volumeName}' failed here (${cause.message}): another router takes it over`);
     this.setStatus('failed', err);
     for (let index = this.queueHead; index < this.queue.length; index++) this.queue[index].reject(this.failure);
     this.queue.length = 0;
     this.queueHead = 0;
     for (const waiter of this.appliedWaiters.splice(0)) waiter.reject(this.failure);
     for (const wake of this.spaceWaiters.splice(0)) wake();
+    this.onFailed?.(cause);
   }
 
   // ---------------------------------------------------------------- write path
@@ -937,8 +944,9 @@ export class VolumeDriver implements OpenBlockTarget {
    */
   private refuseBatch(entries: BatchEntry[], syncs: AppendJob[], err: unknown): void {
     if (!isKeelError(err, 'NO_SPACE')) {
-      for (const entry of entries) entry.job.reject(err);
-      for (const job of syncs) job.reject(err);
+      this.fail(err); // first: the batch's requests get the same answer as the queued ones (CLOSED when handed over)
+      for (const entry of entries) entry.job.reject(this.failure);
+      for (const job of syncs) job.reject(this.failure);
       throw err;
     }
     const last = entries.at(-1)?.job;

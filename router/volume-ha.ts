@@ -12,7 +12,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { isRouterAlive, volumeDtlMode, type Coordination, type RouterRecord, type VolumeRecord } from '../shared/coordination.ts';
+import { isRouterAlive, ownerHasFailed, volumeDtlMode, type Coordination, type RouterRecord, type VolumeRecord } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
@@ -103,7 +103,8 @@ export class VolumeHa implements VolumeLifecycle {
   async takeOver(record: VolumeRecord, force = false): Promise<VolumeRecord | undefined> {
     const routers = await this.coordination.listRouters();
     const owner = routers.find((r) => r.id === record.owner);
-    if (owner !== undefined && owner.state !== 'down') {
+    // An owner that reported its volume driver failed is alive but cannot serve it: no need to wait it out.
+    if (owner !== undefined && owner.state !== 'down' && !ownerHasFailed(record)) {
       if (!force && Date.now() - owner.heartbeatAtMs < limits.takeoverHeartbeatAgeMinMs) return undefined;
       if (await probeRouter(owner.address, this.transport)) return undefined; // it answers: the edge should go there
     }

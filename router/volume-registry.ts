@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import type { OpenBlockTarget } from '../shared/block-target.ts';
-import type { Coordination, VolumeRecord } from '../shared/coordination.ts';
+import { ownerHasFailed, type Coordination, type VolumeRecord } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
@@ -37,6 +37,8 @@ export class VolumeRegistry implements VolumeHost {
   lifecycle: VolumeLifecycle | undefined;
   /** Volumes being handed over: opens wait for the handover, then find the new owner. */
   private readonly handingOver = new Map<string, Promise<void>>();
+  /** Volumes whose driver failed here, by the epoch it failed at: not reopened here at that epoch. */
+  private readonly failedAtEpoch = new Map<string, number>();
 
   constructor(
     private readonly routerId: string,
@@ -65,10 +67,15 @@ export class VolumeRegistry implements VolumeHost {
     if (owned && owned.sessions > 0) owned.sessions -= 1;
   }
 
-  /** Opens (and so recovers) every volume coordination says we own: a restart serves them at once. */
+  /**
+   * Opens (and so recovers) every volume coordination says we own: a restart serves them at once. A
+   * volume whose driver failed here before the restart is ours again once it opens.
+   */
   async openOwnedVolumes(): Promise<void> {
     for (const record of await this.coordination.listVolumes()) {
-      if (record.owner === this.routerId) await this.ensureOpen(record);
+      if (record.owner !== this.routerId) continue;
+      await this.ensureOpen(record);
+      if (ownerHasFailed(record)) await this.coordination.setVolumeDtl(record.name, record.ownerEpoch, { ownerFailedEpoch: 0 });
     }
   }
 
@@ -105,7 +112,11 @@ export class VolumeRegistry implements VolumeHost {
   private async claimAndOpen(volumeName: string): Promise<OwnedVolume> {
     const record = await this.coordination.getVolume(volumeName);
     if (!record) throw KeelError.volumeNotFound(volumeName);
-    if (record.owner === this.routerId) return this.ensureOpen(record);
+    if (record.owner === this.routerId) {
+      // Failed here at this epoch: another router takes it over (giveUpFailed); a restart reopens it (openOwnedVolumes).
+      if (this.failedAtEpoch.get(volumeName) === record.ownerEpoch || ownerHasFailed(record)) throw KeelError.notOwner(volumeName);
+      return this.ensureOpen(record);
+    }
     if (record.owner !== '') {
       const takenOver = await this.lifecycle?.takeOver(record);
       if (takenOver === undefined) throw KeelError.notOwner(volumeName, record.owner);
@@ -156,6 +167,8 @@ export class VolumeRegistry implements VolumeHost {
     }
     const owned: OwnedVolume = { driver, volumeId: record.id, ownerEpoch: record.ownerEpoch, sessions: 0 };
     this.owned.set(record.name, owned);
+    // Only with HA is there a router to take a failed volume over; without it, the volume stays failed here.
+    if (this.lifecycle !== undefined) driver.onFailed = (cause) => void this.giveUpFailed(record.name, owned, cause);
     this.logger.info(
       { volume: record.name, ownerEpoch: record.ownerEpoch, openMs: Date.now() - startedMs, ...driver.stats() },
       'volume open',
@@ -177,6 +190,25 @@ export class VolumeRegistry implements VolumeHost {
         this.logger.error({ err, volume: name, volumeId: owned.volumeId }, 'deleting the volume objects from the backend failed'),
       );
     }
+  }
+
+  /**
+   * An I/O error failed the volume's driver (docs/high-availability.md, "A volume whose disk fails"): the
+   * failure goes to coordination at our epoch, so that the DTL peer may take the volume over although this
+   * router lives, and the driver closes here. Its DTL stream stays on the peer (the journal drops it only
+   * once everything is on the backend), and every request already failed with CLOSED, which the edges
+   * re-send to the new owner.
+   */
+  private async giveUpFailed(name: string, owned: OwnedVolume, cause: KeelError): Promise<void> {
+    if (this.owned.get(name) !== owned) return;
+    this.owned.delete(name);
+    this.failedAtEpoch.set(name, owned.ownerEpoch);
+    this.logger.error({ volume: name, ownerEpoch: owned.ownerEpoch, err: cause.message }, 'volume driver failed: handing the volume to another router');
+    await this.coordination
+      .setVolumeDtl(name, owned.ownerEpoch, { ownerFailedEpoch: owned.ownerEpoch })
+      .catch((err) => this.logger.error({ err, volume: name }, 'recording the failed volume in coordination failed'));
+    await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing the failed volume failed'));
+    await this.lifecycle?.closed(name);
   }
 
   private async dropFenced(name: string, owned: OwnedVolume): Promise<void> {

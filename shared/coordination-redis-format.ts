@@ -161,6 +161,7 @@ export function volumeDtlFields(state: VolumeDtlState): string[] {
   if (state.dtlMode !== undefined) fields.push('dtlMode', state.dtlMode);
   if (state.dtlPeer !== undefined) fields.push('dtlPeer', state.dtlPeer);
   if (state.dtlInSync !== undefined) fields.push('dtlInSync', state.dtlInSync ? '1' : '0');
+  if (state.ownerFailedEpoch !== undefined) fields.push('ownerFailedEpoch', String(state.ownerFailedEpoch));
   return fields;
 }
 
@@ -246,6 +247,7 @@ export function decodeVolume(key: string, fields: Record<string, string>): Volum
     if (dtlInSync !== '0' && dtlInSync !== '1') throw KeelError.corrupt(`coordination record ${key}`, { field: 'dtlInSync', reason: dtlInSync });
     record.dtlInSync = dtlInSync === '1';
   }
+  if (fields.ownerFailedEpoch !== undefined) record.ownerFailedEpoch = reader.integer('ownerFailedEpoch');
   return record;
 }
 

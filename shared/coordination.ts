@@ -19,6 +19,12 @@ export interface VolumeDtlState {
   dtlPeer?: string;
   /** True while every acknowledged write not yet on the backend is held by dtlPeer. */
   dtlInSync?: boolean;
+  /**
+   * The owner epoch at which the owner's volume driver failed (an I/O error on its disk), 0 or absent: it
+   * has not. While it equals ownerEpoch, another router may take the volume over although the owner is
+   * alive (docs/high-availability.md, "A volume whose disk fails"); any new epoch leaves it stale.
+   */
+  ownerFailedEpoch?: number;
 }
 
 export interface RouterRecord {
@@ -48,6 +54,13 @@ export interface VolumeRecord {
   dtlMode?: DtlMode;
   dtlPeer?: string;
   dtlInSync?: boolean;
+  /** See VolumeDtlState.ownerFailedEpoch. */
+  ownerFailedEpoch?: number;
+}
+
+/** True while the volume's owner reported, at its current epoch, that its volume driver failed. */
+export function ownerHasFailed(record: VolumeRecord): boolean {
+  return record.owner !== '' && record.ownerFailedEpoch === record.ownerEpoch;
 }
 
 export interface VolumeSpec {

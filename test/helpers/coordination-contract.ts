@@ -4,7 +4,7 @@
  * same state, as another process would.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { Coordination, RouterRecord, VolumeSpec } from '../../shared/coordination.ts';
+import { ownerHasFailed, type Coordination, type RouterRecord, type VolumeSpec } from '../../shared/coordination.ts';
 import { isKeelError, type KeelErrorCode } from '../../shared/errors.ts';
 
 export interface CoordinationStore {
@@ -259,6 +259,19 @@ export function coordinationContract(name: string, makeCoordination: MakeCoordin
         expect(await c.getVolume('v')).toMatchObject({ owner: 'r3', ownerEpoch: 2, dtlPeer: 'r2', dtlInSync: true });
         expect(await c.setVolumeDtl('v', 2, { dtlMode: 'sync', dtlPeer: '', dtlInSync: false })).toBe(true);
         expect(await c.getVolume('v')).toMatchObject({ dtlMode: 'sync', dtlPeer: '', dtlInSync: false });
+      });
+
+      it("records the owner's failure at its epoch only, and a new owner's epoch leaves it stale", async () => {
+        await c.createVolume(spec('f', { owner: 'r1' }), 0);
+        expect(ownerHasFailed((await c.getVolume('f'))!)).toBe(false);
+        expect(await c.setVolumeDtl('f', 1, { ownerFailedEpoch: 1 })).toBe(true);
+        expect(await c.getVolume('f')).toMatchObject({ owner: 'r1', ownerEpoch: 1, ownerFailedEpoch: 1 });
+        expect(ownerHasFailed((await c.getVolume('f'))!)).toBe(true);
+        await c.claimVolume('f', 'r2', 1);
+        expect(ownerHasFailed((await c.getVolume('f'))!)).toBe(false); // r2 at epoch 2
+        expect(await c.setVolumeDtl('f', 1, { ownerFailedEpoch: 1 })).toBe(false); // the old owner is fenced
+        expect(await c.setVolumeDtl('f', 2, { ownerFailedEpoch: 0 })).toBe(true);
+        expect((await c.getVolume('f'))?.ownerFailedEpoch).toBe(0);
       });
 
       it('a volume created without a mode has no DTL fields; an unknown volume is VOLUME_NOT_FOUND', async () => {
