@@ -637,7 +637,7 @@ export class VolumeDriver implements OpenBlockTarget {
   private fail(err: unknown): void {
     if (this.failure !== undefined) return;
     const cause = isKeelError(err) ? err : KeelError.io(`volume '${this.volumeName}' failed`, err);
-    this.failure = this.onFailed === undefined ? cause : new KeelError('CLOSED', `volume '${this.volumeName}' failed here (${cause.message}): another router takes it over`);
+    this.failure = this.onFailed === undefined ? cause : KeelError.closed(`volume '${this.volumeName}' (it failed here: ${cause.message}; another router takes it over)`);
     this.setStatus('failed', err);
     for (let index = this.queueHead; index < this.queue.length; index++) this.queue[index].reject(this.failure);
     this.queue.length = 0;
