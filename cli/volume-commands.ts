@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { ownerHasFailed } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
@@ -80,7 +81,8 @@ export function addVolumeCommands(program: Command): void {
       console.log(`name:        ${record.name}`);
       console.log(`size:        ${formatSize(record.sizeBytes)} (${record.sizeBytes} bytes)`);
       console.log(`sco size:    ${formatSize(record.scoSizeBytes)}`);
-      console.log(`owner:       ${record.owner || '(unclaimed)'} (epoch ${record.ownerEpoch})`);
+      const failed = ownerHasFailed(record) ? '; its volume driver failed there: the DTL peer takes it over' : '';
+      console.log(`owner:       ${record.owner || '(unclaimed)'} (epoch ${record.ownerEpoch}${failed})`);
       console.log(`dtl:         ${record.dtlMode ?? 'sync'}, peer ${record.dtlPeer || '-'}, ${record.dtlInSync ? 'in sync' : 'not in sync'}`);
       console.log(`created:     ${new Date(record.createdAtMs).toISOString()}`);
     });

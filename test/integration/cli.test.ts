@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -94,6 +94,18 @@ describe('keel CLI: volumes and bad arguments', () => {
     const missing = await keel('volume', 'create', 'onlyname');
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toContain("missing required argument 'size'");
+  });
+
+  it("says in volume info when the owner's volume driver failed (the DTL peer takes it over)", async () => {
+    expect((await keel('volume', 'create', 'sick', '1G')).code).toBe(0);
+    const documentPath = path.join(dataDir, 'coordination.json');
+    const document = JSON.parse(await readFile(documentPath, 'utf8'));
+    Object.assign(document.volumes.sick, { owner: 'r1', ownerEpoch: 3, ownerFailedEpoch: 3 });
+    await writeFile(documentPath, JSON.stringify(document));
+    expect((await keel('volume', 'info', 'sick')).stdout).toMatch(/owner: +r1 \(epoch 3; its volume driver failed there: the DTL peer takes it over\)/);
+    document.volumes.sick.ownerEpoch = 4; // a new owner's epoch leaves the mark stale
+    await writeFile(documentPath, JSON.stringify(document));
+    expect((await keel('volume', 'info', 'sick')).stdout).toMatch(/owner: +r1 \(epoch 4\)\n/);
   });
 
   it('refuses a data directory that cannot be one (a path under a file) with one line, for keel up too', async () => {
