@@ -44,3 +44,18 @@ it('keeps a volume opened while a reconcile was reading an older volume list', a
   expect((await target.read(0, 4096)).equals(Buffer.alloc(4096, 1))).toBe(true);
   await registry.closeAll();
 });
+
+it("refuses to reopen a volume whose driver failed here at the current epoch, and a restart's openOwnedVolumes reopens it and clears the mark", async () => {
+  const coordination = await EmbeddedCoordination.open(dir);
+  await coordination.createVolume({ name: 'v', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' }, Date.now());
+  expect(await coordination.setVolumeDtl('v', 1, { ownerFailedEpoch: 1 })).toBe(true); // as giveUpFailed records it
+  const registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  await expect(registry.openVolume('v')).rejects.toMatchObject({ code: 'NOT_OWNER' }); // edges go to the DTL peer
+  await registry.openOwnedVolumes(); // what a restarted router does first
+  expect(registry.ownedNames()).toEqual(['v']);
+  expect((await coordination.getVolume('v'))?.ownerFailedEpoch).toBe(0);
+  const target = await registry.openVolume('v');
+  await target.write(0, Buffer.alloc(4096, 2), false);
+  expect((await target.read(0, 4096)).equals(Buffer.alloc(4096, 2))).toBe(true);
+  await registry.closeAll();
+});
