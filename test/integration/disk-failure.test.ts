@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
-import { run } from '../helpers/processes.ts';
+import { expectPatternRead, qemuIo } from '../helpers/qemu-io.ts';
 import { until } from '../helpers/until.ts';
 
 /** True when `chattr +i` here makes writes to an already open file fail, as the test needs. */
@@ -44,11 +44,8 @@ describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on
   let cluster: KeelCluster;
   let frozen: string | undefined;
 
-  const qemuIo = (...commands: string[]) => run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), cluster.uri('eio')], { timeoutMs: 120_000 });
-  const expectRead = async (pattern: string, offset: string, length: string) => {
-    const read = await qemuIo(`read -P ${pattern} ${offset} ${length}`);
-    expect(read.stdout + read.stderr, `read -P ${pattern} ${offset} ${length}`).not.toMatch(/failed|error/i);
-  };
+  const io = (...commands: string[]) => qemuIo(cluster.uri('eio'), ...commands);
+  const expectRead = (pattern: string, offset: string, length: string) => expectPatternRead(cluster.uri('eio'), pattern, offset, length);
   const volumeInfo = async () => JSON.parse((await cluster.keel('volume', 'info', 'eio', '--json')).stdout) as { owner: string; ownerEpoch: number; dtlInSync?: boolean };
 
   beforeAll(async () => {
@@ -64,7 +61,7 @@ describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on
   });
 
   it('hands the volume to its DTL peer, re-sends the failed writes there, and loses nothing acknowledged', async () => {
-    const first = await qemuIo('write -P 0x31 0 8M', 'flush');
+    const first = await io('write -P 0x31 0 8M', 'flush');
     expect(first.stdout + first.stderr).not.toMatch(/failed/i);
     await until(async () => (await volumeInfo()).dtlInSync === true, 20_000);
     const before = await volumeInfo();
@@ -75,7 +72,7 @@ describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on
     expect(spawnSync('chattr', ['+i', frozen]).status).toBe(0); // the owner's next append fails with EPERM
 
     const startedAt = Date.now();
-    const second = await qemuIo('write -P 0x32 16M 8M', 'flush');
+    const second = await io('write -P 0x32 16M 8M', 'flush');
     const pausedMs = Date.now() - startedAt;
     expect(second.stdout + second.stderr).not.toMatch(/failed/i);
     const after = await volumeInfo();

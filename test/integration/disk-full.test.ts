@@ -17,7 +17,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits } from '../../shared/limits.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
-import { run } from '../helpers/processes.ts';
+import { expectPatternRead, qemuIo } from '../helpers/qemu-io.ts';
 import { startS3Server, type TestS3Server } from '../helpers/s3-server.ts';
 
 const hasQemuIo = spawnSync('qemu-io', ['--version']).status === 0;
@@ -41,17 +41,6 @@ for (const dir of peerDirs) {
   spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64M', 'tmpfs', dir]);
 }
 
-/** qemu-io commands against a volume's NBD URI. */
-function qemuIo(uri: string, ...commands: string[]) {
-  return run('qemu-io', ['-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri], { timeoutMs: 120_000 });
-}
-
-async function expectRead(uri: string, pattern: string, offset: string, length: string): Promise<void> {
-  const read = await qemuIo(uri, `read -P ${pattern} ${offset} ${length}`);
-  expect(read.stdout + read.stderr, `read -P ${pattern} ${offset} ${length}`).not.toMatch(/failed|error/i);
-  expect(read.code).toBe(0);
-}
-
 function unmount(dir: string): void {
   spawnSync('umount', [dir]);
   rmSync(dir, { recursive: true, force: true });
@@ -61,7 +50,7 @@ describe.skipIf(mountDir === undefined)('a router whose disk fills up (real tmpf
   let cluster: KeelCluster;
 
   const io = (...commands: string[]) => qemuIo(cluster.uri(), ...commands);
-  const readBack = (pattern: string, offset: string, length: string) => expectRead(cluster.uri(), pattern, offset, length);
+  const readBack = (pattern: string, offset: string, length: string) => expectPatternRead(cluster.uri(), pattern, offset, length);
 
   beforeAll(async () => {
     cluster = await KeelCluster.start({ dataDir: path.join(mountDir!, 'data'), volumeSize: '1G', scoSize: '4M' });
@@ -126,14 +115,14 @@ describe.skipIf(s3MountDir === undefined)('routers whose disk fills up, with the
     // Something else takes every byte left on the routers' disk.
     spawnSync('dd', ['if=/dev/zero', `of=${path.join(s3MountDir!, 'filler')}`, 'bs=1M']);
     expect(spawnSync('df', ['--output=avail', '-B1', s3MountDir!]).stdout.toString()).toMatch(/\n\s*0\s*$/);
-    await expectRead(uri, '0x3c', '0', '64M'); // mostly from S3 (24M write buffer): the read cache cannot store it
+    await expectPatternRead(uri, '0x3c', '0', '64M'); // mostly from S3 (24M write buffer): the read cache cannot store it
     // No write is asserted to fail here: with the data on S3, the routers recycle their own space (evicted
     // SCOs' files are deleted or reused, the DTL is trimmed), so writes may go on within that footprint.
     rmSync(path.join(s3MountDir!, 'filler'));
     const after = await qemuIo(uri, 'write -P 0x4d 128M 8M', 'flush');
     expect(after.stdout + after.stderr).not.toMatch(/failed/i);
-    await expectRead(uri, '0x4d', '128M', '8M');
-    await expectRead(uri, '0x3c', '0', '64M');
+    await expectPatternRead(uri, '0x4d', '128M', '8M');
+    await expectPatternRead(uri, '0x3c', '0', '64M');
   }, 240_000);
 });
 
@@ -163,7 +152,7 @@ describe.skipIf(peersDataDir === undefined)('DTL peers whose disks are full (rea
     const refusedAfterMs = Date.now() - startedAt;
     expect(refused.stdout + refused.stderr).toMatch(/write failed: No space left on device/);
     expect(refusedAfterMs).toBeLessThan(limits.wireRequestTimeoutMs); // no edge timeout, failover or EIO
-    await expectRead(uri, '0x21', '0', '8M');
+    await expectPatternRead(uri, '0x21', '0', '8M');
     for (const filler of fillers) rmSync(filler);
     // The journal tries a peer again after its current pause (at most dtlPeerNoSpaceBackoffMsMax), and
     // writes are acknowledged once a peer has caught up; until then they keep failing with ENOSPC.
@@ -175,7 +164,7 @@ describe.skipIf(peersDataDir === undefined)('DTL peers whose disks are full (rea
     }
     expect(after.stdout + after.stderr).not.toMatch(/failed/i);
     console.log('DTL peers full', JSON.stringify({ refusedAfterMs, writableAgainAfterMs: Date.now() - freedAt }));
-    await expectRead(uri, '0x23', '16M', '8M');
-    await expectRead(uri, '0x21', '0', '8M');
+    await expectPatternRead(uri, '0x23', '16M', '8M');
+    await expectPatternRead(uri, '0x21', '0', '8M');
   }, 240_000);
 });
