@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { ownerHasFailed } from '../shared/coordination.ts';
+import { ownerHasFailed, volumeDtlMode, type VolumeRecord } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
 import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
@@ -81,7 +81,7 @@ export function addVolumeCommands(program: Command): void {
       console.log(`name:        ${record.name}`);
       console.log(`size:        ${formatSize(record.sizeBytes)} (${record.sizeBytes} bytes)`);
       console.log(`sco size:    ${formatSize(record.scoSizeBytes)}`);
-      const failed = ownerHasFailed(record) ? '; its volume driver failed there: the DTL peer takes it over' : '';
+      const failed = ownerHasFailed(record) ? failedOwnerNote(record) : '';
       console.log(`owner:       ${record.owner || '(unclaimed)'} (epoch ${record.ownerEpoch}${failed})`);
       console.log(`dtl:         ${record.dtlMode ?? 'sync'}, peer ${record.dtlPeer || '-'}, ${record.dtlInSync ? 'in sync' : 'not in sync'}`);
       console.log(`created:     ${new Date(record.createdAtMs).toISOString()}`);
@@ -119,4 +119,12 @@ export function addVolumeCommands(program: Command): void {
       await coordination.deleteVolume(name);
       console.log(`deleted volume '${name}'`);
     });
+}
+
+/** What happens next to a volume whose driver failed on its owner (docs/high-availability.md, "A volume whose disk fails"). */
+function failedOwnerNote(record: VolumeRecord): string {
+  const reopen = `mend the disk, then \`keel volume takeover ${record.name} --to ${record.owner}\` or restart ${record.owner}`;
+  if (volumeDtlMode(record) === 'none') return `; its volume driver failed there; no takeover without a DTL: ${reopen}`;
+  if (!record.dtlInSync) return `; its volume driver failed there; no safe takeover, the DTL was not in sync: ${reopen}, or take it over elsewhere with --force (losing what only the owner held)`;
+  return '; its volume driver failed there: the DTL peer takes it over';
 }

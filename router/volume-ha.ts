@@ -161,6 +161,8 @@ export class VolumeHa implements VolumeLifecycle {
     if (record.owner !== this.routerId) {
       const claimed = await this.takeOver(record, force);
       if (!claimed) throw KeelError.notOwner(name, record.owner);
+    } else if (!(await this.registry.openByOperator(name))) {
+      throw KeelError.notOwner(name); // taken over meanwhile
     }
     await this.registry.openVolume(name);
     this.registry.releaseVolume(name);

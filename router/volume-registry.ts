@@ -73,10 +73,28 @@ export class VolumeRegistry implements VolumeHost {
    */
   async openOwnedVolumes(): Promise<void> {
     for (const record of await this.coordination.listVolumes()) {
-      if (record.owner !== this.routerId) continue;
-      await this.ensureOpen(record);
-      if (ownerHasFailed(record)) await this.coordination.setVolumeDtl(record.name, record.ownerEpoch, { ownerFailedEpoch: 0 });
+      if (record.owner === this.routerId) await this.openAndClearFailure(record);
     }
+  }
+
+  /**
+   * `keel volume takeover VOL --to THIS` for a volume this router owns. If its driver failed here and no
+   * other router took it over (its DTL was out of sync, say), the operator has mended the disk: open it
+   * again, as a restart would. False when the volume is not ours (any more).
+   */
+  async openByOperator(volumeName: string): Promise<boolean> {
+    const record = await this.coordination.getVolume(volumeName);
+    if (record?.owner !== this.routerId) return false;
+    const failed = this.failedAtEpoch.get(volumeName) === record.ownerEpoch || ownerHasFailed(record);
+    this.failedAtEpoch.delete(volumeName);
+    await this.openAndClearFailure(record);
+    if (failed) this.logger.warn({ volume: volumeName, ownerEpoch: record.ownerEpoch }, 'failed volume reopened by an operator');
+    return true;
+  }
+
+  private async openAndClearFailure(record: VolumeRecord): Promise<void> {
+    await this.ensureOpen(record);
+    if (ownerHasFailed(record)) await this.coordination.setVolumeDtl(record.name, record.ownerEpoch, { ownerFailedEpoch: 0 });
   }
 
   /** Applies coordination's view: resizes, deletes, and gives up volumes another router now owns. */

@@ -100,9 +100,12 @@ describe('keel CLI: volumes and bad arguments', () => {
     expect((await keel('volume', 'create', 'sick', '1G')).code).toBe(0);
     const documentPath = path.join(dataDir, 'coordination.json');
     const document = JSON.parse(await readFile(documentPath, 'utf8'));
-    Object.assign(document.volumes.sick, { owner: 'r1', ownerEpoch: 3, ownerFailedEpoch: 3 });
+    Object.assign(document.volumes.sick, { owner: 'r1', ownerEpoch: 3, ownerFailedEpoch: 3, dtlPeer: 'r2', dtlInSync: true });
     await writeFile(documentPath, JSON.stringify(document));
     expect((await keel('volume', 'info', 'sick')).stdout).toMatch(/owner: +r1 \(epoch 3; its volume driver failed there: the DTL peer takes it over\)/);
+    document.volumes.sick.dtlInSync = false; // no safe takeover: the operator is told how to reopen it
+    await writeFile(documentPath, JSON.stringify(document));
+    expect((await keel('volume', 'info', 'sick')).stdout).toMatch(/epoch 3; its volume driver failed there; no safe takeover, the DTL was not in sync: mend the disk, then `keel volume takeover sick --to r1` or restart r1/);
     document.volumes.sick.ownerEpoch = 4; // a new owner's epoch leaves the mark stale
     await writeFile(documentPath, JSON.stringify(document));
     expect((await keel('volume', 'info', 'sick')).stdout).toMatch(/owner: +r1 \(epoch 4\)\n/);

@@ -3,7 +3,8 @@
  * file makes the owner's next append fail with EPERM, a real I/O error. The owner records the failure in
  * coordination and closes the volume; the edge re-sends the failed writes, the DTL peer takes the volume
  * over although the old owner lives, and qemu-io reads back every acknowledged write
- * (docs/high-availability.md, "A volume whose disk fails").
+ * (docs/high-availability.md, "A volume whose disk fails"). With no DTL no router may take it over: the
+ * volume waits until the operator mends the disk and reopens it with `keel volume takeover --to` its owner.
  *
  * `chattr +i` needs root and a filesystem with the immutable flag (ext4 here and in CI); elsewhere the
  * suite is skipped and says why.
@@ -42,7 +43,7 @@ const canRun = spawnSync('qemu-io', ['--version']).status === 0 && immutableFlag
 
 describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on its open SCO, qemu-io)', () => {
   let cluster: KeelCluster;
-  let frozen: string | undefined;
+  const frozen = new Set<string>(); // files made immutable, made writable again at the end
 
   const io = (...commands: string[]) => qemuIo(cluster.uri('eio'), ...commands);
   const expectRead = (pattern: string, offset: string, length: string) => expectPatternRead(cluster.uri('eio'), pattern, offset, length);
@@ -55,7 +56,7 @@ describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on
   }, 90_000);
 
   afterAll(async () => {
-    if (frozen !== undefined) spawnSync('chattr', ['-i', frozen]);
+    for (const file of frozen) spawnSync('chattr', ['-i', file]);
     await cluster?.stop();
     await cluster?.destroy();
   });
@@ -68,8 +69,9 @@ describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on
     expect(before.owner).toBe('r1');
 
     const scoDir = path.join(cluster.dataDir, 'routers', 'r1', 'volumes', 'eio', 'scos');
-    frozen = path.join(scoDir, readdirSync(scoDir).filter((name) => name.endsWith('.sco')).sort().at(-1)!);
-    expect(spawnSync('chattr', ['+i', frozen]).status).toBe(0); // the owner's next append fails with EPERM
+    const sco = path.join(scoDir, readdirSync(scoDir).filter((name) => name.endsWith('.sco')).sort().at(-1)!);
+    frozen.add(sco);
+    expect(spawnSync('chattr', ['+i', sco]).status).toBe(0); // the owner's next append fails with EPERM
 
     const startedAt = Date.now();
     const second = await io('write -P 0x32 16M 8M', 'flush');
@@ -81,5 +83,38 @@ describe.skipIf(!canRun)('a router whose disk fails under a volume (chattr +i on
     console.log('disk failure', JSON.stringify({ newOwner: after.owner, ownerEpoch: after.ownerEpoch, writeWithHandoverMs: pausedMs }));
     await expectRead('0x31', '0', '8M');
     await expectRead('0x32', '16M', '8M');
+  }, 240_000);
+
+  it('with no DTL, the volume waits for the operator, and `keel volume takeover --to` the mended owner reopens it while the write is re-sent', async () => {
+    const uri = cluster.uri('eio0');
+    const created = await cluster.keel('volume', 'create', 'eio0', '256M', '--sco-size', '4M', '--owner', 'r1', '--dtl-mode', 'none');
+    expect(created.code, created.stderr).toBe(0);
+    const first = await qemuIo(uri, 'write -P 0x41 0 8M', 'flush');
+    expect(first.stdout + first.stderr).not.toMatch(/failed/i);
+    const info = async () => JSON.parse((await cluster.keel('volume', 'info', 'eio0', '--json')).stdout) as { owner: string; ownerEpoch: number; ownerFailedEpoch?: number };
+    const before = await info();
+
+    const scoDir = path.join(cluster.dataDir, 'routers', 'r1', 'volumes', 'eio0', 'scos');
+    const sco = path.join(scoDir, readdirSync(scoDir).filter((name) => name.endsWith('.sco')).sort().at(-1)!);
+    frozen.add(sco);
+    expect(spawnSync('chattr', ['+i', sco]).status).toBe(0);
+    const startedAt = Date.now();
+    const second = qemuIo(uri, 'write -P 0x42 16M 8M', 'flush'); // fails at r1; no router may take it over (no DTL)
+
+    await until(async () => (await info()).ownerFailedEpoch === before.ownerEpoch, 15_000);
+    const text = (await cluster.keel('volume', 'info', 'eio0')).stdout;
+    expect(text).toMatch(/volume driver failed there; no takeover without a DTL: .*keel volume takeover eio0 --to r1/);
+    expect(spawnSync('chattr', ['-i', sco]).status).toBe(0); // the operator mends the disk
+    const reopened = await cluster.keel('volume', 'takeover', 'eio0', '--to', 'r1');
+    expect(reopened.code, reopened.stderr).toBe(0);
+
+    const written = await second;
+    const waitedMs = Date.now() - startedAt;
+    expect(written.stdout + written.stderr).not.toMatch(/failed/i);
+    const after = await info();
+    expect(after).toMatchObject({ owner: 'r1', ownerEpoch: before.ownerEpoch, ownerFailedEpoch: 0 });
+    console.log('failed volume reopened by the operator', JSON.stringify({ writeWaitedMs: waitedMs }));
+    await expectPatternRead(uri, '0x41', '0', '8M');
+    await expectPatternRead(uri, '0x42', '16M', '8M');
   }, 240_000);
 });

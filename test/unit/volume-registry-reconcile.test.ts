@@ -59,3 +59,18 @@ it("refuses to reopen a volume whose driver failed here at the current epoch, an
   expect((await target.read(0, 4096)).equals(Buffer.alloc(4096, 2))).toBe(true);
   await registry.closeAll();
 });
+
+it('reopens a failed volume at the operator\'s request on its owner, and refuses one owned elsewhere', async () => {
+  const coordination = await EmbeddedCoordination.open(dir);
+  await coordination.createVolume({ name: 'v', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' }, Date.now());
+  await coordination.createVolume({ name: 'w', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r2' }, Date.now());
+  expect(await coordination.setVolumeDtl('v', 1, { ownerFailedEpoch: 1 })).toBe(true);
+  const registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  await expect(registry.openVolume('v')).rejects.toMatchObject({ code: 'NOT_OWNER' });
+  expect(await registry.openByOperator('v')).toBe(true); // `keel volume takeover v --to r1`
+  expect((await coordination.getVolume('v'))?.ownerFailedEpoch).toBe(0);
+  expect(registry.ownedNames()).toEqual(['v']);
+  expect(await registry.openByOperator('w')).toBe(false);
+  expect(registry.ownedNames()).toEqual(['v']);
+  await registry.closeAll();
+});
