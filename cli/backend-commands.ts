@@ -17,6 +17,7 @@ import { silentLogger } from '../shared/logger.ts';
 import { loadBackendConfig } from './backend-loader.ts';
 import { openCoordination, resolveDataDir } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
+import { fetchRouterStatus } from './router-status.ts';
 
 interface CommonOptions {
   data?: string;
@@ -71,7 +72,7 @@ async function backendStatus(options: CommonOptions): Promise<void> {
   );
   const listing = await listObjectNames(backend.asds, 'vol/').catch(() => ({ names: [] as string[], unreachable: [] }));
   const routers = await Promise.all(
-    (await coordination.listRouters()).map(async (router) => ({ id: router.id, state: router.state, mgmtAddress: router.mgmtAddress, status: await fetchStatus(router.mgmtAddress) })),
+    (await coordination.listRouters()).map(async (router) => ({ id: router.id, state: router.state, mgmtAddress: router.mgmtAddress, status: await fetchRouterStatus(router.mgmtAddress) })),
   );
   // Sum every router's live per-ASD counters (each router has its own store).
   const counters = new Map<string, AsdCounters>();
@@ -115,16 +116,6 @@ async function backendStatus(options: CommonOptions): Promise<void> {
       const b = volume.stats.backend;
       if (b) console.log(`  ${volume.name}: ${b.scosUploaded} SCOs + ${b.tlogsUploaded} TLogs uploaded, ${b.scosQueued + b.scosUploading} SCOs and ${b.tlogsQueued} TLogs pending`);
     }
-  }
-}
-
-async function fetchStatus(mgmtAddress: string | undefined): Promise<unknown> {
-  if (!mgmtAddress) return undefined;
-  try {
-    const response = await fetch(`http://${mgmtAddress}/status`, { signal: AbortSignal.timeout(limits.mgmtRequestTimeoutMs) });
-    return response.ok ? await response.json() : undefined;
-  } catch {
-    return undefined;
   }
 }
 

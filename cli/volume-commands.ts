@@ -6,6 +6,7 @@ import { checkScoSize, checkVolumeName, checkVolumeSize } from '../shared/volume
 import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
+import { volumeUsage, type VolumeUsage } from './router-status.ts';
 import { parseDtlMode } from './ha-commands.ts';
 import { refuseIfCloned } from './snapshot-commands.ts';
 
@@ -52,17 +53,19 @@ export function addVolumeCommands(program: Command): void {
     .action(async (options: DataOptions & { json?: boolean }) => {
       const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const volumes = await coordination.listVolumes();
-      if (options.json) return printJson(volumes);
+      const usage = (await volumeUsage(coordination)).byName;
+      if (options.json) return printJson(volumes.map((v) => ({ ...v, usedBytes: usage.get(v.name)?.usedBytes })));
       printTable(
         volumes.map((v) => ({
           name: v.name,
           size: formatSize(v.sizeBytes),
+          used: formatUsed(usage.get(v.name), v.sizeBytes),
           sco: formatSize(v.scoSizeBytes),
           owner: v.owner || '-',
           epoch: v.ownerEpoch,
           dtl: `${v.dtlMode ?? 'sync'}${v.dtlPeer ? ` on ${v.dtlPeer}` : ''}${v.dtlInSync ? '' : ' (not in sync)'}`,
         })),
-        ['name', 'size', 'sco', 'owner', 'epoch', 'dtl'],
+        ['name', 'size', 'used', 'sco', 'owner', 'epoch', 'dtl'],
       );
     });
 
@@ -77,9 +80,17 @@ export function addVolumeCommands(program: Command): void {
       const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
       const record = await coordination.getVolume(name);
       if (!record) throw KeelError.volumeNotFound(name);
-      if (options.json) return printJson(record);
+      const report = await volumeUsage(coordination);
+      const usage = report.byName.get(name);
+      if (options.json) return printJson({ ...record, usedBytes: usage?.usedBytes });
       console.log(`name:        ${record.name}`);
       console.log(`size:        ${formatSize(record.sizeBytes)} (${record.sizeBytes} bytes)`);
+      const stored = usage
+        ? `, in ${plural(usage.scoCount, 'SCO')} and ${plural(usage.tlogCount, 'TLog')}`
+        : report.answered.has(record.owner)
+          ? ` (not open on ${record.owner}: no client since it took the volume)`
+          : ` (${record.owner ? `${record.owner} does not answer` : 'no owner'})`;
+      console.log(`used:        ${formatUsed(usage, record.sizeBytes)}${stored}`);
       console.log(`sco size:    ${formatSize(record.scoSizeBytes)}`);
       const failed = ownerHasFailed(record) ? failedOwnerNote(record) : '';
       console.log(`owner:       ${record.owner || '(unclaimed)'} (epoch ${record.ownerEpoch}${failed})`);
@@ -119,6 +130,17 @@ export function addVolumeCommands(program: Command): void {
       await coordination.deleteVolume(name);
       console.log(`deleted volume '${name}'`);
     });
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+/** The volume's written bytes and their share of its size; '-' when its owner does not report them. */
+function formatUsed(usage: VolumeUsage | undefined, sizeBytes: number): string {
+  if (usage === undefined) return '-';
+  const percent = sizeBytes === 0 ? 0 : (100 * usage.usedBytes) / sizeBytes;
+  return `${formatSize(usage.usedBytes)} (${percent < 1 && usage.usedBytes > 0 ? '<1' : Math.round(percent)}%)`;
 }
 
 /** What happens next to a volume whose driver failed on its owner (docs/high-availability.md, "A volume whose disk fails"). */

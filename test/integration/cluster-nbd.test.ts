@@ -57,6 +57,21 @@ describe('a keel up cluster served to real NBD clients', () => {
     expect((await readFile(copyBack)).equals(content)).toBe(true);
   });
 
+  it('keel volume list and info show how much of each volume is written, from its owner', async () => {
+    await createVolume('usage', '64M');
+    const usedBytes = async () => {
+      const listed = JSON.parse((await cluster.keel('volume', 'list', '--json')).stdout) as Array<{ name: string; usedBytes?: number }>;
+      return listed.find((v) => v.name === 'usage')?.usedBytes;
+    };
+    expect(await usedBytes()).toBeUndefined(); // no client yet: its owner has not opened it
+    expect((await cluster.keel('volume', 'info', 'usage')).stdout).toMatch(/used: +- \(not open on r\d: no client since it took the volume\)/);
+    const written = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 8M', '-c', 'write -P 0x12 4M 1M', '-c', 'discard 6M 1M', cluster.uri('usage')]);
+    expect(written.code, written.stderr).toBe(0);
+    expect(await usedBytes()).toBe(7 * 2 ** 20); // 8 MiB written, one overwritten in place, 1 MiB trimmed
+    expect((await cluster.keel('volume', 'list')).stdout).toMatch(/^usage +64 MiB +7 MiB \(11%\) /m);
+    expect((await cluster.keel('volume', 'info', 'usage')).stdout).toMatch(/used: +7 MiB \(11%\), in \d+ SCOs? and \d+ TLogs?\n/);
+  });
+
   it('qemu-io pattern writes and reads at unaligned offsets', async () => {
     await createVolume('qio', '64M');
     const writes = [
