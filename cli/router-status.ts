@@ -1,15 +1,15 @@
 /**
  * What the CLI reads from the routers' management servers (GET /status at RouterRecord.mgmtAddress):
  * live counters that coordination does not hold, such as how much of each volume is written. A router
- * that does not answer within limits.mgmtRequestTimeoutMs counts as unknown, never as an error.
+ * that does not answer in time counts as unknown, never as an error.
  */
 import type { Coordination } from '../shared/coordination.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 
-export async function fetchRouterStatus(mgmtAddress: string | undefined): Promise<unknown> {
+export async function fetchRouterStatus(mgmtAddress: string | undefined, timeoutMs: number = limits.mgmtRequestTimeoutMs): Promise<unknown> {
   if (!mgmtAddress) return undefined;
   try {
-    const response = await fetch(`http://${mgmtAddress}/status`, { signal: AbortSignal.timeout(limits.mgmtRequestTimeoutMs) });
+    const response = await fetch(`http://${mgmtAddress}/status`, { signal: AbortSignal.timeout(timeoutMs) });
     return response.ok ? await response.json() : undefined;
   } catch {
     return undefined;
@@ -38,7 +38,7 @@ export async function volumeUsage(coordination: Coordination): Promise<VolumeUsa
   const volumes = await coordination.listVolumes();
   const owners = new Set(volumes.map((v) => v.owner).filter((owner) => owner !== ''));
   const routers = (await coordination.listRouters()).filter((r) => owners.has(r.id) && r.state !== 'down');
-  const statuses = await Promise.all(routers.map(async (r) => ({ id: r.id, status: (await fetchRouterStatus(r.mgmtAddress)) as StatusVolumes | undefined })));
+  const statuses = await Promise.all(routers.map(async (r) => ({ id: r.id, status: (await fetchRouterStatus(r.mgmtAddress, limits.volumeUsageTimeoutMs)) as StatusVolumes | undefined })));
   const usage = new Map<string, VolumeUsage>();
   const answered = new Set(statuses.filter((s) => s.status !== undefined).map((s) => s.id));
   for (const { id, status } of statuses) {

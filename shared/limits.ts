@@ -223,6 +223,8 @@ export const limits = {
   tlogDownloadsInFlightMax: 4,
   /** Management HTTP: a request must be answered within this. */
   mgmtRequestTimeoutMs: 5_000,
+  /** `keel volume list` waits this long for an owner's usage figures before printing '-' (a hung router must not hold a listing up). */
+  volumeUsageTimeoutMs: 1_000,
 
   /** Coordination: heartbeat period and how long a silent router stays alive. */
   heartbeatIntervalMs: 1_000,
@@ -412,4 +414,5 @@ export function checkLimits(l: Limits = limits): void {
     fail('dtlPeersFullWaitMaxMs plus dtlPeerNoSpaceBackoffMsMax must end before wireRequestTimeoutMs, so writes fail with ENOSPC before the edge times them out');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');
+  if (l.volumeUsageTimeoutMs <= 0 || l.volumeUsageTimeoutMs > l.mgmtRequestTimeoutMs) fail('volumeUsageTimeoutMs must be positive and within mgmtRequestTimeoutMs');
 }
