@@ -20,7 +20,10 @@ interface CoordinationDocument {
   vpool?: VpoolConfig;
 }
 
-const emptyDocument = (): CoordinationDocument => ({ version: documentVersion, routers: {}, volumes: {} });
+/** Keyed by names users choose: without a prototype, `constructor` or `__proto__` is a name like any other. */
+const dictionary = <T>(entries: Record<string, T> = {}): Record<string, T> => Object.assign(Object.create(null) as Record<string, T>, entries);
+
+const emptyDocument = (): CoordinationDocument => ({ version: documentVersion, routers: dictionary(), volumes: dictionary() });
 
 export class EmbeddedCoordination implements Coordination {
   private readonly file: string;
@@ -166,7 +169,7 @@ export class EmbeddedCoordination implements Coordination {
     if (doc.version !== documentVersion || typeof doc.routers !== 'object' || typeof doc.volumes !== 'object') {
       throw KeelError.corrupt(`coordination document ${this.file}`, { version: doc.version });
     }
-    return doc;
+    return { ...doc, routers: dictionary(doc.routers), volumes: dictionary(doc.volumes) };
   }
 
   private async update<T>(mutate: (doc: CoordinationDocument) => T): Promise<T> {

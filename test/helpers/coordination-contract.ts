@@ -135,6 +135,20 @@ export function coordinationContract(name: string, makeCoordination: MakeCoordin
         expect(await c.listRouters()).toEqual([]);
       });
 
+      it("treats names of JavaScript's object built-ins as names like any other", async () => {
+        const names = ['constructor', 'toString', 'valueOf', 'hasOwnProperty', '__proto__'];
+        for (const name of names) expect(await c.getVolume(name)).toBeUndefined();
+        await expectKeelError(c.resizeVolume('constructor', 8192), 'VOLUME_NOT_FOUND');
+        await expectKeelError(c.deleteVolume('toString'), 'VOLUME_NOT_FOUND');
+        await expectKeelError(c.heartbeat('constructor', 1), 'ROUTER_NOT_FOUND');
+        for (const name of names) await c.createVolume(spec(name, { sizeBytes: 4096 * (names.indexOf(name) + 1) }), 0);
+        for (const name of names) expect((await c.getVolume(name))?.sizeBytes).toBe(4096 * (names.indexOf(name) + 1));
+        expect((await c.listVolumes()).map((v) => v.name).sort()).toEqual([...names].sort());
+        await c.deleteVolume('__proto__');
+        expect(await c.getVolume('__proto__')).toBeUndefined();
+        expect(await c.listVolumes()).toHaveLength(names.length - 1);
+      });
+
       it('stores sizes up to the volume size limit exactly', async () => {
         const huge = 2 ** 50 - 4096;
         await c.createVolume(spec('huge', { sizeBytes: huge, scoSizeBytes: 128 * MiB }), 1_700_000_000_001);
