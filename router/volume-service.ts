@@ -85,7 +85,7 @@ class VolumeSession implements RpcSession {
         });
       case 'trim':
         return this.withHandle(header, async (target) => {
-          await target.trim(offsetField(header), lengthField(header), fuaField(header));
+          await target.trim(offsetField(header), lengthField(header, Number.MAX_SAFE_INTEGER), fuaField(header));
           return emptyResult;
         });
       case 'zero':
@@ -213,10 +213,11 @@ function offsetField(header: RequestHeader): number {
   return offset;
 }
 
-function lengthField(header: RequestHeader): number {
+/** A trim carries no data, and NBD does not tie its length to the maximum block size: it may span the volume. */
+function lengthField(header: RequestHeader, lengthMax: number = limits.nbdRequestBytesMax): number {
   const length = header.length;
   if (typeof length !== 'number' || !Number.isSafeInteger(length) || length < 0) throw KeelError.protocol('missing or bad length');
-  if (length > limits.nbdRequestBytesMax) throw KeelError.requestTooLarge(length, limits.nbdRequestBytesMax);
+  if (length > lengthMax) throw KeelError.requestTooLarge(length, lengthMax);
   return length;
 }
 

@@ -72,6 +72,18 @@ describe('a keel up cluster served to real NBD clients', () => {
     expect((await cluster.keel('volume', 'info', 'usage')).stdout).toMatch(/used: +7 MiB \(11%\), in \d+ SCOs? and \d+ TLogs?\n/);
   });
 
+  it('qemu-io discards more than the 32 MiB maximum block size in one request (qemu does not split discards)', async () => {
+    await createVolume('bigtrim', '128M');
+    const uri = cluster.uri('bigtrim');
+    const written = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x21 0 100M', uri]);
+    expect(written.code, written.stderr).toBe(0);
+    const discarded = await run('qemu-io', ['-f', 'raw', '-c', 'discard 4096 96M', uri]);
+    expect(discarded.stdout + discarded.stderr).not.toMatch(/failed/i);
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x21 0 4096', '-c', 'read -P 0 4096 96M', '-c', 'read -P 0x21 97M 3M', uri]);
+    expect(read.stdout + read.stderr).not.toMatch(/failed|error/i);
+    expect(read.code).toBe(0);
+  });
+
   it('qemu-io pattern writes and reads at unaligned offsets', async () => {
     await createVolume('qio', '64M');
     const writes = [
