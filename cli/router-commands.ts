@@ -8,6 +8,7 @@ import { limits } from '../shared/limits.ts';
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 import { parsePort } from './parse-port.ts';
+import { checkRouterId } from '../shared/volume-name.ts';
 
 export function addRouterCommands(program: Command): void {
   const router = program
@@ -24,6 +25,7 @@ export function addRouterCommands(program: Command): void {
       if (!options.id) {
         router.help({ error: true });
       }
+      checkRouterId(options.id!);
       const cpus = options.cpus === undefined ? undefined : parseCpuList(options.cpus, '--cpus');
       const ramCacheBytes = options.ramCache === undefined ? undefined : parseRamCacheSize(options.ramCache);
       const { runRouter } = await import('../router/main.ts'); // loaded only when running a router

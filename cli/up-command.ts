@@ -2,10 +2,12 @@
  * `keel up`: a whole local cluster on embedded defaults — embedded coordination, N routers and one edge,
  * each its own OS process (so one can be killed or upgraded alone), a demo volume, and the NBD URI.
  */
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { VpoolConfig } from '../shared/coordination.ts';
 import type { Command } from 'commander';
-import { isRouterAlive, type Coordination } from '../shared/coordination.ts';
+import { isRouterAlive, type Coordination, type VolumeRecord } from '../shared/coordination.ts';
+import { acquirePidLock, runsKeelCommand } from '../shared/pid-lock.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
 import { createLogger, logProcessWarnings, type Logger } from '../shared/logger.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
@@ -75,6 +77,30 @@ async function runUp(options: UpOptions): Promise<void> {
   const cpuPlan = planCpus(options.cpuAffinity, routerCount);
   const ramCacheArgs = options.ramCache === undefined ? [] : ['--ram-cache', String(parseRamCacheSize(options.ramCache))];
   await checkPortFree(options.host, port); // before any router starts: a second `keel up` fails here, at once
+  await mkdir(dataDir, { recursive: true });
+  const lock = await acquirePidLock(path.join(dataDir, upLockFileName), `keel up on ${dataDir}`, runsKeelCommand('up'));
+  try {
+    await runLockedUp(options, { routerCount, port, volumeName, volumeSizeBytes, scoSizeBytes, dataDir, cpuPlan, ramCacheArgs });
+  } finally {
+    await lock.release();
+  }
+}
+
+/** A second `keel up` on the same data directory, even on another port, would take the first one's routers' ids. */
+const upLockFileName = 'keel-up.pid';
+
+interface UpPlan {
+  routerCount: number;
+  port: number;
+  volumeName: string;
+  volumeSizeBytes: number;
+  scoSizeBytes: number;
+  dataDir: string;
+  cpuPlan: ReturnType<typeof planCpus>;
+  ramCacheArgs: string[];
+}
+
+async function runLockedUp(options: UpOptions, { routerCount, port, volumeName, volumeSizeBytes, scoSizeBytes, dataDir, cpuPlan, ramCacheArgs }: UpPlan): Promise<void> {
   const logger = createLogger('keel-up');
   logProcessWarnings(logger);
   const redisUrl = resolveRedisUrl(options.redis);
@@ -89,10 +115,11 @@ async function runUp(options: UpOptions): Promise<void> {
   const edge = new SupervisedChild('edge', ['edge', '--data', dataDir, ...redisArgs, '--host', options.host, '--port', String(port), ...cpuArgs(cpuPlan.edge)], logger);
   const stopAll = installStopHandlers(logger, [edge, ...routers], () => markRoutersDraining(coordination, logger));
 
+  let volume: VolumeRecord;
   try {
     for (const router of routers) router.start();
     await waitForRouters(coordination, routers);
-    await ensureVolume(coordination, volumeName, volumeSizeBytes, scoSizeBytes);
+    volume = await ensureVolume(coordination, volumeName, volumeSizeBytes, scoSizeBytes);
     edge.start();
     await waitForEdge(options.host, port, readyTimeoutMs);
   } catch (err) {
@@ -105,7 +132,7 @@ async function runUp(options: UpOptions): Promise<void> {
   console.log(`Keel is up: ${routerCount} routers and an edge, data in ${dataDir}`);
   console.log(`  backend: ${vpool}`);
   console.log(`  CPUs: ${describeCpuPlan(cpuPlan)}`);
-  console.log(`  volume '${volumeName}' (${formatSize(volumeSizeBytes)}) at ${uri}`);
+  console.log(`  volume '${volumeName}' (${formatSize(volume.sizeBytes)}) at ${uri}`);
   console.log(`  try:  nbdinfo ${uri}`);
   console.log(`        qemu-img convert -n -O raw disk.img ${uri}`);
   console.log(`        fio --name=t --ioengine=nbd --uri=${uri} --rw=randwrite --bs=4k --iodepth=32 --size=1G`);
@@ -207,13 +234,15 @@ async function waitForRouters(coordination: Coordination, routers: SupervisedChi
   throw KeelError.timeout('waiting for the routers to register', readyTimeoutMs);
 }
 
-async function ensureVolume(coordination: Coordination, name: string, sizeBytes: number, scoSizeBytes: number): Promise<void> {
-  if (await coordination.getVolume(name)) return;
+/** The volume `keel up` serves: the existing one (its size stays), else a new one. */
+async function ensureVolume(coordination: Coordination, name: string, sizeBytes: number, scoSizeBytes: number): Promise<VolumeRecord> {
+  const existing = await coordination.getVolume(name);
+  if (existing) return existing;
   const registered = await coordination.listRouters();
   const routers = placeableRouters(registered, Date.now());
   const owner = leastLoadedRouter(routers, await coordination.listVolumes())?.id;
   const dtlMode = defaultDtlMode(routers.length, registered.length);
-  await coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner, ...(dtlMode ? { dtlMode } : {}) }, Date.now());
+  return coordination.createVolume({ name, sizeBytes, scoSizeBytes, owner, ...(dtlMode ? { dtlMode } : {}) }, Date.now());
 }
 
 function parsePositiveInt(text: string, name: string, max: number): number {

@@ -5,6 +5,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
+import { acquirePidLock, runsKeelCommand } from '../shared/pid-lock.ts';
 import { openCoordination } from '../shared/coordination-factory.ts';
 import type { Coordination, RouterState } from '../shared/coordination.ts';
 import { BufferPool } from '../shared/buffer-pool.ts';
@@ -56,6 +57,8 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const coordination = await openCoordination({ dataDir: options.dataDir, redisUrl: options.redisUrl, logger: logger.child({ component: 'coordination' }) });
   const routerDir = path.join(options.dataDir, 'routers', options.id);
   await mkdir(routerDir, { recursive: true });
+  // A second router with this id would fence this one's volumes and append to its SCOs and DTL segments.
+  const lock = await acquirePidLock(path.join(routerDir, 'router.pid'), `router ${options.id} on ${options.dataDir}`, runsKeelCommand('router', { '--id': options.id }));
 
   const { backend, vpoolBackend } = await openRouterBackend(coordination, routerDir, logger);
   const ramCache = new ClusterRamCache(options.ramCacheBytes ?? limits.ramCacheBytesDefault);
@@ -107,6 +110,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   await backend?.readCache.close();
   await setState(coordination, options.id, 'down', logger);
   await coordination.close();
+  await lock.release();
   logger.info('router stopped');
   logger.flush();
 }

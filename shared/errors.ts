@@ -29,7 +29,8 @@ export type KeelErrorCode =
   | 'SNAPSHOT_EXISTS'
   | 'HAS_DEPENDENTS' // a snapshot or volume that clones depend on
   | 'FENCED' // a newer owner epoch exists: the sender is an old owner and must stop
-  | 'TAKEOVER_REFUSED'; // taking the volume over would lose acknowledged writes (docs/high-availability.md)
+  | 'TAKEOVER_REFUSED' // taking the volume over would lose acknowledged writes (docs/high-availability.md)
+  | 'ALREADY_RUNNING'; // another live process holds the data directory (or router directory) this one needs
 
 export class KeelError extends Error {
   readonly code: KeelErrorCode;
@@ -114,6 +115,9 @@ export class KeelError extends Error {
   }
   static objectNotFound(what: string, details?: Record<string, unknown>) {
     return new KeelError('OBJECT_NOT_FOUND', `${what} does not exist`, details);
+  }
+  static alreadyRunning(what: string, pid: number) {
+    return new KeelError('ALREADY_RUNNING', `${what} already runs (pid ${pid}): stop it first, or use another --data directory`, { pid });
   }
   static busy(what: string) {
     return new KeelError('BUSY', `${what} is busy`);

@@ -16,6 +16,14 @@ export function checkVolumeName(name: string): string {
   return name;
 }
 
+/** Router ids name directories under the data directory and appear in coordination keys: the same rule as volume names. */
+export function checkRouterId(id: string): string {
+  if (id.length === 0 || id.length > limits.volumeNameLengthMax || !volumeNamePattern.test(id)) {
+    throw KeelError.badArgument(`'${id}' is not a valid router id: use 1-${limits.volumeNameLengthMax} letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+  return id;
+}
+
 export function checkVolumeSize(sizeBytes: number): number {
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes <= 0 || sizeBytes % 512 !== 0) {
     throw KeelError.badArgument(`volume size must be a positive multiple of 512 bytes, got ${sizeBytes}`);

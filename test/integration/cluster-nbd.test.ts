@@ -190,6 +190,21 @@ describe('a keel up cluster served to real NBD clients', () => {
     await closed;
   });
 
+  it('refuses a second keel up, and a second router with a taken id, on the same data directory, and the first cluster keeps serving', async () => {
+    const second = await runKeel(['up', '--data', cluster.dataDir, '--port', String(await freePort()), '--volume-size', '64M'], 30_000);
+    expect(second.code, second.stdout + second.stderr).toBe(1);
+    expect(second.stderr).toMatch(new RegExp(`keel up on ${cluster.dataDir} already runs \\(pid \\d+\\)`));
+    expect(second.stdout).not.toContain('Keel is up');
+    const router = await runKeel(['router', '--id', 'r1', '--data', cluster.dataDir], 30_000);
+    expect(router.code, router.stdout + router.stderr).toBe(1);
+    expect(router.stderr).toMatch(/router r1 on .* already runs \(pid \d+\)/);
+    const routers = JSON.parse((await cluster.keel('router', 'list', '--json')).stdout) as Array<{ id: string; state: string }>;
+    expect(routers.map((r) => [r.id, r.state])).toEqual([['r1', 'up'], ['r2', 'up'], ['r3', 'up']]);
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0xab 1000 3095', cluster.uri('qio')]);
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+  }, 90_000);
+
   it('after a clean stop, keel up on the same data directory serves the same data', async () => {
     expect(await cluster.stop()).toBe(0);
     await cluster.startUp();
