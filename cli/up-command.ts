@@ -2,12 +2,13 @@
  * `keel up`: a whole local cluster on embedded defaults — embedded coordination, N routers and one edge,
  * each its own OS process (so one can be killed or upgraded alone), a demo volume, and the NBD URI.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { VpoolConfig } from '../shared/coordination.ts';
 import type { Command } from 'commander';
 import { isRouterAlive, type Coordination, type VolumeRecord } from '../shared/coordination.ts';
 import { acquirePidLock, runsKeelCommand } from '../shared/pid-lock.ts';
+import { makeDataDir } from '../shared/coordination-embedded.ts';
 import { checkLimits, limits } from '../shared/limits.ts';
 import { createLogger, logProcessWarnings, type Logger } from '../shared/logger.ts';
 import { formatSize, parseSize } from '../shared/sizes.ts';
@@ -77,7 +78,7 @@ async function runUp(options: UpOptions): Promise<void> {
   const cpuPlan = planCpus(options.cpuAffinity, routerCount);
   const ramCacheArgs = options.ramCache === undefined ? [] : ['--ram-cache', String(parseRamCacheSize(options.ramCache))];
   await checkPortFree(options.host, port); // before any router starts: a second `keel up` fails here, at once
-  await mkdir(dataDir, { recursive: true });
+  await makeDataDir(dataDir);
   const lock = await acquirePidLock(path.join(dataDir, upLockFileName), `keel up on ${dataDir}`, runsKeelCommand('up'));
   try {
     await runLockedUp(options, { routerCount, port, volumeName, volumeSizeBytes, scoSizeBytes, dataDir, cpuPlan, ramCacheArgs });

@@ -7,6 +7,7 @@ import { defaultDtlMode, leastLoadedRouter, placeableRouters } from '../shared/p
 import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 import { volumeUsage, type VolumeUsage } from './router-status.ts';
+import { volumeAdmin } from './router-admin.ts';
 import { parseDtlMode } from './ha-commands.ts';
 import { refuseIfCloned } from './snapshot-commands.ts';
 
@@ -114,7 +115,9 @@ export function addVolumeCommands(program: Command): void {
       if (sizeBytes < record.sizeBytes && !options.allowShrink) {
         throw KeelError.badArgument(`shrinking '${name}' from ${formatSize(record.sizeBytes)} to ${formatSize(sizeBytes)} discards data: add --allow-shrink`);
       }
-      await coordination.resizeVolume(name, sizeBytes);
+      // A shrink discards data: its owner applies it before the answer (a grow right after must not bring it back).
+      if (sizeBytes < record.sizeBytes) await volumeAdmin(coordination, name, { op: 'volume-shrink', sizeBytes });
+      else await coordination.resizeVolume(name, sizeBytes);
       console.log(`resized volume '${name}' to ${formatSize(sizeBytes)}`);
     });
 

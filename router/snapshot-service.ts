@@ -29,6 +29,7 @@ import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeRegistry } from './volume-registry.ts';
 import type { VolumeAdmin } from './volume-service.ts';
 import { checkSnapshotName, VolumeSnapshots } from './volume-snapshots.ts';
+import { checkVolumeSize } from '../shared/volume-name.ts';
 
 /** One volume in `keel tree`. */
 export interface TreeVolume {
@@ -166,9 +167,25 @@ export class SnapshotService implements VolumeAdmin {
         return this.scrub(volumeField(header), optionalPace(header), header.defrag === true);
       case 'volume-scrub-progress':
         return this.scrubProgressOf(volumeField(header));
+      case 'volume-shrink':
+        return this.shrink(volumeField(header), sizeField(header));
       default:
         throw KeelError.protocol(`unknown op '${header.op}'`, { op: header.op });
     }
+  }
+
+  /**
+   * `keel volume resize --allow-shrink`: the new size goes to coordination and the driver discards the
+   * clusters past it before the answer. Left to the owner's next reconcile (as a grow is), a shrink
+   * followed by a grow within that second was never applied, and the old data came back.
+   */
+  private async shrink(volume: string, sizeBytes: number): Promise<{ sizeBytes: number }> {
+    return this.withDriver(volume, async (driver) => {
+      if (sizeBytes > driver.sizeBytes) throw KeelError.badArgument(`'volume-shrink' of '${volume}' to ${sizeBytes} bytes would grow it from ${driver.sizeBytes}`);
+      await this.coordination.resizeVolume(volume, sizeBytes);
+      await driver.resize(sizeBytes);
+      return { sizeBytes };
+    });
   }
 
   private async rollback(volume: string, snapshot: string): Promise<unknown> {
@@ -394,6 +411,12 @@ function stringField(header: RequestHeader, field: string): string {
     throw KeelError.protocol(`'${header.op}' needs a '${field}' string`);
   }
   return value;
+}
+
+function sizeField(header: RequestHeader): number {
+  const size = header.sizeBytes;
+  if (typeof size !== 'number') throw KeelError.protocol(`'${header.op}' needs a 'sizeBytes' number`);
+  return checkVolumeSize(size);
 }
 
 /** `clustersPerSecond` of a scrub request: a whole number from 1 on, or absent (the router's pace). */

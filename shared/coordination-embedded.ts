@@ -20,6 +20,15 @@ interface CoordinationDocument {
   vpool?: VpoolConfig;
 }
 
+/** Creates the cluster's data directory if needed, with one clear error when the path cannot be one. */
+export async function makeDataDir(dataDir: string): Promise<void> {
+  try {
+    await fs.mkdir(dataDir, { recursive: true });
+  } catch (err) {
+    throw KeelError.io(`cannot use ${dataDir} as the data directory: ${(err as Error).message}`, err);
+  }
+}
+
 /** Keyed by names users choose: without a prototype, `constructor` or `__proto__` is a name like any other. */
 const dictionary = <T>(entries: Record<string, T> = {}): Record<string, T> => Object.assign(Object.create(null) as Record<string, T>, entries);
 
@@ -33,11 +42,7 @@ export class EmbeddedCoordination implements Coordination {
   }
 
   static async open(dataDir: string): Promise<EmbeddedCoordination> {
-    try {
-      await fs.mkdir(dataDir, { recursive: true });
-    } catch (err) {
-      throw KeelError.io(`cannot use ${dataDir} as the data directory: ${(err as Error).message}`, err);
-    }
+    await makeDataDir(dataDir);
     const coordination = new EmbeddedCoordination(dataDir);
     try {
       await fs.writeFile(coordination.file, JSON.stringify(emptyDocument(), null, 2), { flag: 'wx' });

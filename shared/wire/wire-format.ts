@@ -51,6 +51,7 @@ export const snapshotAdminOps = [
   'volume-tree',
   'volume-scrub',
   'volume-scrub-progress',
+  'volume-shrink',
 ] as const;
 
 /** The operations a client may request. `hello` is only valid as the first frame of a connection. */

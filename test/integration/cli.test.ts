@@ -56,6 +56,9 @@ describe('keel CLI: volumes and bad arguments', () => {
     const shrink = await keel('volume', 'resize', 'vm1', '5G');
     expect(shrink.code).toBe(2);
     expect(shrink.stderr).toContain('--allow-shrink');
+    const shrinkWithoutRouter = await keel('volume', 'resize', 'vm1', '5G', '--allow-shrink'); // the owner must discard the tail
+    expect(shrinkWithoutRouter.code).toBe(1);
+    expect(shrinkWithoutRouter.stderr.trim()).toMatch(/^keel: no router serving volume 'vm1' could be reached/);
     expect((await keel('volume', 'resize', 'vm1', '20G')).code).toBe(0);
     const info = JSON.parse((await keel('volume', 'info', 'vm1', '--json')).stdout);
     expect(info.sizeBytes).toBe(20 * 2 ** 30);

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
 import { freePort, run, runKeel } from '../helpers/processes.ts';
+import { until } from '../helpers/until.ts';
 
 describe('a keel up cluster served to real NBD clients', () => {
   let cluster: KeelCluster;
@@ -80,6 +81,20 @@ describe('a keel up cluster served to real NBD clients', () => {
     const discarded = await run('qemu-io', ['-f', 'raw', '-c', 'discard 4096 96M', uri]);
     expect(discarded.stdout + discarded.stderr).not.toMatch(/failed/i);
     const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x21 0 4096', '-c', 'read -P 0 4096 96M', '-c', 'read -P 0x21 97M 3M', uri]);
+    expect(read.stdout + read.stderr).not.toMatch(/failed|error/i);
+    expect(read.code).toBe(0);
+  });
+
+  it('a shrink discards the data past the new end at once: a grow right after it reads zeros there', async () => {
+    await createVolume('shrink', '8M');
+    const written = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5a 0 8M', cluster.uri('shrink')]);
+    expect(written.code, written.stderr).toBe(0);
+    const shrunk = await cluster.keel('volume', 'resize', 'shrink', '4M', '--allow-shrink');
+    expect(shrunk.code, shrunk.stderr).toBe(0);
+    const grown = await cluster.keel('volume', 'resize', 'shrink', '8M'); // within the owner's 1 s reconcile
+    expect(grown.code, grown.stderr).toBe(0);
+    await until(async () => (await run('nbdinfo', ['--size', cluster.uri('shrink')])).stdout.trim() === String(8 * 2 ** 20), 10_000);
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5a 0 4M', '-c', 'read -P 0 4M 4M', cluster.uri('shrink')]);
     expect(read.stdout + read.stderr).not.toMatch(/failed|error/i);
     expect(read.code).toBe(0);
   });
