@@ -245,7 +245,8 @@ export class SnapshotService implements VolumeAdmin {
     const volumes: TreeVolume[] = [];
     for (const record of await this.coordination.listVolumes()) {
       if (record.owner !== this.routerId) continue;
-      const snapshots = await this.snapshotsOf(record.name);
+      // Opened as for any other op: a volume created (or handed here) that no client opened yet has no directory, no catalog yet.
+      const snapshots = await this.withDriver(record.name, async (_driver, catalog) => catalog);
       const clones = snapshots.clones();
       volumes.push({
         volume: record.name,

@@ -84,7 +84,9 @@ describe('snapshots on a keel up cluster', () => {
     expect(refused.code).toBe(1);
     expect(refused.stderr).toMatch(/dependent clones: c1/);
 
+    expect((await cluster.keel('volume', 'create', 'fresh', '16M')).code).toBe(0); // no client opened it yet
     const tree = await keelOk('tree');
+    expect(tree).toMatch(/fresh \(16 MiB/);
     expect(tree).toMatch(/demo \(64 MiB/);
     expect(tree).toMatch(/@s1/);
     expect(tree).toMatch(/↳ c1/);
