@@ -105,7 +105,7 @@ async function runLockedUp(options: UpOptions, { routerCount, port, volumeName, 
   const logger = createLogger('keel-up');
   logProcessWarnings(logger);
   const redisUrl = resolveRedisUrl(options.redis);
-  const coordination = await openCoordination(dataDir, redisUrl);
+  const coordination = await openCoordination(dataDir, redisUrl, { createDataDir: true });
   const redisArgs = redisUrl ? ['--redis', redisUrl] : [];
   const vpool = await ensureVpool(coordination, dataDir, options, scoSizeBytes, logger);
 

@@ -102,7 +102,8 @@ export class KeelError extends Error {
     return new KeelError('NOT_OWNER', `this router does not own volume '${volume}'`, { volume, owner });
   }
   static noOwner(volume: string, waitedMs: number) {
-    return new KeelError('NO_OWNER', `no router serving volume '${volume}' could be reached within ${waitedMs} ms`, {
+    const why = waitedMs > 0 ? `within ${waitedMs} ms` : '(no live router is registered for it)';
+    return new KeelError('NO_OWNER', `no router serving volume '${volume}' could be reached ${why}`, {
       volume,
       waitedMs,
     });

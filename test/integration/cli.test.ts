@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -117,11 +118,19 @@ describe('keel CLI: volumes and bad arguments', () => {
   it('refuses a data directory that cannot be one (a path under a file) with one line, for keel up too', async () => {
     const file = path.join(dataDir, 'a-file');
     await writeFile(file, 'not a directory');
-    for (const args of [['volume', 'list'], ['up', '--port', '1']]) {
-      const refused = await runKeel([...args, '--data', path.join(file, 'data')]);
-      expect(refused.code, args.join(' ')).toBe(1);
-      expect(refused.stderr.trim()).toMatch(/^keel: cannot use .*a-file\/data as the data directory: ENOTDIR/);
-      expect(refused.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    const up = await runKeel(['up', '--port', '1', '--data', path.join(file, 'data')]);
+    expect(up.code).toBe(1);
+    expect(up.stderr.trim()).toMatch(/^keel: cannot use .*a-file\/data as the data directory: ENOTDIR/);
+    expect(up.stderr).not.toMatch(/\n\s+at /); // no stack trace
+  });
+
+  it('refuses a --data directory that does not exist instead of making an empty cluster there (a typo)', async () => {
+    const typo = path.join(dataDir, 'dtaa');
+    for (const args of [['volume', 'list'], ['volume', 'create', 'v', '1G'], ['snapshot', 'create', 'v', 's'], ['scrub', 'v'], ['router', 'list']]) {
+      const refused = await runKeel([...args, '--data', typo]);
+      expect(refused.code, args.join(' ')).toBe(2);
+      expect(refused.stderr.trim()).toBe(`keel: no Keel cluster at ${typo} (no such directory): start one with \`keel up --data ${typo}\`, or point --data or $KEEL_DATA at an existing one`);
     }
+    expect(existsSync(typo)).toBe(false);
   });
 });
