@@ -11,6 +11,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ClusterRamCache } from '../../router/cluster-ram-cache.ts';
 import { VolumeDriver } from '../../router/volume-driver.ts';
 import { clusterSizeBytes, limits } from '../../shared/limits.ts';
+import { NodeDisk } from '../../shared/disk.ts';
+import { InlineIoGate } from '../../shared/inline-io-gate.ts';
 import { makeRandom } from '../helpers/seeded-random.ts';
 
 const slabClusters = limits.ramCacheSlabBytes / clusterSizeBytes;
@@ -115,6 +117,9 @@ describe('VolumeDriver with a RAM cache', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
+  /** Inline reads that a loaded machine never pauses (a frozen clock): the process's gate pauses on slow calls, and a full suite is slow. */
+  const steadyDisk = () => new NodeDisk(new InlineIoGate({ nowMs: () => 0 }));
+
   function readInline(volume: VolumeDriver, offset: number, length: number): Buffer {
     const target = Buffer.alloc(length);
     expect(volume.readIntoInline(target, offset)).toBe(true);
@@ -123,7 +128,7 @@ describe('VolumeDriver with a RAM cache', () => {
 
   it('serves repeated small reads from RAM, and reads see every later write and trim', async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
-    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache, disk: steadyDisk() });
     await driver.write(0, Buffer.concat([cluster(1), cluster(2)]), false);
     expect(cache.stats()).toMatchObject({ fills: 0, bytes: 0 }); // writes leave no copies
     expect(readInline(driver, 0, clusterSizeBytes).equals(cluster(1))).toBe(true);
@@ -143,7 +148,7 @@ describe('VolumeDriver with a RAM cache', () => {
 
   it('holds no more copies than live clusters while small writes and reads churn one region', async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
-    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache, disk: steadyDisk() });
     const next = makeRandom(7);
     const regionClusters = 300; // well under the cache's 1024 slots: nothing needs evicting
     const live = new Set<number>();
@@ -166,7 +171,7 @@ describe('VolumeDriver with a RAM cache', () => {
 
   it("keeps a cluster's copy when the scrubber moves it, and drops the copy a racing user write replaced", async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
-    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache, disk: steadyDisk() });
     await driver.write(0, cluster(1), false);
     readInline(driver, 0, clusterSizeBytes);
     const before = driver.mapView().get(0);
@@ -186,7 +191,7 @@ describe('VolumeDriver with a RAM cache', () => {
 
   it('fills and hits on the asynchronous path too (unaligned reads, reads outside the turn)', async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
-    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache, disk: steadyDisk() });
     const data = Buffer.concat([cluster(7), cluster(8)]);
     await driver.write(0, data, false);
     expect((await driver.read(100, clusterSizeBytes + 100)).equals(data.subarray(100, clusterSizeBytes + 200))).toBe(true);
@@ -200,7 +205,7 @@ describe('VolumeDriver with a RAM cache', () => {
 
   it('leaves large reads to the disk', async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
-    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache });
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes: 64 * MiB, scoSizeBytes: 4 * MiB, ramCache: cache, disk: steadyDisk() });
     const clusters = limits.ramCacheReadClustersMax + 1;
     const data = Buffer.concat(Array.from({ length: clusters }, (_, index) => cluster(index + 1)));
     await driver.write(0, data, false);
@@ -211,7 +216,7 @@ describe('VolumeDriver with a RAM cache', () => {
   it('matches a byte model under random small writes, trims and reads with evictions, and frees its memory on close', async () => {
     const cache = new ClusterRamCache(limits.ramCacheSlabBytes);
     const sizeBytes = 16 * MiB; // 4096 clusters over a 1024-cluster cache
-    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes, scoSizeBytes: 4 * MiB, ramCache: cache });
+    driver = await VolumeDriver.open({ dir, volumeName: 'vol', sizeBytes, scoSizeBytes: 4 * MiB, ramCache: cache, disk: steadyDisk() });
     const model = Buffer.alloc(sizeBytes);
     const next = makeRandom(12345);
     const random = (n: number) => Math.floor(next() * n);
