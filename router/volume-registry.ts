@@ -5,7 +5,7 @@
 import path from 'node:path';
 import type { OpenBlockTarget } from '../shared/block-target.ts';
 import { ownerHasFailed, type Coordination, type VolumeRecord } from '../shared/coordination.ts';
-import { KeelError } from '../shared/errors.ts';
+import { isKeelError, KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { checkWriteBufferHoldsTlog } from '../backend/backend-config.ts';
@@ -73,7 +73,15 @@ export class VolumeRegistry implements VolumeHost {
    */
   async openOwnedVolumes(): Promise<void> {
     for (const record of await this.coordination.listVolumes()) {
-      if (record.owner === this.routerId) await this.openAndClearFailure(record);
+      if (record.owner !== this.routerId) continue;
+      try {
+        await this.openAndClearFailure(record);
+      } catch (err) {
+        // One volume that cannot be recovered now (its backend unreachable, a corrupt TLog) must not keep
+        // the router, and every other volume it owns, from starting: its clients' opens retry it and get its error.
+        if (!isKeelError(err)) throw err;
+        this.logger.error({ volume: record.name, code: err.code, err: err.message }, 'volume could not be opened at start: it stays closed, and each open tries again');
+      }
     }
   }
 

@@ -2,7 +2,7 @@
  * Regression: a reconcile whose volume list was read before a volume was created must not take that
  * volume — opened while the list was in flight — for deleted (that destroyed its data under load).
  */
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
@@ -73,4 +73,21 @@ it('reopens a failed volume at the operator\'s request on its owner, and refuses
   expect(await registry.openByOperator('w')).toBe(false);
   expect(registry.ownedNames()).toEqual(['v']);
   await registry.closeAll();
+});
+
+it('opens every other owned volume at start when one cannot be recovered, and keeps refusing that one with its error', async () => {
+  const coordination = await EmbeddedCoordination.open(dir);
+  for (const name of ['bad', 'good']) await coordination.createVolume({ name, sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' }, Date.now());
+  const first = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  await first.openOwnedVolumes();
+  await (await first.openVolume('good')).write(0, Buffer.alloc(4096, 7), false);
+  await first.closeAll();
+  await writeFile(path.join(first.volumeDir('bad'), 'volume.json'), '{ torn'); // what a crash or a bad disk can leave
+
+  const restarted = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  await restarted.openOwnedVolumes(); // threw CORRUPT before, and the router exited
+  expect(restarted.ownedNames()).toEqual(['good']);
+  expect((await (await restarted.openVolume('good')).read(0, 4096)).equals(Buffer.alloc(4096, 7))).toBe(true);
+  await expect(restarted.openVolume('bad')).rejects.toMatchObject({ code: 'CORRUPT' });
+  await restarted.closeAll();
 });
