@@ -217,7 +217,8 @@ export class SnapshotService implements VolumeAdmin {
     const origin: CloneOrigin = { parentVolume: volume, parentSnapshotId: info.id, parentSnapshotName: info.name };
     await this.disk.writeFileAtomic(path.join(dir, cloneFileName), encodeCloneOrigin(origin));
     try {
-      await this.coordination.createVolume({ name: clone, sizeBytes: info.sizeBytes || parentRecord.sizeBytes, scoSizeBytes: parentRecord.scoSizeBytes, owner: this.routerId }, Date.now());
+      const sizeBytes = info.sizeBytes || parentRecord.sizeBytes;
+      await this.coordination.createVolume({ name: clone, sizeBytes, scoSizeBytes: parentRecord.scoSizeBytes, owner: this.routerId, cloneOf: volume }, Date.now());
     } catch (err) {
       await (await this.snapshotsOf(volume)).removeClone(clone);
       throw err;

@@ -12,7 +12,7 @@
  */
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { isRouterAlive, ownerHasFailed, volumeDtlMode, type Coordination, type RouterRecord, type VolumeRecord } from '../shared/coordination.ts';
+import { cloneFamilyPin, isRouterAlive, ownerHasFailed, volumeDtlMode, type Coordination, type RouterRecord, type VolumeRecord } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
@@ -101,6 +101,9 @@ export class VolumeHa implements VolumeLifecycle {
   }
 
   async takeOver(record: VolumeRecord, force = false): Promise<VolumeRecord | undefined> {
+    // Not even forced: here the clone would read zeros where its parent has data (its origin is on the old owner).
+    const pin = cloneFamilyPin(record, await this.coordination.listVolumes());
+    if (pin !== undefined && record.owner !== '') throw this.refusePinned(record, pin);
     const routers = await this.coordination.listRouters();
     const owner = routers.find((r) => r.id === record.owner);
     // An owner that reported its volume driver failed is alive but cannot serve it: no need to wait it out.
@@ -171,6 +174,10 @@ export class VolumeHa implements VolumeLifecycle {
 
   /** Graceful move of an owned volume to `target` (default: the least loaded other live router). */
   async handOver(name: string, target?: string): Promise<{ to: string; ownerEpoch: number; pauseMs: number }> {
+    const record = await this.coordination.getVolume(name);
+    if (!record) throw KeelError.volumeNotFound(name);
+    const pin = cloneFamilyPin(record, await this.coordination.listVolumes()) ?? (await this.registry.localClonePin(name));
+    if (pin !== undefined) throw KeelError.pinned(pin, this.routerId);
     const routers = placeableRouters(await this.coordination.listRouters(), Date.now()).filter((r) => r.id !== this.routerId);
     const to = target ?? leastLoadedRouter(routers, await this.coordination.listVolumes())?.id;
     if (to === undefined) throw KeelError.noOwner(name, 0);
@@ -238,6 +245,14 @@ export class VolumeHa implements VolumeLifecycle {
   }
 
   // ---------------------------------------------------------------- internals
+
+  private refusePinned(record: VolumeRecord, pin: string): KeelError {
+    this.counters.takeoversRefused += 1;
+    return new KeelError('TAKEOVER_REFUSED', `${pin}: clones and their parents stay on router ${record.owner}, so the volume waits for it (restart ${record.owner}; docs/snapshots.md, "Clones")`, {
+      volume: record.name,
+      owner: record.owner,
+    });
+  }
 
   private refuse(record: VolumeRecord, why: string): KeelError {
     this.counters.takeoversRefused += 1;

@@ -2,6 +2,7 @@
  * The volumes this router owns, each with one VolumeDriver (single writer). Implements the VolumeHost the
  * wire service calls; `reconcile` follows coordination (resize, delete, a change of owner).
  */
+import { access } from 'node:fs/promises';
 import path from 'node:path';
 import type { OpenBlockTarget } from '../shared/block-target.ts';
 import { ownerHasFailed, type Coordination, type VolumeRecord } from '../shared/coordination.ts';
@@ -10,6 +11,7 @@ import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { checkWriteBufferHoldsTlog } from '../backend/backend-config.ts';
 import { volumeObjectPrefix } from './backend-object-names.ts';
+import { cloneFileName } from './clone-format.ts';
 import { deleteVolumeObjects } from './backend-volume-objects.ts';
 import type { RouterBackend } from './volume-backend.ts';
 import { VolumeDriver } from './volume-driver.ts';
@@ -50,6 +52,12 @@ export class VolumeRegistry implements VolumeHost {
     /** The router's RAM tier of cluster data, shared by its volumes (router/cluster-ram-cache.ts). */
     private readonly ramCache?: ClusterRamCache,
   ) {}
+
+  /** A clone made before coordination recorded `cloneOf` is known by its origin file here. */
+  async localClonePin(name: string): Promise<string | undefined> {
+    const isClone = await access(path.join(this.volumeDir(name), cloneFileName)).then(() => true, () => false);
+    return isClone ? `volume '${name}' is a clone and reads its parent's data on its router` : undefined;
+  }
 
   volumeDir(name: string): string {
     return path.join(this.routerDir, 'volumes', name);

@@ -152,6 +152,7 @@ export function volumeFields(record: VolumeRecord): string[] {
     'ownerEpoch', String(record.ownerEpoch),
     'createdAtMs', String(record.createdAtMs),
     ...volumeDtlFields(record),
+    ...(record.cloneOf !== undefined ? ['cloneOf', record.cloneOf] : []),
   ]; // prettier-ignore
 }
 
@@ -248,6 +249,8 @@ export function decodeVolume(key: string, fields: Record<string, string>): Volum
     record.dtlInSync = dtlInSync === '1';
   }
   if (fields.ownerFailedEpoch !== undefined) record.ownerFailedEpoch = reader.integer('ownerFailedEpoch');
+  const cloneOf = reader.optionalString('cloneOf');
+  if (cloneOf !== undefined) record.cloneOf = cloneOf;
   return record;
 }
 

@@ -56,6 +56,11 @@ export interface VolumeRecord {
   dtlInSync?: boolean;
   /** See VolumeDtlState.ownerFailedEpoch. */
   ownerFailedEpoch?: number;
+  /**
+   * For a clone, its parent volume's name: set at creation, never changed. A clone reads its parent's
+   * snapshot through the parent's driver on the same router, so the two never move apart (see cloneFamilyPin).
+   */
+  cloneOf?: string;
 }
 
 /** True while the volume's owner reported, at its current epoch, that its volume driver failed. */
@@ -69,6 +74,7 @@ export interface VolumeSpec {
   scoSizeBytes: number;
   owner?: string;
   dtlMode?: DtlMode;
+  cloneOf?: string;
 }
 
 /**
@@ -128,7 +134,20 @@ export function newVolumeRecord(spec: VolumeSpec, nowMs: number): VolumeRecord {
     ownerEpoch: spec.owner ? 1 : 0,
     createdAtMs: nowMs,
     ...(spec.dtlMode ? { dtlMode: spec.dtlMode } : {}),
+    ...(spec.cloneOf ? { cloneOf: spec.cloneOf } : {}),
   };
+}
+
+/**
+ * Why a volume may not change router on its own, or undefined when it may: a clone reads its parent's
+ * snapshot through the parent's driver on their router, and its origin and the parent's catalog are
+ * files there (docs/snapshots.md, "Clones"). Moving either alone made the clone read zeros, or hang.
+ */
+export function cloneFamilyPin(record: VolumeRecord, volumes: readonly VolumeRecord[]): string | undefined {
+  if (record.cloneOf !== undefined) return `volume '${record.name}' is a clone of '${record.cloneOf}' and reads its data on its router`;
+  const clones = volumes.filter((v) => v.cloneOf === record.name).map((v) => v.name);
+  if (clones.length > 0) return `volume '${record.name}' has clones that read its data on its router (${clones.join(', ')})`;
+  return undefined;
 }
 
 /** A router is alive while its heartbeat is recent and it is not marked down. */

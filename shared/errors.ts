@@ -30,6 +30,7 @@ export type KeelErrorCode =
   | 'HAS_DEPENDENTS' // a snapshot or volume that clones depend on
   | 'FENCED' // a newer owner epoch exists: the sender is an old owner and must stop
   | 'TAKEOVER_REFUSED' // taking the volume over would lose acknowledged writes (docs/high-availability.md)
+  | 'PINNED' // the volume may not change router: a clone and its parent share one (docs/snapshots.md, "Clones")
   | 'ALREADY_RUNNING'; // another live process holds the data directory (or router directory) this one needs
 
 export class KeelError extends Error {
@@ -128,6 +129,9 @@ export class KeelError extends Error {
   }
   static snapshotExists(volume: string, snapshot: string) {
     return new KeelError('SNAPSHOT_EXISTS', `volume '${volume}' already has a snapshot '${snapshot}'`, { volume, snapshot });
+  }
+  static pinned(reason: string, routerId: string) {
+    return new KeelError('PINNED', `${reason}: clones and their parents stay on router ${routerId} (docs/snapshots.md, "Clones")`, { router: routerId });
   }
   static hasDependents(what: string, dependents: string[]) {
     return new KeelError('HAS_DEPENDENTS', `${what} has dependent clones: ${dependents.join(', ')} (delete them first)`, { dependents });

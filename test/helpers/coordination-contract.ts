@@ -4,7 +4,7 @@
  * same state, as another process would.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ownerHasFailed, type Coordination, type RouterRecord, type VolumeSpec } from '../../shared/coordination.ts';
+import { cloneFamilyPin, ownerHasFailed, type Coordination, type RouterRecord, type VolumeSpec } from '../../shared/coordination.ts';
 import { isKeelError, type KeelErrorCode } from '../../shared/errors.ts';
 
 export interface CoordinationStore {
@@ -147,6 +147,21 @@ export function coordinationContract(name: string, makeCoordination: MakeCoordin
         await c.deleteVolume('__proto__');
         expect(await c.getVolume('__proto__')).toBeUndefined();
         expect(await c.listVolumes()).toHaveLength(names.length - 1);
+      });
+
+      it("keeps a clone's parent (cloneOf), and cloneFamilyPin pins the clone and its parent but not others", async () => {
+        await c.createVolume(spec('base', { owner: 'r1' }), 0);
+        await c.createVolume(spec('kid', { owner: 'r1', cloneOf: 'base' }), 0);
+        await c.createVolume(spec('loner', { owner: 'r1' }), 0);
+        expect((await c.getVolume('kid'))?.cloneOf).toBe('base');
+        expect((await c.getVolume('base'))?.cloneOf).toBeUndefined();
+        const all = await c.listVolumes();
+        const pin = (name: string) => cloneFamilyPin(all.find((v) => v.name === name)!, all);
+        expect(pin('kid')).toMatch(/clone of 'base'/);
+        expect(pin('base')).toMatch(/has clones .*\(kid\)/);
+        expect(pin('loner')).toBeUndefined();
+        await c.claimVolume('kid', 'r2', 1);
+        expect((await c.getVolume('kid'))?.cloneOf).toBe('base'); // an ownership change keeps it
       });
 
       it('stores sizes up to the volume size limit exactly', async () => {

@@ -93,6 +93,18 @@ describe('snapshots on a keel up cluster', () => {
     const treeJson = JSON.parse(await keelOk('tree', '--json'));
     expect(treeJson.find((v: { volume: string }) => v.volume === 'c1').origin).toMatchObject({ parentVolume: 'demo', parentSnapshotName: 's1' });
 
+    // A clone reads its parent through the parent's driver on their router: neither moves alone.
+    const records = JSON.parse(await keelOk('volume', 'list', '--json')) as Array<{ name: string; owner: string; cloneOf?: string }>;
+    const home = records.find((v) => v.name === 'demo')!.owner;
+    expect(records.find((v) => v.name === 'c1')).toMatchObject({ owner: home, cloneOf: 'demo' });
+    const other = home === 'r1' ? 'r2' : 'r1';
+    for (const [volume, why] of [['c1', "volume 'c1' is a clone of 'demo'"], ['demo', "volume 'demo' has clones that read its data on its router \\(c1\\)"]]) {
+      const moved = await cluster.keel('volume', 'move', volume, '--to', other);
+      expect(moved.code, moved.stdout).toBe(1);
+      expect(moved.stderr).toMatch(new RegExp(`^keel: ${why}.*: clones and their parents stay on router ${home}`));
+    }
+    await qemuIo('c1', ['read -P 0xc1 4k 4k', 'read -P 0xa1 8k 8k'], true); // still served, from the parent where unwritten
+
     // A pipelined snapshot (the near-continuous mode: not fsynced before the call returns) of the clone.
     expect((await keelOk('snapshot', 'create', 'c1', 'p1', '--pipelined')).trim()).toBe('p1');
     await qemuIo('c1', ['write -P 0xc2 4k 4k']);
