@@ -18,6 +18,10 @@ function bundleIsCurrent() {
   }
 }
 
+// The AWS SDK prints a multi-line notice on every S3 command that its future releases need Node.js 22; the
+// release package-lock.json pins works on the Node.js 20 Keel supports. =false shows it again.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 // `keel --version` says which one runs; child processes decide for themselves and overwrite it.
 if (bundleIsCurrent()) {
   process.env.KEEL_RUNS_FROM = 'bundle';
