@@ -86,6 +86,9 @@ export class SnapshotService implements VolumeAdmin {
     else this.registry.releaseVolume(exportName);
   }
 
+  /** Open `VOL@SNAP` exports per snapshot (exportKey): a snapshot being read is not deleted. */
+  private readonly openSnapshotExports = new Map<string, number>();
+
   handles(op: string): boolean {
     return (snapshotAdminOps as readonly string[]).includes(op);
   }
@@ -140,6 +143,10 @@ export class SnapshotService implements VolumeAdmin {
         }));
       case 'snapshot-delete':
         return this.withDriver(volumeField(header), async (driver, snapshots) => {
+          const info = snapshots.find(stringField(header, 'snapshot'));
+          const readers = this.openSnapshotExports.get(exportKey(volumeField(header), info.id)) ?? 0;
+          // Its SCOs may go at the next scrub, and the export's reads would then fail.
+          if (readers > 0) throw new KeelError('BUSY', `snapshot '${volumeField(header)}@${info.name}' is open as an export by ${readers} client(s): disconnect them before deleting it`);
           await this.pruneClones(snapshots);
           return snapshots.delete(driver, stringField(header, 'snapshot'));
         });
@@ -316,7 +323,14 @@ export class SnapshotService implements VolumeAdmin {
       const image = await snapshots.image(info);
       const parent = this.underlays.get(volume)?.parent;
       const reader = { readScoClusters: (sco: number, slot: number, buffer: Buffer) => driver.readScoClusters(sco, slot, buffer), ...(parent ? { parent } : {}) };
-      return new SnapshotTarget(info.sizeBytes || driver.sizeBytes, image, reader, `snapshot '${volume}@${snapshot}'`, () => this.registry.releaseVolume(volume));
+      const key = exportKey(volume, info.id);
+      this.openSnapshotExports.set(key, (this.openSnapshotExports.get(key) ?? 0) + 1);
+      return new SnapshotTarget(info.sizeBytes || driver.sizeBytes, image, reader, `snapshot '${volume}@${snapshot}'`, () => {
+        const left = (this.openSnapshotExports.get(key) ?? 1) - 1;
+        if (left > 0) this.openSnapshotExports.set(key, left);
+        else this.openSnapshotExports.delete(key);
+        this.registry.releaseVolume(volume);
+      });
     } catch (err) {
       this.registry.releaseVolume(volume);
       throw err;
@@ -413,6 +427,10 @@ function stringField(header: RequestHeader, field: string): string {
     throw KeelError.protocol(`'${header.op}' needs a '${field}' string`);
   }
   return value;
+}
+
+function exportKey(volume: string, snapshotId: number): string {
+  return `${volume}@${snapshotId}`;
 }
 
 function sizeField(header: RequestHeader): number {

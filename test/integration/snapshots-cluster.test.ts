@@ -11,6 +11,7 @@ import { NbdClient } from '../../edge/nbd-client.ts';
 import { isKeelError } from '../../shared/errors.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
 import { keelBin, run } from '../helpers/processes.ts';
+import { until } from '../helpers/until.ts';
 
 describe('snapshots on a keel up cluster', () => {
   let cluster: KeelCluster;
@@ -109,6 +110,21 @@ describe('snapshots on a keel up cluster', () => {
     expect((await keelOk('snapshot', 'create', 'c1', 'p1', '--pipelined')).trim()).toBe('p1');
     await qemuIo('c1', ['write -P 0xc2 4k 4k']);
     await qemuIo('c1@p1', ['read -P 0xc1 4k 4k', 'read -P 0 0 4k', 'read -P 0xa1 8k 8k'], true);
+  }, 60_000);
+
+  it('refuses to delete a snapshot while a client reads it as an export, and deletes it once the client is gone', async () => {
+    await keelOk('snapshot', 'create', 'demo', 'exported');
+    const reader = await NbdClient.connect(cluster.uri('demo@exported'));
+    try {
+      await reader.read(0, 4096);
+      const refused = await cluster.keel('snapshot', 'delete', 'demo', 'exported');
+      expect(refused.code).toBe(1);
+      expect(refused.stderr.trim()).toBe("keel: snapshot 'demo@exported' is open as an export by 1 client(s): disconnect them before deleting it");
+      await reader.read(4096, 4096); // the export still reads
+    } finally {
+      await reader.close();
+    }
+    await until(async () => (await cluster.keel('snapshot', 'delete', 'demo', 'exported')).code === 0, 10_000);
   }, 60_000);
 
   it('rolls back (deleting newer snapshots), survives a restart, scrubs space back', async () => {
