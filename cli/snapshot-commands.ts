@@ -238,6 +238,9 @@ export function addSnapshotCommands(program: Command): void {
         console.log(`backend: ${formatSize(report.backendBytesBefore)} -> ${formatSize(report.backendBytesAfter ?? 0)} of SCO objects (${report.backendObjectsDeleted ?? 0} deleted)`);
       }
       if (report.scosPending > 0) console.log(`${report.scosPending} dead SCOs wait for their TLog to reach the backend: a later scrub deletes them`);
+      if (report.scosUnreadable !== undefined) {
+        console.error(`keel: warning: SCOs ${report.scosUnreadable.join(', ')} were left as they are: their live clusters cannot be read (see keel backend verify and repair)`);
+      }
     });
 }
 

@@ -47,6 +47,8 @@ export interface ScrubReport {
   extentsFragmentedLeft?: number;
   /** Dead SCOs (files or backend objects) left for a later scrub: their TLog records are not uploaded yet. */
   scosPending: number;
+  /** SCOs the scrub left alone because their live clusters could not be read (lost fragments: keel backend repair). */
+  scosUnreadable?: number[];
   durationMs: number;
 }
 
@@ -110,7 +112,7 @@ export async function scrubVolume(options: {
   });
   const pace = new ScrubPace(driver, options.clustersPerSecondMax, options.clustersPerSecondBusyMax ?? limits.scrubClustersPerSecondBusyMax);
   const groups = moveGroups(movesBySco.values(), limits.scrubRewriteClustersMax);
-  const memory: ScrubMemory = {};
+  const memory: ScrubMemory = { unreadableScos: new Map() };
   const clustersRewritten = await rewriteGroups(driver, groups, moveCount, pace, memory, 'rewrite', options.onProgress);
   const defragged = options.defrag ? await defragment(driver, liveness, pace, memory, options.onProgress) : undefined;
 
@@ -155,8 +157,10 @@ export async function scrubVolume(options: {
     clustersRewritten,
     ...defragged,
     scosPending,
+    ...(memory.unreadableScos.size > 0 ? { scosUnreadable: [...memory.unreadableScos.keys()] } : {}),
     durationMs: Date.now() - startedMs,
   };
+  for (const [sco, why] of memory.unreadableScos) logger.error({ volume: driver.volumeName, sco, err: why }, 'scrub skipped a SCO whose live clusters cannot be read (keel backend verify/repair)');
   logger.info(report, 'volume scrubbed');
   return report;
 }
@@ -188,7 +192,7 @@ async function defragment(
   return { extentsDefragmented: extents.length, clustersDefragmented: written, extentsFragmentedLeft: left };
 }
 
-/** rewriteGroup for each of `groups` (`total` clusters in all) through the scrub's buffers, reporting `phase`. */
+/** Reads (readGroup) and rewrites (writeGroup) each of `groups` (`total` clusters in all) through the scrub's buffers, reporting `phase`. */
 async function rewriteGroups(
   driver: VolumeDriver,
   groups: Iterable<Move[]>,
@@ -205,13 +209,55 @@ async function rewriteGroups(
   const buffers = (memory.buffers = scrubBuffers(total, memory.buffers));
   let done = 0;
   let written = 0;
+  const onCopied = (count: number) => {
+    done += count;
+    onProgress?.({ phase, done, total });
+  };
   for (const group of groups) {
-    written += await rewriteGroup(driver, group, pace, buffers, (count) => {
-      done += count;
-      onProgress?.({ phase, done, total });
-    });
+    const read = await readGroup(driver, group, buffers, memory);
+    if (read.data !== undefined) written += await writeGroup(driver, read.moves, read.data, pace, onCopied);
+    if (read.skipped > 0) onCopied(read.skipped);
   }
   return written;
+}
+
+/**
+ * A group's clusters, read SCO by SCO (readMoves). When that fails for want of readable copies (more
+ * fragments lost than the preset's m, a local copy gone bad), the group is read again one SCO at a time
+ * and the unreadable SCOs are left out, remembered in `memory.unreadableScos`: their clusters stay where
+ * they are, and the rest of the volume is still reclaimed.
+ */
+async function readGroup(driver: VolumeDriver, group: Move[], buffers: ScrubBuffers, memory: ScrubMemory): Promise<{ moves: Move[]; data?: Buffer; skipped: number }> {
+  const readable = group.filter((move) => !memory.unreadableScos.has(locationSco(move.location)));
+  let failure: unknown;
+  try {
+    return { moves: readable, data: await readInto(driver, readable, buffers), skipped: group.length - readable.length };
+  } catch (err) {
+    if (!isUnreadable(err)) throw err;
+    failure = err;
+  }
+  const knownBefore = memory.unreadableScos.size;
+  for (const sco of new Set(readable.map((move) => locationSco(move.location)))) {
+    try {
+      await readInto(driver, readable.filter((move) => locationSco(move.location) === sco), buffers);
+    } catch (err) {
+      if (!isUnreadable(err)) throw err;
+      memory.unreadableScos.set(sco, (err as Error).message);
+    }
+  }
+  if (memory.unreadableScos.size === knownBefore) throw failure; // every SCO reads alone: not a lost SCO
+  return readGroup(driver, group, buffers, memory);
+}
+
+async function readInto(driver: VolumeDriver, moves: readonly Move[], buffers: ScrubBuffers): Promise<Buffer | undefined> {
+  if (moves.length === 0) return undefined;
+  const data = buffers.group.subarray(0, moves.length * clusterSizeBytes);
+  await readMoves(driver, moves, data, buffers.spans);
+  return data;
+}
+
+function isUnreadable(err: unknown): boolean {
+  return isKeelError(err, 'IO') || isKeelError(err, 'CHECKSUM_MISMATCH') || isKeelError(err, 'OBJECT_NOT_FOUND') || isKeelError(err, 'CORRUPT');
 }
 
 /** The mapped clusters of each fragmented extent, in LBA order, up to defragClustersPerScrubMax in all. */
@@ -256,6 +302,8 @@ interface ScrubBuffers {
 /** Shared by a scrub's phases (rewrite, then defrag), so that fresh memory is taken once per scrub. */
 interface ScrubMemory {
   buffers?: ScrubBuffers;
+  /** SCOs whose live clusters could not be read, with why: skipped by both phases. */
+  unreadableScos: Map<number, string>;
 }
 
 /** Buffers for `moveCount` clusters: `reuse` when its group buffer is large enough, else a larger one. */
@@ -270,7 +318,7 @@ function scrubBuffers(moveCount: number, reuse: ScrubBuffers | undefined): Scrub
 
 /**
  * Lists of moves (a candidate SCO's, or a fragmented extent's), one after another, in groups of at most
- * `clustersMax` (a longer list is split). A group is what the scrubber holds in RAM at once (rewriteGroup).
+ * `clustersMax` (a longer list is split). A group is what the scrubber holds in RAM at once (readGroup).
  */
 export function* moveGroups(lists: Iterable<readonly Move[]>, clustersMax: number): Generator<Move[]> {
   let group: Move[] = [];
@@ -295,9 +343,7 @@ export function* moveGroups(lists: Iterable<readonly Move[]>, clustersMax: numbe
  * scrubPaceClusters copies share one append; after each such batch `onCopied` hears of it and the pace
  * waits.
  */
-async function rewriteGroup(driver: VolumeDriver, group: readonly Move[], pace: ScrubPace, buffers: ScrubBuffers, onCopied: (count: number) => void): Promise<number> {
-  const data = buffers.group.subarray(0, group.length * clusterSizeBytes);
-  await readMoves(driver, group, data, buffers.spans);
+async function writeGroup(driver: VolumeDriver, group: readonly Move[], data: Buffer, pace: ScrubPace, onCopied: (count: number) => void): Promise<number> {
   const order = group.map((_move, index) => index).sort((a, b) => group[a].lba - group[b].lba);
   let written = 0;
   for (let at = 0; at < order.length; at += scrubPaceClusters) {

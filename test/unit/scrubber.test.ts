@@ -383,6 +383,28 @@ describe('the scrubber`s reads and rewrites', () => {
     }
   });
 
+  it('leaves a SCO whose live cluster cannot be read where it is, and still reclaims the others', async () => {
+    const { driver } = await harness.create('v');
+    await driver.write(0, Buffer.alloc(scoClusters * cluster, 0x11), false); // SCO 1: LBAs 0..7
+    await driver.write(8 * cluster, Buffer.alloc(scoClusters * cluster, 0x44), false); // SCO 2: LBAs 8..15
+    await driver.write(0, Buffer.alloc(6 * cluster, 0x22), false); // 6 of SCO 1's clusters become garbage
+    await driver.write(8 * cluster, Buffer.alloc(6 * cluster, 0x22), false); // and 6 of SCO 2's
+    await driver.flush();
+    const file = await open(path.join(harness.dir('v'), 'scos', scoFileName(1)), 'r+');
+    await file.write(Buffer.from([0xff]), 0, 1, 7 * cluster + 100); // slot 7 (LBA 7): live, and now bad
+    await file.close();
+
+    const report = await harness.scrub('v'); // failed with CHECKSUM_MISMATCH before, reclaiming nothing
+    expect(report.scosUnreadable).toEqual([1]);
+    expect(report.clustersRewritten).toBe(2); // SCO 2's LBAs 14 and 15
+    const left = await scoFiles('v');
+    expect(left).toContain(1);
+    expect(left).not.toContain(2);
+    expect((await driver.read(6 * cluster, cluster)).every((b) => b === 0x11)).toBe(true);
+    await expect(driver.read(7 * cluster, cluster)).rejects.toMatchObject({ code: 'CHECKSUM_MISMATCH' });
+    expect((await driver.read(14 * cluster, 2 * cluster)).every((b) => b === 0x44)).toBe(true);
+  });
+
   it('finds the extents that lie in at least defragRunsPerExtentMin runs, and skips those a snapshot holds', () => {
     const extent = limits.defragExtentClusters;
     const runsMin = limits.defragRunsPerExtentMin;
