@@ -146,3 +146,41 @@ export function catalogEvents(state: CatalogState): CatalogEvent[] {
   for (const ref of state.clones) events.push({ e: 'clone', ...ref });
   return events;
 }
+
+/** The compacted journal of `state`: what compaction writes, and what the backend copy carries. */
+export function encodeCatalogJournal(state: CatalogState): string {
+  return catalogEvents(state).map(encodeCatalogEvent).join('');
+}
+
+/**
+ * The backend copy of a volume's catalog (router/catalog-mirror.ts, docs/snapshots.md "Catalog in the
+ * backend"): JSON { format, version, catalog: the compacted journal, clone?: the text of clone.json }.
+ */
+export const catalogMirrorFormat = 'keel-catalog-mirror';
+export const catalogMirrorVersion = 1;
+
+export interface CatalogMirrorContent {
+  /** snapshots.jsonl as compaction writes it. */
+  catalog: string;
+  /** clone.json's text, for a clone. */
+  clone?: string;
+}
+
+export function encodeCatalogMirror(content: CatalogMirrorContent): Buffer {
+  return Buffer.from(JSON.stringify({ format: catalogMirrorFormat, version: catalogMirrorVersion, ...content }));
+}
+
+export function decodeCatalogMirror(bytes: Buffer, where: string): CatalogMirrorContent {
+  let parsed: Record<string, unknown>;
+  try {
+    parsed = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    throw KeelError.corrupt(`${where}: not JSON`);
+  }
+  const { format, version, catalog, clone } = parsed;
+  if (format !== catalogMirrorFormat || version !== catalogMirrorVersion || typeof catalog !== 'string' || (clone !== undefined && typeof clone !== 'string')) {
+    throw KeelError.corrupt(`${where}: not a catalog copy of version ${catalogMirrorVersion}`, { format, version });
+  }
+  decodeCatalog(catalog, where); // throws on a bad journal: never seed a volume with one
+  return clone === undefined ? { catalog } : { catalog, clone };
+}

@@ -63,6 +63,7 @@ export class SnapshotCatalog {
     }
     this.sizeBytes += bytes.length;
     this.lines += events.length;
+    this.onChange?.();
   }
 
   /** Rewrites the journal atomically with just the live state. */
@@ -72,5 +73,9 @@ export class SnapshotCatalog {
     await this.disk.writeFileAtomic(this.filePath, bytes);
     this.lines = events.length;
     this.sizeBytes = bytes.length;
+    this.onChange?.();
   }
+
+  /** Hears of every change once it is on disk (the backend copy follows it: catalog-mirror.ts). */
+  onChange: (() => void) | undefined;
 }

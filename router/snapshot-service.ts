@@ -18,11 +18,12 @@ import { checkVolumeName } from '../shared/volume-name.ts';
 import type { RpcResult } from '../shared/wire/rpc-server.ts';
 import { snapshotAdminOps, type RequestHeader } from '../shared/wire/wire-format.ts';
 import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
+import { CatalogMirror, fetchCatalogMirror } from './catalog-mirror.ts';
 import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin, type CloneOrigin } from './clone-format.ts';
 import { ReadOnlyTarget } from './read-only-target.ts';
 import { ScrubSchedule, type ScrubState } from './scrub-schedule.ts';
 import { scrubVolume, type ScrubProgressEvent, type ScrubReport } from './scrubber.ts';
-import type { SnapshotInfo } from './snapshot-catalog-format.ts';
+import { snapshotCatalogFileName, type CatalogMirrorContent, type SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, replayTrimMask } from './snapshot-map-builder.ts';
 import { SnapshotTarget } from './snapshot-target.ts';
 import { VolumeDriver } from './volume-driver.ts';
@@ -64,6 +65,7 @@ export class SnapshotService implements VolumeAdmin {
     private readonly disk: Disk = new NodeDisk(),
   ) {
     registry.underlaySource = (name) => this.underlayFor(name);
+    registry.beforeTransfer = (name, driver) => this.flushCatalogCopy(name, driver);
   }
 
   // ---------------------------------------------------------------- exports (VolumeAdmin)
@@ -86,6 +88,8 @@ export class SnapshotService implements VolumeAdmin {
     else this.registry.releaseVolume(exportName);
   }
 
+  /** The backend copy of each open volume's catalog, at the epoch it is open at (catalog-mirror.ts). */
+  private readonly catalogMirrors = new Map<string, CatalogMirror>();
   /** Open `VOL@SNAP` exports per snapshot (exportKey): a snapshot being read is not deleted. */
   private readonly openSnapshotExports = new Map<string, number>();
 
@@ -232,6 +236,7 @@ export class SnapshotService implements VolumeAdmin {
     }
     await this.registry.openVolume(clone);
     this.registry.releaseVolume(clone); // open now: a broken origin fails here
+    this.catalogChanged(clone); // its origin reaches the backend, for a router that restores it
     this.logger.info({ clone, ...origin }, 'clone created');
     return { clone, parent: volume, snapshot: info.name };
   }
@@ -367,7 +372,11 @@ export class SnapshotService implements VolumeAdmin {
     const cached = this.catalogs.get(volume);
     if (cached && cached.volumeId === record.id) return cached.snapshots;
     const dir = this.registry.volumeDir(volume);
-    const snapshots = (async () => VolumeSnapshots.load(this.disk, volume, dir, await this.disk.exists(path.join(dir, cloneFileName))))();
+    const snapshots = (async () => {
+      const loaded = await VolumeSnapshots.load(this.disk, volume, dir, await this.disk.exists(path.join(dir, cloneFileName)));
+      loaded.watchCatalog(() => this.catalogChanged(volume));
+      return loaded;
+    })();
     snapshots.catch(() => this.catalogs.delete(volume));
     this.catalogs.set(volume, { volumeId: record.id, snapshots });
     return snapshots;
@@ -391,7 +400,66 @@ export class SnapshotService implements VolumeAdmin {
    * and pinned for the clone's life) read through the parent's driver (opened here, held as a session),
    * plus its trim mask rebuilt from its own TLogs.
    */
+  // ---------------------------------------------------------------- the catalog's backend copy
+
+  private catalogChanged(volume: string): void {
+    const driver = this.registry.openDriverOf(volume);
+    if (driver !== undefined) this.catalogMirrorFor(volume, driver)?.changed();
+  }
+
+  private catalogMirrorFor(volume: string, driver: VolumeDriver): CatalogMirror | undefined {
+    const backend = driver.backend;
+    if (backend?.ownerEpoch === undefined) return undefined;
+    const existing = this.catalogMirrors.get(volume);
+    if (existing?.backend.volumeId === backend.volumeId && existing.backend.ownerEpoch === backend.ownerEpoch) return existing;
+    const mirror = new CatalogMirror({ ...backend, ownerEpoch: backend.ownerEpoch }, () => this.catalogCopyOf(volume), this.logger.child({ volume }));
+    this.catalogMirrors.set(volume, mirror);
+    return mirror;
+  }
+
+  private async catalogCopyOf(volume: string): Promise<CatalogMirrorContent> {
+    const catalog = (await this.snapshotsOf(volume)).catalogJournal();
+    const clone = await this.disk.readFile(path.join(this.registry.volumeDir(volume), cloneFileName));
+    return clone === undefined ? { catalog } : { catalog, clone: clone.toString('utf8') };
+  }
+
+  /** A graceful handover: the new owner must find the catalog as it is now. A failure is logged; the TLogs remain. */
+  private async flushCatalogCopy(volume: string, driver: VolumeDriver): Promise<void> {
+    try {
+      await this.catalogMirrorFor(volume, driver)?.flush();
+    } finally {
+      this.catalogMirrors.delete(volume);
+    }
+  }
+
+  /**
+   * A volume opening here without a catalog (taken over, handed over, restored from the backend) gets the
+   * backend copy's catalog and clone origin first, before its clone underlay and snapshots load.
+   */
+  private async seedCatalogFromBackend(volume: string): Promise<void> {
+    const dir = this.registry.volumeDir(volume);
+    if (await this.disk.exists(path.join(dir, snapshotCatalogFileName))) return;
+    this.catalogs.delete(volume); // a catalog cached from an earlier ownership is stale
+    const record = await this.coordination.getVolume(volume);
+    const backend = record && this.registry.volumeBackendFor(record.id);
+    if (backend === undefined) return;
+    let copy: CatalogMirrorContent | undefined;
+    try {
+      copy = await fetchCatalogMirror(backend);
+    } catch (err) {
+      if (!isKeelError(err)) throw err;
+      this.logger.warn({ volume, err: err.message }, 'catalog copy not read from the backend: snapshots get their names from the TLogs');
+      return;
+    }
+    if (copy === undefined) return;
+    await this.disk.mkdirp(dir);
+    if (copy.clone !== undefined && !(await this.disk.exists(path.join(dir, cloneFileName)))) await this.disk.writeFileAtomic(path.join(dir, cloneFileName), Buffer.from(copy.clone));
+    await this.disk.writeFileAtomic(path.join(dir, snapshotCatalogFileName), Buffer.from(copy.catalog));
+    this.logger.info({ volume }, 'snapshot catalog restored from its backend copy');
+  }
+
   private async underlayFor(volume: string): Promise<CloneUnderlay | undefined> {
+    await this.seedCatalogFromBackend(volume);
     const origin = await this.originOf(volume);
     if (origin === undefined) return undefined;
     const parentDriver = await this.openDriver(origin.parentVolume);

@@ -13,7 +13,7 @@ import { checkWriteBufferHoldsTlog } from '../backend/backend-config.ts';
 import { volumeObjectPrefix } from './backend-object-names.ts';
 import { cloneFileName } from './clone-format.ts';
 import { deleteVolumeObjects } from './backend-volume-objects.ts';
-import type { RouterBackend } from './volume-backend.ts';
+import type { RouterBackend, VolumeBackend } from './volume-backend.ts';
 import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeHost } from './volume-service.ts';
 import type { VolumeUnderlay } from './volume-underlay.ts';
@@ -37,6 +37,11 @@ export class VolumeRegistry implements VolumeHost {
   underlaySource: ((volumeName: string) => Promise<VolumeUnderlay | undefined>) | undefined;
   /** DTL, takeover and handover (router/volume-ha.ts); undefined: plain single owner. */
   lifecycle: VolumeLifecycle | undefined;
+  /**
+   * Runs in a graceful handover once the driver is closed and before the ownership moves, while this
+   * router's epoch still holds: what else of the volume must reach the backend (its catalog copy).
+   */
+  beforeTransfer: ((volumeName: string, driver: VolumeDriver) => Promise<void>) | undefined;
   /** Volumes being handed over: opens wait for the handover, then find the new owner. */
   private readonly handingOver = new Map<string, Promise<void>>();
   /** Volumes whose driver failed here, by the epoch it failed at: not reopened here at that epoch. */
@@ -52,6 +57,16 @@ export class VolumeRegistry implements VolumeHost {
     /** The router's RAM tier of cluster data, shared by its volumes (router/cluster-ram-cache.ts). */
     private readonly ramCache?: ClusterRamCache,
   ) {}
+
+  /** The driver of a volume open here, without opening a session; undefined when it is not open. */
+  openDriverOf(volumeName: string): VolumeDriver | undefined {
+    return this.owned.get(volumeName)?.driver;
+  }
+
+  /** The router's backend with a volume's id: what reads of that volume's objects need (no epoch: no puts). */
+  volumeBackendFor(volumeId: string): VolumeBackend | undefined {
+    return this.backend === undefined ? undefined : { ...this.backend, volumeId };
+  }
 
   /** A clone made before coordination recorded `cloneOf` is known by its origin file here. */
   async localClonePin(name: string): Promise<string | undefined> {
@@ -272,6 +287,7 @@ export class VolumeRegistry implements VolumeHost {
       if (left && left.scosQueued + left.scosUploading + left.tlogsQueued > 0) {
         throw KeelError.busy(`volume '${name}': its last SCOs and TLogs did not reach the backend in time; not handed over`);
       }
+      await this.beforeTransfer?.(name, owned.driver);
       await transfer(owned.ownerEpoch);
       return { closeMs: Date.now() - startedMs };
     } finally {

@@ -14,7 +14,7 @@ import type { ClusterMask } from './cluster-mask.ts';
 import type { ParentReader } from './snapshot-target.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
 import { SnapshotCatalog } from './snapshot-catalog.ts';
-import type { CatalogEvent, CloneRef, SnapshotInfo } from './snapshot-catalog-format.ts';
+import { encodeCatalogJournal, type CatalogEvent, type CloneRef, type SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, scanSnapshotRecords, type SnapshotImage } from './snapshot-map-builder.ts';
 import { encodeTlogRecord, tlogRecordBytes, type TlogRecord } from './tlog-format.ts';
 import { VolumeDriver } from './volume-driver.ts';
@@ -72,6 +72,16 @@ export class VolumeSnapshots {
     if (maxRecordedId >= state.nextId) events.push({ e: 'nextId', value: maxRecordedId + 1 });
     if (events.length > 0) await catalog.append(events);
     return new VolumeSnapshots(disk, volumeName, dir, catalog, isClone);
+  }
+
+  /** Calls `listener` after each change of the catalog (catalog-mirror.ts keeps the backend copy). */
+  watchCatalog(listener: () => void): void {
+    this.catalog.onChange = listener;
+  }
+
+  /** The catalog as compaction writes it. */
+  catalogJournal(): string {
+    return encodeCatalogJournal(this.catalog.state);
   }
 
   get template(): boolean {

@@ -152,12 +152,22 @@ describe('high availability on a keel up cluster', () => {
     await createVolume('moving');
     const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x42 0 3M', cluster.uri('moving')]);
     expect(write.code, write.stderr).toBe(0);
+    const snapshot = await cluster.keel('snapshot', 'create', 'moving', 'before-move', '--label', 'why=upgrade');
+    expect(snapshot.code, snapshot.stderr).toBe(0);
+    expect((await cluster.keel('volume', 'resize', 'moving', '96M')).code).toBe(0); // the snapshot keeps 64M
     const owner = await cluster.ownerOf('moving');
     const target = (await cluster.routers()).find((r) => r.id !== owner.id)!;
     const moved = await cluster.keel('volume', 'move', 'moving', '--to', target.id, '--json');
     expect(moved.code, moved.stderr).toBe(0);
     figures.movePauseMs = JSON.parse(moved.stdout).pauseMs;
     expect((await cluster.ownerOf('moving')).id).toBe(target.id);
+    const expectSnapshotKept = async () => {
+      // The snapshot keeps its name, label and size on a router that never had the volume: the catalog's backend copy.
+      const listed = JSON.parse((await cluster.keel('snapshot', 'list', 'moving', '--json')).stdout);
+      expect(listed.snapshots).toMatchObject([{ name: 'before-move', labels: { why: 'upgrade' }, sizeBytes: 64 * 2 ** 20 }]);
+      expect((await run('nbdinfo', ['--size', cluster.uri('moving@before-move')])).stdout.trim()).toBe(String(64 * 2 ** 20));
+    };
+    await expectSnapshotKept();
     const drained = await cluster.keel('router', 'drain', target.id, '--json');
     expect(drained.code, drained.stderr).toBe(0);
     expect(JSON.parse(drained.stdout).moved).toContain('moving');
@@ -166,6 +176,7 @@ describe('high availability on a keel up cluster', () => {
     const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 0 3M', cluster.uri('moving')]);
     expect(read.code, read.stdout + read.stderr).toBe(0);
     expect(read.stdout).not.toMatch(/Pattern verification failed/);
+    await expectSnapshotKept();
   }, 60_000);
 });
 

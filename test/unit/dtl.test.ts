@@ -207,6 +207,8 @@ describe('fencing in backend object names', () => {
     expect(parseVolumeObjectName('v', 'vol/v/tlog/00000007')).toEqual({ kind: 'tlog', seq: 7, epoch: 0 });
     expect(parseVolumeObjectName('v', 'vol/v/epoch/00000004')).toEqual({ kind: 'epoch', seq: 4, epoch: 4 });
     expect(parseVolumeObjectName('v', 'vol/v/sco/00000001-00000002')).toBeUndefined();
+    expect(volumeObjectName('v', 'catalog', 1795417516253, 3)).toBe('vol/v/catalog/1795417516253-00000003');
+    expect(parseVolumeObjectName('v', 'vol/v/catalog/1795417516253-00000003')).toEqual({ kind: 'catalog', seq: 1795417516253, epoch: 3 });
   });
 
   it('restore ignores a late upload of a fenced owner and prefers the newer epoch', () => {
