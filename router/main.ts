@@ -5,6 +5,7 @@
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
+import { isKeelError } from '../shared/errors.ts';
 import { acquirePidLock, runsKeelCommand } from '../shared/pid-lock.ts';
 import { openCoordination } from '../shared/coordination-factory.ts';
 import type { Coordination, RouterState } from '../shared/coordination.ts';
@@ -82,18 +83,11 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   server = new RpcServer({ transport, handler, logger, routerId: options.id });
   const address = await server.listen(formatAddress(options.host, options.port));
   const startedAtMs = Date.now();
-  await coordination.registerRouter({
-    id: options.id,
-    address,
-    mgmtAddress: mgmt.address,
-    pid: process.pid,
-    startedAtMs,
-    heartbeatAtMs: startedAtMs,
-    state: 'up',
-  });
+  const register = () => coordination.registerRouter({ id: options.id, address, mgmtAddress: mgmt.address, pid: process.pid, startedAtMs, heartbeatAtMs: Date.now(), state: 'up' });
+  await register();
   logger.info({ address, mgmtAddress: mgmt.address, dataDir: options.dataDir }, 'router up');
 
-  const ticker = startHeartbeat(options.id, coordination, registry, ha, logger);
+  const ticker = startHeartbeat(options.id, coordination, registry, ha, logger, register);
   const reason = await waitForStopSignal();
   logger.info({ reason }, 'router stopping');
   snapshots.stopBackgroundScrubber();
@@ -120,13 +114,17 @@ export async function runRouter(options: RouterOptions): Promise<void> {
  * uploads (uploadDrainOnCloseMs), and the heartbeat must not stall meanwhile, or this router would look
  * dead and its other volumes be taken over.
  */
-function startHeartbeat(id: string, coordination: Coordination, registry: VolumeRegistry, ha: VolumeHa, logger: Logger): { stop(): void } {
+function startHeartbeat(id: string, coordination: Coordination, registry: VolumeRegistry, ha: VolumeHa, logger: Logger, register: () => Promise<void>): { stop(): void } {
   let beating = false; // never stack heartbeats behind a slow coordination store
   let reconciling = false;
   const heartbeat = setInterval(async () => {
     if (beating) return;
     beating = true;
-    await coordination.heartbeat(id, Date.now()).catch((err) => logger.warn({ err }, 'heartbeat failed'));
+    await coordination.heartbeat(id, Date.now()).catch(async (err: unknown) => {
+      logger.warn({ err }, 'heartbeat failed');
+      // Our record is gone (coordination lost its state): register again, or edges never find us.
+      if (isKeelError(err, 'ROUTER_NOT_FOUND')) await register().then(() => logger.warn('router registered again'), (again: unknown) => logger.warn({ err: again }, 'registering again failed'));
+    });
     beating = false;
   }, limits.heartbeatIntervalMs);
   const reconcile = setInterval(async () => {

@@ -44,6 +44,8 @@ export class VolumeRegistry implements VolumeHost {
   beforeTransfer: ((volumeName: string, driver: VolumeDriver) => Promise<void>) | undefined;
   /** Volumes being handed over: opens wait for the handover, then find the new owner. */
   private readonly handingOver = new Map<string, Promise<void>>();
+  /** Volume ids found missing from coordination without a tombstone, logged once. */
+  private readonly missingLogged = new Set<string>();
   /** Volumes whose driver failed here, by the epoch it failed at: not reopened here at that epoch. */
   private readonly failedAtEpoch = new Map<string, number>();
 
@@ -137,7 +139,7 @@ export class VolumeRegistry implements VolumeHost {
     for (const [name, owned] of openBefore) {
       if (this.owned.get(name) !== owned) continue; // closed or handed over meanwhile
       const record = records.get(name);
-      if (!record) await this.dropDeleted(name, owned);
+      if (!record) await this.dropIfDeleted(name, owned);
       else if (record.owner !== this.routerId || record.ownerEpoch !== owned.ownerEpoch) await this.dropFenced(name, owned);
       else if (record.sizeBytes !== owned.driver.sizeBytes) await this.resize(name, owned, record.sizeBytes);
     }
@@ -223,6 +225,21 @@ export class VolumeRegistry implements VolumeHost {
       'volume open',
     );
     return owned;
+  }
+
+  /**
+   * A volume missing from coordination is destroyed only when coordination holds its tombstone. A store
+   * that lost its state (a Redis restarted without persistence, a replaced coordination.json) lists no
+   * volumes at all, and taking that for deletions destroyed every volume's data, locally and in the backend.
+   */
+  private async dropIfDeleted(name: string, owned: OwnedVolume): Promise<void> {
+    if (await this.coordination.volumeDeleted(owned.volumeId)) return this.dropDeleted(name, owned);
+    if (this.missingLogged.has(owned.volumeId)) return;
+    this.missingLogged.add(owned.volumeId);
+    this.logger.error(
+      { volume: name, volumeId: owned.volumeId },
+      'volume is missing from coordination but was never deleted there: its data is kept and it is still served (did coordination lose its state?)',
+    );
   }
 
   private async dropDeleted(name: string, owned: OwnedVolume): Promise<void> {

@@ -17,6 +17,8 @@ interface CoordinationDocument {
   version: number;
   routers: Record<string, RouterRecord>;
   volumes: Record<string, VolumeRecord>;
+  /** Ids of deleted volumes, oldest first (Coordination.deleteVolume). */
+  deletedVolumeIds?: string[];
   vpool?: VpoolConfig;
 }
 
@@ -106,9 +108,14 @@ export class EmbeddedCoordination implements Coordination {
 
   async deleteVolume(name: string): Promise<void> {
     await this.update((doc) => {
-      this.volume(doc, name);
+      const { id } = this.volume(doc, name);
       delete doc.volumes[name];
+      doc.deletedVolumeIds = [...(doc.deletedVolumeIds ?? []), id].slice(-limits.volumeTombstonesMax);
     });
+  }
+
+  async volumeDeleted(volumeId: string): Promise<boolean> {
+    return ((await this.read()).deletedVolumeIds ?? []).includes(volumeId);
   }
 
   async claimVolume(name: string, owner: string, expectedEpoch: number): Promise<VolumeRecord | undefined> {

@@ -23,6 +23,8 @@ export interface RedisKeys {
   routers: string;
   /** Set of volume names. */
   volumes: string;
+  /** Sorted set of deleted volumes' ids, scored by deletion time; the newest volumeTombstonesMax are kept. */
+  deletedVolumes: string;
   /** String: the vPool configuration as JSON (never touched by a script). */
   vpool: string;
   router(id: string): string;
@@ -34,6 +36,7 @@ export function redisKeys(prefix: string): RedisKeys {
     format: `${prefix}format`,
     routers: `${prefix}routers`,
     volumes: `${prefix}volumes`,
+    deletedVolumes: `${prefix}deleted-volumes`,
     vpool: `${prefix}vpool`,
     router: (id) => `${prefix}router:${id}`,
     volume: (name) => `${prefix}volume:${name}`,
@@ -86,13 +89,20 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HSET', KEYS[1], 'sizeBytes', ARGV[1])
 return redis.call('HGETALL', KEYS[1])`,
   },
-  /** KEYS: volume hash, volume set. ARGV: name. Returns 0 when it did not exist. */
+  /**
+   * KEYS: volume hash, volume set, tombstone sorted set. ARGV: name, now (ms), tombstones kept. Returns 0
+   * when it did not exist. The tombstone (the volume's id) is what lets its owner destroy the data.
+   */
   deleteVolume: {
     name: 'keelDeleteVolume',
-    numberOfKeys: 2,
+    numberOfKeys: 3,
     lua: `
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id then return 0 end
+redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], id)
+redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[3]) + 1))
 return 1`,
   },
   /**

@@ -165,8 +165,13 @@ export class RedisCoordination implements Coordination {
   }
 
   async deleteVolume(name: string): Promise<void> {
-    const deleted = await this.script(redisScripts.deleteVolume.name, [this.keys.volume(name), this.keys.volumes], [name]);
+    const keys = [this.keys.volume(name), this.keys.volumes, this.keys.deletedVolumes];
+    const deleted = await this.script(redisScripts.deleteVolume.name, keys, [name, String(Date.now()), String(limits.volumeTombstonesMax)]);
     if (deleted === 0) throw KeelError.volumeNotFound(name);
+  }
+
+  async volumeDeleted(volumeId: string): Promise<boolean> {
+    return (await this.command('volume deleted', () => this.redis.zscore(this.keys.deletedVolumes, volumeId))) !== null;
   }
 
   async claimVolume(name: string, owner: string, expectedEpoch: number): Promise<VolumeRecord | undefined> {

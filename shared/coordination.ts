@@ -102,8 +102,13 @@ export interface Coordination {
   listVolumes(): Promise<VolumeRecord[]>;
   /** Throws VOLUME_NOT_FOUND. */
   resizeVolume(name: string, sizeBytes: number): Promise<VolumeRecord>;
-  /** Throws VOLUME_NOT_FOUND. */
+  /**
+   * Throws VOLUME_NOT_FOUND. Leaves a tombstone of the volume's id (the newest limits.volumeTombstonesMax
+   * are kept): its owner destroys the data only on seeing one, never because a record went missing.
+   */
   deleteVolume(name: string): Promise<void>;
+  /** True when the volume with this id (VolumeRecord.id) was deleted through deleteVolume. */
+  volumeDeleted(volumeId: string): Promise<boolean>;
   /**
    * Compare-and-set of the owner: succeeds only while the volume's epoch equals expectedEpoch, then
    * sets the owner and increments the epoch. Returns the new record, or undefined when the epoch moved on

@@ -164,6 +164,18 @@ export function coordinationContract(name: string, makeCoordination: MakeCoordin
         expect((await c.getVolume('kid'))?.cloneOf).toBe('base'); // an ownership change keeps it
       });
 
+      it("leaves a tombstone of a deleted volume's id, and none for a live, unknown or re-created one", async () => {
+        const first = await c.createVolume(spec('gone'), 0);
+        const live = await c.createVolume(spec('here'), 0);
+        expect(await c.volumeDeleted(first.id)).toBe(false);
+        await c.deleteVolume('gone');
+        expect(await c.volumeDeleted(first.id)).toBe(true);
+        expect(await c.volumeDeleted(live.id)).toBe(false);
+        expect(await c.volumeDeleted('no-such-id')).toBe(false);
+        const again = await c.createVolume(spec('gone'), 1); // a new id: not deleted
+        expect(await c.volumeDeleted(again.id)).toBe(false);
+      });
+
       it('stores sizes up to the volume size limit exactly', async () => {
         const huge = 2 ** 50 - 4096;
         await c.createVolume(spec('huge', { sizeBytes: huge, scoSizeBytes: 128 * MiB }), 1_700_000_000_001);

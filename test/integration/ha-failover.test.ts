@@ -10,9 +10,11 @@
  * takeover: the owner killed with SIGKILL mid-write and kept down (KEEL_NO_RESTART=1), so that its DTL
  * peer takes the volume over and replays the DTL while fio runs.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { readdirSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits } from '../../shared/limits.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
@@ -214,6 +216,25 @@ describe('keel up --redis: coordination on a real redis-server', () => {
     // Nothing was written to the embedded document: coordination lives in Redis.
     await expect(readFile(path.join(cluster.dataDir, 'coordination.json'), 'utf8')).rejects.toThrow();
   }, 90_000);
+
+  it('keeps every volume when Redis comes back empty (restarted without persistence), and its routers register again', async () => {
+    const keel = (...args: string[]) => runKeel([...args, '--data', cluster.dataDir, '--redis', redis.url]);
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6c 0 4M', '-c', 'flush', cluster.uri()]);
+    expect(write.code, write.stderr).toBe(0);
+    const fragments = async () => (await readdir(path.join(cluster.dataDir, 'asds'), { recursive: true })).length;
+    const before = await fragments();
+    const admin = new Redis(redis.url);
+    try {
+      await admin.flushall(); // what a redis-server restarted with --save '' and no AOF comes back as
+    } finally {
+      admin.disconnect();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 8000)); // several reconcile rounds: they dropped every volume before
+    expect(await fragments()).toBeGreaterThanOrEqual(before);
+    expect(JSON.parse((await keel('router', 'list', '--json')).stdout).map((r: { id: string }) => r.id)).toEqual(['r1', 'r2']);
+    const volumes = readdirSync(path.join(cluster.dataDir, 'routers'), { recursive: true }).filter((p) => String(p).endsWith(path.join('volumes', 'demo')));
+    expect(volumes.length).toBeGreaterThan(0); // the owner's write buffer is still there
+  }, 60_000);
 });
 
 describe('crash takeover: the owner is killed with SIGKILL and stays down (keel up with KEEL_NO_RESTART=1)', () => {

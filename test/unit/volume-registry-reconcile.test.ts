@@ -91,3 +91,25 @@ it('opens every other owned volume at start when one cannot be recovered, and ke
   await expect(restarted.openVolume('bad')).rejects.toMatchObject({ code: 'CORRUPT' });
   await restarted.closeAll();
 });
+
+it('keeps (and serves) a volume that vanished from coordination without a tombstone, and destroys it once deleted', async () => {
+  const embedded = await EmbeddedCoordination.open(dir);
+  await embedded.createVolume({ name: 'v', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' }, Date.now());
+  let lostState = false;
+  const coordination: Coordination = Object.assign(Object.create(embedded) as Coordination, {
+    listVolumes: async () => (lostState ? [] : embedded.listVolumes()), // a Redis restarted without persistence
+  });
+  const registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  const target = await registry.openVolume('v');
+  await target.write(0, Buffer.alloc(4096, 3), false);
+  lostState = true;
+  await registry.reconcile();
+  expect(registry.ownedNames()).toEqual(['v']);
+  expect((await target.read(0, 4096)).equals(Buffer.alloc(4096, 3))).toBe(true);
+  lostState = false;
+  await embedded.deleteVolume('v'); // `keel volume delete v`: a tombstone
+  await registry.reconcile();
+  expect(registry.ownedNames()).toEqual([]);
+  await expect(stat(registry.volumeDir('v'))).rejects.toThrow();
+  await registry.closeAll();
+});
