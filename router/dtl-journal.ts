@@ -132,6 +132,9 @@ export class DtlJournal implements WriteJournal {
       await this.publish({ dtlPeer: '', dtlInSync: false });
       return;
     }
+    // Whatever the record said (a handover leaves "in sync, no peer": nothing outstanding) is not true once
+    // this owner may acknowledge writes: until a peer holds them, a takeover must not assume it.
+    await this.publish({ dtlPeer: '', dtlInSync: false });
     await this.establishBaseline();
     this.setStatus({ state: 'finding-peer', reason: 'start' });
     this.kick();

@@ -113,9 +113,12 @@ export class VolumeHa implements VolumeLifecycle {
     }
     if (!this.hasBackend) throw this.refuse(record, 'the vPool has no backend: the volume lives only on its owner');
     const mode = volumeDtlMode(record);
-    const peer = record.dtlPeer ? routers.find((r) => r.id === record.dtlPeer) : undefined;
+    // A peer that is the owner itself holds nothing a takeover can replay (it is the router that is gone).
+    const peer = record.dtlPeer && record.dtlPeer !== record.owner ? routers.find((r) => r.id === record.dtlPeer) : undefined;
     const peerAlive = peer !== undefined && isRouterAlive(peer, Date.now(), limits.routerDeadAfterMs);
-    if (!force) {
+    // Handed over and not opened since: everything is on the backend (handOver), there is nothing to lose.
+    const nothingOutstanding = record.dtlPeer === '' && record.dtlInSync === true;
+    if (!force && !nothingOutstanding) {
       if (mode === 'none') throw this.refuse(record, 'DTL mode none: writes not yet on the backend exist only on the old owner');
       if (!record.dtlInSync) throw this.refuse(record, 'the DTL was not in sync');
       if (!peerAlive) throw this.refuse(record, `the DTL peer ${record.dtlPeer || '(none)'} is not alive`);
@@ -193,6 +196,9 @@ export class VolumeHa implements VolumeLifecycle {
       const claimed = await this.coordination.claimVolume(name, to, epoch);
       if (!claimed) throw KeelError.notOwner(name);
       ownerEpoch = claimed.ownerEpoch;
+      // Everything is on the backend: nothing for a DTL to replay. The old owner's peer (maybe `to` itself)
+      // holds nothing of the new epoch; until `to` opens the volume and publishes its own, say so.
+      await this.coordination.setVolumeDtl(name, claimed.ownerEpoch, { dtlPeer: '', dtlInSync: true }).catch(() => undefined);
     });
     const pauseMs = Date.now() - startedMs;
     this.counters.handovers += 1;

@@ -20,6 +20,7 @@ import { limits } from '../../shared/limits.ts';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
 import { run, runKeel } from '../helpers/processes.ts';
 import { startRedisServer, type TestRedisServer } from '../helpers/redis-server.ts';
+import { until } from '../helpers/until.ts';
 
 interface FioJob {
   error: number;
@@ -303,5 +304,26 @@ describe('crash takeover: the owner is killed with SIGKILL and stays down (keel 
       dtlRecordsReplayed: replays[0]!.records,
       dtlReplayMs: replays[0]!.replayMs,
     });
+  }, 90_000);
+
+  it('takes over a volume handed to its DTL peer that died before opening it (the record named the owner as its own peer)', async () => {
+    const alive = (await cluster.routers()).filter((r) => r.state === 'up');
+    expect(alive.length).toBeGreaterThanOrEqual(2);
+    const [first, second] = [alive[0]!, alive[1]!];
+    const created = await cluster.keel('volume', 'create', 'handed', '64M', '--sco-size', '4M', '--owner', first.id);
+    expect(created.code, created.stderr).toBe(0);
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x5e 0 4M', '-c', 'flush', cluster.uri('handed')]);
+    expect(write.code, write.stderr).toBe(0);
+    const info = async () => JSON.parse((await cluster.keel('volume', 'info', 'handed', '--json')).stdout) as { owner: string; dtlPeer?: string; dtlInSync?: boolean };
+    await until(async () => (await info()).dtlInSync === true, 20_000);
+    const peer = (await info()).dtlPeer!;
+    expect(peer).toBe(second.id); // the only other live router
+    expect((await cluster.keel('volume', 'move', 'handed', '--to', peer)).code).toBe(0);
+    expect(await info()).toMatchObject({ owner: peer, dtlPeer: '', dtlInSync: true }); // nothing outstanding, no stale peer
+    process.kill((await cluster.ownerOf('handed')).pid, 'SIGKILL'); // before any client opened it there
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x5e 0 4M', cluster.uri('handed')], { timeoutMs: 60_000 });
+    expect(read.code, read.stdout + read.stderr).toBe(0);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+    expect((await info()).owner).toBe(first.id);
   }, 90_000);
 });
