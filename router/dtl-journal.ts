@@ -106,6 +106,8 @@ export class DtlJournal implements WriteJournal {
   private published: { dtlPeer: string; dtlInSync: boolean } | undefined;
   private publishing: Promise<void> = Promise.resolve();
   private rollPending = false;
+  /** Since when sync mode has had no peer to stream to (undefined: streaming). */
+  private peerlessSinceMs: number | undefined;
   /** The peer refused a batch as full: not in sync until a batch goes through again. */
   private peerFull = false;
   /** Batches in a row that peers refused because their disk was full (see pauseAfterNoSpace). */
@@ -116,7 +118,7 @@ export class DtlJournal implements WriteJournal {
   private peersFull: KeelError | undefined;
   private firstInSyncDone = false;
   private readonly excluded = new Set<string>();
-  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, waitsForSpace: 0, overlappedBatches: 0, peerNoSpaceRefusals: 0 };
+  private readonly counters = { records: 0, bytes: 0, batches: 0, peerChanges: 0, resentRecords: 0, earlyRolls: 0, peerlessRolls: 0, waitsForSpace: 0, overlappedBatches: 0, peerNoSpaceRefusals: 0 };
 
   constructor(
     private readonly host: DtlJournalHost,
@@ -476,11 +478,35 @@ export class DtlJournal implements WriteJournal {
     if (this.status.state === 'closed') return;
     this.trimUploaded();
     if (this.mode !== 'none' && !this.rollPending && this.backlogBytes > limits.dtlBytesMax * limits.dtlEarlyRollFraction) {
-      this.rollPending = true;
       this.counters.earlyRolls += 1;
-      this.host.closeCurrentTlog().catch(() => undefined).finally(() => (this.rollPending = false));
+      this.roll();
+    } else if (this.peerlessRollDue(Date.now())) {
+      this.counters.peerlessRolls += 1;
+      this.roll();
     }
     this.maybePublishInSync();
+  }
+
+  private roll(): void {
+    this.rollPending = true;
+    this.host.closeCurrentTlog().catch(() => undefined).finally(() => (this.rollPending = false));
+  }
+
+  /**
+   * Sync writes wait for a peer; with none to be had (every other router gone) they would wait until the
+   * edge times them out, again and again. Every dtlPeerlessRollMs without a peer, a roll puts what waits
+   * on the backend, and trimUploaded acknowledges it there.
+   */
+  private peerlessRollDue(nowMs: number): boolean {
+    // Peers that refuse for a full disk have their own rule (dtlPeersFullWaitMaxMs: the writes fail with ENOSPC).
+    if (this.status.state === 'streaming' || this.mode !== 'sync' || this.peersFullSinceMs !== undefined) {
+      this.peerlessSinceMs = undefined;
+      return false;
+    }
+    this.peerlessSinceMs ??= nowMs;
+    if (this.rollPending || this.backlogHead === this.backlog.length || nowMs - this.peerlessSinceMs < limits.dtlPeerlessRollMs) return false;
+    this.peerlessSinceMs = nowMs; // the next roll, if still peerless, one interval later
+    return true;
   }
 
   /** Drops the backlog records whose TLog is on the backend, and tells the peer. */

@@ -277,6 +277,12 @@ export const limits = {
   dtlPeerNoSpaceBackoffMsMax: 4_000,
   /** DTL: once peers have refused for a full disk this long, sync writes fail with NO_SPACE instead of waiting for one. */
   dtlPeersFullWaitMaxMs: 3_000,
+  /**
+   * DTL sync with no peer to stream to (every other router gone): after this long, and again every this
+   * long while it lasts, the owner rolls its SCO and TLog so that the uploads make the waiting writes
+   * durable on the backend and acknowledge them, instead of writes waiting until the edge times them out.
+   */
+  dtlPeerlessRollMs: 2_000,
   /** Takeover: how long a router probes a volume's recorded owner (connect + hello) before calling it unreachable. */
   ownerProbeTimeoutMs: 1_000,
   /** Takeover: an owner whose heartbeat is younger than this is never taken over (it may be restarting its connection). */
@@ -412,6 +418,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.coordinationReconnectBackoffBaseMs > l.coordinationReconnectBackoffMaxMs)
     fail('coordinationReconnectBackoffBaseMs must not exceed coordinationReconnectBackoffMaxMs');
   if (l.dtlPeerNoSpaceBackoffMsMax < l.dtlPeerRetryMs) fail('dtlPeerNoSpaceBackoffMsMax must be at least dtlPeerRetryMs');
+  if (l.dtlPeerlessRollMs <= l.dtlTrimIntervalMs || 2 * l.dtlPeerlessRollMs >= l.wireRequestTimeoutMs)
+    fail('dtlPeerlessRollMs must exceed dtlTrimIntervalMs, and two of them (the roll, then its upload) must end before wireRequestTimeoutMs');
   if (l.dtlPeersFullWaitMaxMs + l.dtlPeerNoSpaceBackoffMsMax >= l.wireRequestTimeoutMs)
     fail('dtlPeersFullWaitMaxMs plus dtlPeerNoSpaceBackoffMsMax must end before wireRequestTimeoutMs, so writes fail with ENOSPC before the edge times them out');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');

@@ -326,4 +326,20 @@ describe('crash takeover: the owner is killed with SIGKILL and stays down (keel 
     expect(read.stdout).not.toMatch(/Pattern verification failed/);
     expect((await info()).owner).toBe(first.id);
   }, 90_000);
+
+  it('acknowledges sync writes through the backend when no router is left to be the DTL peer', async () => {
+    const up = async () => (await cluster.routers()).filter((r) => r.state === 'up');
+    await until(async () => (await up()).length === 1, 15_000); // the two tests above each killed one
+    const alive = await up();
+    const created = await cluster.keel('volume', 'create', 'alone', '64M', '--sco-size', '4M', '--dtl-mode', 'sync', '--owner', alive[0]!.id);
+    expect(created.code, created.stderr).toBe(0);
+    const startedAt = Date.now();
+    const write = await run('qemu-io', ['-f', 'raw', '-c', 'write -P 0x6a 0 1M', cluster.uri('alone')], { timeoutMs: 60_000 });
+    const writeMs = Date.now() - startedAt;
+    expect(write.stdout + write.stderr).not.toMatch(/failed/i); // it waited for an edge timeout (10 s), failed over, and gave EIO at 30 s
+    expect(writeMs).toBeLessThan(limits.wireRequestTimeoutMs);
+    crashFigures.peerlessSyncWriteMs = writeMs;
+    const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x6a 0 1M', cluster.uri('alone')]);
+    expect(read.stdout).not.toMatch(/Pattern verification failed/);
+  }, 90_000);
 });
