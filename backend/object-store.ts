@@ -690,6 +690,15 @@ export class ErasureObjectStore {
     }
   }
 
+  /**
+   * Drops the cached headers and tables of every object whose name starts with `prefix`. A router that
+   * opens a volume another router owned meanwhile must not trust them: that owner may have deleted
+   * objects (a scrub), and a cached header would turn "not found" into an unreadable stripe.
+   */
+  forgetPrefix(prefix: string): void {
+    for (const name of [...this.cache.keys()]) if (name.startsWith(prefix)) this.forget(name);
+  }
+
   private forget(name: string): void {
     const meta = this.cache.get(name);
     if (!meta) return;

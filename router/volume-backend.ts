@@ -15,6 +15,8 @@ export interface BackendObjectStore {
   readRange(name: string, offset: number, length: number, options?: ReadRangeOptions): Promise<Buffer>;
   statObject(name: string): Promise<{ sizeBytes: number }>;
   deleteObject(name: string): Promise<void>;
+  /** Forgets cached object metadata under a prefix (ErasureObjectStore.forgetPrefix); absent in test doubles. */
+  forgetPrefix?(prefix: string): void;
 }
 
 export interface RouterBackend {

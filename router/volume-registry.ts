@@ -197,6 +197,8 @@ export class VolumeRegistry implements VolumeHost {
     if (this.owned.size >= limits.volumesPerRouterMax) throw KeelError.busy(`router ${this.routerId} (volumesPerRouterMax)`);
     const startedMs = Date.now();
     if (this.backend) checkWriteBufferHoldsTlog(this.backend.writeBuffer.bytesMax, record.scoSizeBytes);
+    // Another router may have owned it since this one read its objects, and deleted some (a scrub).
+    this.backend?.store.forgetPrefix?.(volumeObjectPrefix(record.id));
     await this.lifecycle?.beforeOpen(record, this.volumeDir(record.name));
     const underlay = await this.underlaySource?.(record.name);
     const driver = await VolumeDriver.open({
