@@ -174,8 +174,9 @@ export function addSnapshotCommands(program: Command): void {
     .description('apply an export stream from stdin to a volume, then snapshot it under the stream\'s snapshot name')
     .argument('<volume>')
     .option('--data <dir>', 'cluster data directory')
-    .action(async (volume: string, options: DataOptions) => {
-      const result = await importSnapshot(await coordinationFor(options), volume, process.stdin);
+    .option('--force', 'apply an incremental stream although the volume changed since its base snapshot')
+    .action(async (volume: string, options: DataOptions & { force?: boolean }) => {
+      const result = await importSnapshot(await coordinationFor(options), volume, process.stdin, { force: options.force === true });
       console.log(`imported ${volume}@${result.snapshot}${result.fromSnapshot ? ` (incremental from ${result.fromSnapshot})` : ''}: ${result.dataClusters} data clusters, ${result.zeroClusters} zeroed`);
     });
 

@@ -71,7 +71,12 @@ export async function exportSnapshot(coordination: Coordination, volume: string,
   return stats;
 }
 
-export async function importSnapshot(coordination: Coordination, volume: string, input: Readable): Promise<TransferStats & { snapshot: string; fromSnapshot: string | undefined }> {
+export async function importSnapshot(
+  coordination: Coordination,
+  volume: string,
+  input: Readable,
+  { force = false } = {},
+): Promise<TransferStats & { snapshot: string; fromSnapshot: string | undefined }> {
   const reader = new ExactReader(input);
   const fixed = await reader.read(exportHeaderFixedBytes);
   const rest = await reader.read(exportHeaderBytes(fixed) - exportHeaderFixedBytes);
@@ -86,6 +91,7 @@ export async function importSnapshot(coordination: Coordination, volume: string,
     throw KeelError.snapshotNotFound(volume, `${header.fromSnapshot}' (the base of this incremental stream; import the full stream first`);
   }
   if (listed.snapshots.some((s) => s.name === header.toSnapshot)) throw KeelError.snapshotExists(volume, header.toSnapshot);
+  if (header.fromSnapshot !== undefined && !force) await refuseIfChangedSince(coordination, volume, header.fromSnapshot);
   const stats: TransferStats = { dataClusters: 0, zeroClusters: 0, records: 0, bytes: 0 };
   const client = await connectToOwner(coordination, volume);
   try {
@@ -131,6 +137,19 @@ async function openHandle(client: RpcClient, exportName: string): Promise<number
   const { header } = await client.request({ op: 'open', volume: exportName });
   if (typeof header.handle !== 'number') throw KeelError.protocol('open reply lacks a handle');
   return header.handle;
+}
+
+/**
+ * An incremental stream holds the changes from its base to its snapshot: applied on a volume that changed
+ * since its base, the result is neither (zfs receive refuses the same way without -F).
+ */
+async function refuseIfChangedSince(coordination: Coordination, volume: string, base: string): Promise<void> {
+  const diff = await volumeAdmin<DiffResult>(coordination, volume, { op: 'snapshot-diff', from: base });
+  if (diff.extents.length === 0) return;
+  throw KeelError.badArgument(
+    `volume '${volume}' changed since snapshot '${base}' (${diff.extents.length} extents): this incremental stream applies only to '${base}' as it was; ` +
+      `roll back first (keel snapshot rollback ${volume} ${base}), or import with --force to apply it on top`,
+  );
 }
 
 /** Reads exact byte counts from a stream (a truncated stream is CORRUPT, never a hang). */

@@ -220,6 +220,14 @@ describe('snapshots on a keel up cluster', () => {
 
     expect((await sh(`${keel} snapshot import copy ${data} < ${full}`)).stdout).toMatch(/imported copy@x1/);
     expect((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cluster.uri('demo@x1'), cluster.uri('copy')])).code).toBe(0);
+    // A target written since the base is refused (it would end neither x1 nor x2), until rolled back.
+    await qemuIo('copy', ['write -P 0x99 30M 4k']);
+    const diverged = await sh(`${keel} snapshot import copy ${data} < ${incremental}`);
+    expect(diverged.code).toBe(2);
+    expect(diverged.stderr.trim()).toBe(
+      "keel: volume 'copy' changed since snapshot 'x1' (1 extents): this incremental stream applies only to 'x1' as it was; roll back first (keel snapshot rollback copy x1), or import with --force to apply it on top",
+    );
+    await keelOk('snapshot', 'rollback', 'copy', 'x1');
     expect((await sh(`${keel} snapshot import copy ${data} < ${incremental}`)).stdout).toMatch(/incremental from x1/);
     expect((await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', cluster.uri('demo@x2'), cluster.uri('copy')])).code).toBe(0);
   }, 90_000);
