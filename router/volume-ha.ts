@@ -166,7 +166,15 @@ export class VolumeHa implements VolumeLifecycle {
     if (!record) throw KeelError.volumeNotFound(name);
     if (record.owner !== this.routerId) {
       const claimed = await this.takeOver(record, force);
-      if (!claimed) throw KeelError.notOwner(name, record.owner);
+      if (!claimed) {
+        const now = await this.coordination.getVolume(name);
+        if (now?.owner !== record.owner) throw KeelError.notOwner(name, now?.owner); // someone else claimed it meanwhile
+        // takeOver declines an owner that still heartbeats or answers: that is a move, not a takeover.
+        throw new KeelError('NOT_OWNER', `volume '${name}': its owner ${record.owner} is alive and answers; hand it over with keel volume move ${name} --to ${this.routerId}`, {
+          volume: name,
+          owner: record.owner,
+        });
+      }
     } else if (!(await this.registry.openByOperator(name))) {
       throw KeelError.notOwner(name); // taken over meanwhile
     }

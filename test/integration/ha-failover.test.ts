@@ -136,6 +136,9 @@ describe('high availability on a keel up cluster', () => {
     expect(write.code, write.stderr).toBe(0);
     const owner = await cluster.ownerOf('unsafe');
     const other = (await cluster.routers()).find((r) => r.id !== owner.id)!;
+    const alive = await cluster.keel('volume', 'takeover', 'unsafe', '--to', other.id, '--force'); // the owner answers: a move, not a takeover
+    expect(alive.code).toBe(1);
+    expect(alive.stderr.trim()).toBe(`keel: volume 'unsafe': its owner ${owner.id} is alive and answers; hand it over with keel volume move unsafe --to ${other.id}`);
     process.kill(owner.pid, 'SIGSTOP');
     try {
       await new Promise((r) => setTimeout(r, 2500)); // heartbeat older than takeoverHeartbeatAgeMinMs
