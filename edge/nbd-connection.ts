@@ -7,7 +7,7 @@
 import assert from 'node:assert';
 import type { Socket } from 'node:net';
 import type { ExportResolver, OpenBlockTarget } from '../shared/block-target.ts';
-import { isKeelError } from '../shared/errors.ts';
+import { isKeelError, type KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WritevBatch } from '../shared/writev-batch.ts';
@@ -121,6 +121,8 @@ export class NbdConnection {
   private readingPaused = false;
   private readonly replies: WritevBatch;
   private targetClosing = false;
+  /** Why the last open for negotiation failed: the client hears it in NBD_OPT_GO's error reply. */
+  private openFailure: KeelError | undefined;
   /** The export being opened for NBD_OPT_GO / NBD_OPT_EXPORT_NAME, if any. */
   private opening: Promise<unknown> | undefined;
   private resolveClosed!: () => void;
@@ -280,7 +282,7 @@ export class NbdConnection {
     }
     const target = await this.openForNegotiation(exportName);
     if (this.status !== 'handshake') return;
-    if (!target) return this.sendOptionReply(option, NBD_REP_ERR_UNKNOWN, `export '${exportName}' is not available`);
+    if (!target) return this.sendOptionReply(option, NBD_REP_ERR_UNKNOWN, unavailableMessage(exportName, this.openFailure));
     this.sendInfoReplies(option, exportName, request.infoTypes, target);
     this.enterTransmission(target, exportName);
   }
@@ -333,6 +335,7 @@ export class NbdConnection {
       } catch (err) {
         if (!isKeelError(err)) throw err;
         this.logger.warn({ err, exportName }, 'cannot open export');
+        this.openFailure = err;
         return undefined;
       }
       if (this.status === 'handshake') return target;
@@ -522,4 +525,11 @@ async function closeQuietly(target: OpenBlockTarget, logger: Logger): Promise<vo
     if (!isKeelError(err)) throw err;
     logger.warn({ err }, 'closing the export failed');
   }
+}
+
+/** NBD_OPT_GO's error text: what stopped the open (clients print it), bounded well below the spec's 4096 bytes. */
+function unavailableMessage(exportName: string, failure: KeelError | undefined): string {
+  if (failure === undefined) return `export '${exportName}' is not available`;
+  const lastError = typeof failure.details.lastError === 'string' ? ` (last: ${failure.details.lastError})` : '';
+  return `export '${exportName}' is not available: ${failure.message}${lastError}`.slice(0, 1024);
 }

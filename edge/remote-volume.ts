@@ -287,7 +287,8 @@ export class RemoteVolume implements OpenBlockTarget {
         return await this.connectToOwner(remainingMs);
       } catch (err) {
         if (!isKeelError(err)) throw err;
-        if (err.code === 'VOLUME_NOT_FOUND' || err.code === 'SNAPSHOT_NOT_FOUND' || err.code === 'VERSION_MISMATCH') throw err;
+        // Waiting will not create the volume, nor repair one its owner found corrupt.
+        if (err.code === 'VOLUME_NOT_FOUND' || err.code === 'SNAPSHOT_NOT_FOUND' || err.code === 'VERSION_MISMATCH' || err.code === 'CORRUPT') throw err;
         lastError = err;
         this.logger.debug({ attempt, code: err.code, reason: err.message }, 'owner not reachable yet');
       }

@@ -229,6 +229,20 @@ describe('a keel up cluster served to real NBD clients', () => {
     const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(work, 'image.raw'), cluster.uri('img')]);
     expect(compare.code, compare.stdout + compare.stderr).toBe(0);
   }, 120_000);
+
+  it('serves every other volume when one cannot be recovered at start, and tells the client why at once', async () => {
+    const owner = (await cluster.ownerOf('qio')).id;
+    expect(await cluster.stop()).toBe(0);
+    await writeFile(path.join(cluster.dataDir, 'routers', owner, 'volumes', 'qio', 'volume.json'), '{ torn'); // a bad disk, say
+    await cluster.startUp(); // its router crash-looped on this before, and with it every volume it owns
+    const startedAt = Date.now();
+    const refused = await run('qemu-io', ['-f', 'raw', '-c', 'read 0 4k', cluster.uri('qio')]);
+    expect(refused.code).not.toBe(0);
+    expect(refused.stderr).toMatch(/server reported: export 'qio' is not available: corrupt .*volume\.json: not JSON/);
+    expect(Date.now() - startedAt).toBeLessThan(5000); // not after the edge's 30 s search for an owner
+    const compare = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', path.join(work, 'image.raw'), cluster.uri('img')]);
+    expect(compare.code, compare.stdout + compare.stderr).toBe(0);
+  }, 120_000);
 });
 
 describe('keel up on a port that another program answers', () => {
