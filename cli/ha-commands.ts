@@ -95,6 +95,22 @@ export function addHaCommands(program: Command): void {
       for (const failure of result.failed) console.log(`  not moved: ${failure.volume}: ${failure.error}`);
       if (result.failed.length > 0) process.exitCode = 1;
     });
+
+  router
+    .command('resume')
+    .description('take a drained router back into service: it accepts volumes and DTL streams again')
+    .argument('<id>')
+    .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
+    .action(async (id: string, _options: unknown, command: Command) => {
+      const coordination = await open(command.optsWithGlobals<DataOptions>());
+      const router = (await coordination.listRouters()).find((r) => r.id === id);
+      if (!router) throw KeelError.routerNotFound(id);
+      if (!isRouterAlive(router, Date.now(), limits.routerDeadAfterMs)) throw new KeelError('NO_OWNER', `router ${id} is not running: start it, and it comes back up`);
+      if (router.state === 'up') return console.log(`router ${id} is already up`);
+      await coordination.setRouterState(id, 'up');
+      console.log(`router ${id} is up: it accepts volumes and DTL streams again`);
+    });
 }
 
 function open(options: DataOptions): Promise<Coordination> {

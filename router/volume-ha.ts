@@ -221,6 +221,7 @@ export class VolumeHa implements VolumeLifecycle {
     const targets = placeableRouters(await this.coordination.listRouters(), Date.now()).filter((r) => r.id !== this.routerId);
     if (targets.length === 0) {
       this.logger.info({ volumes: this.registry.ownedNames() }, 'no other router accepts volumes (whole cluster stopping?): nothing handed over');
+      for (const volume of this.registry.ownedNames()) failed.push({ volume, error: 'no other live router accepts volumes (all draining or down)' });
       return { moved, failed };
     }
     // Also volumes recorded as ours that no session opened here yet.

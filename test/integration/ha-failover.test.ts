@@ -179,6 +179,9 @@ describe('high availability on a keel up cluster', () => {
     expect(JSON.parse(drained.stdout).moved).toContain('moving');
     const rows = await cluster.routers();
     expect(rows.find((r) => r.id === target.id)).toMatchObject({ state: 'draining', volumes: '-' });
+    const resumed = await cluster.keel('router', 'resume', target.id); // the upgrade was called off
+    expect(resumed.stdout.trim()).toBe(`router ${target.id} is up: it accepts volumes and DTL streams again`);
+    expect((await cluster.routers()).find((r) => r.id === target.id)).toMatchObject({ state: 'up' });
     const read = await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x42 0 3M', cluster.uri('moving')]);
     expect(read.code, read.stdout + read.stderr).toBe(0);
     expect(read.stdout).not.toMatch(/Pattern verification failed/);
