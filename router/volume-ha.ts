@@ -165,6 +165,9 @@ export class VolumeHa implements VolumeLifecycle {
     const record = await this.coordination.getVolume(name);
     if (!record) throw KeelError.volumeNotFound(name);
     if (record.owner !== this.routerId) {
+      const self = (await this.coordination.listRouters()).find((r) => r.id === this.routerId);
+      // `keel volume move` refuses a draining target the same way: it is about to hand its volumes away.
+      if (self?.state === 'draining') throw KeelError.badArgument(`router ${this.routerId} is draining: take the volume over on a router that accepts volumes`);
       const claimed = await this.takeOver(record, force);
       if (!claimed) {
         const now = await this.coordination.getVolume(name);

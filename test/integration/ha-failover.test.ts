@@ -179,6 +179,8 @@ describe('high availability on a keel up cluster', () => {
     expect(JSON.parse(drained.stdout).moved).toContain('moving');
     const rows = await cluster.routers();
     expect(rows.find((r) => r.id === target.id)).toMatchObject({ state: 'draining', volumes: '-' });
+    const toDraining = await cluster.keel('volume', 'takeover', 'moving', '--to', target.id, '--force');
+    expect(toDraining.stderr.trim()).toBe(`keel: router ${target.id} is draining: take the volume over on a router that accepts volumes`);
     const resumed = await cluster.keel('router', 'resume', target.id); // the upgrade was called off
     expect(resumed.stdout.trim()).toBe(`router ${target.id} is up: it accepts volumes and DTL streams again`);
     expect((await cluster.routers()).find((r) => r.id === target.id)).toMatchObject({ state: 'up' });
