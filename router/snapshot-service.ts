@@ -14,7 +14,7 @@ import { KeelError, isKeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { parseSnapshotRef } from '../shared/snapshot-ref.ts';
-import { checkVolumeName } from '../shared/volume-name.ts';
+import { checkVolumeName, checkVolumeSize } from '../shared/volume-name.ts';
 import type { RpcResult } from '../shared/wire/rpc-server.ts';
 import { snapshotAdminOps, type RequestHeader } from '../shared/wire/wire-format.ts';
 import { CloneUnderlay, ParentSnapshotReader } from './clone-underlay.ts';
@@ -30,7 +30,6 @@ import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeRegistry } from './volume-registry.ts';
 import type { VolumeAdmin } from './volume-service.ts';
 import { checkSnapshotName, VolumeSnapshots } from './volume-snapshots.ts';
-import { checkVolumeSize } from '../shared/volume-name.ts';
 
 /** One volume in `keel tree`. */
 export interface TreeVolume {
@@ -395,11 +394,6 @@ export class SnapshotService implements VolumeAdmin {
     }
   }
 
-  /**
-   * The registry asks this before opening a volume: a clone gets its parent snapshot's image (replayed
-   * and pinned for the clone's life) read through the parent's driver (opened here, held as a session),
-   * plus its trim mask rebuilt from its own TLogs.
-   */
   // ---------------------------------------------------------------- the catalog's backend copy
 
   private catalogChanged(volume: string): void {
@@ -458,6 +452,11 @@ export class SnapshotService implements VolumeAdmin {
     this.logger.info({ volume }, 'snapshot catalog restored from its backend copy');
   }
 
+  /**
+   * The registry asks this before opening a volume: a clone gets its parent snapshot's image (replayed
+   * and pinned for the clone's life) read through the parent's driver (opened here, held as a session),
+   * plus its trim mask rebuilt from its own TLogs.
+   */
   private async underlayFor(volume: string): Promise<CloneUnderlay | undefined> {
     await this.seedCatalogFromBackend(volume);
     const origin = await this.originOf(volume);
