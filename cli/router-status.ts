@@ -35,15 +35,15 @@ export interface VolumeUsageReport {
 }
 
 export async function volumeUsage(coordination: Coordination): Promise<VolumeUsageReport> {
-  const volumes = await coordination.listVolumes();
-  const owners = new Set(volumes.map((v) => v.owner).filter((owner) => owner !== ''));
+  const ownerOf = new Map((await coordination.listVolumes()).map((v) => [v.name, v.owner]));
+  const owners = new Set([...ownerOf.values()].filter((owner) => owner !== ''));
   const routers = (await coordination.listRouters()).filter((r) => owners.has(r.id) && r.state !== 'down');
   const statuses = await Promise.all(routers.map(async (r) => ({ id: r.id, status: (await fetchRouterStatus(r.mgmtAddress, limits.volumeUsageTimeoutMs)) as StatusVolumes | undefined })));
   const usage = new Map<string, VolumeUsage>();
   const answered = new Set(statuses.filter((s) => s.status !== undefined).map((s) => s.id));
   for (const { id, status } of statuses) {
     for (const volume of status?.volumes ?? []) {
-      if (volumes.find((v) => v.name === volume.name)?.owner !== id) continue; // a stale copy on a fenced router
+      if (ownerOf.get(volume.name) !== id) continue; // a stale copy on a fenced router
       const { mappedClusters, scoCount, tlogCount } = volume.stats;
       usage.set(volume.name, { usedBytes: mappedClusters * clusterSizeBytes, scoCount, tlogCount });
     }

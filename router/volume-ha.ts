@@ -188,12 +188,13 @@ export class VolumeHa implements VolumeLifecycle {
 
   /** Graceful move of an owned volume to `target` (default: the least loaded other live router). */
   async handOver(name: string, target?: string): Promise<{ to: string; ownerEpoch: number; pauseMs: number }> {
-    const record = await this.coordination.getVolume(name);
+    const volumes = await this.coordination.listVolumes();
+    const record = volumes.find((v) => v.name === name);
     if (!record) throw KeelError.volumeNotFound(name);
-    const pin = cloneFamilyPin(record, await this.coordination.listVolumes()) ?? (await this.registry.localClonePin(name));
+    const pin = cloneFamilyPin(record, volumes) ?? (await this.registry.localClonePin(name));
     if (pin !== undefined) throw KeelError.pinned(pin, this.routerId);
     const routers = placeableRouters(await this.coordination.listRouters(), Date.now()).filter((r) => r.id !== this.routerId);
-    const to = target ?? leastLoadedRouter(routers, await this.coordination.listVolumes())?.id;
+    const to = target ?? leastLoadedRouter(routers, volumes)?.id;
     if (to === undefined) throw KeelError.noOwner(name, 0);
     if (!routers.some((r) => r.id === to)) throw KeelError.badArgument(`router ${to} is not a live router that accepts volumes`);
     if (!this.registry.ownedNames().includes(name)) {

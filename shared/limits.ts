@@ -223,8 +223,12 @@ export const limits = {
   tlogDownloadsInFlightMax: 4,
   /** Management HTTP: a request must be answered within this. */
   mgmtRequestTimeoutMs: 5_000,
-  /** Coordination keeps the ids of this many deleted volumes: an owner destroys a volume's data only on seeing its id there. */
-  volumeTombstonesMax: 100_000,
+  /**
+   * Coordination keeps the ids of this many deleted volumes: an owner destroys a volume's data only on
+   * seeing its id there. The embedded document is rewritten at every heartbeat, so the list stays small;
+   * an owner that was down for more deletions than this keeps the data of its deleted volumes (the safe side).
+   */
+  volumeTombstonesMax: 4096,
   /** `keel volume list` waits this long for an owner's usage figures before printing '-' (a hung router must not hold a listing up). */
   volumeUsageTimeoutMs: 1_000,
 
