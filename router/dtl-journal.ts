@@ -396,7 +396,10 @@ export class DtlJournal implements WriteJournal {
   }
 
   private async findPeer(): Promise<void> {
-    await this.unpublishInSync(this.status.state === 'finding-peer' ? this.status.reason : 'peer lost');
+    // Always written, even when the record already says "not in sync": the write is a compare-and-set on
+    // this owner's epoch, so an owner that was frozen through a takeover learns it is fenced here, before
+    // it opens a stream on a router that never heard of the takeover.
+    await this.unpublishInSync(this.status.state === 'finding-peer' ? this.status.reason : 'peer lost', { always: true });
     while (this.isStreamingMode()) {
       const candidate = await this.host.choosePeer(this.excluded).catch(() => undefined);
       if (candidate === undefined) {
@@ -552,9 +555,10 @@ export class DtlJournal implements WriteJournal {
     });
   }
 
-  private async unpublishInSync(reason: string): Promise<void> {
-    if (this.published !== undefined && !this.published.dtlInSync) return;
-    this.host.logger.warn({ volume: this.host.volumeName, reason }, 'DTL not in sync');
+  private async unpublishInSync(reason: string, options: { always?: boolean } = {}): Promise<void> {
+    const wasInSync = this.published === undefined || this.published.dtlInSync;
+    if (!wasInSync && options.always !== true) return;
+    if (wasInSync) this.host.logger.warn({ volume: this.host.volumeName, reason }, 'DTL not in sync');
     await this.publish({ dtlPeer: this.published?.dtlPeer ?? '', dtlInSync: false });
   }
 

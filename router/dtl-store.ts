@@ -14,9 +14,12 @@
  *
  * Fencing: `fetch` (a router taking the volume over reads the stream) seals every stream of that volume
  * and epoch, and a stream of a newer epoch fences older ones: appends to a sealed or older stream fail
- * with FENCED, so an old owner cannot acknowledge a write the new owner will never replay.
+ * with FENCED, so an old owner cannot acknowledge a write the new owner will never replay. The sealed
+ * epoch is also kept in a file (`ROUTER/dtl/<volumeId>/fenced-through`), so that the fence outlives the
+ * streams (the new owner drops them once replayed) and a restart of this router: otherwise an old owner,
+ * frozen through the takeover, could open a fresh stream at its epoch here and acknowledge writes again.
  */
-import { mkdir, readdir, readFile, rm, truncate } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { NodeDisk, type Disk, type DiskFile } from '../shared/disk.ts';
 import { KeelError } from '../shared/errors.ts';
@@ -62,6 +65,8 @@ const epochDigits = 10;
 
 export class DtlStore {
   private readonly streams = new Map<string, Stream>();
+  /** Per volume, the highest epoch a takeover sealed: no stream at or below it may open or append. */
+  private readonly fencedThrough = new Map<string, number>();
   private readonly counters = { appendedRecords: 0, appendedBytes: 0, refusedFull: 0, refusedFenced: 0, fetches: 0, segmentsReused: 0, segmentsCreated: 0 };
 
   private constructor(
@@ -156,6 +161,7 @@ export class DtlStore {
    */
   async seal(volumeId: string, epoch: number): Promise<DtlStreamInfo[]> {
     this.counters.fetches += 1;
+    await this.fenceThrough(volumeId, epoch);
     const streams = this.streamsOf(volumeId).filter((s) => s.epoch === epoch).sort((a, b) => a.streamId.localeCompare(b.streamId));
     for (const stream of streams) {
       stream.sealed = true;
@@ -191,12 +197,21 @@ export class DtlStore {
     return { payload: Buffer.concat(parts), lastSeq, more: false };
   }
 
-  /** Deletes streams of a volume: one stream, one epoch's, or (epoch undefined) all. */
+  /**
+   * Deletes streams of a volume: one stream, one epoch's, or (epoch undefined) all. Dropping a whole
+   * epoch is what a new owner does after its replay, so that epoch stays fenced here.
+   */
   async drop(volumeId: string, epoch?: number, streamId?: string): Promise<void> {
+    if (epoch !== undefined && streamId === undefined) await this.fenceThrough(volumeId, epoch);
     for (const stream of this.streamsOf(volumeId)) {
       if (epoch !== undefined && stream.epoch !== epoch) continue;
       if (streamId !== undefined && stream.streamId !== streamId) continue;
       await this.queue(stream, () => this.remove(stream)).catch(() => undefined);
+    }
+    if (epoch === undefined) {
+      // The volume is gone (its id is never reused): its fence goes too.
+      this.fencedThrough.delete(volumeId);
+      await rm(path.join(this.dir, volumeId), { recursive: true, force: true });
     }
   }
 
@@ -230,8 +245,20 @@ export class DtlStore {
   }
 
   private checkNotFenced(volumeId: string, epoch: number): void {
+    const fencedThrough = this.fencedThrough.get(volumeId);
+    if (fencedThrough !== undefined && epoch <= fencedThrough) {
+      this.counters.refusedFenced += 1;
+      throw new KeelError('FENCED', `DTL of volume ${volumeId} at epoch ${epoch} is fenced (a takeover sealed epoch ${fencedThrough})`, { volumeId, epoch });
+    }
     const newer = this.streamsOf(volumeId).find((s) => s.epoch > epoch || (s.epoch === epoch && s.sealed));
     if (newer !== undefined) throw this.fenced(newer, epoch);
+  }
+
+  private async fenceThrough(volumeId: string, epoch: number): Promise<void> {
+    if ((this.fencedThrough.get(volumeId) ?? 0) >= epoch) return;
+    this.fencedThrough.set(volumeId, epoch);
+    await mkdir(path.join(this.dir, volumeId), { recursive: true });
+    await writeFile(path.join(this.dir, volumeId, fenceFileName), `${epoch}\n`);
   }
 
   private fenced(stream: Stream, epoch = stream.epoch): KeelError {
@@ -323,6 +350,8 @@ export class DtlStore {
   /** Streams of a previous run: every segment decoded, a torn tail cut; records stay for a takeover's fetch. */
   private async load(): Promise<void> {
     for (const volumeId of await readdir(this.dir).catch(() => [] as string[])) {
+      const fence = Number.parseInt(await readFile(path.join(this.dir, volumeId, fenceFileName), 'utf8').catch(() => ''), 10);
+      if (Number.isSafeInteger(fence) && fence > 0) this.fencedThrough.set(volumeId, fence);
       for (const name of await readdir(path.join(this.dir, volumeId)).catch(() => [] as string[])) {
         const match = /^(\d+)-(.+)$/.exec(name);
         if (match === null) continue;
@@ -342,6 +371,7 @@ export class DtlStore {
 }
 
 const spareSuffix = '.spare';
+const fenceFileName = 'fenced-through';
 
 function streamKey(volumeId: string, epoch: number, streamId: string): string {
   return `${volumeId}/${epoch}/${streamId}`;

@@ -93,6 +93,8 @@ describe('DtlJournal with real peers', () => {
   let tlog: number;
   let uploaded: number;
   let published: Array<{ dtlPeer?: string; dtlInSync?: boolean }>;
+  /** A newer owner claimed the volume: coordination's compare-and-set on epoch 1 fails. */
+  let overtaken: boolean;
   let journal: DtlJournal | undefined;
 
   const startPeer = async (routerId: string, wrap: (inner: RpcHandler) => RpcHandler = (inner) => inner): Promise<Peer> => {
@@ -118,6 +120,7 @@ describe('DtlJournal with real peers', () => {
     },
     choosePeer: async (exclude) => peers.find((p) => p.alive && !exclude.has(p.routerId)),
     publish: async (state) => {
+      if (overtaken) return false;
       published.push(state);
       return true;
     },
@@ -137,6 +140,7 @@ describe('DtlJournal with real peers', () => {
     tlog = 1;
     uploaded = 0;
     published = [];
+    overtaken = false;
   });
   afterEach(async () => {
     await journal?.close();
@@ -198,6 +202,21 @@ describe('DtlJournal with real peers', () => {
     await peer.store.seal('vol-1', 1); // a takeover read the DTL
     const err = await journal.write(4096, Buffer.alloc(4096), async () => undefined).then(() => undefined, (e: unknown) => e);
     expect(isKeelError(err, 'NOT_OWNER')).toBe(true);
+  });
+
+  it('an owner overtaken while its peer is gone is fenced by coordination before it opens a stream on a router that never heard of the takeover', async () => {
+    const first = await startPeer('p1');
+    journal = new DtlJournal(host(), 'sync');
+    await journal.start(); // never in sync (the baseline TLog is not uploaded): the record already says so
+    await journal.write(0, Buffer.alloc(4096, 1), async () => undefined);
+    overtaken = true; // frozen through a takeover that sealed and dropped its stream elsewhere
+    const fresh = await startPeer('p2');
+    first.alive = false;
+    await first.server!.close();
+    first.server = undefined;
+    const err = await journal.write(4096, Buffer.alloc(4096, 2), async () => undefined).then(() => undefined, (e: unknown) => e);
+    expect(isKeelError(err, 'NOT_OWNER')).toBe(true);
+    expect(fresh.store.stats().streams).toBe(0);
   });
 
   it('async acknowledges before the peer has the write; none records nothing', async () => {

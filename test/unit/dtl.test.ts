@@ -144,6 +144,32 @@ describe('DTL store (the peer side)', () => {
     await expectCode(store.openStream('vol-c', 1, 'late'), 'FENCED');
   });
 
+  it('a sealed epoch stays fenced after its streams are dropped and after a restart of the peer', async () => {
+    // A frozen old owner that wakes after the takeover must not open a fresh stream at its epoch here
+    // (the new owner dropped the replayed streams, so there is no stream left to fence it).
+    await store.openStream('vol-g', 3, 's1');
+    await store.append('vol-g', 3, 's1', record(1, 0, Buffer.alloc(4096, 1)));
+    await store.seal('vol-g', 3);
+    await store.drop('vol-g', 3);
+    await expectCode(store.openStream('vol-g', 3, 's2'), 'FENCED');
+    await expectCode(store.append('vol-g', 3, 's1', record(2, 0, Buffer.alloc(4096))), 'FENCED');
+    await store.close();
+    store = await DtlStore.open(dir, silentLogger());
+    await expectCode(store.openStream('vol-g', 3, 's3'), 'FENCED');
+    await expectCode(store.openStream('vol-g', 2, 's3'), 'FENCED');
+    await store.openStream('vol-g', 4, 'new'); // the new owner streams here
+    await store.append('vol-g', 4, 'new', record(1, 0, Buffer.alloc(4096, 2)));
+    await store.drop('vol-g'); // the volume is deleted: its directory and fence go
+    expect(await readdir(dir)).not.toContain('vol-g');
+  });
+
+  it('dropping one stream of an epoch (a clean close) does not fence the epoch', async () => {
+    await store.openStream('vol-h', 5, 'a');
+    await store.drop('vol-h', 5, 'a');
+    await store.openStream('vol-h', 5, 'b'); // the same owner, restarted
+    expect(await store.append('vol-h', 5, 'b', record(1, 0, Buffer.alloc(4096, 1)))).toEqual({ lastSeq: 1 });
+  });
+
   it('a restarted peer loads its streams, cutting a torn tail', async () => {
     await store.openStream('vol-d', 4, 's');
     await store.append('vol-d', 4, 's', Buffer.concat([record(1, 0, Buffer.alloc(4096, 1)), record(2, 4096, Buffer.alloc(4096, 2))]));
