@@ -16,7 +16,7 @@ import { cloneFamilyPin, isRouterAlive, ownerHasFailed, volumeDtlMode, type Coor
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { silentLogger, type Logger } from '../shared/logger.ts';
-import { leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
+import { leastLoadedDtlPeer, leastLoadedRouter, placeableRouters } from '../shared/placement.ts';
 import { RpcClient } from '../shared/wire/rpc-client.ts';
 import type { Transport } from '../shared/wire/transport.ts';
 import { decodeDtlRecords } from './dtl-format.ts';
@@ -285,11 +285,10 @@ export class VolumeHa implements VolumeLifecycle {
   }
 
   private async choosePeer(exclude: ReadonlySet<string>): Promise<DtlPeerCandidate | undefined> {
-    const routers = placeableRouters(await this.coordination.listRouters(), Date.now()).filter((r) => r.id !== this.routerId && !exclude.has(r.id));
-    if (routers.length === 0) return undefined;
-    const load = new Map(routers.map((r) => [r.id, 0]));
-    for (const v of await this.coordination.listVolumes()) if (v.dtlPeer && load.has(v.dtlPeer)) load.set(v.dtlPeer, load.get(v.dtlPeer)! + 1);
-    const best = [...routers].sort((a, b) => load.get(a.id)! - load.get(b.id)! || a.id.localeCompare(b.id))[0]!;
+    const nowMs = Date.now();
+    const candidates = placeableRouters(await this.coordination.listRouters(), nowMs).filter((r) => r.id !== this.routerId && !exclude.has(r.id));
+    if (candidates.length === 0) return undefined;
+    const best = leastLoadedDtlPeer(candidates, await this.coordination.listVolumes(), nowMs)!;
     return { routerId: best.id, address: best.address };
   }
 
