@@ -319,6 +319,7 @@ export function renderTree(volumes: TreeVolume[]): string[] {
   const lines: string[] = [];
   const visit = (volume: TreeVolume, indent: string, label: string) => {
     lines.push(`${indent}${label}${volume.volume} (${formatSize(volume.sizeBytes)}${volume.template ? ', template' : ''}, router ${volume.router})`);
+    indent += ' '.repeat(label.length); // a clone's snapshots hang under its name, not under its arrow
     volume.snapshots.forEach((snapshot, index) => {
       const last = index === volume.snapshots.length - 1;
       const labels = Object.keys(snapshot.labels).length > 0 ? ` [${formatLabels(snapshot.labels)}]` : '';
