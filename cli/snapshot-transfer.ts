@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import type { Readable, Writable } from 'node:stream';
 import type { Coordination } from '../shared/coordination.ts';
 import { KeelError } from '../shared/errors.ts';
+import { formatSize } from '../shared/sizes.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import {
   decodeExportHeader,
@@ -84,7 +85,12 @@ export async function importSnapshot(
   const record = await coordination.getVolume(volume);
   if (!record) throw KeelError.volumeNotFound(volume);
   if (record.sizeBytes < header.volumeSizeBytes) {
-    throw KeelError.badArgument(`volume '${volume}' (${record.sizeBytes} bytes) is smaller than the stream's ${header.volumeSizeBytes} bytes: resize it first`);
+    // The volume is the wrong size, not the command malformed: exit 1 (2 is for malformed arguments).
+    throw new KeelError(
+      'OUT_OF_RANGE',
+      `volume '${volume}' (${formatSize(record.sizeBytes)}) is smaller than the stream's volume (${formatSize(header.volumeSizeBytes)}): resize it first (keel volume resize ${volume} ${header.volumeSizeBytes})`,
+      { volume, sizeBytes: record.sizeBytes, streamSizeBytes: header.volumeSizeBytes },
+    );
   }
   const listed = await volumeAdmin<{ snapshots: Array<{ name: string }> }>(coordination, volume, { op: 'snapshot-list' });
   if (header.fromSnapshot !== undefined && !listed.snapshots.some((s) => s.name === header.fromSnapshot)) {
@@ -146,9 +152,11 @@ async function openHandle(client: RpcClient, exportName: string): Promise<number
 async function refuseIfChangedSince(coordination: Coordination, volume: string, base: string): Promise<void> {
   const diff = await volumeAdmin<DiffResult>(coordination, volume, { op: 'snapshot-diff', from: base });
   if (diff.extents.length === 0) return;
-  throw KeelError.badArgument(
+  throw new KeelError(
+    'DIVERGED',
     `volume '${volume}' changed since snapshot '${base}' (${diff.extents.length} extents): this incremental stream applies only to '${base}' as it was; ` +
       `roll back first (keel snapshot rollback ${volume} ${base}), or import with --force to apply it on top`,
+    { volume, base, extents: diff.extents.length },
   );
 }
 

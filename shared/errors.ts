@@ -28,6 +28,7 @@ export type KeelErrorCode =
   | 'SNAPSHOT_NOT_FOUND'
   | 'SNAPSHOT_EXISTS'
   | 'HAS_DEPENDENTS' // a snapshot or volume that clones depend on
+  | 'DIVERGED' // the target of an incremental import changed since the stream's base snapshot
   | 'FENCED' // a newer owner epoch exists: the sender is an old owner and must stop
   | 'TAKEOVER_REFUSED' // taking the volume over would lose acknowledged writes (docs/high-availability.md)
   | 'PINNED' // the volume may not change router: a clone and its parent share one (docs/snapshots.md, "Clones")
