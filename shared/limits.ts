@@ -343,6 +343,12 @@ export const limits = {
   scrubUploadWaitMs: 30_000,
   /** Clusters per extent in an export stream (docs/export-stream.md). */
   exportExtentClustersMax: 256,
+
+  /**
+   * Logs: bytes of log lines a process holds while its log output (stderr) does not take them, a full
+   * disk say; lines beyond are dropped and counted (shared/logger.ts).
+   */
+  logBufferBytesMax: 4 * 1024 * 1024,
 } as const;
 
 export type Limits = typeof limits;
