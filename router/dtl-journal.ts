@@ -43,7 +43,7 @@ export interface DtlJournalHost {
   /** A live router other than this one, preferring the least loaded, not in `exclude`. */
   choosePeer(exclude: ReadonlySet<string>): Promise<DtlPeerCandidate | undefined>;
   /** Records the DTL state in coordination at our epoch; false when the epoch moved (we are fenced). */
-  publish(state: { dtlPeer?: string; dtlInSync?: boolean }): Promise<boolean>;
+  publish(state: { dtlPeer?: string; dtlInSync?: boolean; dtlStream?: string }): Promise<boolean>;
   /** Called once, when the journal first holds everything not on the backend (e.g. to drop a replayed DTL). */
   onFirstInSync?: () => void;
 }
@@ -547,7 +547,7 @@ export class DtlJournal implements WriteJournal {
     if (!this.inSync || this.peer === undefined) return;
     const peer = this.peer.routerId;
     if (this.published?.dtlInSync && this.published.dtlPeer === peer) return;
-    void this.publish({ dtlPeer: peer, dtlInSync: true }).then(() => {
+    void this.publish({ dtlPeer: peer, dtlInSync: true, dtlStream: this.streamId }).then(() => {
       if (!this.firstInSyncDone && this.published?.dtlInSync) {
         this.firstInSyncDone = true;
         this.host.onFirstInSync?.();
@@ -562,7 +562,7 @@ export class DtlJournal implements WriteJournal {
     await this.publish({ dtlPeer: this.published?.dtlPeer ?? '', dtlInSync: false });
   }
 
-  private publish(state: { dtlPeer: string; dtlInSync: boolean }): Promise<void> {
+  private publish(state: { dtlPeer: string; dtlInSync: boolean; dtlStream?: string }): Promise<void> {
     this.publishing = this.publishing.then(async () => {
       if (this.status.state === 'fenced' || this.status.state === 'closed') return;
       try {

@@ -67,7 +67,7 @@ export class DtlStore {
   private readonly streams = new Map<string, Stream>();
   /** Per volume, the highest epoch a takeover sealed: no stream at or below it may open or append. */
   private readonly fencedThrough = new Map<string, number>();
-  private readonly counters = { appendedRecords: 0, appendedBytes: 0, refusedFull: 0, refusedFenced: 0, fetches: 0, segmentsReused: 0, segmentsCreated: 0 };
+  private readonly counters = { appendedRecords: 0, appendedBytes: 0, refusedFull: 0, refusedFenced: 0, fetches: 0, segmentsReused: 0, segmentsCreated: 0, earlierRunsDropped: 0 };
 
   private constructor(
     private readonly dir: string,
@@ -137,9 +137,16 @@ export class DtlStore {
     });
   }
 
-  /** Forgets records up to throughSeq (they reached the backend): deletes the segments they fill. */
+  /**
+   * Forgets records up to throughSeq (they reached the backend): deletes the segments they fill. The first
+   * trim of a stream also drops the older streams of its epoch: the owner's earlier runs (it restarted at the
+   * same epoch). An owner trims a record only once the TLogs up to it are on the backend, and those include
+   * everything its start found locally, which is what the earlier runs' streams protected. Kept, they would
+   * be replayed by a takeover on top of newer data and roll acknowledged writes back.
+   */
   async trim(volumeId: string, epoch: number, streamId: string, throughSeq: number): Promise<void> {
     const stream = this.stream(volumeId, epoch, streamId);
+    await this.dropEarlierRuns(stream);
     return this.queue(stream, async () => {
       stream.trimmedThrough = Math.max(stream.trimmedThrough, throughSeq);
       while (stream.segments.length > 0 && stream.segments[0]!.lastSeq <= stream.trimmedThrough && stream.segments[0]!.lastSeq > 0) {
@@ -238,6 +245,15 @@ export class DtlStore {
       throw KeelError.badArgument(`no DTL stream ${streamId} of volume ${volumeId} at epoch ${epoch} here`, { volumeId, epoch, streamId });
     }
     return stream;
+  }
+
+  private async dropEarlierRuns(stream: Stream): Promise<void> {
+    for (const earlier of this.streamsOf(stream.volumeId)) {
+      if (earlier.epoch !== stream.epoch || earlier.streamId >= stream.streamId || earlier.sealed) continue;
+      this.counters.earlierRunsDropped += 1;
+      this.logger.info({ volumeId: stream.volumeId, epoch: stream.epoch, streamId: earlier.streamId, by: stream.streamId }, 'DTL stream of an earlier run of the owner dropped: its records are on the backend');
+      await this.queue(earlier, () => this.remove(earlier)).catch(() => undefined);
+    }
   }
 
   private streamsOf(volumeId: string): Stream[] {

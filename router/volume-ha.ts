@@ -33,7 +33,8 @@ import type { VolumeRegistry } from './volume-registry.ts';
  */
 interface EpochFile {
   epoch: number;
-  replay?: { peer: string; oldEpoch: number };
+  /** fromStream: the old epoch's last in-sync stream (VolumeRecord.dtlStream); older streams are not replayed. */
+  replay?: { peer: string; oldEpoch: number; fromStream?: string };
 }
 
 export class VolumeHa implements VolumeLifecycle {
@@ -57,7 +58,8 @@ export class VolumeHa implements VolumeLifecycle {
     if ((stored !== undefined && stored.epoch !== record.ownerEpoch) || stored?.replay !== undefined) {
       // Our copy is from an older ownership (or a takeover's replay did not finish): the backend (+ DTL) is the truth.
       await VolumeDriver.destroy(dir);
-      this.logger.info({ volume: record.name, localEpoch: stored?.epoch, ownerEpoch: record.ownerEpoch }, 'local copy of an older epoch dropped');
+      const why = stored?.epoch === record.ownerEpoch ? 'local copy dropped: the takeover restores it from the backend and the DTL' : 'local copy of an older epoch dropped';
+      this.logger.info({ volume: record.name, localEpoch: stored?.epoch, ownerEpoch: record.ownerEpoch }, why);
     }
   }
 
@@ -67,7 +69,7 @@ export class VolumeHa implements VolumeLifecycle {
     const replay = stored?.epoch === record.ownerEpoch ? stored.replay : undefined;
     const peer = replay ? (await this.coordination.listRouters()).find((r) => r.id === replay.peer) : undefined;
     if (replay && !peer) throw KeelError.noOwner(record.name, 0); // the DTL peer vanished from coordination: cannot replay
-    const streams = replay && peer ? await this.replayDtl(record, driver, peer, replay.oldEpoch) : [];
+    const streams = replay && peer ? await this.replayDtl(record, driver, peer, replay.oldEpoch, replay.fromStream) : [];
     await writeEpochFile(dir, { epoch: record.ownerEpoch });
     if (!this.hasBackend) return;
     const journal = new DtlJournal(
@@ -125,9 +127,10 @@ export class VolumeHa implements VolumeLifecycle {
     }
     const claimed = await this.coordination.claimVolume(record.name, this.routerId, record.ownerEpoch);
     if (!claimed) return undefined;
-    await this.coordination.setVolumeDtl(record.name, claimed.ownerEpoch, { dtlPeer: '', dtlInSync: false }).catch(() => undefined);
+    await this.coordination.setVolumeDtl(record.name, claimed.ownerEpoch, { dtlPeer: '', dtlInSync: false, dtlStream: '' }).catch(() => undefined);
     const dir = this.registry.volumeDir(record.name);
-    await writeEpochFile(dir, { epoch: claimed.ownerEpoch, ...(peerAlive ? { replay: { peer: peer.id, oldEpoch: record.ownerEpoch } } : {}) });
+    const replay = peerAlive ? { peer: peer.id, oldEpoch: record.ownerEpoch, ...(record.dtlStream ? { fromStream: record.dtlStream } : {}) } : undefined;
+    await writeEpochFile(dir, { epoch: claimed.ownerEpoch, ...(replay ? { replay } : {}) });
     if (!peerAlive) await VolumeDriver.destroy(dir); // forced without a DTL: the backend alone is the truth
     this.counters.takeovers += 1;
     this.logger.warn(
@@ -210,7 +213,7 @@ export class VolumeHa implements VolumeLifecycle {
       ownerEpoch = claimed.ownerEpoch;
       // Everything is on the backend: nothing for a DTL to replay. The old owner's peer (maybe `to` itself)
       // holds nothing of the new epoch; until `to` opens the volume and publishes its own, say so.
-      await this.coordination.setVolumeDtl(name, claimed.ownerEpoch, { dtlPeer: '', dtlInSync: true }).catch(() => undefined);
+      await this.coordination.setVolumeDtl(name, claimed.ownerEpoch, { dtlPeer: '', dtlInSync: true, dtlStream: '' }).catch(() => undefined);
     });
     const pauseMs = Date.now() - startedMs;
     this.counters.handovers += 1;
@@ -292,14 +295,22 @@ export class VolumeHa implements VolumeLifecycle {
     return { routerId: best.id, address: best.address };
   }
 
-  /** Seals the old owner's DTL streams on `peer`, and applies their records to the driver in order. */
-  private async replayDtl(record: VolumeRecord, driver: VolumeDriver, peer: RouterRecord, oldEpoch: number): Promise<DtlStreamInfo[]> {
+  /**
+   * Seals the old owner's DTL streams on `peer`, and applies their records to the driver in order. Streams
+   * older than `fromStream` (the old owner's last run that was in sync) are obsolete: their writes were on
+   * the backend before that run got in sync, and replaying them over newer data would roll writes back.
+   */
+  private async replayDtl(record: VolumeRecord, driver: VolumeDriver, peer: RouterRecord, oldEpoch: number, fromStream?: string): Promise<DtlStreamInfo[]> {
     const startedMs = Date.now();
     const client = await RpcClient.connect(peer.address, { transport: this.transport, logger: this.logger, role: 'router', requestTimeoutMs: limits.dtlRequestTimeoutMs * 10 });
     let records = 0;
     try {
       const sealed = await client.request({ op: 'dtl-fetch', volumeId: record.id, epoch: oldEpoch });
-      const streams = JSON.parse(sealed.payload.toString('utf8')) as DtlStreamInfo[];
+      const sealedStreams = JSON.parse(sealed.payload.toString('utf8')) as DtlStreamInfo[];
+      const streams = sealedStreams.filter((s) => fromStream === undefined || s.streamId >= fromStream);
+      if (streams.length < sealedStreams.length) {
+        this.logger.warn({ volume: record.name, oldEpoch, skipped: sealedStreams.length - streams.length, fromStream }, 'DTL streams of earlier runs of the old owner not replayed: obsolete');
+      }
       for (const stream of streams) {
         let afterSeq = 0;
         for (;;) {
@@ -316,7 +327,7 @@ export class VolumeHa implements VolumeLifecycle {
       await driver.flush();
       this.counters.replayedRecords += records;
       this.logger.warn({ volume: record.name, dtlPeer: peer.id, oldEpoch, streams: streams.length, records, replayMs: Date.now() - startedMs }, 'DTL replayed');
-      return streams;
+      return sealedStreams; // all of them: once the replay is on the backend, the new owner drops the epoch
     } finally {
       client.close();
     }

@@ -135,6 +135,7 @@ export class EmbeddedCoordination implements Coordination {
       if (state.dtlMode !== undefined) record.dtlMode = state.dtlMode;
       if (state.dtlPeer !== undefined) record.dtlPeer = state.dtlPeer;
       if (state.dtlInSync !== undefined) record.dtlInSync = state.dtlInSync;
+      if (state.dtlStream !== undefined) record.dtlStream = state.dtlStream;
       if (state.ownerFailedEpoch !== undefined) record.ownerFailedEpoch = state.ownerFailedEpoch;
       return true;
     });

@@ -172,6 +172,7 @@ export function volumeDtlFields(state: VolumeDtlState): string[] {
   if (state.dtlMode !== undefined) fields.push('dtlMode', state.dtlMode);
   if (state.dtlPeer !== undefined) fields.push('dtlPeer', state.dtlPeer);
   if (state.dtlInSync !== undefined) fields.push('dtlInSync', state.dtlInSync ? '1' : '0');
+  if (state.dtlStream !== undefined) fields.push('dtlStream', state.dtlStream);
   if (state.ownerFailedEpoch !== undefined) fields.push('ownerFailedEpoch', String(state.ownerFailedEpoch));
   return fields;
 }
@@ -258,6 +259,8 @@ export function decodeVolume(key: string, fields: Record<string, string>): Volum
     if (dtlInSync !== '0' && dtlInSync !== '1') throw KeelError.corrupt(`coordination record ${key}`, { field: 'dtlInSync', reason: dtlInSync });
     record.dtlInSync = dtlInSync === '1';
   }
+  const dtlStream = reader.optionalString('dtlStream');
+  if (dtlStream !== undefined) record.dtlStream = dtlStream;
   if (fields.ownerFailedEpoch !== undefined) record.ownerFailedEpoch = reader.integer('ownerFailedEpoch');
   const cloneOf = reader.optionalString('cloneOf');
   if (cloneOf !== undefined) record.cloneOf = cloneOf;

@@ -20,6 +20,12 @@ export interface VolumeDtlState {
   /** True while every acknowledged write not yet on the backend is held by dtlPeer. */
   dtlInSync?: boolean;
   /**
+   * The DTL stream of the owner's latest run (at ownerEpoch) that was in sync. Streams of that epoch
+   * older than it are obsolete (their writes were on the backend when it got in sync): a takeover
+   * replays none of them. '' or absent: no run of this epoch has been in sync yet.
+   */
+  dtlStream?: string;
+  /**
    * The owner epoch at which the owner's volume driver failed (an I/O error on its disk), 0 or absent: it
    * has not. While it equals ownerEpoch, another router may take the volume over although the owner is
    * alive (docs/high-availability.md, "A volume whose disk fails"); any new epoch leaves it stale.
@@ -54,6 +60,8 @@ export interface VolumeRecord {
   dtlMode?: DtlMode;
   dtlPeer?: string;
   dtlInSync?: boolean;
+  /** See VolumeDtlState.dtlStream. */
+  dtlStream?: string;
   /** See VolumeDtlState.ownerFailedEpoch. */
   ownerFailedEpoch?: number;
   /**

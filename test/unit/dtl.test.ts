@@ -163,6 +163,20 @@ describe('DTL store (the peer side)', () => {
     expect(await readdir(dir)).not.toContain('vol-g');
   });
 
+  it("the first trim of an owner's new run drops the streams its earlier runs left at that epoch, so a takeover cannot replay them over newer data", async () => {
+    await store.openStream('vol-i', 1, '0001');
+    await store.append('vol-i', 1, '0001', record(1, 0, Buffer.alloc(4096, 0xa))); // the run that crashed
+    await store.openStream('vol-i', 1, '0002'); // the owner restarted at the same epoch
+    await store.append('vol-i', 1, '0002', Buffer.concat([record(1, 0, Buffer.alloc(4096, 0xb)), record(2, 4096, Buffer.alloc(4096, 0xc))]));
+    expect(store.stats().streams).toBe(2); // before any trim of the new run, both are needed
+    await store.trim('vol-i', 1, '0002', 1); // record 1 of the new run is on the backend: so is all the old run had
+    expect(store.stats().earlierRunsDropped).toBe(1);
+    const [current, ...rest] = await store.seal('vol-i', 1);
+    expect(rest).toEqual([]);
+    expect(current).toMatchObject({ streamId: '0002', lastSeq: 2 });
+    expect(decodeDtlRecords((await store.read('vol-i', 1, '0002', 0)).payload).records.map((r) => r.seq)).toEqual([2]);
+  });
+
   it('dropping one stream of an epoch (a clean close) does not fence the epoch', async () => {
     await store.openStream('vol-h', 5, 'a');
     await store.drop('vol-h', 5, 'a');
