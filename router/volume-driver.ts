@@ -234,8 +234,13 @@ export class VolumeDriver implements OpenBlockTarget {
       reader === undefined
         ? undefined
         : (sco: number) =>
-            reader.table(sco).catch((err: unknown) => {
+            reader.table(sco).catch((err: unknown): undefined | 'unreadable' => {
               if (isKeelError(err, 'OBJECT_NOT_FOUND')) return undefined;
+              // Lost beyond repair (or damaged): the volume opens, and only this SCO's clusters fail reads.
+              if (isKeelError(err, 'IO') || isKeelError(err, 'CORRUPT') || isKeelError(err, 'CHECKSUM_MISMATCH')) {
+                logger.error({ dir: options.dir, sco, err: (err as Error).message }, 'SCO unreadable in the backend: its clusters will fail reads (keel backend verify; keel backend repair)');
+                return 'unreadable';
+              }
               throw err;
             });
     const deletedScos = await loadScrubbedScos(disk, options.dir);

@@ -31,7 +31,7 @@ export interface RecoveryOptions {
    * The crc table of a sealed SCO that is not on local disk (evicted from the write buffer, or a volume
    * restored from the backend): fetched from its backend copy. Without it such a SCO is missing.
    */
-  remoteTable?: (sco: number) => Promise<Uint32Array | undefined>;
+  remoteTable?: (sco: number) => Promise<Uint32Array | undefined | 'unreadable'>;
   /**
    * SCOs the scrubber deleted (scrubbed-scos.json): nothing live maps into them, so WRITE records that
    * point there are replayed without a checksum check; later records overwrite them.
@@ -68,6 +68,12 @@ export async function listSeqs(disk: Disk, dir: string, parse: (name: string) =>
 interface ScoChecksums {
   table: Uint32Array;
   sealed: boolean;
+  /**
+   * The SCO is in the backend but cannot be read there (more than m fragments lost or damaged): its
+   * records are taken as the TLogs say, without a check. Its clusters then fail reads with EIO, as they
+   * do on an open volume, instead of the whole volume failing to open.
+   */
+  unreadable?: boolean;
 }
 const notCached = Symbol('notCached');
 
@@ -81,7 +87,8 @@ class ScoChecksumSource {
     private readonly disk: Disk,
     private readonly scoDir: string,
     private readonly clustersPerSco: number,
-    private readonly remoteTable?: (sco: number) => Promise<Uint32Array | undefined>,
+    private readonly remoteTable?: (sco: number) => Promise<Uint32Array | undefined | 'unreadable'>,
+    private readonly deletedScos?: ReadonlySet<number>,
   ) {}
 
   cached(sco: number): ScoChecksums | undefined | typeof notCached {
@@ -100,9 +107,12 @@ class ScoChecksumSource {
       } finally {
         await file.close();
       }
-    } else if (this.remoteTable !== undefined) {
+    } else if (this.remoteTable !== undefined && this.deletedScos?.has(sco) !== true) {
+      // A SCO the scrubber deleted is not fetched: a crash in the middle of its deletion can leave some of
+      // its fragments behind, and reading those fails; nothing live maps there anyway.
       const table = await this.remoteTable(sco);
-      entry = table === undefined ? undefined : { table, sealed: true };
+      if (table === 'unreadable') entry = { table: new Uint32Array(0), sealed: true, unreadable: true };
+      else entry = table === undefined ? undefined : { table, sealed: true };
     }
     if (this.tables.size >= ScoChecksumSource.tablesMax) this.tables.delete(this.tables.keys().next().value!);
     this.tables.set(sco, entry);
@@ -115,7 +125,7 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
   const tlogSeqs = await listSeqs(disk, tlogDir, parseTlogFileName);
   const scoSeqs = await listSeqs(disk, scoDir, parseScoFileName);
   const map = new LbaMap();
-  const checksums = new ScoChecksumSource(disk, scoDir, options.clustersPerSco, options.remoteTable);
+  const checksums = new ScoChecksumSource(disk, scoDir, options.clustersPerSco, options.remoteTable, options.deletedScos);
   const scoClosedIn = new Map<number, number>();
   /** Highest kept slot + 1 per SCO, and SCOs whose SCO_CLOSED record was seen. */
   const keptClusters = new Map<number, number>();
@@ -140,6 +150,7 @@ export async function recoverVolume(options: RecoveryOptions): Promise<Recovered
     const isLast = tlogSeq === lastSeq;
     const applyWrite = (record: WriteRecord, index: number, source: ScoChecksums | undefined): boolean => {
       const matches =
+        source?.unreadable === true ||
         (source !== undefined && record.slot < source.table.length && source.table[record.slot] === record.dataCrc) ||
         (source === undefined && options.deletedScos?.has(record.sco) === true);
       if (!matches) {

@@ -219,6 +219,20 @@ describe('upload ordering', () => {
     expect((await restored.read(0, scoSizeBytes)).equals(pattern(42))).toBe(true);
   });
 
+  it('restores a volume one of whose SCOs lost more than m fragments: it opens, and only that SCO fails reads', async () => {
+    const driver = await openDriver(await backendFor(64 * scoSizeBytes, 'cache'));
+    for (let seq = 1; seq <= 6; seq++) await driver.write((seq - 1) * scoSizeBytes, pattern(seq), false);
+    await driver.close();
+    await rm(path.join(work, 'volume'), { recursive: true });
+    for (const index of [0, 1]) for (const asd of asds) await asd.delete(fragmentKey(scoName(3), index)).catch(() => undefined); // k = 2: beyond repair
+
+    const restored = await openDriver(await backendFor(64 * scoSizeBytes, 'cache-2'));
+    for (const seq of [1, 2, 4, 5, 6]) expect((await restored.read((seq - 1) * scoSizeBytes, scoSizeBytes)).equals(pattern(seq))).toBe(true);
+    await expect(restored.read(2 * scoSizeBytes, 4096)).rejects.toMatchObject({ code: 'IO' });
+    await restored.write(2 * scoSizeBytes, pattern(33).subarray(0, 4096), true); // an overwrite heals the cluster
+    expect((await restored.read(2 * scoSizeBytes, 4096)).equals(pattern(33).subarray(0, 4096))).toBe(true);
+  });
+
   it('retries uploads while the backend fails, without losing or evicting anything', async () => {
     const backend = await backendFor(64 * scoSizeBytes, 'cache');
     for (const asd of asds) asd.setFaults({ fail: ['put'] });

@@ -5,7 +5,7 @@
  * that a volume whose SCOs were scrubbed still recovers after a restart; and how the rewrite phase reads
  * (few requests per SCO) and orders (by LBA) the clusters it moves.
  */
-import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -257,6 +257,36 @@ describe('dead SCOs with a backend', () => {
     }
   });
 });
+
+describe('a scrub that crashed while deleting a SCO from the backend', () => {
+  it('leaves fragments behind that a restore from the backend does not read: the volume opens with its data', async () => {
+    const { caches } = await useBackend(1024);
+    try {
+      const { driver } = await harness.create('v');
+      await fillSco('v', 0xa1); // SCO 1: garbage once overwritten
+      await fillSco('v', 0xb1);
+      const tlog = await driver.closeCurrentTlog();
+      await until(() => (driver.tlogsUploadedThrough ?? 0) >= tlog);
+      const fragmentsOfSco1 = async () => (await listFiles(root)).filter((file) => file.includes('asd-') && file.includes('id-v') && /sco.00000001/.test(file));
+      const kept = (await fragmentsOfSco1())[0]!;
+      const keptBytes = await readFile(kept);
+      expect((await harness.scrub('v')).scosDeleted).toBe(1);
+      expect(await fragmentsOfSco1()).toEqual([]);
+      await writeFile(kept, keptBytes); // as if the crash came before this fragment's delete
+      await harness.closeAll();
+      await rm(harness.dir('v'), { recursive: true }); // a new owner: restored from the backend
+      await harness.restart(true);
+      expect((await harness.get('v').driver.read(0, scoClusters * cluster)).every((b) => b === 0xb1)).toBe(true);
+    } finally {
+      await harness.closeAll();
+      for (const cache of caches) await cache.close();
+    }
+  });
+});
+
+async function listFiles(dir: string): Promise<string[]> {
+  return (await readdir(dir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+}
 
 describe('scrubbing SCOs that live only on the backend', () => {
   it('reads each mostly-garbage SCO with one request, rewrites its live clusters in LBA order, and keeps the data', async () => {
