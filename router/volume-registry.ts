@@ -2,7 +2,7 @@
  * The volumes this router owns, each with one VolumeDriver (single writer). Implements the VolumeHost the
  * wire service calls; `reconcile` follows coordination (resize, delete, a change of owner).
  */
-import { access } from 'node:fs/promises';
+import { access, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { OpenBlockTarget } from '../shared/block-target.ts';
 import { ownerHasFailed, type Coordination, type VolumeRecord } from '../shared/coordination.ts';
@@ -82,6 +82,7 @@ export class VolumeRegistry implements VolumeHost {
 
   async openVolume(volumeName: string): Promise<OpenBlockTarget> {
     await this.handingOver.get(volumeName);
+    await this.dropIfReplaced(volumeName);
     const owned = this.owned.get(volumeName) ?? (await this.claimAndOpen(volumeName));
     owned.sessions += 1;
     return owned.driver;
@@ -139,7 +140,7 @@ export class VolumeRegistry implements VolumeHost {
     for (const [name, owned] of openBefore) {
       if (this.owned.get(name) !== owned) continue; // closed or handed over meanwhile
       const record = records.get(name);
-      if (!record) await this.dropIfDeleted(name, owned);
+      if (!record || record.id !== owned.volumeId) await this.dropIfDeleted(name, owned);
       else if (record.owner !== this.routerId || record.ownerEpoch !== owned.ownerEpoch) await this.dropFenced(name, owned);
       else if (record.sizeBytes !== owned.driver.sizeBytes) await this.resize(name, owned, record.sizeBytes);
     }
@@ -199,6 +200,7 @@ export class VolumeRegistry implements VolumeHost {
     if (this.backend) checkWriteBufferHoldsTlog(this.backend.writeBuffer.bytesMax, record.scoSizeBytes);
     // Another router may have owned it since this one read its objects, and deleted some (a scrub).
     this.backend?.store.forgetPrefix?.(volumeObjectPrefix(record.id));
+    await this.claimDirectory(record);
     await this.lifecycle?.beforeOpen(record, this.volumeDir(record.name));
     const underlay = await this.underlaySource?.(record.name);
     const driver = await VolumeDriver.open({
@@ -236,6 +238,16 @@ export class VolumeRegistry implements VolumeHost {
    */
   private async dropIfDeleted(name: string, owned: OwnedVolume): Promise<void> {
     if (await this.coordination.volumeDeleted(owned.volumeId)) return this.dropDeleted(name, owned);
+    const record = await this.coordination.getVolume(name);
+    if (record !== undefined && record.id !== owned.volumeId) {
+      // The name now belongs to a new volume (coordination lost the old one): stop serving the old data
+      // under it. The next open moves the old directory aside (claimDirectory); nothing is destroyed.
+      this.owned.delete(name);
+      await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing replaced volume failed'));
+      await this.lifecycle?.closed(name);
+      this.logger.error({ volume: name, volumeId: owned.volumeId, newVolumeId: record.id }, 'volume name now names another volume, and the old one was never deleted: closed here, its data kept');
+      return;
+    }
     if (this.missingLogged.has(owned.volumeId)) return;
     this.missingLogged.add(owned.volumeId);
     this.logger.error(
@@ -248,7 +260,11 @@ export class VolumeRegistry implements VolumeHost {
     this.owned.delete(name);
     await owned.driver.close().catch((err) => this.logger.error({ err, volume: name }, 'closing deleted volume failed'));
     await this.lifecycle?.closed(name);
-    await VolumeDriver.destroy(this.volumeDir(name));
+    // The directory is the deleted volume's unless a new volume of the same name opened there meanwhile.
+    if (((await this.directoryOwner(name)) ?? owned.volumeId) === owned.volumeId) {
+      await VolumeDriver.destroy(this.volumeDir(name));
+      await rm(`${this.volumeDir(name)}.id`, { force: true });
+    }
     this.logger.info({ volume: name }, 'volume deleted, local data removed');
     const backend = this.backend;
     if (backend) {
@@ -313,6 +329,50 @@ export class VolumeRegistry implements VolumeHost {
       this.handingOver.delete(name);
       done();
     }
+  }
+
+  /**
+   * A volume open here under a name that coordination now gives to another volume (deleted and created
+   * again within a reconcile, or coordination lost the old one) is closed before the name is opened.
+   */
+  private async dropIfReplaced(name: string): Promise<void> {
+    const owned = this.owned.get(name);
+    if (owned === undefined) return;
+    const record = await this.coordination.getVolume(name);
+    if (record !== undefined && record.id !== owned.volumeId && this.owned.get(name) === owned) await this.dropIfDeleted(name, owned);
+  }
+
+  /**
+   * The volume directory is named after the volume, and a name can be reused: `NAME.id` says whose data
+   * is in it. Another volume's directory is destroyed when that volume was deleted (its tombstone), and
+   * otherwise moved aside to `volumes/.kept/<id>`, never taken: a re-created name served the deleted
+   * volume's data, and lost its own writes at the next takeover.
+   */
+  private async claimDirectory(record: VolumeRecord): Promise<void> {
+    const dir = this.volumeDir(record.name);
+    const previous = await this.directoryOwner(record.name);
+    if (previous !== undefined && previous !== record.id) {
+      if (await this.coordination.volumeDeleted(previous)) {
+        await VolumeDriver.destroy(dir);
+        this.logger.info({ volume: record.name, volumeId: record.id, previousVolumeId: previous }, 'local data of a deleted volume of the same name removed');
+      } else {
+        const kept = path.join(this.routerDir, 'volumes', '.kept', previous);
+        await mkdir(path.dirname(kept), { recursive: true });
+        await rename(dir, kept).catch((err: NodeJS.ErrnoException) => {
+          if (err.code !== 'ENOENT') throw err;
+        });
+        this.logger.error({ volume: record.name, volumeId: record.id, previousVolumeId: previous, keptIn: kept }, 'local data of another volume of the same name, never deleted, moved aside');
+      }
+      await rm(`${dir}.epoch`, { force: true }); // the other volume's epoch file
+    }
+    await mkdir(path.dirname(dir), { recursive: true });
+    await writeFile(`${dir}.id`, `${record.id}\n`);
+  }
+
+  /** Whose data the volume directory of `name` holds (VolumeRecord.id), or undefined when unrecorded. */
+  private async directoryOwner(name: string): Promise<string | undefined> {
+    const text = await readFile(`${this.volumeDir(name)}.id`, 'utf8').catch(() => undefined);
+    return text === undefined ? undefined : text.trim();
   }
 
   /** Names of the volumes open here. */

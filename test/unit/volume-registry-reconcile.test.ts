@@ -113,3 +113,40 @@ it('keeps (and serves) a volume that vanished from coordination without a tombst
   await expect(stat(registry.volumeDir('v'))).rejects.toThrow();
   await registry.closeAll();
 });
+
+it('a volume deleted and created again under its name at once starts empty, and keeps its own writes across a reconcile and a restart', async () => {
+  const coordination = await EmbeddedCoordination.open(dir);
+  const spec = { name: 'v', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' };
+  await coordination.createVolume(spec, Date.now());
+  let registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  await (await registry.openVolume('v')).write(0, Buffer.alloc(4096, 1), true);
+  await coordination.deleteVolume('v');
+  await coordination.createVolume(spec, Date.now()); // within the owner's reconcile period
+  const fresh = await registry.openVolume('v');
+  expect((await fresh.read(0, 4096)).equals(Buffer.alloc(4096))).toBe(true); // not the deleted volume's data
+  await fresh.write(4096, Buffer.alloc(4096, 2), true);
+  await registry.reconcile(); // the deleted volume's tombstone must not destroy the new one
+  expect(registry.ownedNames()).toEqual(['v']);
+  await registry.closeAll();
+  registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  const reopened = await registry.openVolume('v');
+  expect((await reopened.read(0, 8192)).equals(Buffer.concat([Buffer.alloc(4096), Buffer.alloc(4096, 2)]))).toBe(true);
+  await registry.closeAll();
+});
+
+it('a name that coordination gives to a new volume, the old one never deleted (coordination lost it): the old data is moved aside, not served and not destroyed', async () => {
+  const lost = await EmbeddedCoordination.open(path.join(dir, 'before'));
+  const spec = { name: 'v', sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' };
+  const old = await lost.createVolume(spec, Date.now());
+  let registry = new VolumeRegistry('r1', path.join(dir, 'r1'), lost, silentLogger());
+  await (await registry.openVolume('v')).write(0, Buffer.alloc(4096, 7), true);
+  await registry.closeAll();
+  const fresh = await EmbeddedCoordination.open(path.join(dir, 'after')); // the state is gone; `keel up` creates 'v' again
+  await fresh.createVolume(spec, Date.now());
+  registry = new VolumeRegistry('r1', path.join(dir, 'r1'), fresh, silentLogger());
+  const target = await registry.openVolume('v');
+  expect((await target.read(0, 4096)).equals(Buffer.alloc(4096))).toBe(true);
+  await registry.closeAll();
+  const kept = path.join(dir, 'r1', 'volumes', '.kept', old.id);
+  expect((await stat(path.join(kept, 'volume.json'))).isFile()).toBe(true);
+});
