@@ -15,12 +15,13 @@ import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { silentLogger } from '../shared/logger.ts';
 import { loadBackendConfig } from './backend-loader.ts';
-import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 import { fetchRouterStatus } from './router-status.ts';
 
 interface CommonOptions {
   data?: string;
+  redis?: string;
   json?: boolean;
 }
 
@@ -34,24 +35,27 @@ export function addBackendCommands(program: Command): void {
     .command('status')
     .description('per-ASD reachability, fragments stored, and the live counters of every router')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
     .option('--json', 'machine-readable output')
     .action(async (options: CommonOptions) => backendStatus(options));
   backend
     .command('verify [volume]')
     .description('check every fragment of every object of a volume (or of all volumes)')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
     .option('--json', 'machine-readable output')
     .action(async (volume: string | undefined, options: CommonOptions) => backendVerify(volume, options));
   backend
     .command('repair [volume]')
     .description('rewrite lost or corrupt fragments of a volume (or of all volumes)')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
     .option('--json', 'machine-readable output')
     .action(async (volume: string | undefined, options: CommonOptions) => backendRepair(volume, options));
 }
 
 async function openBackend(options: CommonOptions): Promise<{ coordination: Coordination; backend: VpoolBackend; description: Record<string, unknown> }> {
-  const coordination = await openCoordination(resolveDataDir(options.data));
+  const coordination = await openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
   const { openVpoolBackend, describeBackend } = await loadBackendConfig();
   const backend = openVpoolBackend(await coordination.getVpool(), silentLogger());
   return { coordination, backend, description: describeBackend(backend.config) };

@@ -11,18 +11,19 @@ import type { ScrubProgressEvent, ScrubReport } from '../router/scrubber.ts';
 import type { SnapshotInfo } from '../router/snapshot-catalog-format.ts';
 import type { TreeVolume } from '../router/snapshot-service.ts';
 import type { ChangedExtent } from '../router/volume-snapshots.ts';
-import { openCoordination, resolveDataDir } from './data-dir.ts';
+import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts';
 import { printJson, printTable } from './output.ts';
 import { everyRouterAdmin, volumeAdmin } from './router-admin.ts';
 import { exportSnapshot, importSnapshot } from './snapshot-transfer.ts';
 
 interface DataOptions {
   data?: string;
+  redis?: string;
   json?: boolean;
 }
 
 async function coordinationFor(options: DataOptions): Promise<Coordination> {
-  return openCoordination(resolveDataDir(options.data));
+  return openCoordination(resolveDataDir(options.data), resolveRedisUrl(options.redis));
 }
 
 /** `key=value` arguments; `key=` removes a label. */
@@ -51,6 +52,7 @@ export function addSnapshotCommands(program: Command): void {
     .option('--label <key=value...>', 'labels')
     .option('--pipelined', 'return before the snapshot is fsynced: crash-consistent either way, durable across a power loss from the next FLUSH (for snapshots every few ms)')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (volume: string, name: string | undefined, options: DataOptions & { label?: string[]; pipelined?: boolean }) => {
       const info = await volumeAdmin<SnapshotInfo>(await coordinationFor(options), volume, {
@@ -68,6 +70,7 @@ export function addSnapshotCommands(program: Command): void {
     .description("list a volume's snapshots, oldest first")
     .argument('<volume>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (volume: string, options: DataOptions) => {
       const listed = await volumeAdmin<{ template: boolean; snapshots: SnapshotInfo[]; clones: Array<{ clone: string; snapshotId: number }> }>(
@@ -95,6 +98,7 @@ export function addSnapshotCommands(program: Command): void {
     .argument('<volume>')
     .argument('<snapshot>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (volume: string, name: string, options: DataOptions) => {
       await volumeAdmin(await coordinationFor(options), volume, { op: 'snapshot-delete', snapshot: name });
       console.log(`deleted snapshot '${volume}@${name}'`);
@@ -107,6 +111,7 @@ export function addSnapshotCommands(program: Command): void {
     .argument('<snapshot>')
     .argument('<labels...>', 'key=value pairs')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (volume: string, name: string, pairs: string[], options: DataOptions) => {
       const info = await volumeAdmin<SnapshotInfo>(await coordinationFor(options), volume, { op: 'snapshot-label', snapshot: name, labels: parseLabels(pairs) });
       console.log(`${volume}@${info.name}: ${formatLabels(info.labels)}`);
@@ -118,6 +123,7 @@ export function addSnapshotCommands(program: Command): void {
     .argument('<volume>')
     .argument('<snapshot>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (volume: string, name: string, options: DataOptions) => {
       const result = await volumeAdmin<{ deleted: string[]; changedClusters: number }>(await coordinationFor(options), volume, {
@@ -135,6 +141,7 @@ export function addSnapshotCommands(program: Command): void {
     .argument('<source>', 'VOL@SNAP, or a template volume')
     .argument('<clone>', 'name of the new volume')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (source: string, clone: string, options: DataOptions) => createClone(source, clone, options));
 
   snapshot
@@ -144,6 +151,7 @@ export function addSnapshotCommands(program: Command): void {
     .argument('<from>')
     .argument('<to>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (volume: string, from: string, to: string, options: DataOptions) => {
       const diff = await volumeAdmin<{ sizeBytes: number; extents: ChangedExtent[] }>(await coordinationFor(options), volume, {
@@ -163,6 +171,7 @@ export function addSnapshotCommands(program: Command): void {
     .argument('<snapshot>')
     .option('--from <base>', 'base snapshot: an incremental stream')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (volume: string, name: string, options: DataOptions & { from?: string }) => {
       if (process.stdout.isTTY) throw KeelError.badArgument('refusing to write an export stream to a terminal: redirect stdout');
       const stats = await exportSnapshot(await coordinationFor(options), volume, name, options.from, process.stdout);
@@ -174,6 +183,7 @@ export function addSnapshotCommands(program: Command): void {
     .description('apply an export stream from stdin to a volume, then snapshot it under the stream\'s snapshot name')
     .argument('<volume>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--force', 'apply an incremental stream although the volume changed since its base snapshot')
     .action(async (volume: string, options: DataOptions & { force?: boolean }) => {
       const result = await importSnapshot(await coordinationFor(options), volume, process.stdin, { force: options.force === true });
@@ -187,6 +197,7 @@ export function addSnapshotCommands(program: Command): void {
       .description('make a volume a read-only template (snapshotted); clone it with `keel volume clone`')
       .argument('<name>')
       .option('--data <dir>', 'cluster data directory')
+      .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
       .action(async (name: string, options: DataOptions) => {
         const result = await volumeAdmin<{ snapshot: string }>(await coordinationFor(options), name, { op: 'volume-template' });
         console.log(`volume '${name}' is now a read-only template (snapshot '${result.snapshot}')`);
@@ -197,6 +208,7 @@ export function addSnapshotCommands(program: Command): void {
       .argument('<source>', 'VOL@SNAP, or a template volume')
       .argument('<clone>')
       .option('--data <dir>', 'cluster data directory')
+      .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
       .action(async (source: string, clone: string, options: DataOptions) => createClone(source, clone, options));
   }
 
@@ -204,6 +216,7 @@ export function addSnapshotCommands(program: Command): void {
     .command('tree')
     .description('volumes, their snapshots and the clones made from them (Parallax VDI tree)')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (options: DataOptions) => {
       const volumes = (await everyRouterAdmin<TreeVolume[]>(await coordinationFor(options), { op: 'volume-tree' })).flat();
@@ -216,6 +229,7 @@ export function addSnapshotCommands(program: Command): void {
     .description("reclaim space: delete SCOs nothing references, rewrite mostly-garbage ones; prints bytes before and after")
     .argument('<volume>')
     .option('--data <dir>', 'cluster data directory')
+    .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--clusters-per-second <n>', 'copy at most this many 4 KiB clusters a second (default: the router\'s pace)')
     .option('--defrag', 'also rewrite fragmented 1 MiB LBA extents in order, for faster sequential reads (up to 1 GiB per run)')
     .option('--json', 'print JSON (progress still goes to stderr)')

@@ -243,6 +243,12 @@ describe('keel up --redis: coordination on a real redis-server', () => {
     expect(write.code, write.stderr).toBe(0);
     const info = JSON.parse((await keel('volume', 'info', 'demo', '--json')).stdout);
     expect(info).toMatchObject({ dtlInSync: true });
+    // Every command that reads the cluster takes --redis: snapshots and the backend too.
+    expect((await keel('snapshot', 'create', 'demo', 'r1')).code).toBe(0);
+    expect((await keel('snapshot', 'list', 'demo')).stdout).toMatch(/^r1 /m);
+    const status = await keel('backend', 'status', '--json');
+    expect(status.code, status.stderr).toBe(0);
+    expect(JSON.parse(status.stdout).objects).toBeGreaterThanOrEqual(0);
     const other = info.owner === 'r1' ? 'r2' : 'r1';
     expect((await keel('volume', 'move', 'demo', '--to', other)).code).toBe(0);
     const owner = JSON.parse((await keel('router', 'list', '--json')).stdout).find((r: { id: string }) => r.id === other);
