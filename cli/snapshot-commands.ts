@@ -15,6 +15,7 @@ import { openCoordination, resolveDataDir, resolveRedisUrl } from './data-dir.ts
 import { printJson, printTable } from './output.ts';
 import { everyRouterAdmin, volumeAdmin } from './router-admin.ts';
 import { exportSnapshot, importSnapshot } from './snapshot-transfer.ts';
+import { checkSnapshotName } from '../shared/volume-name.ts';
 
 interface DataOptions {
   data?: string;
@@ -55,9 +56,11 @@ export function addSnapshotCommands(program: Command): void {
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
     .action(async (volume: string, name: string | undefined, options: DataOptions & { label?: string[]; pipelined?: boolean }) => {
+      // '' is a mistake (an unset shell variable, say), not a request for the default name.
+      if (name !== undefined) checkSnapshotName(name);
       const info = await volumeAdmin<SnapshotInfo>(await coordinationFor(options), volume, {
         op: 'snapshot-create',
-        ...(name ? { name } : {}),
+        ...(name !== undefined ? { name } : {}),
         labels: parseLabels(options.label ?? []),
         ...(options.pipelined ? { durable: false } : {}),
       });
@@ -96,7 +99,7 @@ export function addSnapshotCommands(program: Command): void {
     .command('delete')
     .description('delete a snapshot (refused while clones depend on it); `keel scrub` then frees its data')
     .argument('<volume>')
-    .argument('<snapshot>')
+    .argument('<snapshot>', 'snapshot name', checkSnapshotName)
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .action(async (volume: string, name: string, options: DataOptions) => {
@@ -108,7 +111,7 @@ export function addSnapshotCommands(program: Command): void {
     .command('label')
     .description('set labels on a snapshot (key= removes a label)')
     .argument('<volume>')
-    .argument('<snapshot>')
+    .argument('<snapshot>', 'snapshot name', checkSnapshotName)
     .argument('<labels...>', 'key=value pairs')
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
@@ -121,7 +124,7 @@ export function addSnapshotCommands(program: Command): void {
     .command('rollback')
     .description('make a volume equal to one of its snapshots; DELETES every newer snapshot (like zfs rollback -r). Disconnect NBD clients first')
     .argument('<volume>')
-    .argument('<snapshot>')
+    .argument('<snapshot>', 'snapshot name', checkSnapshotName)
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
@@ -148,8 +151,8 @@ export function addSnapshotCommands(program: Command): void {
     .command('diff')
     .description('list the extents that changed between two snapshots (FROM "-" = an empty volume)')
     .argument('<volume>')
-    .argument('<from>')
-    .argument('<to>')
+    .argument('<from>', 'older snapshot', checkSnapshotName)
+    .argument('<to>', 'newer snapshot', checkSnapshotName)
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')
     .option('--json', 'print JSON')
@@ -168,7 +171,7 @@ export function addSnapshotCommands(program: Command): void {
     .command('export')
     .description('write a snapshot (or with --from, the changes since another snapshot) as an export stream to stdout')
     .argument('<volume>')
-    .argument('<snapshot>')
+    .argument('<snapshot>', 'snapshot name', checkSnapshotName)
     .option('--from <base>', 'base snapshot: an incremental stream')
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL)')

@@ -29,7 +29,8 @@ import { SnapshotTarget } from './snapshot-target.ts';
 import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeRegistry } from './volume-registry.ts';
 import type { VolumeAdmin } from './volume-service.ts';
-import { checkSnapshotName, VolumeSnapshots } from './volume-snapshots.ts';
+import { checkSnapshotName } from '../shared/volume-name.ts';
+import { VolumeSnapshots } from './volume-snapshots.ts';
 
 /** One volume in `keel tree`. */
 export interface TreeVolume {

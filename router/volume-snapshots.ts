@@ -10,6 +10,7 @@ import { crc32c } from '../shared/checksum.ts';
 import { KeelError } from '../shared/errors.ts';
 import { clusterSizeBytes, limits } from '../shared/limits.ts';
 import { LruMap } from '../shared/lru-map.ts';
+import { checkSnapshotName } from '../shared/volume-name.ts';
 import type { ClusterMask } from './cluster-mask.ts';
 import type { ParentReader } from './snapshot-target.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
@@ -25,17 +26,6 @@ export interface ChangedExtent {
   count: number;
   /** False: the clusters read as zeros at the newer point (unmapped). */
   mapped: boolean;
-}
-
-const snapshotNamePattern = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
-
-export function checkSnapshotName(name: string): string {
-  if (name.length === 0 || name.length > limits.snapshotNameLengthMax || !snapshotNamePattern.test(name)) {
-    throw KeelError.badArgument(
-      `'${name}' is not a valid snapshot name: use 1-${limits.snapshotNameLengthMax} letters, digits, '.', '_', ':' or '-', starting with a letter or digit`,
-    );
-  }
-  return name;
 }
 
 export class VolumeSnapshots {

@@ -16,6 +16,19 @@ export function checkVolumeName(name: string): string {
   return name;
 }
 
+/** Snapshot names: as volume names, plus ':' (timestamps); `VOL@SNAP` keeps '@' out of both. */
+const snapshotNamePattern = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/;
+
+export function checkSnapshotName(name: string): string {
+  if (name.length === 0 || name.length > limits.snapshotNameLengthMax || !snapshotNamePattern.test(name)) {
+    const shown = name.length > 80 ? `${name.slice(0, 80)}…' (${name.length} characters)` : `${name}'`;
+    throw KeelError.badArgument(
+      `'${shown} is not a valid snapshot name: use 1-${limits.snapshotNameLengthMax} letters, digits, '.', '_', ':' or '-', starting with a letter or digit`,
+    );
+  }
+  return name;
+}
+
 /** Router ids name directories under the data directory and appear in coordination keys: the same rule as volume names. */
 export function checkRouterId(id: string): string {
   if (id.length === 0 || id.length > limits.volumeNameLengthMax || !volumeNamePattern.test(id)) {

@@ -47,6 +47,15 @@ describe('keel CLI: volumes and bad arguments', () => {
     expect(badSize.stderr).not.toContain('    at '); // no stack traces for operating errors
   });
 
+  it('refuses an empty or overlong snapshot name before asking any router', async () => {
+    const empty = await keel('snapshot', 'create', 'vm1', '');
+    expect(empty.code).toBe(2);
+    expect(empty.stderr.trim()).toBe("keel: '' is not a valid snapshot name: use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit");
+    const long = await keel('snapshot', 'delete', 'vm1', 'x'.repeat(20_000));
+    expect(long.code).toBe(2);
+    expect(long.stderr.trim()).toBe(`keel: '${'x'.repeat(80)}…' (20000 characters) is not a valid snapshot name: use 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or digit`);
+  });
+
   it('reports unknown volumes, guards shrinking, resizes and deletes', async () => {
     const unknown = await keel('volume', 'info', 'nope');
     expect(unknown.code).toBe(1);
