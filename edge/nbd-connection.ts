@@ -213,6 +213,7 @@ export class NbdConnection {
           this.clientFlags = parseClientFlags(raw, SERVER_HANDSHAKE_FLAGS);
           continue;
         }
+        if (this.socket.writableLength > limits.nbdHandshakeReplyBytesMax) await this.waitForClientToRead();
         const option = takeOption(this.incoming, this.settings.optionBytesMax);
         if (!option) break;
         await this.handleOption(option);
@@ -224,6 +225,21 @@ export class NbdConnection {
       this.handshakeBusy = false;
     }
     if (this.status === 'transmission') this.pumpRequests();
+  }
+
+  /** Stops reading the client's options until it has read our replies (or is gone). */
+  private async waitForClientToRead(): Promise<void> {
+    this.socket.pause();
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+    if (this.status === 'handshake') this.socket.resume();
   }
 
   private async handleOption({ option, data }: ClientOption): Promise<void> {

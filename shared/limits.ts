@@ -16,6 +16,11 @@ export const limits = {
   nbdRequestsInFlightMax: 256,
   /** NBD: client connections served by one edge at once. */
   nbdConnectionsMax: 1024,
+  /**
+   * NBD: option replies queued for a client during the handshake before the edge stops reading its
+   * options until the client reads (a client that sends options and never reads grew the edge by GBs).
+   */
+  nbdHandshakeReplyBytesMax: 1024 * 1024,
   /** NBD: how long a client may take to finish the handshake. */
   nbdHandshakeTimeoutMs: 30_000,
   /** NBD: payload bytes (write data + read data) of one connection's requests in flight before it stops reading. */
