@@ -49,6 +49,8 @@ interface Stream {
   spares: string[];
   nextSpareId: number;
   sealed: boolean;
+  /** Its first trim dropped the earlier runs' streams of its epoch (see trim). */
+  earlierRunsDropped: boolean;
   /** Appends, trims and drops of one stream run one after another, in arrival order. */
   chain: Promise<unknown>;
 }
@@ -248,6 +250,8 @@ export class DtlStore {
   }
 
   private async dropEarlierRuns(stream: Stream): Promise<void> {
+    if (stream.earlierRunsDropped) return;
+    stream.earlierRunsDropped = true;
     for (const earlier of this.streamsOf(stream.volumeId)) {
       if (earlier.epoch !== stream.epoch || earlier.streamId >= stream.streamId || earlier.sealed) continue;
       this.counters.earlierRunsDropped += 1;
@@ -408,6 +412,7 @@ function newStream(volumeId: string, epoch: number, streamId: string, dir: strin
     spares: [],
     nextSpareId: 0,
     sealed: false,
+    earlierRunsDropped: false,
     chain: Promise.resolve(),
   };
 }

@@ -140,7 +140,7 @@ export class VolumeRegistry implements VolumeHost {
     for (const [name, owned] of openBefore) {
       if (this.owned.get(name) !== owned) continue; // closed or handed over meanwhile
       const record = records.get(name);
-      if (!record || record.id !== owned.volumeId) await this.dropIfDeleted(name, owned);
+      if (!record || record.id !== owned.volumeId) await this.dropIfDeleted(name, owned, record);
       else if (record.owner !== this.routerId || record.ownerEpoch !== owned.ownerEpoch) await this.dropFenced(name, owned);
       else if (record.sizeBytes !== owned.driver.sizeBytes) await this.resize(name, owned, record.sizeBytes);
     }
@@ -236,9 +236,8 @@ export class VolumeRegistry implements VolumeHost {
    * that lost its state (a Redis restarted without persistence, a replaced coordination.json) lists no
    * volumes at all, and taking that for deletions destroyed every volume's data, locally and in the backend.
    */
-  private async dropIfDeleted(name: string, owned: OwnedVolume): Promise<void> {
+  private async dropIfDeleted(name: string, owned: OwnedVolume, record: VolumeRecord | undefined): Promise<void> {
     if (await this.coordination.volumeDeleted(owned.volumeId)) return this.dropDeleted(name, owned);
-    const record = await this.coordination.getVolume(name);
     if (record !== undefined && record.id !== owned.volumeId) {
       // The name now belongs to a new volume (coordination lost the old one): stop serving the old data
       // under it. The next open moves the old directory aside (claimDirectory); nothing is destroyed.
@@ -339,7 +338,7 @@ export class VolumeRegistry implements VolumeHost {
     const owned = this.owned.get(name);
     if (owned === undefined) return;
     const record = await this.coordination.getVolume(name);
-    if (record !== undefined && record.id !== owned.volumeId && this.owned.get(name) === owned) await this.dropIfDeleted(name, owned);
+    if (record !== undefined && record.id !== owned.volumeId && this.owned.get(name) === owned) await this.dropIfDeleted(name, owned, record);
   }
 
   /**

@@ -1,5 +1,5 @@
-import { pino, transport, type Logger } from 'pino';
 import { createRequire } from 'node:module';
+import { pino, transport, type Logger } from 'pino';
 import type { SonicBoom as SonicBoomStream, SonicBoomOpts } from 'sonic-boom';
 import { limits } from './limits.ts';
 
@@ -38,7 +38,6 @@ export const logDrops = { lines: 0, writeErrors: 0 };
  */
 function resilientStderr(): SonicBoomStream {
   const stream = new SonicBoom({ fd: 2, sync: false, maxLength: limits.logBufferBytesMax });
-
   stream.on('error', () => {
     logDrops.writeErrors += 1;
   });
