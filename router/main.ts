@@ -69,7 +69,6 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   registry.lifecycle = ha;
   const dtl = await DtlStore.open(path.join(routerDir, 'dtl'), logger.child({ component: 'dtl' }));
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
-  await registry.openOwnedVolumes();
   const replyBuffers = new BufferPool();
   let server: RpcServer | undefined; // listens below, once the mgmt server is up
   const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), ramCache: ramCache.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), wireGatherBuffers: server?.gatherPoolStats(), dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
@@ -88,6 +87,8 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   logger.info({ address, mgmtAddress: mgmt.address, dataDir: options.dataDir }, 'router up');
 
   const ticker = startHeartbeat(options.id, coordination, registry, ha, logger, register);
+  // After listening and heartbeating: see openOwnedVolumes. A programmer error in it still crashes the process.
+  void registry.openOwnedVolumes().then((opened) => logger.info(opened, 'owned volumes opened'));
   const reason = await waitForStopSignal();
   logger.info({ reason }, 'router stopping');
   snapshots.stopBackgroundScrubber();
@@ -175,6 +176,7 @@ function routerStatus(id: string, registry: VolumeRegistry, backend: RouterBacke
     routerId: id,
     pid: process.pid,
     volumes: registry.list(),
+    volumesOpening: registry.openingNames(),
     ...(backend && vpoolBackend
       ? {
           backend: {

@@ -48,6 +48,8 @@ export class VolumeRegistry implements VolumeHost {
   private readonly missingLogged = new Set<string>();
   /** Volumes whose driver failed here, by the epoch it failed at: not reopened here at that epoch. */
   private readonly failedAtEpoch = new Map<string, number>();
+  /** Set by closeAll: the router is stopping. */
+  private closing = false;
 
   constructor(
     private readonly routerId: string,
@@ -94,21 +96,44 @@ export class VolumeRegistry implements VolumeHost {
   }
 
   /**
-   * Opens (and so recovers) every volume coordination says we own: a restart serves them at once. A
-   * volume whose driver failed here before the restart is ours again once it opens.
+   * Opens (and so recovers) every volume coordination says we own: a restart serves them without waiting
+   * for a client. A volume whose driver failed here before the restart is ours again once it opens. Runs
+   * once the router listens and heartbeats, volumesOpeningAtStartMax at a time: one volume whose recovery
+   * waits on a slow backend must neither keep the others from being served nor make this router look
+   * dead (a router that opened every volume before listening took 245 s to answer with S3 stalled).
+   * A client's open of a volume still opening here shares its recovery (ensureOpen).
    */
-  async openOwnedVolumes(): Promise<void> {
-    for (const record of await this.coordination.listVolumes()) {
-      if (record.owner !== this.routerId) continue;
-      try {
-        await this.openAndClearFailure(record);
-      } catch (err) {
-        // One volume that cannot be recovered now (its backend unreachable, a corrupt TLog) must not keep
-        // the router, and every other volume it owns, from starting: its clients' opens retry it and get its error.
-        if (!isKeelError(err)) throw err;
-        this.logger.error({ volume: record.name, code: err.code, err: err.message }, 'volume could not be opened at start: it stays closed, and each open tries again');
+  async openOwnedVolumes(): Promise<{ opened: number; failed: number; elapsedMs: number }> {
+    const startedMs = Date.now();
+    const records = (await this.coordination.listVolumes()).filter((record) => record.owner === this.routerId);
+    let next = 0;
+    let failed = 0;
+    const worker = async (): Promise<void> => {
+      while (next < records.length && !this.closing) {
+        const record = records[next++]!;
+        if (!(await this.openAtStart(record))) failed++;
       }
+    };
+    await Promise.all(Array.from({ length: Math.min(limits.volumesOpeningAtStartMax, records.length) }, worker));
+    return { opened: records.length - failed, failed, elapsedMs: Date.now() - startedMs };
+  }
+
+  private async openAtStart(record: VolumeRecord): Promise<boolean> {
+    try {
+      await this.openAndClearFailure(record);
+      return true;
+    } catch (err) {
+      // One volume that cannot be recovered now (its backend unreachable, a corrupt TLog) must not keep
+      // the router, and every other volume it owns, from starting: its clients' opens retry it and get its error.
+      if (!isKeelError(err)) throw err;
+      this.logger.error({ volume: record.name, code: err.code, err: err.message }, 'volume could not be opened at start: it stays closed, and each open tries again');
+      return false;
     }
+  }
+
+  /** Names of the volumes being opened (recovered) here now. */
+  openingNames(): string[] {
+    return [...this.opening.keys()];
   }
 
   /**
@@ -151,6 +176,7 @@ export class VolumeRegistry implements VolumeHost {
   }
 
   async closeAll(): Promise<void> {
+    this.closing = true; // openOwnedVolumes starts no more opens
     await Promise.allSettled([...this.opening.values()]);
     // In parallel: with a backend each close waits (bounded) for its uploads, and a stop must stay short.
     const closing = [...this.owned].map(async ([name, owned]) => {

@@ -131,6 +131,8 @@ export const limits = {
   volumeSizeBytesMax: 2 ** 50, // 1 PiB: LBAs stay exact in a double
   volumeNameLengthMax: 128,
   volumesPerRouterMax: 4096,
+  /** Volumes a starting router opens (recovers) at once, in the background once it listens (router/volume-registry.ts). */
+  volumesOpeningAtStartMax: 4,
 
   /** Backend: the largest object (a SCO or TLog) the erasure-coded store accepts; it is held in RAM while encoded. */
   backendObjectSizeBytesMax: 256 * 1024 * 1024,
@@ -372,6 +374,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('wireRequestsInFlightMax must be at least nbdRequestsInFlightMax, or one NBD client could stall the window');
   if (l.nbdRequestBytesInFlightMax < l.nbdRequestBytesMax)
     fail('nbdRequestBytesInFlightMax must hold at least one nbdRequestBytesMax request');
+  if (l.volumesOpeningAtStartMax < 1) fail('volumesOpeningAtStartMax must be at least 1');
   if (l.scoSizeBytesMin % clusterSizeBytes !== 0 || l.scoSizeBytesMax % clusterSizeBytes !== 0)
     fail('SCO sizes must be whole clusters');
   if (l.scoSizeBytesDefault < l.scoSizeBytesMin || l.scoSizeBytesDefault > l.scoSizeBytesMax)

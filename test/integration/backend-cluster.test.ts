@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KeelCluster } from '../helpers/keel-cluster.ts';
 import { run } from '../helpers/processes.ts';
 import { startS3Server, type TestS3Server } from '../helpers/s3-server.ts';
+import { expectPatternRead, qemuIo } from '../helpers/qemu-io.ts';
 
 interface AsdCounters {
   asdId: string;
@@ -29,6 +30,7 @@ interface VolumeBackendStats {
 }
 interface RouterStatus {
   routerId: string;
+  volumesOpening: string[];
   volumes: Array<{ name: string; stats: { backend?: VolumeBackendStats } }>;
   backend: { asds: AsdCounters[]; store: { degradedReads: number }; writeBuffer: { throttledWrites: number; blockedWrites: number; blockedMsTotal: number } };
 }
@@ -186,6 +188,36 @@ describe('a keel up --s3 cluster with an erasure-coded backend', () => {
     expect(verified.healthy).toBe(verified.objects);
     expect(verify.stderr).toMatch(/verified \d+\/\d+ objects/);
     figures.verifyAfterRepair = { objects: verified.objects, healthy: verified.healthy };
+  }, 120_000);
+
+  it("serves a restarted router's other volumes at once while one of them waits on a stalled backend", async () => {
+    const owner = await cluster.ownerOf('ec');
+    const created = await cluster.keel('volume', 'create', 'near', '16M', '--sco-size', '4M', '--owner', owner.id);
+    expect(created.code, created.stderr).toBe(0);
+    const wrote = await qemuIo(cluster.uri('near'), 'write -P 0x5a 0 1M');
+    expect(wrote.code, wrote.stderr).toBe(0);
+    await waitUploaded('ec', 0);
+
+    // 'ec' loses its local directory, so its router must restore it from the backend, which now hangs.
+    await cluster.stop();
+    await rm(path.join(cluster.dataDir, 'routers', owner.id, 'volumes', 'ec'), { recursive: true, force: true });
+    s3.stall();
+    try {
+      const startedMs = Date.now();
+      await cluster.startUp();
+      figures.upAfterRestartMs = Date.now() - startedMs;
+      await expectPatternRead(cluster.uri('near'), '0x5a', '0', '1M');
+      figures.otherVolumeServedAfterRestartMs = Date.now() - startedMs;
+      // Straight from the router: `keel backend status` would first wait on the stalled backend itself.
+      const mgmtAddress = (await cluster.routers()).find((r) => r.id === owner.id)?.mgmtAddress;
+      const status = (await (await fetch(`http://${mgmtAddress}/status`)).json()) as RouterStatus;
+      expect(status.volumesOpening).toContain('ec');
+      // Before, the router listened only once 'ec' had failed: after the listing's 10 s deadline.
+      expect(figures.otherVolumeServedAfterRestartMs).toBeLessThan(9_000);
+    } finally {
+      s3.resume();
+    }
+    await compare('ec');
   }, 120_000);
 
   it('throttles fio writes while the S3 server is down and completes them, verified, once it is back', async () => {
