@@ -106,6 +106,12 @@ export class DtlJournal implements WriteJournal {
   private published: { dtlPeer: string; dtlInSync: boolean } | undefined;
   private publishing: Promise<void> = Promise.resolve();
   private rollPending = false;
+  /**
+   * The TLog closed by the last roll of onTick. Another roll waits until it is on the backend: while
+   * uploads are stuck (a backend outage) a roll trims nothing, and rolling every tick made ~5 tiny TLogs
+   * a second, each one more object to upload once the backend is back.
+   */
+  private rolledTlogSeq = 0;
   /** Since when sync mode has had no peer to stream to (undefined: streaming). */
   private peerlessSinceMs: number | undefined;
   /** The peer refused a batch as full: not in sync until a batch goes through again. */
@@ -480,19 +486,30 @@ export class DtlJournal implements WriteJournal {
   private onTick(): void {
     if (this.status.state === 'closed') return;
     this.trimUploaded();
-    if (this.mode !== 'none' && !this.rollPending && this.backlogBytes > limits.dtlBytesMax * limits.dtlEarlyRollFraction) {
-      this.counters.earlyRolls += 1;
-      this.roll();
-    } else if (this.peerlessRollDue(Date.now())) {
-      this.counters.peerlessRolls += 1;
+    const early = this.mode !== 'none' && this.backlogBytes > limits.dtlBytesMax * limits.dtlEarlyRollFraction;
+    const peerless = this.peerlessRollDue(Date.now()); // always asked: it tracks since when there is no peer
+    if ((early || peerless) && this.rollUseful()) {
+      this.counters[early ? 'earlyRolls' : 'peerlessRolls'] += 1;
       this.roll();
     }
     this.maybePublishInSync();
   }
 
+  /** No roll is under way, and the last one's TLog is on the backend: while it is not, a roll trims nothing sooner. */
+  private rollUseful(): boolean {
+    return !this.rollPending && this.host.tlogsUploadedThrough() >= this.rolledTlogSeq;
+  }
+
   private roll(): void {
     this.rollPending = true;
-    this.host.closeCurrentTlog().catch(() => undefined).finally(() => (this.rollPending = false));
+    this.host
+      .closeCurrentTlog()
+      .then((closedSeq) => {
+        // The driver skips a roll of a TLog with nothing to upload; only a TLog that was closed is waited for.
+        if (this.host.currentTlogSeq() > closedSeq) this.rolledTlogSeq = closedSeq;
+      })
+      .catch(() => undefined)
+      .finally(() => (this.rollPending = false));
   }
 
   /**
@@ -507,7 +524,7 @@ export class DtlJournal implements WriteJournal {
       return false;
     }
     this.peerlessSinceMs ??= nowMs;
-    if (this.rollPending || this.backlogHead === this.backlog.length || nowMs - this.peerlessSinceMs < limits.dtlPeerlessRollMs) return false;
+    if (this.backlogHead === this.backlog.length || nowMs - this.peerlessSinceMs < limits.dtlPeerlessRollMs) return false;
     this.peerlessSinceMs = nowMs; // the next roll, if still peerless, one interval later
     return true;
   }

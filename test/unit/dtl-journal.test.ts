@@ -194,6 +194,23 @@ describe('DtlJournal with real peers', () => {
     await until(async () => peer.store.stats().liveBytes === 0);
   });
 
+  it('rolls the TLog early once while uploads are stuck, not at every tick', async () => {
+    uploaded = 1;
+    await startPeer('p1');
+    journal = new DtlJournal(host(), 'async');
+    await journal.start(); // tlog is 2 now
+    const record = Buffer.alloc(1 << 20, 3);
+    const recordsOverEarlyRoll = Math.floor((limits.dtlBytesMax * limits.dtlEarlyRollFraction) / record.length) + 2;
+    for (let i = 0; i < recordsOverEarlyRoll; i++) await journal.write(i * record.length, record, async () => undefined);
+    await until(() => journal!.stats().earlyRolls === 1);
+    await sleep(10 * limits.dtlTrimIntervalMs); // ten ticks, the backend still stuck (uploaded stays 1)
+    expect(journal.stats().earlyRolls).toBe(1);
+    expect(tlog).toBe(3);
+    uploaded = 2; // the rolled TLog reached the backend: the backlog is trimmed, and no roll is needed
+    await until(() => journal!.stats().backlogRecords === 0);
+    expect(journal.stats().earlyRolls).toBe(1);
+  });
+
   it('a sealed stream fences the owner: writes fail with NOT_OWNER', async () => {
     const peer = await startPeer('p1');
     journal = new DtlJournal(host(), 'sync');
