@@ -356,6 +356,15 @@ export const limits = {
    * disk say; lines beyond are dropped and counted (shared/logger.ts).
    */
   logBufferBytesMax: 4 * 1024 * 1024,
+  /**
+   * Logs: lines one kind of event a peer can cause (a bad frame, a refused connection, a failed request)
+   * writes per logRateIntervalMs; the rest are counted into one summary line (shared/log-rate-limit.ts).
+   * Logged once per event, a client sending garbage in a loop made a router write without bound.
+   */
+  logLinesPerKeyMax: 10,
+  logRateIntervalMs: 10_000,
+  /** Logs: kinds of event one rate limiter tracks at once; further kinds share one budget. */
+  logRateKeysMax: 256,
 } as const;
 
 export type Limits = typeof limits;
@@ -442,5 +451,7 @@ export function checkLimits(l: Limits = limits): void {
     fail('dtlPeersFullWaitMaxMs plus dtlPeerNoSpaceBackoffMsMax must end before wireRequestTimeoutMs, so writes fail with ENOSPC before the edge times them out');
   if (l.ownerWaitMaxMs < l.routerDeadAfterMs) fail('ownerWaitMaxMs must outlast routerDeadAfterMs');
   if (l.wireRequestTimeoutMs > l.ownerWaitMaxMs) fail('wireRequestTimeoutMs must not exceed ownerWaitMaxMs');
+  if (l.logLinesPerKeyMax < 1 || l.logRateIntervalMs <= 0 || l.logRateKeysMax < 1)
+    fail('logLinesPerKeyMax, logRateIntervalMs and logRateKeysMax must be positive, or no line of a peer\'s making would ever be logged');
   if (l.volumeUsageTimeoutMs <= 0 || l.volumeUsageTimeoutMs > l.mgmtRequestTimeoutMs) fail('volumeUsageTimeoutMs must be positive and within mgmtRequestTimeoutMs');
 }

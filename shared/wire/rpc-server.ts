@@ -4,12 +4,15 @@
  * limits.wireServerRequestsInFlightMax requests at once and stops reading from the socket beyond that
  * (TCP then pushes back on the client); replies go out as soon as each request finishes, in any order.
  * A KeelError thrown by the handler becomes an error reply; a malformed frame closes only its connection.
+ * What a peer can make happen per connection or per request is logged through a LogRateLimit, so a
+ * client that sends garbage in a loop cannot make the router write logs without bound.
  */
 import assert, { AssertionError } from 'node:assert';
 import type { Logger } from '../logger.ts';
 import { BufferPool } from '../buffer-pool.ts';
 import { KeelError } from '../errors.ts';
 import { limits } from '../limits.ts';
+import { LogRateLimit, type LogRateLimitOptions } from '../log-rate-limit.ts';
 import { encodeFrame, FrameDecoder, type Frame, type GatherPool } from './frame-codec.ts';
 import type { Transport, TransportConnection, TransportListener } from './transport.ts';
 import {
@@ -67,6 +70,8 @@ export interface RpcServerOptions {
   routerId: string;
   requestsInFlightMax?: number;
   handshakeTimeoutMs?: number;
+  /** Overrides of the log rate limit (limits.logLinesPerKeyMax per limits.logRateIntervalMs), for tests. */
+  logRateLimit?: Partial<LogRateLimitOptions>;
 }
 
 type ConnectionStatus =
@@ -119,6 +124,7 @@ class ServerConnection {
     private readonly options: Required<RpcServerOptions>,
     private readonly onGone: (connection: ServerConnection) => void,
     private readonly gatherPool: FrameGatherPool,
+    private readonly logLimit: LogRateLimit,
   ) {
     this.decoder = new FrameDecoder(undefined, gatherPool);
     this.logger = options.logger.child({ peer: connection.remoteAddress });
@@ -259,7 +265,7 @@ class ServerConnection {
       });
       return;
     }
-    if (!(err instanceof KeelError)) this.logger.error({ err, op }, 'request handler failed with a non-Keel error');
+    if (!(err instanceof KeelError)) this.logLimit.log(this.logger, 'error', 'wire-request-crashed', { err, op }, 'request handler failed with a non-Keel error');
     this.replyError(id, toWireError(err));
     this.takeFrames();
   }
@@ -296,7 +302,7 @@ class ServerConnection {
   private fail(reason: KeelError): void {
     if (!this.isOpen()) return;
     clearTimeout(this.handshakeTimer);
-    this.logger.warn({ code: reason.code, reason: reason.message }, 'closing a wire connection');
+    this.logLimit.log(this.logger, 'warn', `wire-connection-closed:${reason.code}`, { code: reason.code, reason: reason.message }, 'closing a wire connection');
     this.replyError(helloRequestId, toWireError(reason));
     this.setStatus({ state: 'closing', reason });
     this.connection.close();
@@ -304,7 +310,10 @@ class ServerConnection {
 
   private onClose(error?: Error): void {
     clearTimeout(this.handshakeTimer);
-    if (error && this.status.state !== 'closing') this.logger.info({ err: error }, 'wire connection failed');
+    if (error && this.status.state !== 'closing') {
+      const code = (error as NodeJS.ErrnoException).code ?? 'unknown';
+      this.logLimit.log(this.logger, 'info', `wire-connection-failed:${code}`, { err: error }, 'wire connection failed');
+    }
     this.setStatus({ state: 'closed' });
     this.session?.close();
     this.session = undefined;
@@ -317,13 +326,22 @@ export class RpcServer {
   private readonly gatherPool = new FrameGatherPool();
   private listener: TransportListener | undefined;
   private readonly options: Required<RpcServerOptions>;
+  /** One for all connections: a flood spreads over many connections. */
+  private readonly logLimit: LogRateLimit;
 
   constructor(options: RpcServerOptions) {
     this.options = {
       ...options,
       requestsInFlightMax: options.requestsInFlightMax ?? limits.wireServerRequestsInFlightMax,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? limits.wireHandshakeTimeoutMs,
+      logRateLimit: options.logRateLimit ?? {},
     };
+    this.logLimit = new LogRateLimit(options.logger, {
+      linesMax: limits.logLinesPerKeyMax,
+      intervalMs: limits.logRateIntervalMs,
+      keysMax: limits.logRateKeysMax,
+      ...options.logRateLimit,
+    });
   }
 
   /** Starts accepting on "host:port" (port 0: any free port) and returns the bound address. */
@@ -350,10 +368,12 @@ export class RpcServer {
    */
   async close(): Promise<void> {
     await this.listener?.close();
-    if (this.connections.size === 0) return;
-    const allGone = new Promise<void>((resolve) => (this.onAllGone = resolve));
-    for (const connection of this.connections) connection.destroy();
-    await allGone;
+    if (this.connections.size > 0) {
+      const allGone = new Promise<void>((resolve) => (this.onAllGone = resolve));
+      for (const connection of this.connections) connection.destroy();
+      await allGone;
+    }
+    this.logLimit.flush(); // the counts of lines suppressed so far, before the router's last lines
   }
 
   private onAllGone: (() => void) | undefined;
@@ -362,7 +382,7 @@ export class RpcServer {
     const accepted = new ServerConnection(connection, this.options, (gone) => {
       this.connections.delete(gone);
       if (this.connections.size === 0) this.onAllGone?.();
-    }, this.gatherPool);
+    }, this.gatherPool, this.logLimit);
     this.connections.add(accepted);
   }
 

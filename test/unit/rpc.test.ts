@@ -3,13 +3,14 @@ import { KeelError } from '../../shared/errors.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { encodeFrame, FrameDecoder, type Frame } from '../../shared/wire/frame-codec.ts';
 import { RpcClient } from '../../shared/wire/rpc-client.ts';
-import { RpcServer, type RpcHandler, type RpcRequest, type RpcResult } from '../../shared/wire/rpc-server.ts';
+import { RpcServer, type RpcHandler, type RpcRequest, type RpcResult, type RpcServerOptions } from '../../shared/wire/rpc-server.ts';
 import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
 import type { TransportConnection } from '../../shared/wire/transport.ts';
 import { wireMagic, wireVersion } from '../../shared/wire/wire-format.ts';
 import { createVolumeService } from '../../router/volume-service.ts';
 import { BufferPool } from '../../shared/buffer-pool.ts';
 import { crc32c } from '../../shared/checksum.ts';
+import { limits } from '../../shared/limits.ts';
 import { capturingLogger, delay, MemoryVolume, MemoryVolumeHost, patternBytes } from '../helpers/wire-test-volumes.ts';
 
 const transport = new TcpTransport();
@@ -20,7 +21,7 @@ afterEach(async () => {
   while (cleanups.length > 0) await cleanups.pop()!();
 });
 
-async function startServer(handler: RpcHandler, options: { requestsInFlightMax?: number; log?: typeof logger } = {}) {
+async function startServer(handler: RpcHandler, options: Partial<Omit<RpcServerOptions, 'handler' | 'transport' | 'logger'>> & { log?: typeof logger } = {}) {
   const server = new RpcServer({ transport, handler, logger: options.log ?? logger, routerId: 'r1', ...options });
   await server.listen('127.0.0.1:0');
   cleanups.push(() => server.close());
@@ -345,6 +346,36 @@ describe('malformed input', () => {
     const raw = await rawConnection(server.address);
     await raw.until(() => raw.isClosed());
     expect(raw.frames[0]!.header.err).toMatchObject({ code: 'TIMEOUT' });
+  });
+});
+
+describe('log volume a peer can cause', () => {
+  const linesOf = (records: Array<Record<string, unknown>>, msg: string) => records.filter((r) => r.msg === msg);
+
+  it('a flood of connections sending bad frames logs logLinesPerKeyMax lines, then one summary with the rest counted', async () => {
+    const { logger: log, records } = capturingLogger();
+    const server = await startServer(echoHandler().handler, { log, logRateLimit: { intervalMs: 60_000 } });
+    const floods = 60;
+    for (let n = 0; n < floods; n++) {
+      const raw = await rawConnection(server.address);
+      raw.connection.write([Buffer.from([0, 0, 0, 12, 0, 0, 0, 8]), Buffer.from('garbage!'), Buffer.alloc(4)]);
+      await raw.until(() => raw.isClosed());
+      expect((raw.frames[0]!.header.err as { code: string }).code).toBe('PROTOCOL'); // each is still refused, with the reason
+    }
+    expect(linesOf(records, 'closing a wire connection')).toHaveLength(limits.logLinesPerKeyMax);
+    await server.close(); // writes the summary of the interval still open
+    expect(linesOf(records, 'log lines suppressed')).toEqual([
+      expect.objectContaining({ logKey: 'wire-connection-closed:PROTOCOL', suppressed: floods - limits.logLinesPerKeyMax, message: 'closing a wire connection' }),
+    ]);
+  });
+
+  it('a flood of requests that fail inside the handler logs a bounded number of lines, and each still gets its error reply', async () => {
+    const { logger: log, records } = capturingLogger();
+    const server = await startServer(echoHandler().handler, { log });
+    const client = await connect(server.address);
+    const replies = await Promise.all(Array.from({ length: 200 }, () => client.request({ op: 'crash' }).then(() => 'ok', (err: KeelError) => err.code)));
+    expect(replies).toEqual(Array.from({ length: 200 }, () => 'IO'));
+    expect(linesOf(records, 'request handler failed with a non-Keel error')).toHaveLength(limits.logLinesPerKeyMax);
   });
 });
 
