@@ -101,6 +101,15 @@ export const limits = {
   wireHandshakeTimeoutMs: 10_000,
   /** Wire: after a graceful close, how long the peer may keep the socket before it is destroyed. */
   wireCloseLingerMs: 1_000,
+  /**
+   * Wire: connections one router serves at once; beyond it a new connection is closed at once (one
+   * rate-limited log line), where before a client could open thousands. What legitimately connects: an
+   * edge per volume it exports (one per NBD connection, so up to volumesPerRouterMax and more with
+   * multi-connection clients), a peer router per volume whose DTL stream this router holds (about as many
+   * again), and short-lived `keel` commands and ownership probes. Four times volumesPerRouterMax leaves
+   * room for all of that; the process needs as many file descriptors (ulimit -n).
+   */
+  wireConnectionsMax: 16_384,
   /** Wire: volume handles one connection may hold open at a router. */
   wireHandlesPerConnectionMax: 1_024,
 
@@ -377,6 +386,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.wireGatherPoolBytesMax < l.wireGatherClassBytes) fail('wireGatherPoolBytesMax must hold at least one wireGatherClassBytes buffer');
   if (l.wireFrameBytesMax < l.nbdRequestBytesMax + l.wireHeaderBytesMax)
     fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
+  if (l.wireConnectionsMax < 2 * l.volumesPerRouterMax + l.nbdConnectionsMax)
+    fail('wireConnectionsMax must hold an edge connection and a DTL stream per volume a router may own, plus one edge\'s NBD connections');
   if (l.dtlBatchesInFlightMax < 1 || l.dtlBatchesInFlightMax > l.wireRequestsInFlightMax)
     fail('dtlBatchesInFlightMax must be at least 1 and fit in the wire window (wireRequestsInFlightMax)');
   if (l.wireRequestsInFlightMax < l.nbdRequestsInFlightMax)

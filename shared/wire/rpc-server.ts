@@ -70,6 +70,8 @@ export interface RpcServerOptions {
   routerId: string;
   requestsInFlightMax?: number;
   handshakeTimeoutMs?: number;
+  /** Connections served at once (default limits.wireConnectionsMax); more are closed as they arrive. */
+  connectionsMax?: number;
   /** Overrides of the log rate limit (limits.logLinesPerKeyMax per limits.logRateIntervalMs), for tests. */
   logRateLimit?: Partial<LogRateLimitOptions>;
 }
@@ -334,6 +336,7 @@ export class RpcServer {
       ...options,
       requestsInFlightMax: options.requestsInFlightMax ?? limits.wireServerRequestsInFlightMax,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? limits.wireHandshakeTimeoutMs,
+      connectionsMax: options.connectionsMax ?? limits.wireConnectionsMax,
       logRateLimit: options.logRateLimit ?? {},
     };
     this.logLimit = new LogRateLimit(options.logger, {
@@ -362,6 +365,13 @@ export class RpcServer {
     return this.connections.size;
   }
 
+  /** Connections closed on arrival because connectionsMax were open. */
+  get refusedConnectionCount(): number {
+    return this.refusedConnections;
+  }
+
+  private refusedConnections = 0;
+
   /**
    * Stops accepting and drops every connection at once. Resolves when all are gone and their sessions
    * closed (the volume service has released its volumes by then).
@@ -379,6 +389,15 @@ export class RpcServer {
   private onAllGone: (() => void) | undefined;
 
   private accept(connection: TransportConnection): void {
+    if (this.connections.size >= this.options.connectionsMax) {
+      // Destroyed, not closed gracefully: a flood must not hold a socket per refused connection for the
+      // close linger. The client sees its connection closed during the handshake and retries.
+      this.refusedConnections++;
+      const fields = { peer: connection.remoteAddress, connectionsMax: this.options.connectionsMax, refused: this.refusedConnections };
+      this.logLimit.log(this.options.logger, 'warn', 'wire-connection-refused', fields, 'wire connection refused: wireConnectionsMax connections are open');
+      connection.destroy();
+      return;
+    }
     const accepted = new ServerConnection(connection, this.options, (gone) => {
       this.connections.delete(gone);
       if (this.connections.size === 0) this.onAllGone?.();

@@ -10,7 +10,8 @@ import { wireMagic, wireVersion } from '../../shared/wire/wire-format.ts';
 import { createVolumeService } from '../../router/volume-service.ts';
 import { BufferPool } from '../../shared/buffer-pool.ts';
 import { crc32c } from '../../shared/checksum.ts';
-import { limits } from '../../shared/limits.ts';
+import { checkLimits, limits, type Limits } from '../../shared/limits.ts';
+import { until } from '../helpers/until.ts';
 import { capturingLogger, delay, MemoryVolume, MemoryVolumeHost, patternBytes } from '../helpers/wire-test-volumes.ts';
 
 const transport = new TcpTransport();
@@ -346,6 +347,40 @@ describe('malformed input', () => {
     const raw = await rawConnection(server.address);
     await raw.until(() => raw.isClosed());
     expect(raw.frames[0]!.header.err).toMatchObject({ code: 'TIMEOUT' });
+  });
+});
+
+describe('connection limit', () => {
+  it('closes connections beyond connectionsMax at once, logs them in a bounded number of lines, and serves those it holds', async () => {
+    const { logger: log, records } = capturingLogger();
+    const server = await startServer(echoHandler().handler, { log, connectionsMax: 3, logRateLimit: { intervalMs: 60_000 } });
+    const held = [await connect(server.address), await connect(server.address), await connect(server.address)];
+    const floods = 50;
+    const raws = await Promise.all(Array.from({ length: floods }, () => rawConnection(server.address)));
+    // Closed at once, without a hello sent (the handshake timeout is 10 s); or, with no limit, held open.
+    await until(() => raws.every((raw) => raw.isClosed()) || server.connectionCount > 3);
+    expect(server.connectionCount).toBe(3);
+    expect(raws.every((raw) => raw.frames.length === 0)).toBe(true);
+    await expect(RpcClient.connect(server.address, { transport, logger })).rejects.toMatchObject({ code: 'CONNECTION_CLOSED' });
+    expect([server.connectionCount, server.refusedConnectionCount]).toEqual([3, floods + 1]);
+    const refusals = records.filter((r) => r.msg === 'wire connection refused: wireConnectionsMax connections are open');
+    expect(refusals).toHaveLength(limits.logLinesPerKeyMax);
+    expect(refusals[0]).toMatchObject({ level: 40, connectionsMax: 3 });
+    for (const [value, client] of held.entries()) await expect(client.request({ op: 'echo', value })).resolves.toMatchObject({ header: { value } });
+
+    held[0]!.close(); // a slot frees up: the next client gets in
+    await until(() => server.connectionCount === 2);
+    const next = await connect(server.address);
+    await expect(next.request({ op: 'echo', value: 9 })).resolves.toMatchObject({ header: { value: 9 } });
+    await server.close();
+    expect(records.filter((r) => r.msg === 'log lines suppressed')).toEqual([
+      expect.objectContaining({ logKey: 'wire-connection-refused', suppressed: floods + 1 - limits.logLinesPerKeyMax }),
+    ]);
+  });
+
+  it('by default holds a DTL stream and an edge connection for every volume a router may own', () => {
+    expect(() => checkLimits()).not.toThrow();
+    expect(() => checkLimits({ ...limits, wireConnectionsMax: limits.volumesPerRouterMax } as unknown as Limits)).toThrow(/wireConnectionsMax/);
   });
 });
 
