@@ -4,6 +4,7 @@
  * the start of every process, so a bad combination fails loudly before any I/O.
  */
 import { KeelError } from './errors.ts';
+import { framePreambleBytes } from './wire/wire-format.ts';
 
 export const clusterSizeBytes = 4096;
 
@@ -74,6 +75,12 @@ export const limits = {
   wireGatherPoolBytesMax: 64 * 1024 * 1024,
   /** Wire: the largest msgpack header in a frame. */
   wireHeaderBytesMax: 16 * 1024,
+  /**
+   * Wire: the largest frame a router accepts from a connection that has not completed its hello (the
+   * hello is 52-54 bytes; test/unit/rpc.test.ts checks that it fits). Before, a stranger's socket could
+   * declare a wireFrameBytesMax frame and have the router buffer it: 1000 sockets, 32 GB.
+   */
+  wireHelloFrameBytesMax: 4 * 1024,
   /** Wire: requests one edge connection keeps in flight to a router (the window). */
   wireRequestsInFlightMax: 512,
   /** Wire: requests a router serves concurrently on one connection before it stops reading. */
@@ -386,6 +393,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.wireGatherPoolBytesMax < l.wireGatherClassBytes) fail('wireGatherPoolBytesMax must hold at least one wireGatherClassBytes buffer');
   if (l.wireFrameBytesMax < l.nbdRequestBytesMax + l.wireHeaderBytesMax)
     fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
+  if (l.wireHelloFrameBytesMax < 1024 || l.wireHelloFrameBytesMax > framePreambleBytes + l.wireHeaderBytesMax)
+    fail('wireHelloFrameBytesMax must hold a hello (1 KiB at least) and be no larger than a frame without payload (preamble + wireHeaderBytesMax): a hello has none');
   if (l.wireConnectionsMax < 2 * l.volumesPerRouterMax + l.nbdConnectionsMax)
     fail('wireConnectionsMax must hold an edge connection and a DTL stream per volume a router may own, plus one edge\'s NBD connections');
   if (l.dtlBatchesInFlightMax < 1 || l.dtlBatchesInFlightMax > l.wireRequestsInFlightMax)

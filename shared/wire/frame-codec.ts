@@ -34,9 +34,11 @@ export interface GatherPool {
 export interface FrameLimits {
   frameBytesMax: number;
   headerBytesMax: number;
+  /** Said after the maximum when a frame exceeds it, e.g. which bound applies and why. */
+  frameBytesMaxNote?: string;
 }
 
-const defaultFrameLimits: FrameLimits = {
+export const defaultFrameLimits: FrameLimits = {
   frameBytesMax: limits.wireFrameBytesMax,
   headerBytesMax: limits.wireHeaderBytesMax,
 };
@@ -106,7 +108,7 @@ interface FrameInPlace {
  * After it throws PROTOCOL once, the decoder stays broken: the connection must be closed.
  */
 export class FrameDecoder {
-  private readonly frameLimits: FrameLimits;
+  private frameLimits: FrameLimits;
   private filling: FrameInPlace | undefined;
   private readonly chunks: Buffer[] = [];
   /** Bytes of chunks[0] already consumed. */
@@ -120,6 +122,14 @@ export class FrameDecoder {
     frameLimits: FrameLimits = defaultFrameLimits,
     private readonly gatherPool?: GatherPool,
   ) {
+    this.frameLimits = frameLimits;
+  }
+
+  /**
+   * Bounds the frames after the ones already returned by next() (a server raises them once a connection
+   * has said hello). Frames already buffered are checked against them when next() gets to them.
+   */
+  setLimits(frameLimits: FrameLimits): void {
     this.frameLimits = frameLimits;
   }
 
@@ -312,7 +322,10 @@ export class FrameDecoder {
 /** What is wrong with a frame's two length fields, if anything. */
 function lengthProblem(restBytes: number, headerBytes: number, frameLimits: FrameLimits): string | undefined {
   const frameBytes = frameLengthFieldBytes + restBytes;
-  if (frameBytes > frameLimits.frameBytesMax) return `frame of ${frameBytes} bytes exceeds the maximum of ${frameLimits.frameBytesMax}`;
+  if (frameBytes > frameLimits.frameBytesMax) {
+    const note = frameLimits.frameBytesMaxNote === undefined ? '' : ` ${frameLimits.frameBytesMaxNote}`;
+    return `frame of ${frameBytes} bytes exceeds the maximum of ${frameLimits.frameBytesMax}${note}`;
+  }
   if (headerBytes === 0) return 'frame has an empty header';
   if (headerBytes > frameLimits.headerBytesMax) return `frame header of ${headerBytes} bytes exceeds the maximum of ${frameLimits.headerBytesMax}`;
   if (headerLengthFieldBytes + headerBytes > restBytes) return `frame header of ${headerBytes} bytes does not fit in a frame of ${frameBytes} bytes`;

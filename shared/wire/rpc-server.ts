@@ -13,7 +13,7 @@ import { BufferPool } from '../buffer-pool.ts';
 import { KeelError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import { LogRateLimit, type LogRateLimitOptions } from '../log-rate-limit.ts';
-import { encodeFrame, FrameDecoder, type Frame, type GatherPool } from './frame-codec.ts';
+import { defaultFrameLimits, encodeFrame, FrameDecoder, type Frame, type FrameLimits, type GatherPool } from './frame-codec.ts';
 import type { Transport, TransportConnection, TransportListener } from './transport.ts';
 import {
   helloRequestId,
@@ -82,6 +82,16 @@ type ConnectionStatus =
   | { state: 'closing'; reason: KeelError }
   | { state: 'closed' };
 
+/**
+ * Until a connection has said hello, its frames may be no larger than a hello needs: a stranger's socket
+ * could otherwise make the router buffer a wireFrameBytesMax frame (1000 of them: 32 GB).
+ */
+const helloFrameLimits: FrameLimits = {
+  frameBytesMax: limits.wireHelloFrameBytesMax,
+  headerBytesMax: limits.wireHeaderBytesMax,
+  frameBytesMaxNote: 'for a frame before the hello (wireHelloFrameBytesMax)',
+};
+
 /** Turns what a handler threw into the error part of a reply. */
 export function toWireError(err: unknown): WireError {
   if (err instanceof KeelError) return { code: err.code, message: err.message, details: err.details };
@@ -128,7 +138,7 @@ class ServerConnection {
     private readonly gatherPool: FrameGatherPool,
     private readonly logLimit: LogRateLimit,
   ) {
-    this.decoder = new FrameDecoder(undefined, gatherPool);
+    this.decoder = new FrameDecoder(helloFrameLimits, gatherPool);
     this.logger = options.logger.child({ peer: connection.remoteAddress });
     this.handshakeTimer = setTimeout(
       () => this.fail(KeelError.timeout('handshake', options.handshakeTimeoutMs)),
@@ -208,6 +218,8 @@ class ServerConnection {
   }
 
   private onHello(header: RequestHeader): void {
+    // Armed at accept and cleared only here: a client that sends part of a frame and stalls, or trickles
+    // bytes, is still cut off at the deadline.
     clearTimeout(this.handshakeTimer);
     if (header.op !== 'hello' || header.id !== helloRequestId || header.magic !== wireMagic) {
       return this.fail(KeelError.protocol(`expected a hello with magic '${wireMagic}' as the first frame`));
@@ -216,6 +228,7 @@ class ServerConnection {
     const role = header.role as WireRole;
     if (!wireRoles.includes(role)) return this.fail(KeelError.protocol(`unknown role '${String(header.role)}'`));
     this.reply(helloRequestId, { fields: { version: wireVersion, routerId: this.options.routerId } });
+    this.decoder.setLimits(defaultFrameLimits);
     this.setStatus({ state: 'serving', role });
     this.session = this.options.handler.openSession({ remoteAddress: this.connection.remoteAddress, role });
   }

@@ -350,6 +350,74 @@ describe('malformed input', () => {
   });
 });
 
+describe('frames before the hello', () => {
+  const hello = { op: 'hello', id: 0, magic: wireMagic, version: wireVersion, role: 'edge' };
+  const errorOf = (frame: Frame | undefined) => frame?.header.err as { code: string; message: string } | undefined;
+
+  it('the hello RpcClient sends, in every role, fits wireHelloFrameBytesMax', async () => {
+    for (const role of ['edge', 'router', 'tool'] as const) {
+      let helloBytes = 0;
+      const fakeRouter = await transport.listen('127.0.0.1:0', (connection) => {
+        connection.onData((chunk) => {
+          helloBytes += chunk.length;
+          connection.write(encodeFrame({ id: 0, ok: true, version: wireVersion, routerId: 'fake' }));
+        });
+      });
+      cleanups.push(() => fakeRouter.close());
+      const client = await RpcClient.connect(fakeRouter.address, { transport, logger, role });
+      cleanups.push(() => client.close());
+      expect(helloBytes).toBeGreaterThan(0);
+      expect(helloBytes).toBeLessThanOrEqual(limits.wireHelloFrameBytesMax);
+    }
+    // More than a frame without payload can hold would only let a stranger make the router buffer more.
+    expect(() => checkLimits({ ...limits, wireHelloFrameBytesMax: 64 * 1024 } as unknown as Limits)).toThrow(/wireHelloFrameBytesMax/);
+  });
+
+  it('refuses a frame larger than wireHelloFrameBytesMax with PROTOCOL and closes, without waiting for its bytes', async () => {
+    const server = await startServer(echoHandler().handler);
+    // A hello padded past the bound (its header is still within wireHeaderBytesMax)...
+    const padded = encodeFrame({ ...hello, padding: 'x'.repeat(limits.wireHelloFrameBytesMax) });
+    // ...and a frame of wireFrameBytesMax announced with 1 MiB of it sent: the memory a stranger could pin.
+    const declared = Buffer.alloc(8);
+    declared.writeUInt32BE(limits.wireFrameBytesMax - 4, 0);
+    declared.writeUInt32BE(64, 4);
+    for (const buffers of [padded, [declared, Buffer.alloc(1024 * 1024)]]) {
+      const raw = await rawConnection(server.address);
+      raw.connection.write(buffers);
+      // The answer comes at once (the handshake timeout is 10 s); none within 2 s fails the expect below.
+      await until(() => raw.frames.length > 0 || raw.isClosed(), 2_000).catch(() => undefined);
+      expect(errorOf(raw.frames[0])).toMatchObject({ code: 'PROTOCOL', message: expect.stringMatching(/exceeds the maximum of 4096 for a frame before the hello/) });
+      await until(() => raw.isClosed(), 2_000);
+    }
+    await until(() => server.connectionCount === 0);
+  });
+
+  it('lifts the bound once the hello is done, also for a request sent in the same write as the hello', async () => {
+    const server = await startServer(echoHandler().handler);
+    const raw = await rawConnection(server.address);
+    const payload = patternBytes(1024 * 1024, 3);
+    raw.connection.write([...encodeFrame(hello), ...encodeFrame({ op: 'echo', id: 1, value: 5 }, payload)]);
+    await raw.until(() => raw.frames.length === 2 || raw.isClosed());
+    expect(raw.frames.map((f) => f.header)).toEqual([expect.objectContaining({ id: 0, ok: true }), expect.objectContaining({ id: 1, ok: true, value: 5 })]);
+    expect(raw.frames[1]!.payload.equals(payload)).toBe(true);
+  });
+
+  it('the hello deadline covers a client that sends part of a frame and stalls, or trickles bytes', async () => {
+    const server = await startServer(echoHandler().handler, { handshakeTimeoutMs: 200 });
+    const helloBytes = Buffer.concat(encodeFrame(hello));
+    const stalled = await rawConnection(server.address);
+    stalled.connection.write([helloBytes.subarray(0, 5)]);
+    const trickling = await rawConnection(server.address);
+    let sent = 0;
+    const trickle = setInterval(() => sent < helloBytes.length - 1 && trickling.connection.write([helloBytes.subarray(sent, ++sent)]), 20);
+    cleanups.push(() => clearInterval(trickle));
+    const started = Date.now();
+    await until(() => stalled.isClosed() && trickling.isClosed(), 2_000);
+    expect(Date.now() - started).toBeLessThan(1_000);
+    for (const raw of [stalled, trickling]) expect(errorOf(raw.frames[0])).toMatchObject({ code: 'TIMEOUT' });
+  });
+});
+
 describe('connection limit', () => {
   it('closes connections beyond connectionsMax at once, logs them in a bounded number of lines, and serves those it holds', async () => {
     const { logger: log, records } = capturingLogger();
