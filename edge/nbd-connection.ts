@@ -11,6 +11,7 @@ import { isKeelError, type KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WritevBatch } from '../shared/writev-batch.ts';
+import type { ByteBudget } from './byte-budget.ts';
 import { ByteQueue } from './byte-queue.ts';
 import {
   type ClientFlags,
@@ -63,7 +64,14 @@ import {
   commandNames,
   optionNames,
 } from './nbd-protocol.ts';
-import { type NbdRequest, encodeSimpleReplyHeader, nbdErrorFor, takeRequest, validateRequest } from './nbd-requests.ts';
+import {
+  type NbdRequest,
+  consumeRequest,
+  encodeSimpleReplyHeader,
+  nbdErrorFor,
+  peekRequest,
+  validateRequest,
+} from './nbd-requests.ts';
 
 export const SERVER_HANDSHAKE_FLAGS = NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES;
 
@@ -74,6 +82,8 @@ export interface NbdConnectionSettings {
   defaultExport: string | undefined;
   requestsInFlightMax: number;
   requestBytesInFlightMax: number;
+  /** Payload bytes of all the edge's connections (limits.nbdEdgeRequestBytesInFlightMax), shared. */
+  edgeRequestBytes: ByteBudget;
   requestBytesMax: number;
   optionBytesMax: number;
   handshakeTimeoutMs: number;
@@ -119,6 +129,13 @@ export class NbdConnection {
   private inFlight = 0;
   private inFlightBytes = 0;
   private readingPaused = false;
+  /**
+   * The request at the front of `incoming` whose bytes this connection holds in the edge's budget: its
+   * payload is read to the end whatever else happens, so bytes held never wait for bytes wanted.
+   */
+  private next: HeldRequest | undefined;
+  /** The request at the front of `incoming` waiting in the edge budget's line; reading stops meanwhile. */
+  private waitingForBytes: HeldRequest | undefined;
   private readonly replies: WritevBatch;
   private targetClosing = false;
   /** Why the last open for negotiation failed: the client hears it in NBD_OPT_GO's error reply. */
@@ -168,7 +185,24 @@ export class NbdConnection {
     if (next === this.status) return;
     this.logger.info({ from: this.status, to: next, reason }, 'nbd connection status');
     this.status = next;
+    if (next !== 'transmission') this.dropUnreadRequestBytes();
   }
+
+  /** No more requests are read: the bytes held or wanted for the next one go back to the edge. */
+  private dropUnreadRequestBytes(): void {
+    if (this.next) this.settings.edgeRequestBytes.release(this.next.bytes);
+    this.next = undefined;
+    // Once granted (the callback is on its way), the callback gives the bytes back.
+    if (this.waitingForBytes && this.settings.edgeRequestBytes.cancel(this.onBytesGranted)) this.waitingForBytes = undefined;
+  }
+
+  private readonly onBytesGranted = (): void => {
+    const granted = this.waitingForBytes!;
+    this.waitingForBytes = undefined;
+    if (this.status !== 'transmission') return this.settings.edgeRequestBytes.release(granted.bytes);
+    this.next = granted;
+    this.pumpRequests();
+  };
 
   /** Hard disconnect: the peer broke the protocol or the connection must go now. */
   private abort(reason: string, err?: unknown): void {
@@ -402,28 +436,46 @@ export class NbdConnection {
   }
 
   private pumpRequests(): void {
-    while (this.status === 'transmission' && !this.atCapacity()) {
-      let request: NbdRequest | null;
-      try {
-        request = takeRequest(this.incoming, this.settings.requestBytesMax);
-      } catch (err) {
-        if (!isKeelError(err)) throw err;
-        return this.abort('bad request', err);
+    while (this.status === 'transmission') {
+      if (!this.next) {
+        if (this.waitingForBytes || this.atCapacity()) break;
+        let request: NbdRequest | null;
+        try {
+          request = peekRequest(this.incoming, this.settings.requestBytesMax);
+        } catch (err) {
+          if (!isKeelError(err)) throw err;
+          return this.abort('bad request', err);
+        }
+        if (!request) break;
+        // Taken before the payload is read, so a partly received 32 MiB write counts from its header on.
+        const held = { request, bytes: budgetBytes(request, this.settings.requestBytesMax) };
+        if (!this.settings.edgeRequestBytes.acquire(held.bytes, this.onBytesGranted)) {
+          this.waitingForBytes = held;
+          break;
+        }
+        this.next = held;
       }
-      if (!request) break;
+      const { request, bytes } = this.next;
+      if (!consumeRequest(this.incoming, request)) break; // payload still arriving: keep reading it
+      this.next = undefined;
       if (request.type === NBD_CMD_DISC) {
+        this.settings.edgeRequestBytes.release(bytes);
         this.setStatus('draining', 'client sent NBD_CMD_DISC');
         this.incoming.clear();
         return this.finishIfDrained();
       }
-      this.dispatch(request);
+      this.dispatch(request, bytes);
     }
     this.updateReading();
   }
 
-  /** Backpressure: stop reading the socket while at capacity, resume when below. */
+  /**
+   * Backpressure: stop reading the socket while at capacity or waiting for the edge's bytes, resume when
+   * below. A payload whose bytes are held is always read to its end.
+   */
   private updateReading(): void {
-    const shouldPause = this.status === 'transmission' && this.atCapacity();
+    const shouldPause =
+      this.status === 'transmission' && this.next === undefined && (this.waitingForBytes !== undefined || this.atCapacity());
     if (shouldPause && !this.readingPaused) {
       this.readingPaused = true;
       this.socket.pause();
@@ -433,40 +485,48 @@ export class NbdConnection {
     }
   }
 
-  private dispatch(request: NbdRequest): void {
+  /** `bytes`: what the request holds in the edge's budget, given back once its data is gone. */
+  private dispatch(request: NbdRequest, bytes: number): void {
     const served = this.served!;
     this.inFlight += 1;
     this.inFlightBytes += payloadBytes(request);
     const error = validateRequest(request, served);
     if (error !== 0) {
       this.logger.warn(requestLogFields(request, error), 'nbd request rejected');
-      return this.complete(request, error, undefined);
+      return this.complete(request, bytes, error, undefined);
     }
     execute(served.target, request).then(
-      (data) => this.complete(request, 0, data),
+      (data) => this.complete(request, bytes, 0, data),
       (err: unknown) => {
         const nbdError = nbdErrorFor(err, request.type); // rethrows programmer errors
         this.logger.warn({ ...requestLogFields(request, nbdError), err }, 'nbd request failed in the target');
-        this.complete(request, nbdError, undefined);
+        this.complete(request, bytes, nbdError, undefined);
       },
     );
   }
 
-  private complete(request: NbdRequest, error: number, data: Buffer | undefined): void {
+  private complete(request: NbdRequest, bytes: number, error: number, data: Buffer | undefined): void {
     this.inFlight -= 1;
     this.inFlightBytes -= payloadBytes(request);
-    if (this.status !== 'closed' && this.socket.writable) this.sendReply(request, error, data);
+    if (this.status !== 'closed' && this.socket.writable) this.sendReply(request, bytes, error, data);
+    else this.settings.edgeRequestBytes.release(bytes);
     if (this.status === 'transmission') this.pumpRequests();
     else this.finishIfDrained();
   }
 
-  /** Header and data go out in one writev, batched with the replies completing in the same turn. */
-  private sendReply(request: NbdRequest, error: number, data: Buffer | undefined): void {
+  /**
+   * Header and data go out in one writev, batched with the replies completing in the same turn. READ data
+   * keeps its bytes in the edge's budget until it has left for the kernel: a client that does not read its
+   * replies holds edge memory, and that must count.
+   */
+  private sendReply(request: NbdRequest, bytes: number, error: number, data: Buffer | undefined): void {
     // A short read would desynchronise the client's stream: the target broke its contract.
     assert(error !== 0 || request.type !== NBD_CMD_READ || data?.length === request.length, 'target read returned the wrong length');
     this.replies.beginFrame();
     this.socket.write(encodeSimpleReplyHeader(error, request.handleHi, request.handleLo));
-    if (error === 0 && data && data.length > 0) this.socket.write(data);
+    // The callback runs once the data is written, or with an error when the socket is destroyed first.
+    if (error === 0 && data && data.length > 0) this.socket.write(data, () => this.settings.edgeRequestBytes.release(bytes));
+    else this.settings.edgeRequestBytes.release(bytes);
     this.replies.endFrame();
   }
 
@@ -496,6 +556,20 @@ export class NbdConnection {
 
 function payloadBytes(request: NbdRequest): number {
   return request.type === NBD_CMD_READ || request.type === NBD_CMD_WRITE ? request.length : 0;
+}
+
+/**
+ * What a request takes from the edge's budget: its payload, except for a READ above the maximum, which is
+ * refused with EINVAL and never gets data (asking for its 4 GiB would wait forever).
+ */
+function budgetBytes(request: NbdRequest, requestBytesMax: number): number {
+  const bytes = payloadBytes(request);
+  return bytes <= requestBytesMax ? bytes : 0;
+}
+
+interface HeldRequest {
+  request: NbdRequest;
+  bytes: number;
 }
 
 const emptyBuffer = Buffer.alloc(0);

@@ -57,24 +57,35 @@ export function parseRequestHeader(buffer: Buffer, at: number): NbdRequest {
 }
 
 /**
- * Takes one complete request (header, and payload for a WRITE) from the queue, or returns null while it is
- * incomplete; nothing is consumed until the whole request is there. Throws PROTOCOL on a wrong magic and
- * REQUEST_TOO_LARGE for a WRITE whose payload exceeds `requestBytesMax` (its bytes cannot be skipped
- * without reading them, so the connection ends).
+ * The request at the front of the queue, parsed but not consumed (its WRITE payload may still be arriving),
+ * or null while its header is incomplete. Throws PROTOCOL on a wrong magic and REQUEST_TOO_LARGE for a
+ * WRITE whose payload exceeds `requestBytesMax` (its bytes cannot be skipped without reading them, so the
+ * connection ends). The server peeks first so it can reserve memory before the payload is read.
  */
-export function takeRequest(queue: ByteQueue, requestBytesMax: number): NbdRequest | null {
+export function peekRequest(queue: ByteQueue, requestBytesMax: number): NbdRequest | null {
   if (queue.length < NBD_REQUEST_HEADER_BYTES) return null;
   const { buffer, offset } = queue.peekHeader(NBD_REQUEST_HEADER_BYTES);
   const request = parseRequestHeader(buffer, offset);
-  if (request.type !== NBD_CMD_WRITE) {
-    queue.skip(NBD_REQUEST_HEADER_BYTES);
-    return request;
-  }
-  if (request.length > requestBytesMax) throw KeelError.requestTooLarge(request.length, requestBytesMax);
-  if (queue.length < NBD_REQUEST_HEADER_BYTES + request.length) return null;
-  queue.skip(NBD_REQUEST_HEADER_BYTES);
-  request.payload = queue.take(request.length);
+  if (request.type === NBD_CMD_WRITE && request.length > requestBytesMax) throw KeelError.requestTooLarge(request.length, requestBytesMax);
   return request;
+}
+
+/**
+ * Consumes `request` (from peekRequest on this queue) once it is complete: the header, and a WRITE's
+ * payload, which becomes `request.payload`. Returns false, consuming nothing, while the payload is incomplete.
+ */
+export function consumeRequest(queue: ByteQueue, request: NbdRequest): boolean {
+  const payloadBytes = request.type === NBD_CMD_WRITE ? request.length : 0;
+  if (queue.length < NBD_REQUEST_HEADER_BYTES + payloadBytes) return false;
+  queue.skip(NBD_REQUEST_HEADER_BYTES);
+  if (request.type === NBD_CMD_WRITE) request.payload = queue.take(payloadBytes);
+  return true;
+}
+
+/** peekRequest and consumeRequest in one: a complete request, or null while it is incomplete. */
+export function takeRequest(queue: ByteQueue, requestBytesMax: number): NbdRequest | null {
+  const request = peekRequest(queue, requestBytesMax);
+  return request && consumeRequest(queue, request) ? request : null;
 }
 
 /** Client side: writes a request header into `target` at `at`. */

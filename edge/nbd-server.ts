@@ -1,6 +1,6 @@
 /**
  * The edge's NBD server: listens on host:port, runs one NbdConnection per client (at most
- * limits.nbdConnectionsMax), and on stop() lets in-flight requests finish before closing everything.
+ * limits.nbdConnectionsMax, sharing limits.nbdEdgeRequestBytesInFlightMax of payload), and on stop() lets in-flight requests finish before closing everything.
  * Protocol and decisions: docs/nbd-protocol.md.
  */
 import net from 'node:net';
@@ -8,6 +8,7 @@ import type { ExportResolver } from '../shared/block-target.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { type Logger, createLogger } from '../shared/logger.ts';
+import { ByteBudget } from './byte-budget.ts';
 import { NbdConnection, type NbdConnectionSettings } from './nbd-connection.ts';
 
 export interface NbdServerOptions {
@@ -26,6 +27,7 @@ export interface NbdServerBounds {
   connectionsMax: number;
   requestsInFlightMax: number;
   requestBytesInFlightMax: number;
+  edgeRequestBytesInFlightMax: number;
   requestBytesMax: number;
   optionBytesMax: number;
   handshakeTimeoutMs: number;
@@ -38,6 +40,7 @@ export function defaultNbdServerBounds(): NbdServerBounds {
     connectionsMax: limits.nbdConnectionsMax,
     requestsInFlightMax: limits.nbdRequestsInFlightMax,
     requestBytesInFlightMax: limits.nbdRequestBytesInFlightMax,
+    edgeRequestBytesInFlightMax: limits.nbdEdgeRequestBytesInFlightMax,
     requestBytesMax: limits.nbdRequestBytesMax,
     optionBytesMax: limits.nbdOptionBytesMax,
     handshakeTimeoutMs: limits.nbdHandshakeTimeoutMs,
@@ -56,6 +59,8 @@ export class NbdServer {
   private readonly bounds: NbdServerBounds;
   private readonly settings: NbdConnectionSettings;
   private readonly logger: Logger;
+  /** Payload bytes in flight of all connections (bounds.edgeRequestBytesInFlightMax). */
+  private readonly requestBytes: ByteBudget;
   private nextConnectionId = 1;
   private boundPort = 0;
 
@@ -63,12 +68,16 @@ export class NbdServer {
     this.bounds = { ...defaultNbdServerBounds(), ...options.bounds };
     if (this.bounds.requestBytesInFlightMax < this.bounds.requestBytesMax)
       throw KeelError.badConfig('NBD requestBytesInFlightMax must hold at least one requestBytesMax request');
+    if (this.bounds.edgeRequestBytesInFlightMax < this.bounds.requestBytesInFlightMax)
+      throw KeelError.badConfig('NBD edgeRequestBytesInFlightMax must hold at least one connection\'s requestBytesInFlightMax');
+    this.requestBytes = new ByteBudget(this.bounds.edgeRequestBytesInFlightMax);
     this.logger = options.logger ?? createLogger('nbd-server');
     this.settings = {
       resolver: options.resolver,
       defaultExport: options.defaultExport,
       requestsInFlightMax: this.bounds.requestsInFlightMax,
       requestBytesInFlightMax: this.bounds.requestBytesInFlightMax,
+      edgeRequestBytes: this.requestBytes,
       requestBytesMax: this.bounds.requestBytesMax,
       optionBytesMax: this.bounds.optionBytesMax,
       handshakeTimeoutMs: this.bounds.handshakeTimeoutMs,
@@ -84,6 +93,11 @@ export class NbdServer {
 
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /** Request payload bytes all connections hold now (at most bounds.edgeRequestBytesInFlightMax). */
+  get requestBytesInFlight(): number {
+    return this.requestBytes.usedBytes;
   }
 
   async start(): Promise<{ host: string; port: number }> {

@@ -26,6 +26,14 @@ export const limits = {
   nbdHandshakeTimeoutMs: 30_000,
   /** NBD: payload bytes (write data + read data) of one connection's requests in flight before it stops reading. */
   nbdRequestBytesInFlightMax: 128 * 1024 * 1024,
+  /**
+   * NBD: payload bytes in flight of all connections of one edge together: WRITE data from the moment its
+   * header is read (a partly received payload included) until the target is done with it, READ data until
+   * its reply has left for the kernel (unread replies count). Without it nbdConnectionsMax connections could
+   * each hold nbdRequestBytesInFlightMax and a few hundred busy or hostile clients OOM the edge. At the bound,
+   * connections stop reading new requests until bytes are released.
+   */
+  nbdEdgeRequestBytesInFlightMax: 1024 * 1024 * 1024,
   /** NBD: on server stop, how long in-flight requests may take before their connection is cut. */
   nbdDrainTimeoutMs: 10_000,
   /** NBD: after the server's FIN (DISC, ABORT, stop), how long the client may keep its side open. */
@@ -404,6 +412,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.nbdRequestBytesInFlightMax < l.nbdRequestBytesMax)
     fail('nbdRequestBytesInFlightMax must hold at least one nbdRequestBytesMax request');
   if (l.volumesOpeningAtStartMax < 1) fail('volumesOpeningAtStartMax must be at least 1');
+  if (l.nbdEdgeRequestBytesInFlightMax < l.nbdRequestBytesInFlightMax)
+    fail('nbdEdgeRequestBytesInFlightMax must hold at least one connection\'s nbdRequestBytesInFlightMax');
   if (l.scoSizeBytesMin % clusterSizeBytes !== 0 || l.scoSizeBytesMax % clusterSizeBytes !== 0)
     fail('SCO sizes must be whole clusters');
   if (l.scoSizeBytesDefault < l.scoSizeBytesMin || l.scoSizeBytesDefault > l.scoSizeBytesMax)
