@@ -122,6 +122,7 @@ export class NbdConnection {
   private readonly incoming = new ByteQueue();
   private clientFlags: ClientFlags | undefined;
   private handshakeBusy = false;
+  private optionInProgress = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private drainTimer: NodeJS.Timeout | undefined;
   private lingerTimer: NodeJS.Timeout | undefined;
@@ -150,6 +151,8 @@ export class NbdConnection {
     private readonly socket: Socket,
     private readonly settings: NbdConnectionSettings,
     private readonly logger: Logger,
+    /** The client's address, for the server's log lines. */
+    readonly remote = '',
   ) {
     socket.setNoDelay(true);
     this.replies = new WritevBatch(socket, limits.writevFramesMax);
@@ -168,6 +171,16 @@ export class NbdConnection {
 
   get requestsInFlight(): number {
     return this.inFlight;
+  }
+
+  /** True while the edge works on one of the client's options (opening or describing an export, listing). */
+  get workingOnOption(): boolean {
+    return this.optionInProgress;
+  }
+
+  /** Closes a connection still in the handshake to make room for a new one; an established one is kept. */
+  evictFromHandshake(): void {
+    if (this.status === 'handshake') this.abort('evicted: too many connections in the handshake');
   }
 
   /** Server stop: no new requests; in-flight ones get `drainTimeoutMs` to finish before the cut. */
@@ -250,7 +263,12 @@ export class NbdConnection {
         if (this.socket.writableLength > limits.nbdHandshakeReplyBytesMax) await this.waitForClientToRead();
         const option = takeOption(this.incoming, this.settings.optionBytesMax);
         if (!option) break;
-        await this.handleOption(option);
+        this.optionInProgress = true;
+        try {
+          await this.handleOption(option);
+        } finally {
+          this.optionInProgress = false;
+        }
       }
     } catch (err) {
       if (!isKeelError(err)) throw err;

@@ -1,6 +1,6 @@
 /**
  * The edge's NBD server: listens on host:port, runs one NbdConnection per client (at most
- * limits.nbdConnectionsMax, sharing limits.nbdEdgeRequestBytesInFlightMax of payload), and on stop() lets in-flight requests finish before closing everything.
+ * limits.nbdConnectionsMax, of which at most limits.nbdHandshakingConnectionsMax in the handshake, sharing limits.nbdEdgeRequestBytesInFlightMax of payload), and on stop() lets in-flight requests finish before closing everything.
  * Protocol and decisions: docs/nbd-protocol.md.
  */
 import net from 'node:net';
@@ -25,6 +25,7 @@ export interface NbdServerOptions {
 
 export interface NbdServerBounds {
   connectionsMax: number;
+  handshakingConnectionsMax: number;
   requestsInFlightMax: number;
   requestBytesInFlightMax: number;
   edgeRequestBytesInFlightMax: number;
@@ -38,6 +39,7 @@ export interface NbdServerBounds {
 export function defaultNbdServerBounds(): NbdServerBounds {
   return {
     connectionsMax: limits.nbdConnectionsMax,
+    handshakingConnectionsMax: limits.nbdHandshakingConnectionsMax,
     requestsInFlightMax: limits.nbdRequestsInFlightMax,
     requestBytesInFlightMax: limits.nbdRequestBytesInFlightMax,
     edgeRequestBytesInFlightMax: limits.nbdEdgeRequestBytesInFlightMax,
@@ -66,10 +68,15 @@ export class NbdServer {
 
   constructor(private readonly options: NbdServerOptions) {
     this.bounds = { ...defaultNbdServerBounds(), ...options.bounds };
+    // A smaller connectionsMax given alone shrinks the handshake cap with it.
+    if (options.bounds?.handshakingConnectionsMax === undefined)
+      this.bounds.handshakingConnectionsMax = Math.min(this.bounds.handshakingConnectionsMax, this.bounds.connectionsMax);
     if (this.bounds.requestBytesInFlightMax < this.bounds.requestBytesMax)
       throw KeelError.badConfig('NBD requestBytesInFlightMax must hold at least one requestBytesMax request');
     if (this.bounds.edgeRequestBytesInFlightMax < this.bounds.requestBytesInFlightMax)
       throw KeelError.badConfig('NBD edgeRequestBytesInFlightMax must hold at least one connection\'s requestBytesInFlightMax');
+    if (this.bounds.handshakingConnectionsMax < 1 || this.bounds.handshakingConnectionsMax > this.bounds.connectionsMax)
+      throw KeelError.badConfig('NBD handshakingConnectionsMax must lie in [1, connectionsMax]');
     this.requestBytes = new ByteBudget(this.bounds.edgeRequestBytesInFlightMax);
     this.logger = options.logger ?? createLogger('nbd-server');
     this.settings = {
@@ -141,13 +148,27 @@ export class NbdServer {
       socket.destroy();
       return;
     }
-    if (this.connections.size >= this.bounds.connectionsMax) {
+    // Connections that are gone but still finishing requests hold no socket (their bytes are in the budget).
+    const live = [...this.connections].filter((c) => c.currentStatus !== 'closed');
+    const handshaking = live.filter((c) => c.currentStatus === 'handshake');
+    let liveCount = live.length;
+    // Clients that connect and say nothing must not lock others out: the oldest handshake makes room.
+    if (handshaking.length >= this.bounds.handshakingConnectionsMax || (liveCount >= this.bounds.connectionsMax && handshaking.length > 0)) {
+      const oldest = handshaking.find((c) => !c.workingOnOption) ?? handshaking[0];
+      this.logger.warn(
+        { remote, evicted: oldest.remote, handshaking: handshaking.length, handshakingConnectionsMax: this.bounds.handshakingConnectionsMax },
+        'nbd handshake evicted: too many connections in the handshake, the oldest makes room',
+      );
+      oldest.evictFromHandshake();
+      liveCount -= 1;
+    }
+    if (liveCount >= this.bounds.connectionsMax) {
       this.logger.warn({ remote, connectionsMax: this.bounds.connectionsMax }, 'nbd connection refused: too many connections');
       socket.destroy();
       return;
     }
     const logger = this.logger.child({ connection: this.nextConnectionId++, remote });
-    const connection = new NbdConnection(socket, this.settings, logger);
+    const connection = new NbdConnection(socket, this.settings, logger, remote);
     this.connections.add(connection);
     void connection.closed.then(() => this.connections.delete(connection));
   }

@@ -22,6 +22,12 @@ export const limits = {
    * options until the client reads (a client that sends options and never reads grew the edge by GBs).
    */
   nbdHandshakeReplyBytesMax: 1024 * 1024,
+  /**
+   * NBD: connections still in the handshake. A new connection beyond it closes the oldest of them (idle ones
+   * first, then ones whose export is still opening): 1024 silent sockets took every nbdConnectionsMax slot
+   * and locked all clients out for nbdHandshakeTimeoutMs. Established connections are never closed for it.
+   */
+  nbdHandshakingConnectionsMax: 128,
   /** NBD: how long a client may take to finish the handshake. */
   nbdHandshakeTimeoutMs: 30_000,
   /** NBD: payload bytes (write data + read data) of one connection's requests in flight before it stops reading. */
@@ -412,6 +418,8 @@ export function checkLimits(l: Limits = limits): void {
   if (l.nbdRequestBytesInFlightMax < l.nbdRequestBytesMax)
     fail('nbdRequestBytesInFlightMax must hold at least one nbdRequestBytesMax request');
   if (l.volumesOpeningAtStartMax < 1) fail('volumesOpeningAtStartMax must be at least 1');
+  if (l.nbdHandshakingConnectionsMax < 1 || l.nbdHandshakingConnectionsMax > l.nbdConnectionsMax)
+    fail('nbdHandshakingConnectionsMax must lie in [1, nbdConnectionsMax]');
   if (l.nbdEdgeRequestBytesInFlightMax < l.nbdRequestBytesInFlightMax)
     fail('nbdEdgeRequestBytesInFlightMax must hold at least one connection\'s nbdRequestBytesInFlightMax');
   if (l.scoSizeBytesMin % clusterSizeBytes !== 0 || l.scoSizeBytesMax % clusterSizeBytes !== 0)

@@ -219,6 +219,51 @@ describe('NBD handshake with bad or unusual input', () => {
     await t.goodClientStillWorks();
   });
 
+  it('silent handshakes cannot lock clients out: the oldest makes room, established connections stay', async () => {
+    // 6 connection slots: without a separate handshake cap, the good client plus 5 silent sockets fill them all.
+    const t = await startServer({ connectionsMax: 6, handshakingConnectionsMax: 3 });
+    const silent: RawNbdSocket[] = [];
+    for (let i = 0; i < 5; i++) {
+      silent.push(await t.raw());
+      await silent[i].read(NBD_GREETING_BYTES); // accepted, then says nothing
+    }
+    const started = Date.now();
+    const real = await NbdClient.connect({ host: '127.0.0.1', port: t.server.port, exportName: 'vol', logger: silentLogger() });
+    cleanups.push(() => real.destroy());
+    expect(Date.now() - started).toBeLessThan(1000); // not after the 30 s handshake timeout
+    await real.write(0, Buffer.alloc(4096, 7));
+    expect((await real.read(0, 4096)).equals(Buffer.alloc(4096, 7))).toBe(true);
+    // Each connection beyond 3 handshakes closed the oldest one: silent 4 and 5 closed 1 and 2, the real client 3.
+    for (const i of [0, 1, 2]) await silent[i].expectClosed();
+    expect(silent[3].isClosed || silent[4].isClosed).toBe(false);
+    expect(t.logged(/nbd handshake evicted/)).toBe(true);
+    expect(t.logged(/nbd connection closed: evicted/)).toBe(true);
+    await t.goodClientStillWorks(); // established before the flood: never evicted
+  });
+
+  it('evicts an idle handshake before one whose export is still opening', async () => {
+    const t = await startServer({ handshakingConnectionsMax: 2 });
+    let finishOpen!: () => void;
+    const open = t.resolver.open.bind(t.resolver);
+    t.resolver.open = async (name) => {
+      if (name === 'vol') await new Promise<void>((resolve) => (finishOpen = resolve));
+      return open(name);
+    };
+    cleanups.push(() => finishOpen?.());
+    const opening = await t.raw(); // older, but the edge is working on its NBD_OPT_GO
+    await negotiateFlags(opening);
+    opening.write(encodeOption(NBD_OPT_GO, encodeInfoRequest('vol', [])));
+    await waitFor(() => finishOpen !== undefined, 'the export to be opening');
+    const idle = await t.raw();
+    await idle.read(NBD_GREETING_BYTES);
+    const newcomer = await t.raw();
+    await newcomer.read(NBD_GREETING_BYTES);
+    await idle.expectClosed();
+    finishOpen();
+    expect((await opening.readOptionReply()).replyType).toBe(NBD_REP_INFO);
+    expect(opening.isClosed).toBe(false);
+  });
+
   it('cleans up when a client vanishes mid-handshake', async () => {
     const t = await startServer();
     const raw = await t.raw();
