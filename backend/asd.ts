@@ -43,6 +43,10 @@ export interface AsdFaults {
   corruptReads?: boolean;
   /** Fail this many calls (any op) and then behave. */
   failNextCalls?: number;
+  /** Cut this many get/getRange bodies to half their length (a truncated response), then behave. */
+  truncateNextReads?: number;
+  /** Flip one byte in this many get/getRange bodies (bytes corrupted in transit), then behave. */
+  corruptNextReads?: number;
 }
 
 /** Rejects when the signal aborts; used by ASDs whose underlying call cannot be cancelled. */
@@ -128,7 +132,14 @@ export class FaultyAsd implements Asd {
   }
 
   private corrupt(buf: Buffer): Buffer {
-    if (!this.faults.corruptReads || buf.length === 0) return buf;
+    const f = this.faults;
+    if (f.truncateNextReads && f.truncateNextReads > 0 && buf.length > 0) {
+      f.truncateNextReads--;
+      return buf.subarray(0, buf.length >> 1);
+    }
+    const once = f.corruptNextReads !== undefined && f.corruptNextReads > 0;
+    if (once) f.corruptNextReads!--;
+    if ((!f.corruptReads && !once) || buf.length === 0) return buf;
     const copy = Buffer.from(buf);
     copy[copy.length >> 1]! ^= 0xff;
     return copy;

@@ -40,10 +40,12 @@ export interface ObjectStoreCounters {
   stripesDecoded: number;
   /** Stripe decodes that were short of k fragments and retried ones that had failed in passing. */
   readRetries: number;
+  /** Fragment re-reads in those retries because the fragment had served a short body or bytes failing their block crc. */
+  badBodyRereads: number;
   headerCacheHits: number;
   headerCacheMisses: number;
 }
 
 export function emptyObjectStoreCounters(): ObjectStoreCounters {
-  return { objectsPut: 0, rangeReads: 0, degradedReads: 0, stripesDecoded: 0, readRetries: 0, headerCacheHits: 0, headerCacheMisses: 0 };
+  return { objectsPut: 0, rangeReads: 0, degradedReads: 0, stripesDecoded: 0, readRetries: 0, badBodyRereads: 0, headerCacheHits: 0, headerCacheMisses: 0 };
 }

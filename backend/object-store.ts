@@ -55,6 +55,7 @@ import {
   type ObjectGeometry,
 } from './fragment-format.ts';
 import { Placement } from './placement.ts';
+import { isRetryableReadFailure, readFailureKind, shortBodyError } from './read-failure.ts';
 import { checkPreset, describePreset, presetTransformsChunks, type Preset } from './preset.ts';
 
 export interface ErasureObjectStoreOptions {
@@ -402,8 +403,9 @@ export class ErasureObjectStore {
       { object: meta.name, fragment: read.fragmentIndex, asd: this.asdIdOf(meta, read.fragmentIndex), err: err.message },
       'fragment unreadable: decoding from the others',
     );
-    // A passing failure leaves the fragment as a last resort: with m fragments already lost, it is needed.
-    const lastResort = isPassingReadError(err) ? [read.fragmentIndex] : [];
+    // A failure that may not recur (in passing, a short body, bytes bad in transit) leaves the fragment as a
+    // last resort: with m fragments already lost, it is needed.
+    const lastResort = isRetryableReadFailure(err) ? new Map([[read.fragmentIndex, err]]) : undefined;
     await Promise.all(
       read.pieceIndexes.map(async (index) => {
         parts[index] = await this.readPieceDegraded(meta, pieces[index]!, new Set([read.fragmentIndex]), lastResort);
@@ -469,8 +471,10 @@ export class ErasureObjectStore {
       this.request(asd, 'read', (a, signal) => a.getRange(key, bodyStart + start, end - start, signal)),
     ]);
     this.counters[asd]!.bytesRead += data.length;
-    if (data.length !== end - start)
-      throw KeelError.corrupt(`fragment ${key} on ASD ${this.asds[asd]!.id}: short read of ${data.length} of ${end - start} bytes`);
+    if (data.length !== end - start) {
+      this.counters[asd]!.readErrors++;
+      throw shortBodyError(`fragment ${key} on ASD ${this.asds[asd]!.id}`, data.length, end - start, { asd: this.asds[asd]!.id });
+    }
     const bad = table === undefined ? -1 : firstBadBlock(table, start, data);
     if (bad >= 0) {
       this.counters[asd]!.checksumErrors++;
@@ -479,8 +483,8 @@ export class ErasureObjectStore {
     return data.subarray(bodyOffset - start, bodyOffset - start + length);
   }
 
-  /** `lastResort`: fragments in `excluded` that may still be retried when the others are not enough. */
-  private async readPieceDegraded(meta: ObjectMeta, piece: FragmentPiece, excluded: Set<number>, lastResort: readonly number[] = []): Promise<Buffer> {
+  /** `lastResort`: fragments in `excluded` (with their failure) that may still be retried when the others are not enough. */
+  private async readPieceDegraded(meta: ObjectMeta, piece: FragmentPiece, excluded: Set<number>, lastResort?: ReadonlyMap<number, unknown>): Promise<Buffer> {
     const g = meta.geometry;
     if (g.k === 1) return this.readFromReplica(meta, piece, excluded);
     const unit = g.stripeUnitBytes;
@@ -512,30 +516,41 @@ export class ErasureObjectStore {
 
   /**
    * Reads stripe `s` from any k readable fragments outside `excluded` and rebuilds all its units. Fragments
-   * that failed in passing (a reset connection, a 5xx), and those in `lastResort`, get bounded retries before
-   * the read fails: with m fragments lost, one such failure would otherwise be an EIO.
+   * whose failure may not recur (read-failure.ts: in passing, a short body, a bad block once), and those in
+   * `lastResort`, get bounded retries before the read fails: with m fragments lost, one such failure would
+   * otherwise be an EIO.
    */
-  private async decodeStripe(meta: ObjectMeta, stripe: number, excluded: Set<number>, lastResort: readonly number[] = []): Promise<Buffer[]> {
+  private async decodeStripe(meta: ObjectMeta, stripe: number, excluded: Set<number>, lastResort?: ReadonlyMap<number, unknown>): Promise<Buffer[]> {
     const g = meta.geometry;
     const unit = g.stripeUnitBytes;
     const n = g.k + g.m;
     const candidates = Array.from({ length: n }, (_, f) => f).filter((f) => !excluded.has(f));
     const units: (Buffer | undefined)[] = new Array(n).fill(undefined);
     const errors: string[] = [];
-    const retryable = [...lastResort];
+    /** Fragment -> its first failure, for the retry pass. */
+    const retryable = new Map(lastResort);
     let next = 0;
     let good = 0;
     const readOnce = (f: number) => this.readBodyRange(meta, f, stripe * unit, unit);
-    const retryingRead = (f: number) =>
-      this.withRetries(`read ${fragmentKey(meta.name, f)} stripe ${stripe}`, () => readOnce(f), isPassingReadError);
-    /** One unit into `units`; a failure is noted, and remembered for the retry pass when it was in passing. */
+    const retryingRead = (f: number) => {
+      // Bad block crcs are re-read at most backendBadBlockRereadsMax times in all, the first failure included.
+      let badBlocks = readFailureKind(retryable.get(f)) === 'bad-block' ? 1 : 0;
+      if (readFailureKind(retryable.get(f)) !== 'passing') this.storeCounters.badBodyRereads++;
+      return this.withRetries(`read ${fragmentKey(meta.name, f)} stripe ${stripe}`, () => readOnce(f), (err) => {
+        const kind = readFailureKind(err);
+        if (kind === 'bad-block' && ++badBlocks > limits.backendBadBlockRereadsMax) return false;
+        if (kind === 'short-body' || kind === 'bad-block') this.storeCounters.badBodyRereads++;
+        return kind !== 'final';
+      });
+    };
+    /** One unit into `units`; a failure is noted, and remembered for the retry pass when it may not recur. */
     const tryUnit = async (f: number, read: (f: number) => Promise<Buffer>, firstPass: boolean): Promise<void> => {
       try {
         units[f] = await read(f);
         good++;
       } catch (err) {
         errors.push(`fragment ${f} on ASD ${this.asdIdOf(meta, f)}: ${(err as Error).message}`);
-        if (firstPass && isPassingReadError(err)) retryable.push(f);
+        if (firstPass && isRetryableReadFailure(err)) retryable.set(f, err);
       }
     };
     // Start k reads; every failure starts the next candidate, until k units are in or none is left.
@@ -543,9 +558,9 @@ export class ErasureObjectStore {
       while (good < g.k && next < candidates.length) await tryUnit(candidates[next++]!, readOnce, true);
     };
     await Promise.all(Array.from({ length: Math.min(g.k, candidates.length) }, worker));
-    if (good < g.k && retryable.length > 0) {
+    if (good < g.k && retryable.size > 0) {
       this.storeCounters.readRetries++;
-      await Promise.all(retryable.map((f) => tryUnit(f, retryingRead, false)));
+      await Promise.all([...retryable.keys()].map((f) => tryUnit(f, retryingRead, false)));
     }
     if (good < g.k) throw this.tooFewFragments(meta, stripe, errors);
     this.storeCounters.stripesDecoded++;
@@ -926,14 +941,6 @@ export class ErasureObjectStore {
       }
     }
   }
-}
-
-/**
- * A read failure worth another try: the request failed (reset connection, refused, 5xx), not the fragment.
- * Missing or bad bytes stay that way, and a timed-out ASD already cost a full deadline.
- */
-function isPassingReadError(err: unknown): boolean {
-  return isKeelError(err, 'IO') || isKeelError(err, 'CONNECTION_CLOSED');
 }
 
 export function checkObjectName(name: string): void {

@@ -185,6 +185,12 @@ export const limits = {
   backendRetriesMax: 4,
   backendRetryBackoffBaseMs: 50,
   backendRetryBackoffMaxMs: 2_000,
+  /**
+   * Backend: times a stripe short of k good units re-reads a fragment whose bytes failed their block crc
+   * (backend/read-failure.ts): a response corrupted in transit reads right the next time, bad stored bytes
+   * never do, so more re-reads only delay the EIO.
+   */
+  backendBadBlockRereadsMax: 1,
   /** Backend: objects whose fragment headers + checksum tables stay cached for partial reads, and their total size. */
   backendHeaderCacheEntriesMax: 4_096,
   backendHeaderCacheBytesMax: 64 * 1024 * 1024,
