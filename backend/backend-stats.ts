@@ -42,10 +42,12 @@ export interface ObjectStoreCounters {
   readRetries: number;
   /** Fragment re-reads in those retries because the fragment had served a short body or bytes failing their block crc. */
   badBodyRereads: number;
+  /** Stripe decodes from another k-subset of fragments after a decode failed the caller's check (silently bad fragments). */
+  subsetDecodes: number;
   headerCacheHits: number;
   headerCacheMisses: number;
 }
 
 export function emptyObjectStoreCounters(): ObjectStoreCounters {
-  return { objectsPut: 0, rangeReads: 0, degradedReads: 0, stripesDecoded: 0, readRetries: 0, badBodyRereads: 0, headerCacheHits: 0, headerCacheMisses: 0 };
+  return { objectsPut: 0, rangeReads: 0, degradedReads: 0, stripesDecoded: 0, readRetries: 0, badBodyRereads: 0, subsetDecodes: 0, headerCacheHits: 0, headerCacheMisses: 0 };
 }

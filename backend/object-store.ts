@@ -55,6 +55,7 @@ import {
   type ObjectGeometry,
 } from './fragment-format.ts';
 import { Placement } from './placement.ts';
+import { kSubsets } from './k-subsets.ts';
 import { isRetryableReadFailure, readFailureKind, shortBodyError } from './read-failure.ts';
 import { checkPreset, describePreset, presetTransformsChunks, type Preset } from './preset.ts';
 
@@ -78,6 +79,14 @@ export interface ReadRangeOptions {
    * returns only bytes that passed it, or throws CHECKSUM_MISMATCH: callers need not check them again.
    */
   verify?: (data: Buffer) => boolean;
+  /**
+   * The same check on part of the range: bytes [offset, +data.length) of the object, where `data` lies
+   * within one stripe unit and starts and ends at the range's ends or at 4 KiB boundaries of the object.
+   * When bytes decoded from the other fragments fail `verify` too, it lets the store find which fragments
+   * to leave out (two silently bad fragments in a stripe: ErasureObjectStore.recheckPiece). Untransformed
+   * objects only; without it such a read fails with CHECKSUM_MISMATCH.
+   */
+  verifyPart?: (data: Buffer, offset: number) => boolean;
 }
 
 export type FragmentState = 'ok' | 'missing' | 'corrupt' | 'unreachable';
@@ -353,7 +362,9 @@ export class ErasureObjectStore {
     // The caller's checksum disagrees with bytes whose block crcs matched: decode the range from the other
     // fragments and blame whichever ASD served bytes that differ.
     this.log.warn({ object: name, offset, length }, 'caller rejected backend bytes: re-reading by decoding');
-    const second = meta.transform ? await this.readTransformed(meta, offset, length, true) : await this.readStored(meta, offset, length, true);
+    const second = meta.transform
+      ? await this.readTransformed(meta, offset, length, true)
+      : await this.readStored(meta, offset, length, true, true, options.verifyPart);
     if (options.verify(second.data)) return second.data;
     throw KeelError.checksumMismatch(`object ${name} range [${offset}, +${length}) (decoded bytes fail the caller's check too)`, {
       object: name,
@@ -364,11 +375,21 @@ export class ErasureObjectStore {
 
   /**
    * Reads stored bytes [storedOffset, +length). `avoidDirect`: decode every piece from the other fragments
-   * and compare with what the direct path served (re-read after a failed end-to-end check).
+   * and compare with what the direct path served (re-read after a failed end-to-end check), checking each
+   * piece with `verifyPart` when given (stored offsets are object offsets: untransformed objects only).
    */
-  private async readStored(meta: ObjectMeta, storedOffset: number, length: number, avoidDirect: boolean, checkBlocks = true): Promise<{ data: Buffer }> {
+  private async readStored(
+    meta: ObjectMeta,
+    storedOffset: number,
+    length: number,
+    avoidDirect: boolean,
+    checkBlocks = true,
+    verifyPart?: (data: Buffer, offset: number) => boolean,
+  ): Promise<{ data: Buffer }> {
     const pieces = mapStoredRange(meta.geometry, storedOffset, length);
-    const parts = avoidDirect ? await Promise.all(pieces.map((piece) => this.recheckPiece(meta, piece))) : await this.readPieces(meta, pieces, checkBlocks);
+    const parts = avoidDirect
+      ? await Promise.all(pieces.map((piece) => this.recheckPiece(meta, piece, verifyPart && ((bytes: Buffer) => verifyPart(bytes, piece.storedOffset)))))
+      : await this.readPieces(meta, pieces, checkBlocks);
     if (parts.length === 1) return { data: parts[0]! };
     return { data: Buffer.concat(parts, length) };
   }
@@ -443,11 +464,25 @@ export class ErasureObjectStore {
     }
   }
 
-  /** Decodes a piece without its fragment and compares with the direct bytes; blames the ASD on a difference. */
-  private async recheckPiece(meta: ObjectMeta, piece: FragmentPiece): Promise<Buffer> {
+  /**
+   * Decodes a piece without its fragment and compares with the direct bytes; blames the ASD on a difference.
+   * With `accept` (the caller's check of this piece), a decode it rejects had a silently bad fragment among
+   * its k sources (bytes and crc table rewritten alike, so no block crc sees it): other k-subsets of the
+   * stripe's fragments are tried (decodeAccepted), then the direct bytes, before the decode is returned
+   * anyway (and the caller's check of the range fails).
+   */
+  private async recheckPiece(meta: ObjectMeta, piece: FragmentPiece, accept?: (bytes: Buffer) => boolean): Promise<Buffer> {
     this.storeCounters.degradedReads++;
-    const decoded = await this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]));
+    let decoded = await this.readPieceDegraded(meta, piece, new Set([piece.fragmentIndex]));
     const direct = await this.readBodyRange(meta, piece.fragmentIndex, piece.bodyOffset, piece.length).catch(() => undefined);
+    if (accept && !accept(decoded)) {
+      const agreed = await this.decodeAccepted(meta, piece, accept);
+      if (agreed) decoded = agreed;
+      else if (direct && accept(direct)) {
+        this.log.warn({ object: meta.name, fragment: piece.fragmentIndex }, 'no decode passes the caller\'s check, the fragment\'s own bytes do');
+        return direct;
+      }
+    }
     if (direct && !direct.equals(decoded)) {
       const asd = meta.asdIndices[piece.fragmentIndex]!;
       this.counters[asd]!.checksumErrors++;
@@ -481,6 +516,46 @@ export class ErasureObjectStore {
       throw KeelError.checksumMismatch(`fragment ${key} block ${bad} on ASD ${this.asds[asd]!.id}`, { asd: this.asds[asd]!.id, block: bad });
     }
     return data.subarray(bodyOffset - start, bodyOffset - start + length);
+  }
+
+  /**
+   * Piece bytes decoded from a k-subset of the other fragments of its stripe that `accept` passes, trying
+   * at most backendDecodeSubsetsMax subsets; blames every fragment whose unit differs from that decode.
+   * Undefined when none passes. k = 1: the first other replica whose bytes pass.
+   */
+  private async decodeAccepted(meta: ObjectMeta, piece: FragmentPiece, accept: (bytes: Buffer) => boolean): Promise<Buffer | undefined> {
+    const g = meta.geometry;
+    const unit = g.stripeUnitBytes;
+    const others = Array.from({ length: g.k + g.m }, (_, f) => f).filter((f) => f !== piece.fragmentIndex);
+    if (g.k === 1) {
+      for (const f of others) {
+        const bytes = await this.readBodyRange(meta, f, piece.bodyOffset, piece.length).catch(() => undefined);
+        if (bytes && accept(bytes)) return bytes;
+      }
+      return undefined;
+    }
+    const stripe = Math.floor(piece.bodyOffset / unit); // with k > 1 a piece never leaves its stripe unit
+    const at = piece.bodyOffset - stripe * unit;
+    const units = await Promise.all(others.map((f) => this.readBodyRange(meta, f, stripe * unit, unit).catch(() => undefined)));
+    const present = others.filter((_, i) => units[i] !== undefined);
+    const unitOf = (f: number) => units[others.indexOf(f)]!;
+    let tried = 0;
+    for (const subset of kSubsets(present, g.k)) {
+      if (tried++ >= limits.backendDecodeSubsetsMax) break;
+      this.storeCounters.subsetDecodes++;
+      const sources = Array.from({ length: g.k + g.m }, (_, f) => (subset.includes(f) ? unitOf(f) : undefined));
+      const rebuilt = await this.codec(g.k, g.m).reconstructStripe(sources, unit);
+      const bytes = rebuilt[piece.fragmentIndex]!.subarray(at, at + piece.length);
+      if (!accept(bytes)) continue;
+      for (const f of present) {
+        if (subset.includes(f) || unitOf(f).equals(rebuilt[f]!)) continue;
+        this.counters[meta.asdIndices[f]!]!.checksumErrors++;
+        this.log.warn({ object: meta.name, fragment: f, stripe, asd: this.asdIdOf(meta, f) }, 'fragment bytes differ from the decode that passes the caller\'s check');
+      }
+      return Buffer.from(bytes);
+    }
+    this.log.warn({ object: meta.name, fragment: piece.fragmentIndex, stripe, tried }, 'no decode of the stripe passes the caller\'s check');
+    return undefined;
   }
 
   /** `lastResort`: fragments in `excluded` (with their failure) that may still be retried when the others are not enough. */

@@ -163,7 +163,11 @@ export class RemoteScoReader {
   private async fetch(name: string, scoSeq: number, table: Uint32Array, firstSlot: number, end: number): Promise<Buffer> {
     const bytes = (end - firstSlot) * clusterSizeBytes;
     const data = this.store
-      .readRange(name, firstSlot * clusterSizeBytes, bytes, { verify: (got) => firstBadCluster(got, table, firstSlot) < 0 })
+      .readRange(name, firstSlot * clusterSizeBytes, bytes, {
+        verify: (got) => firstBadCluster(got, table, firstSlot) < 0,
+        // Parts of the range let the store tell which of a stripe's fragments are silently bad.
+        verifyPart: (got, at) => at % clusterSizeBytes === 0 && got.length % clusterSizeBytes === 0 && firstBadCluster(got, table, at / clusterSizeBytes) < 0,
+      })
       .then((got) => {
         // No second crc pass here: readRange returns only bytes that passed `verify` (or throws).
         this.counters.remoteReads += 1;

@@ -191,6 +191,12 @@ export const limits = {
    * never do, so more re-reads only delay the EIO.
    */
   backendBadBlockRereadsMax: 1,
+  /**
+   * Backend: k-subsets of a stripe's fragments decoded, one after the other, when a decode fails the
+   * caller's check (ErasureObjectStore.decodeAccepted). C(k+m-1, k) subsets exist without the piece's own
+   * fragment: 5 at 4+2, 45 at 8+3; each decode costs k stripe units of codec work.
+   */
+  backendDecodeSubsetsMax: 64,
   /** Backend: objects whose fragment headers + checksum tables stay cached for partial reads, and their total size. */
   backendHeaderCacheEntriesMax: 4_096,
   backendHeaderCacheBytesMax: 64 * 1024 * 1024,
