@@ -296,6 +296,16 @@ export function firstBadBlock(table: Buffer, bodyOffset: number, data: Buffer): 
   return -1;
 }
 
+/** Every body block of `data` (fetched from block-aligned `bodyOffset`) whose crc32c does not match the table. */
+export function badBlocks(table: Buffer, bodyOffset: number, data: Buffer): number[] {
+  const bad: number[] = [];
+  const first = bodyOffset / fragmentBlockBytes;
+  for (let off = 0, b = first; off < data.length; off += fragmentBlockBytes, b++) {
+    if (crc32c(data.subarray(off, off + fragmentBlockBytes)) !== table.readUInt32LE(b * blockCrcEntryBytes)) bad.push(b);
+  }
+  return bad;
+}
+
 /**
  * Splits stored range [storedOffset, +length) into runs per data fragment. Runs adjacent both in the stored
  * stream and in one fragment's body are merged (k = 1: the whole range is one run).

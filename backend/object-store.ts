@@ -31,6 +31,7 @@ import {
   decodeFragmentHeader,
   encodeChunkIndex,
   encodeFragmentHeader,
+  badBlocks,
   firstBadBlock,
   fragmentFlagAesGcm,
   fragmentBlockBytes,
@@ -56,6 +57,7 @@ import {
 } from './fragment-format.ts';
 import { Placement } from './placement.ts';
 import { kSubsets } from './k-subsets.ts';
+import { describeStripes, planStripeRepair } from './stripe-repair-plan.ts';
 import { isRetryableReadFailure, readFailureKind, shortBodyError } from './read-failure.ts';
 import { checkPreset, describePreset, presetTransformsChunks, type Preset } from './preset.ts';
 
@@ -106,8 +108,10 @@ export interface ObjectVerification {
   healthyFragments: number;
   /** Every fragment is ok. */
   healthy: boolean;
-  /** At least k fragments are ok: the object can be read and repaired. */
+  /** Every stripe has at least k good units (a fragment with bad blocks is bad in their stripes only): the object can be read and repaired. */
   readable: boolean;
+  /** Stripes with fewer than k good units: their data is lost (all of them when no fragment header is valid). */
+  unrecoverableStripes: number[];
 }
 
 export interface PutObjectResult {
@@ -149,9 +153,13 @@ interface ObjectMeta {
 interface FragmentRead {
   index: number;
   status: FragmentStatus;
+  /** Set when header, tables and length are valid (also for a fragment with bad blocks). */
   header?: FragmentHeader;
   body?: Buffer;
+  table?: Buffer;
   indexBytes?: Buffer;
+  /** Body blocks failing their crc (only when `body` is set). */
+  badBlocks?: number[];
 }
 
 const objectNamePattern = /^[A-Za-z0-9._\-/]+$/;
@@ -322,10 +330,18 @@ export class ErasureObjectStore {
     return { bodies, pooledParity };
   }
 
-  private async fragmentBuffers(g: ObjectGeometry, index: number, body: readonly Buffer[], indexBytes: Buffer, knownBlockCrcs?: Uint32Array): Promise<Buffer[]> {
+  /** Header, tables and body of fragment `index`; `table` when the caller computed it (a repair), else computed here. */
+  private async fragmentBuffers(
+    g: ObjectGeometry,
+    index: number,
+    body: readonly Buffer[],
+    indexBytes: Buffer,
+    knownBlockCrcs?: Uint32Array,
+    givenTable?: Buffer,
+  ): Promise<Buffer[]> {
     const knownCrcOf =
       knownBlockCrcs !== undefined && index < g.k ? (bodyBlock: number) => knownBlockCrcs[storedBlockOfDataBlock(g, index, bodyBlock)] : undefined;
-    const table = await blockCrcTableYielding(body, knownCrcOf);
+    const table = givenTable ?? (await blockCrcTableYielding(body, knownCrcOf));
     const header = encodeFragmentHeader({ ...g, fragmentIndex: index, tablesCrc: tablesCrc(table, indexBytes) });
     return [header, table, indexBytes, ...body];
   }
@@ -831,34 +847,55 @@ export class ErasureObjectStore {
     return verification;
   }
 
-  /** Rewrites every missing or corrupt fragment from k healthy ones. Returns the fragment indices rewritten. */
+  /**
+   * Rewrites every missing or corrupt fragment, stripe by stripe from the k good units of each stripe (a
+   * fragment with bad blocks still serves its other stripes: stripe-repair-plan.ts). Returns the fragment
+   * indices rewritten. Stripes with fewer than k good units cannot be rebuilt: the damaged fragments are
+   * still rewritten for their other stripes (keeping, in those stripes, their bytes under their old crcs,
+   * or marked-bad blocks when they had none, so the loss stays visible), then it throws naming the stripes.
+   */
   async repairObject(name: string): Promise<{ repaired: number[] }> {
     checkObjectName(name);
-    const { verification, reads, geometry, asdIndices } = await this.readAllFragments(name);
+    const { verification, reads, geometry, asdIndices, plan } = await this.readAllFragments(name);
     if (verification.healthy) return { repaired: [] };
-    if (!verification.readable || !geometry)
-      throw KeelError.io(
-        `object ${name} cannot be repaired: only ${verification.healthyFragments} healthy fragments, ${verification.k} needed`,
-        undefined,
-        { object: name, fragments: verification.fragments },
-      );
+    if (!geometry || !plan)
+      throw KeelError.io(`object ${name} cannot be repaired: no fragment has a valid header`, undefined, { object: name, fragments: verification.fragments });
     const g = geometry;
     const unit = g.stripeUnitBytes;
-    const bad = reads.filter((r) => r.status.state !== 'ok').map((r) => r.index);
-    const bodies: Buffer[][] = bad.map(() => []);
+    const n = g.k + g.m;
     const codec = this.codec(g.k, g.m);
-    const goodReads = reads.filter((r) => r.status.state === 'ok');
-    for (let s = 0; s < g.stripeCount; s++) {
-      const units: (Buffer | undefined)[] = new Array(g.k + g.m).fill(undefined);
-      for (const r of goodReads.slice(0, g.k)) units[r.index] = r.body!.subarray(s * unit, (s + 1) * unit);
-      const rebuilt = await codec.reconstructStripe(units, unit);
-      bad.forEach((f, i) => bodies[i]!.push(rebuilt[f]!));
+    const unrecoverable = new Set(plan.unrecoverable);
+    /** Fragment -> stripe -> its rebuilt unit. */
+    const rebuilt = new Map<number, Map<number, Buffer>>();
+    for (const { stripe, good, damaged } of plan.damagedStripes) {
+      if (unrecoverable.has(stripe)) continue;
+      const units: (Buffer | undefined)[] = new Array(n).fill(undefined);
+      for (const f of good.slice(0, g.k)) units[f] = reads[f]!.body!.subarray(stripe * unit, (stripe + 1) * unit);
+      const all = await codec.reconstructStripe(units, unit);
+      for (const f of damaged) {
+        if (!rebuilt.has(f)) rebuilt.set(f, new Map());
+        rebuilt.get(f)!.set(stripe, all[f]!);
+      }
     }
-    const indexBytes = goodReads[0]!.indexBytes!;
+    const rewrite = [...rebuilt.keys()].sort((a, b) => a - b);
+    const indexBytes = reads.find((r) => r.body !== undefined)!.indexBytes!;
     this.forget(name);
     await Promise.all(
-      bad.map(async (f, i) => {
-        const buffers = await this.fragmentBuffers(g, f, bodies[i]!, indexBytes);
+      rewrite.map(async (f) => {
+        const own = reads[f]!;
+        const units = rebuilt.get(f)!;
+        const body = Array.from({ length: g.stripeCount }, (_, s) => units.get(s) ?? own.body?.subarray(s * unit, (s + 1) * unit) ?? Buffer.alloc(unit));
+        const table = await blockCrcTableYielding(body);
+        for (const s of plan.unrecoverable) {
+          if (units.has(s)) continue;
+          const from = (s * unit) / fragmentBlockBytes;
+          const to = ((s + 1) * unit) / fragmentBlockBytes;
+          // Never store lost bytes under a fresh crc: keep the old entries (they fail for the bad blocks), or
+          // when the fragment had no valid table, entries that fail for every block of the stripe.
+          if (own.table) own.table.copy(table, from * blockCrcEntryBytes, from * blockCrcEntryBytes, to * blockCrcEntryBytes);
+          else for (let b = from; b < to; b++) table.writeUInt32LE(~table.readUInt32LE(b * blockCrcEntryBytes) >>> 0, b * blockCrcEntryBytes);
+        }
+        const buffers = await this.fragmentBuffers(g, f, body, indexBytes, undefined, table);
         const asd = asdIndices[f]!;
         await this.withRetries(`repair ${fragmentKey(name, f)}`, () =>
           this.request(asd, 'write', (a, signal) => a.put(fragmentKey(name, f), buffers, signal)),
@@ -867,8 +904,20 @@ export class ErasureObjectStore {
         this.counters[asd]!.fragmentsRepaired++;
       }),
     );
-    this.log.info({ object: name, repaired: bad }, 'object repaired');
-    return { repaired: bad };
+    if (plan.unrecoverable.length > 0) {
+      const first = plan.damagedStripes.find((d) => d.stripe === plan.unrecoverable[0])!;
+      const why =
+        `${plan.unrecoverable.length} of ${g.stripeCount} stripes have fewer than k=${g.k} good units: stripes ${describeStripes(plan.unrecoverable)}` +
+        ` (stripe ${first.stripe}: fragments ${first.damaged.join(', ')} missing or bad)`;
+      this.log.error({ object: name, repaired: rewrite, unrecoverableStripes: plan.unrecoverable }, 'object not fully repairable');
+      throw KeelError.io(
+        rewrite.length > 0 ? `object ${name} repaired only in part (fragments ${rewrite.join(', ')} rewritten): ${why}` : `object ${name} cannot be repaired: ${why}`,
+        undefined,
+        { object: name, repaired: rewrite, unrecoverableStripes: plan.unrecoverable, fragments: verification.fragments },
+      );
+    }
+    this.log.info({ object: name, repaired: rewrite, stripes: plan.damagedStripes.length }, 'object repaired');
+    return { repaired: rewrite };
   }
 
   /**
@@ -888,20 +937,23 @@ export class ErasureObjectStore {
     const reads = await Promise.all(asdIndices.map((asd, f) => this.readWholeFragment(name, nameHash, f, asd)));
     const groups = new Map<string, FragmentRead[]>();
     for (const r of reads) {
-      if (r.status.state !== 'ok') continue;
-      const id = r.header!.putId.toString('hex');
+      if (!r.header) continue; // a fragment with bad blocks still has a valid header: it votes too
+      const id = r.header.putId.toString('hex');
       groups.set(id, [...(groups.get(id) ?? []), r]);
     }
     const winner = [...groups.values()].sort((a, b) => b.length - a.length)[0] ?? [];
     const geometry = winner[0] ? geometryOf(winner[0].header!) : undefined;
     for (const r of reads) {
-      if (r.status.state === 'ok' && geometry && !sameGeometry(r.header!, geometry)) {
+      if (r.header && geometry && !sameGeometry(r.header, geometry)) {
         r.status = { ...r.status, state: 'corrupt', detail: 'fragment of another put of this object' };
-        this.counters[asdIndices[r.index]!]!.checksumErrors++;
+        if (r.badBlocks?.length === 0) this.counters[asdIndices[r.index]!]!.checksumErrors++; // bad blocks were counted already
+        for (const key of ['header', 'body', 'table', 'indexBytes', 'badBlocks'] as const) delete r[key];
       }
     }
     const k = geometry?.k ?? this.preset.k;
     const healthyFragments = reads.filter((r) => r.status.state === 'ok').length;
+    const plan = geometry && planStripeRepair(geometry, reads.map((r) => ({ usable: r.body !== undefined, badBlocks: r.badBlocks ?? [] })));
+    const unrecoverableStripes = plan ? plan.unrecoverable : [];
     const verification: ObjectVerification = {
       name,
       k,
@@ -909,9 +961,10 @@ export class ErasureObjectStore {
       fragments: reads.map((r) => r.status),
       healthyFragments,
       healthy: healthyFragments === n,
-      readable: healthyFragments >= k,
+      readable: plan !== undefined && unrecoverableStripes.length === 0,
+      unrecoverableStripes,
     };
-    return { verification, reads, geometry, asdIndices };
+    return { verification, reads, geometry, asdIndices, plan };
   }
 
   private async readWholeFragment(name: string, nameHash: Buffer, f: number, asd: number): Promise<FragmentRead> {
@@ -935,9 +988,14 @@ export class ErasureObjectStore {
       const indexBytes = buf.subarray(layout.indexOffset, layout.bodyOffset);
       if (tablesCrc(table, indexBytes) !== header.tablesCrc) throw KeelError.corrupt(`${key}: tables crc mismatch`);
       const body = buf.subarray(layout.bodyOffset);
-      const badBlock = firstBadBlock(table, 0, body);
-      if (badBlock >= 0) throw KeelError.checksumMismatch(`${key} block ${badBlock}`);
-      return { index: f, status: status('ok'), header, body, indexBytes };
+      const bad = badBlocks(table, 0, body);
+      if (bad.length > 0) {
+        // Kept with its body: its other blocks are good, and a repair rebuilds the stripes of the bad ones only.
+        this.counters[asd]!.checksumErrors++;
+        const detail = KeelError.checksumMismatch(`${key} block ${bad[0]}${bad.length > 1 ? ` (${bad.length} bad blocks)` : ''}`).message;
+        return { index: f, status: status('corrupt', detail), header, body, table, indexBytes, badBlocks: bad };
+      }
+      return { index: f, status: status('ok'), header, body, table, indexBytes, badBlocks: [] };
     } catch (err) {
       this.counters[asd]!.checksumErrors++;
       return { index: f, status: status('corrupt', (err as Error).message) };

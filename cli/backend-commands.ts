@@ -8,6 +8,7 @@ import type { VpoolBackend } from '../backend/backend-config.ts';
 import { mapBounded } from '../backend/concurrency-gate.ts';
 import { listObjectNames } from '../backend/object-listing.ts';
 import type { ObjectVerification } from '../backend/object-store.ts';
+import { describeStripes } from '../backend/stripe-repair-plan.ts';
 import type { AsdCounters } from '../backend/backend-stats.ts';
 import { volumeObjectPrefix } from '../router/backend-object-names.ts';
 import type { Coordination } from '../shared/coordination.ts';
@@ -47,7 +48,7 @@ export function addBackendCommands(program: Command): void {
     .action(async (volume: string | undefined, options: CommonOptions) => backendVerify(volume, options));
   backend
     .command('repair [volume]')
-    .description('rewrite lost or corrupt fragments of a volume (or of all volumes)')
+    .description('rewrite lost or corrupt fragments of a volume (or of all volumes), stripe by stripe; names the stripes that cannot be rebuilt')
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
     .option('--json', 'machine-readable output')
@@ -171,13 +172,21 @@ async function backendVerify(volume: string | undefined, options: CommonOptions)
     degraded: problems.filter((r) => !('error' in r) && r.readable).length,
     unreadable: problems.filter((r) => 'error' in r || !r.readable).length,
     problems: problems.map((r) =>
-      'error' in r ? r : { name: r.name, healthyFragments: r.healthyFragments, bad: r.fragments.filter((f) => f.state !== 'ok') },
+      'error' in r
+        ? r
+        : { name: r.name, healthyFragments: r.healthyFragments, bad: r.fragments.filter((f) => f.state !== 'ok'), unrecoverableStripes: r.unrecoverableStripes },
     ),
   };
   if (options.json) printJson(summary);
   else {
     console.log(`${summary.objects} objects: ${summary.healthy} healthy, ${summary.degraded} degraded (repairable), ${summary.unreadable} unreadable`);
-    for (const p of summary.problems) console.log(`  ${p.name}: ${'error' in p ? p.error : p.bad.map((f) => `fragment ${f.fragmentIndex} on ${f.asdId} ${f.state}`).join(', ')}`);
+    for (const p of summary.problems) {
+      if ('error' in p) console.log(`  ${p.name}: ${p.error}`);
+      else {
+        const lost = p.unrecoverableStripes.length > 0 ? `; stripes ${describeStripes(p.unrecoverableStripes)} have fewer than k good units` : '';
+        console.log(`  ${p.name}: ${p.bad.map((f) => `fragment ${f.fragmentIndex} on ${f.asdId} ${f.state}`).join(', ')}${lost}`);
+      }
+    }
   }
   if (problems.length > 0) process.exitCode = 1;
 }

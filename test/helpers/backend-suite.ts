@@ -223,7 +223,7 @@ export function defineBackendSuite(label: string, makeFixture: () => Promise<Asd
       await expectReadsCorrect(store, name, data, [[2 * 65536, 4096]]);
       verification = await store.verifyObject(name);
       expect(verification).toMatchObject({ readable: false, healthyFragments: 3 });
-      await expect(store.repairObject(name)).rejects.toThrow(/cannot be repaired: only 3 healthy fragments, 4 needed/);
+      await expect(store.repairObject(name)).rejects.toThrow(/cannot be repaired: 64 of 64 stripes have fewer than k=4 good units: stripes 0-63/);
 
       await store.deleteObject(name);
       for (const [i, id] of info.asdIds.entries()) expect(await asdById(id).list(fragmentKey(name, i))).toEqual([]);
