@@ -57,7 +57,8 @@ import {
 } from './fragment-format.ts';
 import { Placement } from './placement.ts';
 import { kSubsets } from './k-subsets.ts';
-import { describeStripes, planStripeRepair } from './stripe-repair-plan.ts';
+import { checkStripeParity } from './parity-check.ts';
+import { describeStripes, planStripeRepair, type StripeRepairPlan } from './stripe-repair-plan.ts';
 import { isRetryableReadFailure, readFailureKind, shortBodyError } from './read-failure.ts';
 import { checkPreset, describePreset, presetTransformsChunks, type Preset } from './preset.ts';
 
@@ -112,6 +113,19 @@ export interface ObjectVerification {
   readable: boolean;
   /** Stripes with fewer than k good units: their data is lost (all of them when no fragment header is valid). */
   unrecoverableStripes: number[];
+  /**
+   * Deep verification only: stripes whose stored parity disagrees with their data units. A stripe where
+   * one unit is found to be the bad one shows as that fragment `corrupt` (and is repairable); the others
+   * are listed in `unlocatedParityMismatches` too.
+   */
+  parityMismatchStripes?: number[];
+  /** Deep verification only: mismatching stripes whose bad unit cannot be told (more than one, or m = 1). */
+  unlocatedParityMismatches?: number[];
+}
+
+export interface VerifyOptions {
+  /** Also re-encode every intact stripe's parity from its data units and compare with the stored parity. */
+  deep?: boolean;
 }
 
 export interface PutObjectResult {
@@ -841,9 +855,9 @@ export class ErasureObjectStore {
     if (failures.length > 0) throw KeelError.io(`delete of object ${name} incomplete: ${failures.join('; ')}`, undefined, { failures });
   }
 
-  async verifyObject(name: string): Promise<ObjectVerification> {
+  async verifyObject(name: string, options: VerifyOptions = {}): Promise<ObjectVerification> {
     checkObjectName(name);
-    const { verification } = await this.readAllFragments(name);
+    const { verification } = await this.readAllFragments(name, options);
     return verification;
   }
 
@@ -854,9 +868,9 @@ export class ErasureObjectStore {
    * still rewritten for their other stripes (keeping, in those stripes, their bytes under their old crcs,
    * or marked-bad blocks when they had none, so the loss stays visible), then it throws naming the stripes.
    */
-  async repairObject(name: string): Promise<{ repaired: number[] }> {
+  async repairObject(name: string, options: VerifyOptions = {}): Promise<{ repaired: number[] }> {
     checkObjectName(name);
-    const { verification, reads, geometry, asdIndices, plan } = await this.readAllFragments(name);
+    const { verification, reads, geometry, asdIndices, plan } = await this.readAllFragments(name, options);
     if (verification.healthy) return { repaired: [] };
     if (!geometry || !plan)
       throw KeelError.io(`object ${name} cannot be repaired: no fragment has a valid header`, undefined, { object: name, fragments: verification.fragments });
@@ -904,6 +918,14 @@ export class ErasureObjectStore {
         this.counters[asd]!.fragmentsRepaired++;
       }),
     );
+    const unlocated = verification.unlocatedParityMismatches ?? [];
+    if (unlocated.length > 0 && plan.unrecoverable.length === 0)
+      throw KeelError.io(
+        `object ${name} ${rewrite.length > 0 ? `repaired only in part (fragments ${rewrite.join(', ')} rewritten)` : 'cannot be repaired'}: ` +
+          `stripes ${describeStripes(unlocated)} have parity that disagrees with their data, and which unit is bad cannot be told`,
+        undefined,
+        { object: name, repaired: rewrite, unlocatedParityMismatches: unlocated, fragments: verification.fragments },
+      );
     if (plan.unrecoverable.length > 0) {
       const first = plan.damagedStripes.find((d) => d.stripe === plan.unrecoverable[0])!;
       const why =
@@ -924,7 +946,7 @@ export class ErasureObjectStore {
    * Downloads and checks every fragment end to end. The object's identity is the put whose fragments are
    * the most numerous among the valid ones; fragments of another put count as corrupt.
    */
-  private async readAllFragments(name: string) {
+  private async readAllFragments(name: string, options: VerifyOptions = {}) {
     let n = this.preset.k + this.preset.m;
     try {
       const meta = await this.loadMeta(name);
@@ -951,8 +973,11 @@ export class ErasureObjectStore {
       }
     }
     const k = geometry?.k ?? this.preset.k;
+    const damageOf = () => reads.map((r) => ({ usable: r.body !== undefined, badBlocks: r.badBlocks ?? [] }));
+    let plan = geometry && planStripeRepair(geometry, damageOf());
+    const deep = options.deep && geometry && plan ? await this.checkParity(name, geometry, reads, plan, asdIndices) : undefined;
+    if (deep && deep.located > 0) plan = planStripeRepair(geometry!, damageOf()); // located bad units are damage now
     const healthyFragments = reads.filter((r) => r.status.state === 'ok').length;
-    const plan = geometry && planStripeRepair(geometry, reads.map((r) => ({ usable: r.body !== undefined, badBlocks: r.badBlocks ?? [] })));
     const unrecoverableStripes = plan ? plan.unrecoverable : [];
     const verification: ObjectVerification = {
       name,
@@ -960,11 +985,46 @@ export class ErasureObjectStore {
       m: n - k,
       fragments: reads.map((r) => r.status),
       healthyFragments,
-      healthy: healthyFragments === n,
+      healthy: healthyFragments === n && (deep === undefined || deep.mismatched.length === 0),
       readable: plan !== undefined && unrecoverableStripes.length === 0,
       unrecoverableStripes,
+      ...(deep ? { parityMismatchStripes: deep.mismatched, unlocatedParityMismatches: deep.unlocated } : {}),
     };
     return { verification, reads, geometry, asdIndices, plan };
+  }
+
+  /**
+   * Deep verification: re-encodes the parity of every stripe whose units all pass their crcs and compares
+   * it with the stored parity (parity-check.ts). A located bad unit becomes bad blocks of its fragment (the
+   * whole unit), so the plan and a repair treat it like any other damage; its ASD is blamed.
+   */
+  private async checkParity(name: string, g: ObjectGeometry, reads: FragmentRead[], plan: StripeRepairPlan, asdIndices: number[]) {
+    const unit = g.stripeUnitBytes;
+    const codec = this.codec(g.k, g.m);
+    const damaged = new Set(plan.damagedStripes.map((d) => d.stripe));
+    const mismatched: number[] = [];
+    const unlocated: number[] = [];
+    let located = 0;
+    for (let s = 0; s < g.stripeCount; s++) {
+      if (damaged.has(s)) continue;
+      const units = reads.map((r) => r.body!.subarray(s * unit, (s + 1) * unit));
+      const check = await checkStripeParity(codec, units, unit);
+      if (check.consistent) continue;
+      mismatched.push(s);
+      if (check.badUnit === undefined) {
+        unlocated.push(s);
+        continue;
+      }
+      located++;
+      const r = reads[check.badUnit]!;
+      const blocksPerUnit = unit / fragmentBlockBytes;
+      r.badBlocks = [...r.badBlocks!, ...Array.from({ length: blocksPerUnit }, (_, b) => s * blocksPerUnit + b)].sort((a, b) => a - b);
+      const detail = `stripe ${s} disagrees with the other units (parity check)`;
+      r.status = { ...r.status, state: 'corrupt', detail: r.status.state === 'corrupt' ? `${r.status.detail}; ${detail}` : detail };
+      this.counters[asdIndices[r.index]!]!.checksumErrors++;
+      this.log.warn({ object: name, fragment: r.index, stripe: s }, 'deep verify: a unit disagrees with the rest of its stripe');
+    }
+    return { mismatched, unlocated, located };
   }
 
   private async readWholeFragment(name: string, nameHash: Buffer, f: number, asd: number): Promise<FragmentRead> {

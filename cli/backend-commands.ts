@@ -26,6 +26,11 @@ interface CommonOptions {
   json?: boolean;
 }
 
+interface CheckOptions extends CommonOptions {
+  /** Also compare every stripe's stored parity with its data units (ErasureObjectStore.verifyObject). */
+  deep?: boolean;
+}
+
 /** Objects verified or repaired at once (each is held in RAM, ~1.5x its size). */
 const objectsInFlightMax = 4;
 const progressIntervalMs = 1_000;
@@ -44,15 +49,17 @@ export function addBackendCommands(program: Command): void {
     .description('check every fragment of every object of a volume (or of all volumes)')
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
+    .option('--deep', "also re-encode each stripe's parity from its data and compare with the stored parity")
     .option('--json', 'machine-readable output')
-    .action(async (volume: string | undefined, options: CommonOptions) => backendVerify(volume, options));
+    .action(async (volume: string | undefined, options: CheckOptions) => backendVerify(volume, options));
   backend
     .command('repair [volume]')
     .description('rewrite lost or corrupt fragments of a volume (or of all volumes), stripe by stripe; names the stripes that cannot be rebuilt')
     .option('--data <dir>', 'cluster data directory')
     .option('--redis <url>', 'Redis coordination URL (default $KEEL_REDIS_URL; none: embedded, under --data)')
+    .option('--deep', 'also find units whose parity check fails (as verify --deep) and rebuild them')
     .option('--json', 'machine-readable output')
-    .action(async (volume: string | undefined, options: CommonOptions) => backendRepair(volume, options));
+    .action(async (volume: string | undefined, options: CheckOptions) => backendRepair(volume, options));
 }
 
 async function openBackend(options: CommonOptions): Promise<{ coordination: Coordination; backend: VpoolBackend; description: Record<string, unknown> }> {
@@ -151,13 +158,13 @@ function progress(verb: string, total: number): { tick: () => void; done: () => 
   };
 }
 
-async function backendVerify(volume: string | undefined, options: CommonOptions): Promise<void> {
+async function backendVerify(volume: string | undefined, options: CheckOptions): Promise<void> {
   const { coordination, backend } = await openBackend(options);
   const names = await objectsOf(coordination, backend, volume);
   const meter = progress('verified', names.length);
   const results = await mapBounded(names, objectsInFlightMax, async (name): Promise<ObjectVerification | { name: string; error: string }> => {
     try {
-      return await backend.store.verifyObject(name);
+      return await backend.store.verifyObject(name, { deep: options.deep === true });
     } catch (err) {
       return { name, error: (err as Error).message };
     } finally {
@@ -174,7 +181,13 @@ async function backendVerify(volume: string | undefined, options: CommonOptions)
     problems: problems.map((r) =>
       'error' in r
         ? r
-        : { name: r.name, healthyFragments: r.healthyFragments, bad: r.fragments.filter((f) => f.state !== 'ok'), unrecoverableStripes: r.unrecoverableStripes },
+        : {
+            name: r.name,
+            healthyFragments: r.healthyFragments,
+            bad: r.fragments.filter((f) => f.state !== 'ok'),
+            unrecoverableStripes: r.unrecoverableStripes,
+            ...(r.unlocatedParityMismatches ? { unlocatedParityMismatches: r.unlocatedParityMismatches } : {}),
+          },
     ),
   };
   if (options.json) printJson(summary);
@@ -184,14 +197,17 @@ async function backendVerify(volume: string | undefined, options: CommonOptions)
       if ('error' in p) console.log(`  ${p.name}: ${p.error}`);
       else {
         const lost = p.unrecoverableStripes.length > 0 ? `; stripes ${describeStripes(p.unrecoverableStripes)} have fewer than k good units` : '';
-        console.log(`  ${p.name}: ${p.bad.map((f) => `fragment ${f.fragmentIndex} on ${f.asdId} ${f.state}`).join(', ')}${lost}`);
+        const unlocated = p.unlocatedParityMismatches?.length
+          ? `; stripes ${describeStripes(p.unlocatedParityMismatches)} fail the parity check (bad unit unknown)`
+          : '';
+        console.log(`  ${p.name}: ${p.bad.map((f) => `fragment ${f.fragmentIndex} on ${f.asdId} ${f.state}`).join(', ')}${lost}${unlocated}`);
       }
     }
   }
   if (problems.length > 0) process.exitCode = 1;
 }
 
-async function backendRepair(volume: string | undefined, options: CommonOptions): Promise<void> {
+async function backendRepair(volume: string | undefined, options: CheckOptions): Promise<void> {
   const { coordination, backend } = await openBackend(options);
   const names = await objectsOf(coordination, backend, volume);
   const meter = progress('repaired', names.length);
@@ -200,7 +216,7 @@ async function backendRepair(volume: string | undefined, options: CommonOptions)
   let fragmentsRewritten = 0;
   await mapBounded(names, objectsInFlightMax, async (name) => {
     try {
-      const { repaired } = await backend.store.repairObject(name);
+      const { repaired } = await backend.store.repairObject(name, { deep: options.deep === true });
       if (repaired.length > 0) objectsRepaired += 1;
       fragmentsRewritten += repaired.length;
     } catch (err) {
