@@ -11,6 +11,7 @@ import { isKeelError, type KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WritevBatch } from '../shared/writev-batch.ts';
+import type { LogRateLimit } from '../shared/log-rate-limit.ts';
 import type { ByteBudget } from './byte-budget.ts';
 import { ByteQueue } from './byte-queue.ts';
 import {
@@ -84,6 +85,8 @@ export interface NbdConnectionSettings {
   requestBytesInFlightMax: number;
   /** Payload bytes of all the edge's connections (limits.nbdEdgeRequestBytesInFlightMax), shared. */
   edgeRequestBytes: ByteBudget;
+  /** Lines a client can cause (bad requests, failed opens, aborts) go through it: a client in a loop must not flood the log. */
+  logLimit: LogRateLimit;
   requestBytesMax: number;
   optionBytesMax: number;
   handshakeTimeoutMs: number;
@@ -220,7 +223,7 @@ export class NbdConnection {
   /** Hard disconnect: the peer broke the protocol or the connection must go now. */
   private abort(reason: string, err?: unknown): void {
     if (this.status === 'closed') return;
-    this.logger.warn({ err, inFlight: this.inFlight }, `nbd connection closed: ${reason}`);
+    this.settings.logLimit.log(this.logger, 'warn', `nbd-abort:${reason}`, { err, inFlight: this.inFlight }, `nbd connection closed: ${reason}`);
     this.setStatus('closed', reason);
     this.incoming.clear();
     this.socket.destroy();
@@ -338,7 +341,7 @@ export class NbdConnection {
       request = parseInfoRequest(data);
     } catch (err) {
       if (!isKeelError(err)) throw err;
-      this.logger.warn({ err }, 'malformed NBD_OPT_INFO/GO');
+      this.settings.logLimit.log(this.logger, 'warn', 'nbd-bad-info', { err }, 'malformed NBD_OPT_INFO/GO');
       return this.sendOptionReply(option, NBD_REP_ERR_INVALID, err.message);
     }
     const exportName = this.resolveExportName(request.exportName);
@@ -402,7 +405,7 @@ export class NbdConnection {
         target = await this.settings.resolver.open(exportName);
       } catch (err) {
         if (!isKeelError(err)) throw err;
-        this.logger.warn({ err, exportName }, 'cannot open export');
+        this.settings.logLimit.log(this.logger, 'warn', `nbd-open-failed:${err.code}`, { err, exportName }, 'cannot open export');
         this.openFailure = err;
         return undefined;
       }
@@ -419,7 +422,7 @@ export class NbdConnection {
       return await this.settings.resolver.describe(exportName);
     } catch (err) {
       if (!isKeelError(err)) throw err;
-      this.logger.warn({ err, exportName }, 'cannot describe export');
+      this.settings.logLimit.log(this.logger, 'warn', `nbd-describe-failed:${err.code}`, { err, exportName }, 'cannot describe export');
       return undefined;
     }
   }
@@ -510,14 +513,14 @@ export class NbdConnection {
     this.inFlightBytes += payloadBytes(request);
     const error = validateRequest(request, served);
     if (error !== 0) {
-      this.logger.warn(requestLogFields(request, error), 'nbd request rejected');
+      this.settings.logLimit.log(this.logger, 'warn', `nbd-request-rejected:${error}`, requestLogFields(request, error), 'nbd request rejected');
       return this.complete(request, bytes, error, undefined);
     }
     execute(served.target, request).then(
       (data) => this.complete(request, bytes, 0, data),
       (err: unknown) => {
         const nbdError = nbdErrorFor(err, request.type); // rethrows programmer errors
-        this.logger.warn({ ...requestLogFields(request, nbdError), err }, 'nbd request failed in the target');
+        this.settings.logLimit.log(this.logger, 'warn', `nbd-request-failed:${nbdError}`, { ...requestLogFields(request, nbdError), err }, 'nbd request failed in the target');
         this.complete(request, bytes, nbdError, undefined);
       },
     );

@@ -8,6 +8,7 @@ import type { ExportResolver } from '../shared/block-target.ts';
 import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { type Logger, createLogger } from '../shared/logger.ts';
+import { LogRateLimit, type LogRateLimitOptions } from '../shared/log-rate-limit.ts';
 import { ByteBudget } from './byte-budget.ts';
 import { NbdConnection, type NbdConnectionSettings } from './nbd-connection.ts';
 
@@ -21,6 +22,8 @@ export interface NbdServerOptions {
   logger?: Logger;
   /** Overrides of the shared/limits.ts bounds (tests use small ones). */
   bounds?: Partial<NbdServerBounds>;
+  /** Overrides of the log rate limit's bounds (tests use an injected clock). */
+  logRateLimit?: Partial<LogRateLimitOptions>;
 }
 
 export interface NbdServerBounds {
@@ -85,6 +88,7 @@ export class NbdServer {
       requestsInFlightMax: this.bounds.requestsInFlightMax,
       requestBytesInFlightMax: this.bounds.requestBytesInFlightMax,
       edgeRequestBytes: this.requestBytes,
+      logLimit: new LogRateLimit(this.logger, { linesMax: limits.logLinesPerKeyMax, intervalMs: limits.logRateIntervalMs, keysMax: limits.logRateKeysMax, ...options.logRateLimit }),
       requestBytesMax: this.bounds.requestBytesMax,
       optionBytesMax: this.bounds.optionBytesMax,
       handshakeTimeoutMs: this.bounds.handshakeTimeoutMs,
@@ -134,6 +138,7 @@ export class NbdServer {
     const listenerClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     await Promise.all([...this.connections].map((c) => c.shutdown(this.bounds.drainTimeoutMs)));
     await listenerClosed;
+    this.settings.logLimit.flush(); // the counts of lines suppressed so far
     this.setStatus('stopped');
   }
 
@@ -155,7 +160,10 @@ export class NbdServer {
     // Clients that connect and say nothing must not lock others out: the oldest handshake makes room.
     if (handshaking.length >= this.bounds.handshakingConnectionsMax || (liveCount >= this.bounds.connectionsMax && handshaking.length > 0)) {
       const oldest = handshaking.find((c) => !c.workingOnOption) ?? handshaking[0];
-      this.logger.warn(
+      this.settings.logLimit.log(
+        this.logger,
+        'warn',
+        'nbd-handshake-evicted',
         { remote, evicted: oldest.remote, handshaking: handshaking.length, handshakingConnectionsMax: this.bounds.handshakingConnectionsMax },
         'nbd handshake evicted: too many connections in the handshake, the oldest makes room',
       );
@@ -163,7 +171,7 @@ export class NbdServer {
       liveCount -= 1;
     }
     if (liveCount >= this.bounds.connectionsMax) {
-      this.logger.warn({ remote, connectionsMax: this.bounds.connectionsMax }, 'nbd connection refused: too many connections');
+      this.settings.logLimit.log(this.logger, 'warn', 'nbd-refused', { remote, connectionsMax: this.bounds.connectionsMax }, 'nbd connection refused: too many connections');
       socket.destroy();
       return;
     }

@@ -37,6 +37,7 @@ import {
   NBD_REP_INFO,
 } from '../../edge/nbd-protocol.ts';
 import { NbdServer, type NbdServerBounds } from '../../edge/nbd-server.ts';
+import { limits } from '../../shared/limits.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { MemoryExportResolver, MemoryVolume } from '../helpers/memory-target.ts';
 import { RawNbdSocket, capturingLogger } from '../helpers/raw-nbd-socket.ts';
@@ -79,7 +80,7 @@ async function startServer(bounds: Partial<NbdServerBounds> = {}) {
     await waitFor(() => server.connectionCount === 1 && resolver.opened - resolver.closed === 1, 'the server to clean up');
   };
   const logged = (pattern: RegExp) => lines.some((l) => l.level === 40 && pattern.test(String(l.msg)));
-  return { server, resolver, volume, raw, rawInTransmission, goodClientStillWorks, cleanedUp, logged };
+  return { server, resolver, volume, raw, rawInTransmission, goodClientStillWorks, cleanedUp, logged, lines };
 }
 
 async function waitFor(condition: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
@@ -305,6 +306,20 @@ describe('NBD transmission with bad input', () => {
     expect(ok).toMatchObject({ error: 0, handleLo: 5 });
     expect(ok.data.length).toBe(8);
     expect(t.logged(/nbd request rejected/)).toBe(true);
+  });
+
+  it('a client looping on bad requests gets every answer, and the log logLinesPerKeyMax lines then one count', async () => {
+    const t = await startServer();
+    const raw = await t.rawInTransmission();
+    const requests = 200;
+    for (let handle = 1; handle <= requests; handle++) raw.request(NBD_CMD_READ, { handle, offset: 2 ** 40, length: 4096 }); // past the end
+    for (let i = 0; i < requests; i++) expect(await raw.readSimpleReply()).toMatchObject({ error: NBD_EINVAL });
+    const rejected = t.lines.filter((l) => l.msg === 'nbd request rejected');
+    expect(rejected).toHaveLength(limits.logLinesPerKeyMax);
+    await t.server.stop(); // the stop writes the count of the lines held back
+    expect(t.lines.filter((l) => l.msg === 'log lines suppressed')).toEqual([
+      expect.objectContaining({ suppressed: requests - limits.logLinesPerKeyMax, message: 'nbd request rejected' }),
+    ]);
   });
 
   it('answers EPERM to writes on a read-only export, consuming the payload', async () => {

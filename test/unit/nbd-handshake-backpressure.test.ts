@@ -11,6 +11,7 @@ import { NbdConnection, type NbdConnectionSettings } from '../../edge/nbd-connec
 import { encodeClientFlags, encodeOption, parseServerEntry } from '../../edge/nbd-handshake.ts';
 import { NBD_FLAG_C_FIXED_NEWSTYLE, NBD_GREETING_BYTES, NBD_OPT_LIST, NBD_REP_ACK, NBD_REP_SERVER } from '../../edge/nbd-protocol.ts';
 import { limits } from '../../shared/limits.ts';
+import { LogRateLimit } from '../../shared/log-rate-limit.ts';
 import { silentLogger } from '../../shared/logger.ts';
 import { MemoryExportResolver, MemoryVolume } from '../helpers/memory-target.ts';
 import { RawNbdSocket } from '../helpers/raw-nbd-socket.ts';
@@ -49,6 +50,7 @@ async function serveOneConnection(resolver: MemoryExportResolver) {
       requestsInFlightMax: limits.nbdRequestsInFlightMax,
       requestBytesInFlightMax: limits.nbdRequestBytesInFlightMax,
       edgeRequestBytes: new ByteBudget(limits.nbdEdgeRequestBytesInFlightMax),
+      logLimit: new LogRateLimit(silentLogger(), { linesMax: limits.logLinesPerKeyMax, intervalMs: limits.logRateIntervalMs, keysMax: limits.logRateKeysMax }),
       requestBytesMax: limits.nbdRequestBytesMax,
       optionBytesMax: limits.nbdOptionBytesMax,
       handshakeTimeoutMs: 30_000,
