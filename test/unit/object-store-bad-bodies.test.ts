@@ -1,40 +1,27 @@
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { FaultyAsd } from '../../backend/asd.ts';
 import { fragmentKey } from '../../backend/fragment-format.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
-import { parsePreset } from '../../backend/preset.ts';
+import { putTestObject, testStripeUnitBytes, type ErasureTestObject } from '../helpers/erasure-test-object.ts';
 
 // A transient bad GET body (truncated by a proxy, a byte flipped in transit) on a survivor of a stripe that
 // already lost m fragments: the stripe is still readable, so the read must not fail.
-const unit = 65536;
+const unit = testStripeUnitBytes;
 const name = 'vol-t/sco/00000001';
-let root: string;
-let asds: FaultyAsd[];
+let object: ErasureTestObject<FaultyAsd>;
 let store: ErasureObjectStore;
 let data: Buffer;
 let asdOf: (fragment: number) => FaultyAsd;
 
 beforeEach(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'keel-bad-bodies-'));
-  asds = Array.from({ length: 6 }, (_, i) => new FaultyAsd(new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`))));
-  store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 4, m: 2, stripeUnitBytes: unit }, {}), retriesMax: 2, retryBackoffBaseMs: 5 });
-  data = randomBytes(2 * 1024 * 1024);
-  await store.putObject(name, data);
-  const info = await store.statObject(name);
-  asdOf = (fragment) => asds.find((a) => a.id === info.asdIds[fragment])!;
+  object = await putTestObject({ name, dataBytes: 2 * 1024 * 1024, wrap: (asd) => new FaultyAsd(asd), store: { retriesMax: 2, retryBackoffBaseMs: 5 } });
+  ({ store, data, asdOf } = object);
   // m = 2 fragments lost: every stripe has exactly k = 4 survivors left.
   await asdOf(0).delete(fragmentKey(name, 0));
   await asdOf(2).delete(fragmentKey(name, 2));
   expect((await store.readRange(name, 0, data.length)).equals(data)).toBe(true); // loads the survivors' crc tables
 });
-afterEach(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+afterEach(() => object.cleanup());
 
 const inFragment1 = 2 * 4 * unit + unit + 4096; // stripe 2, unit 1: a survivor
 const inFragment0 = 3 * 4 * unit + 8192; // stripe 3, unit 0: lost, decoded from 1, 3, 4, 5

@@ -1,51 +1,32 @@
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { ErasureCodec } from '../../backend/erasure-codec.ts';
-import { computeBlockCrcTable, decodeFragmentHeader, encodeFragmentHeader, fragmentKey, fragmentLayout, tablesCrc } from '../../backend/fragment-format.ts';
+import { fragmentKey } from '../../backend/fragment-format.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
 import { checkStripeParity } from '../../backend/parity-check.ts';
-import { parsePreset } from '../../backend/preset.ts';
+import { corruptFragmentSilently, putTestObject, testStripeUnitBytes, type ErasureTestObject } from '../helpers/erasure-test-object.ts';
 
 // verify --deep: units whose bytes and crcs were written wrong together pass every block check; only the
 // stripe's parity shows them.
-const unit = 65536;
+const unit = testStripeUnitBytes;
 const name = 'vol-d/sco/00000001';
-let root: string;
-let asds: DirectoryAsd[];
+let object: ErasureTestObject<DirectoryAsd>;
 let store: ErasureObjectStore;
 let data: Buffer;
 let asdOf: (fragment: number) => DirectoryAsd;
 let original: Buffer[];
 
 beforeEach(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'keel-deep-verify-'));
-  asds = Array.from({ length: 6 }, (_, i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
-  store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 4, m: 2, stripeUnitBytes: unit }, {}) });
-  data = randomBytes(8 * 4 * unit);
-  await store.putObject(name, data);
-  const info = await store.statObject(name);
-  asdOf = (fragment) => asds.find((a) => a.id === info.asdIds[fragment])!;
+  object = await putTestObject({ name, dataBytes: 8 * 4 * unit });
+  ({ store, data, asdOf } = object);
   original = await Promise.all(Array.from({ length: 6 }, (_, f) => asdOf(f).get(fragmentKey(name, f))));
 });
-afterEach(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+afterEach(() => object.cleanup());
 
 /** Flips a byte of fragment `f` in stripe `stripe` and rewrites its crc table and header to match. */
 async function corruptSilently(f: number, stripe: number, within = 1000): Promise<void> {
-  const key = fragmentKey(name, f);
-  const buf = Buffer.from(await asdOf(f).get(key));
-  const header = decodeFragmentHeader(buf);
-  const layout = fragmentLayout(header);
-  const body = buf.subarray(layout.bodyOffset);
-  body[stripe * unit + within]! ^= 0x3c;
-  const table = computeBlockCrcTable([body]);
-  const indexBytes = buf.subarray(layout.indexOffset, layout.bodyOffset);
-  await asdOf(f).put(key, [encodeFragmentHeader({ ...header, tablesCrc: tablesCrc(table, indexBytes) }), table, indexBytes, body]);
+  await corruptFragmentSilently(asdOf(f), name, f, [stripe * unit + within]);
 }
 
 it('deep verify finds and locates silently bad units that plain verify passes; deep repair rebuilds them byte-identical', async () => {

@@ -1,39 +1,27 @@
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import { decodeFragmentHeader, fragmentKey, fragmentLayout } from '../../backend/fragment-format.ts';
 import { ErasureObjectStore } from '../../backend/object-store.ts';
-import { parsePreset } from '../../backend/preset.ts';
 import { describeStripes, planStripeRepair } from '../../backend/stripe-repair-plan.ts';
+import { putTestObject, testStripeUnitBytes, type ErasureTestObject } from '../helpers/erasure-test-object.ts';
 
 // Damage spread over more than m fragments, but never more than m units in one stripe: readable stripe by
 // stripe, so repairable stripe by stripe.
-const unit = 65536;
+const unit = testStripeUnitBytes;
 const stripes = 8;
 const name = 'vol-r/sco/00000001';
-let root: string;
-let asds: DirectoryAsd[];
+let object: ErasureTestObject<DirectoryAsd>;
 let store: ErasureObjectStore;
 let data: Buffer;
 let asdOf: (fragment: number) => DirectoryAsd;
 let original: Buffer[];
 
 beforeEach(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'keel-repair-stripes-'));
-  asds = Array.from({ length: 6 }, (_, i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
-  store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 4, m: 2, stripeUnitBytes: unit }, {}), retryBackoffBaseMs: 5 });
-  data = randomBytes(stripes * 4 * unit);
-  await store.putObject(name, data);
-  const info = await store.statObject(name);
-  asdOf = (fragment) => asds.find((a) => a.id === info.asdIds[fragment])!;
+  object = await putTestObject({ name, dataBytes: stripes * 4 * unit, store: { retryBackoffBaseMs: 5 } });
+  ({ store, data, asdOf } = object);
   original = await Promise.all(Array.from({ length: 6 }, (_, f) => asdOf(f).get(fragmentKey(name, f))));
 });
-afterEach(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+afterEach(() => object.cleanup());
 
 /** Flips a byte of fragment `f`'s body in stripe `stripe`, crc table untouched: the block fails its crc. */
 async function flip(f: number, stripe: number, within = 4096 + 7): Promise<void> {

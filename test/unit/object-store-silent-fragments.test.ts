@@ -1,25 +1,20 @@
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { DirectoryAsd } from '../../backend/asd-directory.ts';
 import type { Asd } from '../../backend/asd.ts';
-import { computeBlockCrcTable, decodeFragmentHeader, encodeFragmentHeader, fragmentKey, fragmentLayout, tablesCrc } from '../../backend/fragment-format.ts';
+import { fragmentKey } from '../../backend/fragment-format.ts';
 import { kSubsets } from '../../backend/k-subsets.ts';
 import { ErasureObjectStore, type ReadRangeOptions } from '../../backend/object-store.ts';
-import { parsePreset } from '../../backend/preset.ts';
 import { firstBadCluster } from '../../router/sco-format.ts';
 import { crc32c } from '../../shared/checksum.ts';
+import { corruptFragmentSilently, putTestObject, testStripeUnitBytes, type ErasureTestObject } from '../helpers/erasure-test-object.ts';
 
 // Silently bad fragments: bytes rewritten together with their block crc table (a writer that corrupted a
 // buffer before computing its crcs: the parity of an upload, any fragment of a transformed object), so only
 // the caller's own check (the router's cluster crcs from ingest) sees them. With two such fragments in a
 // 4+2 stripe, the one decode that skips both still gives the right bytes.
-const unit = 65536;
+const unit = testStripeUnitBytes;
 const name = 'vol-s/sco/00000001';
-let root: string;
-let asds: Asd[];
+let object: ErasureTestObject<DirectoryAsd>;
 let store: ErasureObjectStore;
 let data: Buffer;
 let asdOf: (fragment: number) => Asd;
@@ -27,35 +22,19 @@ let asdOf: (fragment: number) => Asd;
 let routerCheck: (offset: number) => ReadRangeOptions;
 
 beforeEach(async () => {
-  root = await mkdtemp(path.join(os.tmpdir(), 'keel-silent-'));
-  asds = Array.from({ length: 6 }, (_, i) => new DirectoryAsd(`asd-${i}`, path.join(root, `asd-${i}`)));
-  store = new ErasureObjectStore({ asds, preset: parsePreset({ k: 4, m: 2, stripeUnitBytes: unit }, {}) });
-  data = randomBytes(2 * 1024 * 1024);
-  await store.putObject(name, data);
-  const info = await store.statObject(name);
-  asdOf = (fragment) => asds.find((a) => a.id === info.asdIds[fragment])!;
+  object = await putTestObject({ name, dataBytes: 2 * 1024 * 1024 });
+  ({ store, data, asdOf } = object);
   const table = Uint32Array.from({ length: data.length / 4096 }, (_, c) => crc32c(data.subarray(c * 4096, (c + 1) * 4096)));
   routerCheck = (offset) => ({
     verify: (got) => firstBadCluster(got, table, offset / 4096) < 0,
     verifyPart: (got, at) => firstBadCluster(got, table, at / 4096) < 0,
   });
 });
-afterEach(async () => {
-  await rm(root, { recursive: true, force: true });
-});
+afterEach(() => object.cleanup());
 
 /** Flips bytes at `bodyOffsets` of fragment `index` and rewrites its crc table and header to match. */
 async function corruptSilently(index: number, ...bodyOffsets: number[]): Promise<void> {
-  const asd = asdOf(index);
-  const key = fragmentKey(name, index);
-  const buf = Buffer.from(await asd.get(key));
-  const header = decodeFragmentHeader(buf);
-  const layout = fragmentLayout(header);
-  const body = buf.subarray(layout.bodyOffset);
-  for (const at of bodyOffsets) body[at]! ^= 1 + (at % 255);
-  const table = computeBlockCrcTable([body]);
-  const indexBytes = buf.subarray(layout.indexOffset, layout.bodyOffset);
-  await asd.put(key, [encodeFragmentHeader({ ...header, tablesCrc: tablesCrc(table, indexBytes) }), table, indexBytes, body]);
+  await corruptFragmentSilently(asdOf(index), name, index, bodyOffsets);
 }
 
 const checksumErrors = (fragment: number) => store.asdStats().find((c) => c.asdId === asdOf(fragment).id)!.checksumErrors;
