@@ -41,11 +41,31 @@ export interface CatalogState {
   nextId: number;
   /** In creation order (ids grow). */
   snapshots: Map<number, SnapshotInfo>;
+  /**
+   * Name -> ids of the snapshots with that name, in creation order: name lookups are O(1) (a scan of
+   * `snapshots` per create made a volume with 30 000 snapshots slow to snapshot). Normally one id; a
+   * snapshot rebuilt from the TLogs as `snap-<id>` may share its name with one named so by a user.
+   */
+  idsByName: Map<string, number[]>;
   clones: CloneRef[];
 }
 
 export function emptyCatalog(): CatalogState {
-  return { template: false, nextId: 1, snapshots: new Map(), clones: [] };
+  return { template: false, nextId: 1, snapshots: new Map(), idsByName: new Map(), clones: [] };
+}
+
+/** The snapshot named `name` (the first created, if several are), or undefined. */
+export function snapshotNamed(state: CatalogState, name: string): SnapshotInfo | undefined {
+  const ids = state.idsByName.get(name);
+  return ids === undefined ? undefined : state.snapshots.get(ids[0]!);
+}
+
+function unindexName(state: CatalogState, name: string, id: number): void {
+  const ids = state.idsByName.get(name);
+  if (ids === undefined) return;
+  const remaining = ids.filter((other) => other !== id);
+  if (remaining.length > 0) state.idsByName.set(name, remaining);
+  else state.idsByName.delete(name);
 }
 
 export function encodeCatalogEvent(event: CatalogEvent): string {
@@ -57,13 +77,23 @@ export function applyCatalogEvent(state: CatalogState, event: CatalogEvent): voi
   switch (event.e) {
     case 'header':
       return;
-    case 'create':
+    case 'create': {
+      const replaced = state.snapshots.get(event.id);
+      if (replaced !== undefined) unindexName(state, replaced.name, event.id);
       state.snapshots.set(event.id, { id: event.id, name: event.name, createdAtMs: event.createdAtMs, sizeBytes: event.sizeBytes, labels: event.labels ?? {} });
+      const ids = state.idsByName.get(event.name);
+      if (ids === undefined) state.idsByName.set(event.name, [event.id]);
+      else ids.push(event.id);
       state.nextId = Math.max(state.nextId, event.id + 1);
       return;
-    case 'delete':
+    }
+    case 'delete': {
+      const info = state.snapshots.get(event.id);
+      if (info === undefined) return;
       state.snapshots.delete(event.id);
+      unindexName(state, info.name, event.id);
       return;
+    }
     case 'label': {
       const info = state.snapshots.get(event.id);
       if (info) info.labels = event.labels;

@@ -245,9 +245,8 @@ export class SnapshotService implements VolumeAdmin {
     return this.withDriver(volume, async (driver, snapshots) => {
       const clients = this.clientSessions(volume);
       if (clients > 0) throw new KeelError('BUSY', `volume '${volume}' has ${clients} open session(s): disconnect its writers before making it a template`);
-      const taken = new Set(snapshots.list().map((s) => s.name));
       let name = 'template';
-      for (let n = 2; taken.has(name); n++) name = `template-${n}`;
+      for (let n = 2; snapshots.has(name); n++) name = `template-${n}`;
       const info = await snapshots.create(driver, name);
       await snapshots.setTemplate(true);
       return { volume, snapshot: info.name };

@@ -15,7 +15,7 @@ import type { ClusterMask } from './cluster-mask.ts';
 import type { ParentReader } from './snapshot-target.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
 import { SnapshotCatalog } from './snapshot-catalog.ts';
-import { encodeCatalogJournal, type CatalogEvent, type CloneRef, type SnapshotInfo } from './snapshot-catalog-format.ts';
+import { encodeCatalogJournal, snapshotNamed, type CatalogEvent, type CloneRef, type SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, scanSnapshotRecords, type SnapshotImage } from './snapshot-map-builder.ts';
 import { encodeTlogRecord, tlogRecordBytes, type TlogRecord } from './tlog-format.ts';
 import { VolumeDriver } from './volume-driver.ts';
@@ -87,8 +87,9 @@ export class VolumeSnapshots {
   }
 
   find(name: string): SnapshotInfo {
-    for (const info of this.catalog.state.snapshots.values()) if (info.name === name) return info;
-    throw KeelError.snapshotNotFound(this.volumeName, name);
+    const info = snapshotNamed(this.catalog.state, name);
+    if (info === undefined) throw KeelError.snapshotNotFound(this.volumeName, name);
+    return info;
   }
 
   latest(): SnapshotInfo | undefined {
@@ -246,9 +247,9 @@ export class VolumeSnapshots {
     return extents;
   }
 
-  private has(name: string): boolean {
-    for (const info of this.catalog.state.snapshots.values()) if (info.name === name) return true;
-    return false;
+  /** O(1): a create must not scan every snapshot of the volume. */
+  has(name: string): boolean {
+    return snapshotNamed(this.catalog.state, name) !== undefined;
   }
 
   private checkNoClones(snapshots: SnapshotInfo[]): void {
