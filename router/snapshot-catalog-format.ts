@@ -179,7 +179,41 @@ export function catalogEvents(state: CatalogState): CatalogEvent[] {
 
 /** The compacted journal of `state`: what compaction writes, and what the backend copy carries. */
 export function encodeCatalogJournal(state: CatalogState): string {
-  return catalogEvents(state).map(encodeCatalogEvent).join('');
+  return [...catalogJournalSlices(state, Infinity)].join('');
+}
+
+/**
+ * encodeCatalogJournal in pieces of at most `eventsPerSlice` lines, for callers that yield to the event
+ * loop between pieces (a 30 000-snapshot journal is ~3 MB: encoded in one go it held the router's event
+ * loop for tens of milliseconds). The state is captured when the first piece is taken (the list of
+ * snapshots, not their contents): a change meanwhile is in the next encoding.
+ */
+export function* catalogJournalSlices(state: CatalogState, eventsPerSlice: number): Generator<string> {
+  const head: CatalogEvent[] = [{ e: 'header', format: snapshotCatalogFormat, version: snapshotCatalogVersion }, { e: 'nextId', value: state.nextId }];
+  if (state.template) head.push({ e: 'template', value: true });
+  const infos = [...state.snapshots.values()];
+  const clones = state.clones.map((ref): CatalogEvent => ({ e: 'clone', ...ref }));
+  let slice = head.map(encodeCatalogEvent).join('');
+  let lines = head.length;
+  for (const info of infos) {
+    if (lines >= eventsPerSlice) {
+      yield slice;
+      slice = '';
+      lines = 0;
+    }
+    slice += encodeCatalogEvent({ e: 'create', ...info });
+    lines += 1;
+  }
+  for (const event of clones) {
+    if (lines >= eventsPerSlice) {
+      yield slice;
+      slice = '';
+      lines = 0;
+    }
+    slice += encodeCatalogEvent(event);
+    lines += 1;
+  }
+  yield slice;
 }
 
 /**
@@ -198,6 +232,21 @@ export interface CatalogMirrorContent {
 
 export function encodeCatalogMirror(content: CatalogMirrorContent): Buffer {
   return Buffer.from(JSON.stringify({ format: catalogMirrorFormat, version: catalogMirrorVersion, ...content }));
+}
+
+/**
+ * encodeCatalogMirror({ catalog: the slices joined, clone }), byte for byte, a slice at a time with
+ * `pause` awaited between slices (the backend copy is put from the router's event loop). JSON escapes
+ * character by character, so escaping the slices one by one gives the escape of the whole.
+ */
+export async function encodeCatalogMirrorSlices(catalogSlices: Iterable<string>, clone: string | undefined, pause: () => Promise<unknown>): Promise<Buffer[]> {
+  const parts = [Buffer.from(`{"format":${JSON.stringify(catalogMirrorFormat)},"version":${catalogMirrorVersion},"catalog":"`)];
+  for (const slice of catalogSlices) {
+    parts.push(Buffer.from(JSON.stringify(slice).slice(1, -1)));
+    await pause();
+  }
+  parts.push(Buffer.from(clone === undefined ? '"}' : `","clone":${JSON.stringify(clone)}}`));
+  return parts;
 }
 
 export function decodeCatalogMirror(bytes: Buffer, where: string): CatalogMirrorContent {

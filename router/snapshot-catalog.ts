@@ -4,10 +4,12 @@
  * Callers serialize changes (VolumeSnapshots does).
  */
 import path from 'node:path';
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { Disk } from '../shared/disk.ts';
+import { limits } from '../shared/limits.ts';
 import {
   applyCatalogEvent,
-  catalogEvents,
+  catalogJournalSlices,
   decodeCatalog,
   emptyCatalog,
   encodeCatalogEvent,
@@ -63,19 +65,36 @@ export class SnapshotCatalog {
     }
     this.sizeBytes += bytes.length;
     this.lines += events.length;
-    this.onChange?.();
+    this.onChange?.(events.some(isUrgent));
   }
 
-  /** Rewrites the journal atomically with just the live state. */
+  /**
+   * Rewrites the journal atomically with just the live state, encoded a slice at a time with the event
+   * loop free in between (callers serialize changes, so the state holds still meanwhile).
+   */
   async compact(): Promise<void> {
-    const events = catalogEvents(this.state);
-    const bytes = Buffer.from(events.map(encodeCatalogEvent).join(''));
+    const slices: Buffer[] = [];
+    let lines = 0;
+    for (const slice of catalogJournalSlices(this.state, limits.catalogEncodeEventsPerSliceMax)) {
+      slices.push(Buffer.from(slice));
+      for (let at = slice.indexOf('\n'); at !== -1; at = slice.indexOf('\n', at + 1)) lines += 1;
+      await yieldToEventLoop();
+    }
+    const bytes = Buffer.concat(slices);
     await this.disk.writeFileAtomic(this.filePath, bytes);
-    this.lines = events.length;
+    this.lines = lines;
     this.sizeBytes = bytes.length;
-    this.onChange?.();
+    this.onChange?.(false);
   }
 
-  /** Hears of every change once it is on disk (the backend copy follows it: catalog-mirror.ts). */
-  onChange: (() => void) | undefined;
+  /**
+   * Hears of every change once it is on disk (the backend copy follows it: catalog-mirror.ts). `urgent`:
+   * the change must not wait for the copy's interval (a clone pins one of the snapshots; the template mark).
+   */
+  onChange: ((urgent: boolean) => void) | undefined;
+}
+
+/** Changes whose loss in a crash costs more than a name: a lost `clone` line unpins the clone's parent snapshot. */
+function isUrgent(event: CatalogEvent): boolean {
+  return event.e === 'clone' || event.e === 'template';
 }

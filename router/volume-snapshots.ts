@@ -15,7 +15,7 @@ import type { ClusterMask } from './cluster-mask.ts';
 import type { ParentReader } from './snapshot-target.ts';
 import { locationSco, locationSlot } from './lba-map.ts';
 import { SnapshotCatalog } from './snapshot-catalog.ts';
-import { encodeCatalogJournal, snapshotNamed, type CatalogEvent, type CloneRef, type SnapshotInfo } from './snapshot-catalog-format.ts';
+import { catalogJournalSlices, encodeCatalogJournal, snapshotNamed, type CatalogEvent, type CloneRef, type SnapshotInfo } from './snapshot-catalog-format.ts';
 import { replaySnapshotImage, scanSnapshotRecords, type SnapshotImage } from './snapshot-map-builder.ts';
 import { encodeTlogRecord, tlogRecordBytes, type TlogRecord } from './tlog-format.ts';
 import { VolumeDriver } from './volume-driver.ts';
@@ -64,14 +64,19 @@ export class VolumeSnapshots {
     return new VolumeSnapshots(disk, volumeName, dir, catalog, isClone);
   }
 
-  /** Calls `listener` after each change of the catalog (catalog-mirror.ts keeps the backend copy). */
-  watchCatalog(listener: () => void): void {
+  /** Calls `listener` after each change of the catalog (catalog-mirror.ts keeps the backend copy); `urgent`: see SnapshotCatalog.onChange. */
+  watchCatalog(listener: (urgent: boolean) => void): void {
     this.catalog.onChange = listener;
   }
 
   /** The catalog as compaction writes it. */
   catalogJournal(): string {
     return encodeCatalogJournal(this.catalog.state);
+  }
+
+  /** catalogJournal() in pieces (catalogJournalSlices), for an encoder that yields between them. */
+  catalogJournalSlices(): Iterable<string> {
+    return catalogJournalSlices(this.catalog.state, limits.catalogEncodeEventsPerSliceMax);
   }
 
   get template(): boolean {

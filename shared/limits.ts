@@ -359,6 +359,19 @@ export const limits = {
   snapshotLabelBytesMax: 256,
   /** Snapshot maps (replayed from the TLogs) kept in RAM per volume, LRU; clones pin their parent's. */
   snapshotMapsCachedMax: 4,
+  /**
+   * The backend copy of a volume's catalog (router/catalog-mirror.ts) is put at most once per this
+   * interval while snapshots are created or deleted (a clone or template change, and a handover, put at
+   * once). A put re-encodes the whole catalog: after every change, a volume with 30 000 snapshots spent
+   * its router on re-encoding ~3 MB (creates fell to ~50/s, other volumes' 4k QD1 writes saw 100-250 ms
+   * stalls). A crash may lose what changed since the last put: those snapshots come back from the TLogs
+   * as `snap-<id>` on another router (docs/snapshots.md, "Catalog in the backend").
+   */
+  catalogCopyIntervalMinMs: 1_000,
+  /** ...and a put waits at least this many times as long as the previous put took, so the copy takes at most ~1/(1+x) of the router's time at any size. */
+  catalogCopyPutDurationsBetweenPutsMin: 9,
+  /** Catalog events encoded between two yields to the event loop (compaction, the backend copy): ~100 KB of JSON, ~1 ms. */
+  catalogEncodeEventsPerSliceMax: 1_000,
   /** The scrubber rewrites a SCO's live clusters when at least this fraction of it is garbage. */
   scrubGarbageFractionMin: 0.5,
   /** Background scrubbing pace: clusters copied per second per router. */
