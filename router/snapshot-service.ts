@@ -25,7 +25,7 @@ import { ReadOnlyTarget } from './read-only-target.ts';
 import { ScrubSchedule, type ScrubState } from './scrub-schedule.ts';
 import { scrubVolume, type ScrubProgressEvent, type ScrubReport } from './scrubber.ts';
 import { encodeCatalogMirrorSlices, snapshotCatalogFileName, type CatalogMirrorContent, type SnapshotInfo } from './snapshot-catalog-format.ts';
-import { replaySnapshotImage, replayTrimMask } from './snapshot-map-builder.ts';
+import { replayTrimMask } from './snapshot-map-builder.ts';
 import { SnapshotTarget } from './snapshot-target.ts';
 import { VolumeDriver } from './volume-driver.ts';
 import type { VolumeRegistry } from './volume-registry.ts';
@@ -468,7 +468,7 @@ export class SnapshotService implements VolumeAdmin {
       const parentSnapshots = await this.snapshotsOf(origin.parentVolume);
       const info = parentSnapshots.list().find((s) => s.id === origin.parentSnapshotId);
       if (!info) throw KeelError.corrupt(`clone '${volume}': snapshot '${origin.parentVolume}@${origin.parentSnapshotName}' is gone`, { ...origin });
-      const image = await replaySnapshotImage(this.disk, this.registry.volumeDir(origin.parentVolume), info.id, parentSnapshots.isClone);
+      const image = await parentSnapshots.pinImage(info); // shared by all clones of the snapshot and its exports
       const grandParent = this.underlays.get(origin.parentVolume)?.parent;
       const reader = {
         readScoClusters: (sco: number, slot: number, buffer: Buffer) => parentDriver.readScoClusters(sco, slot, buffer),

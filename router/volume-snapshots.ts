@@ -32,6 +32,8 @@ export class VolumeSnapshots {
   private changes: Promise<unknown> = Promise.resolve();
   /** Snapshot id -> image being built or built; Map order = LRU order. */
   private readonly images = new LruMap<number, Promise<SnapshotImage>>(limits.snapshotMapsCachedMax);
+  /** Images clones' underlays hold (for the router's life): outside the LRU, shared by every user of the snapshot. */
+  private readonly pinnedImages = new Map<number, Promise<SnapshotImage>>();
   private lastDefaultNameMs = 0;
 
   private constructor(
@@ -130,7 +132,7 @@ export class VolumeSnapshots {
       // The TLog record keeps a catalog rebuilt from the TLogs from resurrecting it (the volume may be closed: catalog only).
       if (driver !== undefined) await driver.appendRecords(encodeRecords([{ type: 'snapshotDeleted', snapshotId: info.id }]));
       await this.catalog.append([{ e: 'delete', id: info.id }]);
-      this.images.delete(info.id);
+      this.forgetImage(info.id);
       return info;
     });
   }
@@ -165,12 +167,35 @@ export class VolumeSnapshots {
 
   /** The snapshot's map (replayed from the TLogs on first use, then cached; bounded LRU). */
   image(info: SnapshotInfo): Promise<SnapshotImage> {
+    const pinned = this.pinnedImages.get(info.id);
+    if (pinned !== undefined) return pinned;
     let image = this.images.get(info.id);
     if (image !== undefined) return image;
     image = replaySnapshotImage(this.disk, this.dir, info.id, this.isClone);
     image.catch(() => this.images.delete(info.id));
     this.images.set(info.id, image);
     return image;
+  }
+
+  /**
+   * The snapshot's image for a clone's underlay, which holds it while the clone is open: one image per
+   * snapshot however many clones it has, shared with `VOL@SNAP` exports, diff and rollback, and never
+   * evicted. Each clone open used to replay its own copy (the whole TLog history up to the snapshot:
+   * seconds and MBs per clone at scale, even with the image cached). Images are read-only.
+   */
+  pinImage(info: SnapshotInfo): Promise<SnapshotImage> {
+    let image = this.pinnedImages.get(info.id);
+    if (image !== undefined) return image;
+    image = this.image(info);
+    this.images.delete(info.id); // pinned now: its LRU slot is free for another
+    this.pinnedImages.set(info.id, image);
+    image.catch(() => this.pinnedImages.delete(info.id));
+    return image;
+  }
+
+  private forgetImage(id: number): void {
+    this.images.delete(id);
+    this.pinnedImages.delete(id);
   }
 
   /**
@@ -196,7 +221,7 @@ export class VolumeSnapshots {
       }
       await driver.flush();
       if (newer.length > 0) await this.catalog.append(newer.map((info) => ({ e: 'delete', id: info.id })));
-      for (const info of newer) this.images.delete(info.id);
+      for (const info of newer) this.forgetImage(info.id);
       return { deleted: newer.map((info) => info.name), changedClusters: countClusters(records) };
     });
   }

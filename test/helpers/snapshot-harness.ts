@@ -10,7 +10,7 @@ import { silentLogger } from '../../shared/logger.ts';
 import { cloneFileName, decodeCloneOrigin, encodeCloneOrigin } from '../../router/clone-format.ts';
 import { CloneUnderlay, ParentSnapshotReader } from '../../router/clone-underlay.ts';
 import { scrubVolume, type ScrubReport } from '../../router/scrubber.ts';
-import { replaySnapshotImage, replayTrimMask } from '../../router/snapshot-map-builder.ts';
+import { replayTrimMask } from '../../router/snapshot-map-builder.ts';
 import { SnapshotTarget } from '../../router/snapshot-target.ts';
 import type { VolumeBackend } from '../../router/volume-backend.ts';
 import { VolumeDriver } from '../../router/volume-driver.ts';
@@ -106,7 +106,7 @@ export class SnapshotHarness {
       const origin = decodeCloneOrigin(originBytes, dir);
       const parent = this.get(origin.parentVolume);
       const info = parent.snapshots.list().find((s) => s.id === origin.parentSnapshotId)!;
-      const image = await replaySnapshotImage(this.disk, this.dir(origin.parentVolume), info.id, parent.snapshots.isClone);
+      const image = await parent.snapshots.pinImage(info);
       const grand = parent.underlay?.parent;
       const reader = { readScoClusters: (s: number, slot: number, b: Buffer) => parent.driver.readScoClusters(s, slot, b), ...(grand ? { parent: grand } : {}) };
       underlay = new CloneUnderlay(new ParentSnapshotReader(image, reader, info.sizeBytes), await replayTrimMask(this.disk, dir));

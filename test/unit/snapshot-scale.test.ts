@@ -9,6 +9,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { applyCatalogEvent, catalogEvents, decodeCatalog, emptyCatalog, encodeCatalogEvent, snapshotNamed, type CatalogEvent } from '../../router/snapshot-catalog-format.ts';
 import { VolumeSnapshots } from '../../router/volume-snapshots.ts';
 import { NodeDisk } from '../../shared/disk.ts';
+import { clusterSizeBytes } from '../../shared/limits.ts';
+import { SnapshotHarness } from '../helpers/snapshot-harness.ts';
 
 let root: string;
 beforeEach(async () => {
@@ -52,5 +54,27 @@ describe('snapshot name lookups', () => {
     expect(snapshotNamed(state, 'snap-3')).toBeUndefined();
     expect([...state.idsByName.keys()]).toEqual(['a']);
     expect(decodeCatalog(catalogEvents(state).map(encodeCatalogEvent).join(''), 'test').state).toEqual(state);
+  });
+});
+
+describe('snapshot images', () => {
+  it('one image per snapshot, shared by all its clones and its exports, and kept however many others are opened', async () => {
+    const harness = new SnapshotHarness(root, 64 * clusterSizeBytes, 8 * clusterSizeBytes);
+    try {
+      const { driver, snapshots } = await harness.create('v');
+      await driver.write(0, Buffer.alloc(8 * clusterSizeBytes, 0xa1), false);
+      const base = await snapshots.create(driver, 'base');
+      for (let i = 0; i < 6; i++) await snapshots.create(driver, `other-${i}`);
+      await harness.clone('v', 'base', 'c1');
+      await harness.clone('v', 'base', 'c2');
+      // Each clone open replayed the TLogs into its own copy of the map (seconds and MBs each at scale).
+      const imageOf = (clone: string) => (harness.get(clone).underlay!.parent as unknown as { image: unknown }).image;
+      expect(imageOf('c1')).toBe(imageOf('c2'));
+      for (const info of snapshots.list()) await snapshots.image(info); // more snapshots than the LRU keeps
+      expect(await snapshots.image(base)).toBe(imageOf('c1')); // an export of v@base shares it too
+      expect(await (await harness.openSnapshot('v', 'base')).read(0, clusterSizeBytes)).toEqual(Buffer.alloc(clusterSizeBytes, 0xa1));
+    } finally {
+      await harness.closeAll();
+    }
   });
 });
