@@ -12,7 +12,7 @@ import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WritevBatch } from '../shared/writev-batch.ts';
 import type { LogRateLimit } from '../shared/log-rate-limit.ts';
-import type { ByteBudget } from './byte-budget.ts';
+import type { ByteBudget } from '../shared/byte-budget.ts';
 import { ByteQueue } from './byte-queue.ts';
 import {
   type ClientFlags,

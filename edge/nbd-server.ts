@@ -9,7 +9,7 @@ import { KeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import { type Logger, createLogger } from '../shared/logger.ts';
 import { LogRateLimit, type LogRateLimitOptions } from '../shared/log-rate-limit.ts';
-import { ByteBudget } from './byte-budget.ts';
+import { ByteBudget } from '../shared/byte-budget.ts';
 import { NbdConnection, type NbdConnectionSettings } from './nbd-connection.ts';
 
 export interface NbdServerOptions {

@@ -71,7 +71,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   const snapshots = new SnapshotService(registry, coordination, options.id, logger.child({ component: 'snapshots' })); // before any volume opens: clones need their underlay
   const replyBuffers = new BufferPool();
   let server: RpcServer | undefined; // listens below, once the mgmt server is up
-  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), ramCache: ramCache.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), wireGatherBuffers: server?.gatherPoolStats(), wireConnections: server && { open: server.connectionCount, refused: server.refusedConnectionCount }, dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
+  const mgmt = await MgmtServer.listen(options.host, 0, () => ({ ...(routerStatus(options.id, registry, backend, vpoolBackend) as object), ha: ha.stats(), dtl: dtl.stats(), ramCache: ramCache.stats(), inlineIo: processInlineIoGate.stats(), replyBuffers: replyBuffers.stats(), wireGatherBuffers: server?.gatherPoolStats(), wireFrameBytes: server?.frameBudgetStats(), wireConnections: server && { open: server.connectionCount, refused: server.refusedConnectionCount }, dtlSlabs: dtlRecordSlabPool.stats(), uploadBuffers: scoUploadBufferStats(), directWriteStaging: processDirectWriteStaging.stats() }), logger, new RouterMetrics(options.id));
 
   snapshots.startBackgroundScrubber();
   const drain = async () => {

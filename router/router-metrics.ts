@@ -21,6 +21,7 @@ export interface MetricsStatus {
   ramCache?: Record<string, unknown>;
   replyBuffers?: Record<string, unknown>;
   wireGatherBuffers?: Record<string, unknown>;
+  wireFrameBytes?: Record<string, unknown>;
   dtlSlabs?: Record<string, unknown>;
   uploadBuffers?: Record<string, unknown>;
   directWriteStaging?: Record<string, unknown>;
@@ -53,6 +54,7 @@ export class RouterMetrics {
     this.setAll('keel_ram_cache', status.ramCache, {});
     this.setAll('keel_reply_buffers', status.replyBuffers, {});
     this.setAll('keel_wire_gather_buffers', status.wireGatherBuffers, {});
+    this.setAll('keel_wire_frame_bytes', status.wireFrameBytes, {});
     this.setAll('keel_dtl_slabs', status.dtlSlabs, {});
     this.setAll('keel_upload_buffers', status.uploadBuffers, {});
     this.setAll('keel_direct_write_staging', status.directWriteStaging, {});

@@ -59,9 +59,14 @@ class VolumeSession implements RpcSession {
     private readonly admin?: VolumeAdmin,
   ) {}
 
-  /** A write's data is copied (DTL record) or written (SCO) before the write settles: nothing keeps it. */
-  payloadDoneWhenSettled(op: string): boolean {
-    return op === 'write';
+  /**
+   * No op keeps its request's payload once it settled: a write's data is copied (DTL record) or written
+   * (SCO) before the write settles, and no other op reads a payload at all. So a joined frame goes back to
+   * the pool, and its bytes to the server's frame budget, as soon as any request settles: a client that
+   * does not read its replies cannot pin them (rpc-server.ts).
+   */
+  payloadDoneWhenSettled(): boolean {
+    return true;
   }
 
   handle(request: RpcRequest): Promise<RpcResult> | RpcResult {

@@ -95,6 +95,30 @@ export const limits = {
    * declare a wireFrameBytesMax frame and have the router buffer it: 1000 sockets, 32 GB.
    */
   wireHelloFrameBytesMax: 4 * 1024,
+  /**
+   * Wire: bytes of request frames one router holds at once, of all its connections together: a frame from
+   * the moment its 8-byte preamble has arrived (a partly received frame counts in full) until its request
+   * no longer needs the frame (docs/wire-protocol.md, "Flow control"). Without it every connection past its
+   * hello could make the router buffer a wireFrameBytesMax frame plus wireServerRequestsInFlightMax requests,
+   * and a few hundred clients sending (or trickling) large writes OOM it. A connection that cannot get the
+   * bytes for its next frame stops reading and waits in line; one that holds them reads that frame to its end.
+   */
+  wireServerFrameBytesInFlightMax: 1024 * 1024 * 1024,
+  /**
+   * Wire: the part of wireServerFrameBytesInFlightMax kept for connections of role `router` (DTL streams),
+   * which no other connection may take. An owner's writes wait for its DTL peer's acks while holding their
+   * frames; with one budget, two routers full of writes each waiting for the other's DTL stream would wait
+   * for each other forever.
+   */
+  wireServerPeerFrameBytesInFlightMax: 256 * 1024 * 1024,
+  /**
+   * Wire: how long a request frame that holds budget (wireServerFrameBytesInFlightMax) may take to arrive
+   * before the router closes its connection (checked once per period: a frame is cut after one to two).
+   * A client that sends part of a large frame and stalls, or trickles it, would pin the bytes for good,
+   * and 32 such sockets starve everyone. The router reads a frame holding budget as fast as it comes, and a
+   * client gives up on a request after wireRequestTimeoutMs, so a frame still arriving then is of no use.
+   */
+  wireFrameReceiveTimeoutMs: 10_000,
   /** Wire: requests one edge connection keeps in flight to a router (the window). */
   wireRequestsInFlightMax: 512,
   /** Wire: requests a router serves concurrently on one connection before it stops reading. */
@@ -434,6 +458,10 @@ export function checkLimits(l: Limits = limits): void {
     fail('wireFrameBytesMax must hold an nbdRequestBytesMax payload plus a header');
   if (l.wireHelloFrameBytesMax < 1024 || l.wireHelloFrameBytesMax > framePreambleBytes + l.wireHeaderBytesMax)
     fail('wireHelloFrameBytesMax must hold a hello (1 KiB at least) and be no larger than a frame without payload (preamble + wireHeaderBytesMax): a hello has none');
+  if (l.wireServerPeerFrameBytesInFlightMax < l.wireFrameBytesMax || l.wireServerFrameBytesInFlightMax - l.wireServerPeerFrameBytesInFlightMax < l.wireFrameBytesMax)
+    fail('wireServerFrameBytesInFlightMax must hold a wireFrameBytesMax frame for peer routers (wireServerPeerFrameBytesInFlightMax) and another for everyone else, or a largest frame could never be read');
+  if (l.wireFrameReceiveTimeoutMs < l.wireRequestTimeoutMs)
+    fail('wireFrameReceiveTimeoutMs must be at least wireRequestTimeoutMs, or a router cuts off frames its client still waits for');
   if (l.wireConnectionsMax < 2 * l.volumesPerRouterMax + l.nbdConnectionsMax)
     fail('wireConnectionsMax must hold an edge connection and a DTL stream per volume a router may own, plus one edge\'s NBD connections');
   if (l.dtlBatchesInFlightMax < 1 || l.dtlBatchesInFlightMax > l.wireRequestsInFlightMax)

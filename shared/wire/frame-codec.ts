@@ -138,6 +138,24 @@ export class FrameDecoder {
     return this.bufferedBytes;
   }
 
+  /**
+   * Bytes of the next frame next() will return (all of it, preamble included) once its preamble has
+   * arrived, else 0: what a server must have room for before it lets the rest of the frame in. Throws
+   * PROTOCOL, as next() would, if the lengths are out of bounds.
+   */
+  nextFrameBytes(): number {
+    if (this.failure) throw this.failure;
+    if (this.filling !== undefined) return this.filling.frame.length;
+    if (this.bufferedBytes < framePreambleBytes) return 0;
+    const first = this.chunks[0]!;
+    const inFirst = first.length - this.headOffset >= framePreambleBytes;
+    const preamble = inFirst ? first : this.peek(framePreambleBytes);
+    const at = inFirst ? this.headOffset : 0;
+    const restBytes = preamble.readUInt32BE(at);
+    this.validateLengths(restBytes, preamble.readUInt32BE(at + frameLengthFieldBytes));
+    return frameLengthFieldBytes + restBytes;
+  }
+
   push(chunk: Buffer): void {
     if (this.failure) throw this.failure;
     if (chunk.length === 0) return;

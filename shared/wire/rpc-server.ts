@@ -4,12 +4,17 @@
  * limits.wireServerRequestsInFlightMax requests at once and stops reading from the socket beyond that
  * (TCP then pushes back on the client); replies go out as soon as each request finishes, in any order.
  * A KeelError thrown by the handler becomes an error reply; a malformed frame closes only its connection.
+ * All connections of a server share one budget of request frame bytes (limits.wireServerFrameBytesInFlightMax,
+ * with a share kept for peer routers): a frame takes its bytes when its preamble arrives and gives them
+ * back once its request no longer needs it; a connection that cannot get them stops reading and waits in
+ * line, one that holds them reads the frame to its end (docs/wire-protocol.md, "Flow control").
  * What a peer can make happen per connection or per request is logged through a LogRateLimit, so a
  * client that sends garbage in a loop cannot make the router write logs without bound.
  */
 import assert, { AssertionError } from 'node:assert';
 import type { Logger } from '../logger.ts';
 import { BufferPool } from '../buffer-pool.ts';
+import { ByteBudget } from '../byte-budget.ts';
 import { KeelError } from '../errors.ts';
 import { limits } from '../limits.ts';
 import { LogRateLimit, type LogRateLimitOptions } from '../log-rate-limit.ts';
@@ -74,6 +79,30 @@ export interface RpcServerOptions {
   connectionsMax?: number;
   /** Overrides of the log rate limit (limits.logLinesPerKeyMax per limits.logRateIntervalMs), for tests. */
   logRateLimit?: Partial<LogRateLimitOptions>;
+  /** Bytes of request frames held at once, all connections (default limits.wireServerFrameBytesInFlightMax). */
+  frameBytesInFlightMax?: number;
+  /** The part of frameBytesInFlightMax kept for role `router` connections (default limits.wireServerPeerFrameBytesInFlightMax). */
+  peerFrameBytesInFlightMax?: number;
+  /** How long a frame holding budget may take to arrive before its connection is closed (default limits.wireFrameReceiveTimeoutMs). */
+  frameReceiveTimeoutMs?: number;
+}
+
+/**
+ * Where a connection's request frames get their bytes, chosen by its role at the hello. Peer routers
+ * (DTL streams) have a budget of their own: an owner's writes hold their frames while they wait for the
+ * DTL peer's ack, and the peer's DTL frames must not queue behind writes that wait for them.
+ */
+interface FrameBudget {
+  bytes: ByteBudget;
+  /** The frame limits after the hello: no frame may be larger than the whole budget. */
+  frameLimits: FrameLimits;
+}
+
+function frameBudget(capacityBytes: number, name: string): FrameBudget {
+  const bytes = new ByteBudget(capacityBytes);
+  if (capacityBytes >= defaultFrameLimits.frameBytesMax) return { bytes, frameLimits: defaultFrameLimits };
+  // Only with a budget injected below a wireFrameBytesMax frame (checkLimits forbids it otherwise): such a frame could never be read.
+  return { bytes, frameLimits: { ...defaultFrameLimits, frameBytesMax: capacityBytes, frameBytesMaxNote: `(the ${name} frame budget)` } };
 }
 
 type ConnectionStatus =
@@ -130,6 +159,25 @@ class ServerConnection {
   private paused = false;
   private readonly handshakeTimer: NodeJS.Timeout;
   private readonly logger: Logger;
+  /** Set at the hello: frames before it are bounded by helloFrameLimits alone. */
+  private budget: ByteBudget | undefined;
+  /** Budget held for the frame next() returns next (its preamble has arrived); 0: none. */
+  private frameBytesHeld = 0;
+  /** Bytes asked for while waiting in the budget's line; 0: not waiting. */
+  private budgetAsk = 0;
+  /** Called by the budget once the bytes asked for are ours. One per connection: nothing is allocated per frame. */
+  private readonly budgetGranted = (): void => {
+    const bytes = this.budgetAsk;
+    this.budgetAsk = 0;
+    if (!this.isOpen()) return this.budget!.release(bytes); // gone while the grant was on its way
+    this.frameBytesHeld = bytes;
+    this.takeFrames();
+  };
+  /** Frames taken from the decoder, for the receive check of a frame that holds budget. */
+  private framesTaken = 0;
+  private framesAtReceiveCheck = 0;
+  private receiveTimer: NodeJS.Timeout | undefined;
+  private receiveCheckArmed = false;
 
   constructor(
     private readonly connection: TransportConnection,
@@ -137,6 +185,7 @@ class ServerConnection {
     private readonly onGone: (connection: ServerConnection) => void,
     private readonly gatherPool: FrameGatherPool,
     private readonly logLimit: LogRateLimit,
+    private readonly budgets: { clients: FrameBudget; peers: FrameBudget },
   ) {
     this.decoder = new FrameDecoder(helloFrameLimits, gatherPool);
     this.logger = options.logger.child({ peer: connection.remoteAddress });
@@ -169,37 +218,94 @@ class ServerConnection {
     this.takeFrames();
   }
 
-  /** Dispatches buffered frames while the window allows, and pauses or resumes the socket to match. */
+  /**
+   * Dispatches buffered frames while the window and the frame budget allow, and pauses or resumes the
+   * socket to match. After the hello, a frame's bytes are taken from the budget as soon as its preamble is
+   * here, before the rest of it is let in.
+   */
   private takeFrames(): void {
     while (this.isOpen() && this.requestsInFlight < this.options.requestsInFlightMax) {
       let frame: Frame | undefined;
       try {
+        if (this.budget !== undefined && this.frameBytesHeld === 0) {
+          if (this.budgetAsk > 0) break; // in line: budgetGranted calls again
+          const bytes = this.decoder.nextFrameBytes();
+          if (bytes === 0) break; // no preamble yet
+          if (!this.budget.acquire(bytes, this.budgetGranted)) {
+            this.budgetAsk = bytes;
+            break;
+          }
+          this.frameBytesHeld = bytes;
+        }
         frame = this.decoder.next();
       } catch (err) {
         this.fail(err as KeelError);
         return;
       }
       if (!frame) break;
-      this.onFrame(frame);
+      const frameBytes = this.frameBytesHeld;
+      this.frameBytesHeld = 0;
+      this.framesTaken++;
+      this.onFrame(frame, frameBytes);
     }
     if (!this.isOpen()) return;
-    const mustWait = this.sendBlocked || this.requestsInFlight >= this.options.requestsInFlightMax;
+    // A frame that holds budget is read to its end whatever else holds the connection up (replies the
+    // client does not read): its bytes come back only once it has been served, and other connections may
+    // be waiting for them. (It got them with room in the window, which cannot fill before it is served.)
+    const frameArriving = this.frameBytesHeld > 0 && this.decoder.pendingBytes < this.frameBytesHeld;
+    const mustWait = !frameArriving && (this.sendBlocked || this.budgetAsk > 0 || this.requestsInFlight >= this.options.requestsInFlightMax);
     if (mustWait && !this.paused) this.connection.pause();
     if (!mustWait && this.paused) this.connection.resume();
     this.paused = mustWait;
+    if (frameArriving && !this.receiveCheckArmed) this.armReceiveCheck();
+  }
+
+  /**
+   * Closes the connection if a frame that holds budget was arriving when the check was armed and still is
+   * a frameReceiveTimeoutMs later: a stalled or trickling sender would pin its bytes for good. Armed only
+   * while a frame arrives, and then left armed (a check finding none arriving does nothing).
+   */
+  private armReceiveCheck(): void {
+    this.receiveCheckArmed = true;
+    this.framesAtReceiveCheck = this.framesTaken;
+    if (this.receiveTimer === undefined) this.receiveTimer = setTimeout(this.receiveCheck, this.options.frameReceiveTimeoutMs);
+    else this.receiveTimer.refresh(); // one timer per connection, re-armed: nothing allocated per frame
+  }
+
+  private readonly receiveCheck = (): void => {
+    this.receiveCheckArmed = false;
+    if (!this.isOpen() || !(this.frameBytesHeld > 0 && this.decoder.pendingBytes < this.frameBytesHeld)) return;
+    if (this.framesTaken === this.framesAtReceiveCheck) {
+      const what = `receiving a request frame of ${this.frameBytesHeld} bytes (${this.decoder.pendingBytes} arrived)`;
+      return this.fail(KeelError.timeout(what, this.options.frameReceiveTimeoutMs));
+    }
+    this.armReceiveCheck(); // another frame is arriving now: it gets a whole period
+  };
+
+  /** The connection is done taking frames: the budget of a frame not yet served goes back, a place in line is given up. */
+  private dropFrameBudget(): void {
+    if (this.receiveTimer !== undefined) clearTimeout(this.receiveTimer);
+    if (this.budget === undefined) return;
+    if (this.frameBytesHeld > 0) this.budget.release(this.frameBytesHeld);
+    this.frameBytesHeld = 0;
+    // Not in line any more: the grant is on its way, and budgetGranted gives the bytes back.
+    if (this.budgetAsk > 0 && this.budget.cancel(this.budgetGranted)) this.budgetAsk = 0;
   }
 
   private isOpen(): boolean {
     return this.status.state === 'handshaking' || this.status.state === 'serving';
   }
 
-  private onFrame(frame: Frame): void {
+  /** `frameBytes`: the budget the frame holds (0 before the hello). */
+  private onFrame(frame: Frame, frameBytes: number): void {
+    if (this.dispatchFrame(frame, frameBytes)) return;
     // Not dispatched (the handshake, or a protocol failure): nothing reads its payload.
-    if (!this.dispatchFrame(frame) && frame.gathered !== undefined) this.gatherPool.discard(frame.gathered);
+    if (frame.gathered !== undefined) this.gatherPool.discard(frame.gathered);
+    if (frameBytes > 0) this.budget!.release(frameBytes);
   }
 
   /** Runs the frame as a request (true), or as the handshake or a protocol failure (false). */
-  private dispatchFrame(frame: Frame): boolean {
+  private dispatchFrame(frame: Frame, frameBytes: number): boolean {
     const header = frame.header;
     if (typeof header.op !== 'string' || !isRequestId(header.id)) {
       this.fail(KeelError.protocol('request header needs a string op and a u32 id'));
@@ -213,7 +319,7 @@ class ServerConnection {
       this.fail(KeelError.protocol('request id 0 is reserved for the handshake'));
       return false;
     }
-    this.dispatch({ header: header as RequestHeader, payload: frame.payload }, frame.gathered);
+    this.dispatch({ header: header as RequestHeader, payload: frame.payload }, frame.gathered, frameBytes);
     return true;
   }
 
@@ -228,12 +334,14 @@ class ServerConnection {
     const role = header.role as WireRole;
     if (!wireRoles.includes(role)) return this.fail(KeelError.protocol(`unknown role '${String(header.role)}'`));
     this.reply(helloRequestId, { fields: { version: wireVersion, routerId: this.options.routerId } });
-    this.decoder.setLimits(defaultFrameLimits);
+    const budget = role === 'router' ? this.budgets.peers : this.budgets.clients;
+    this.budget = budget.bytes;
+    this.decoder.setLimits(budget.frameLimits);
     this.setStatus({ state: 'serving', role });
     this.session = this.options.handler.openSession({ remoteAddress: this.connection.remoteAddress, role });
   }
 
-  private dispatch(request: RpcRequest, gathered: Buffer | undefined): void {
+  private dispatch(request: RpcRequest, gathered: Buffer | undefined, frameBytes: number): void {
     const id = request.header.id;
     const session = this.session!;
     this.requestsInFlight++;
@@ -244,44 +352,58 @@ class ServerConnection {
       pending = Promise.reject(err);
     }
     if (!(pending instanceof Promise)) {
-      if (gathered !== undefined) this.giveBack(gathered, session, request.header.op);
-      this.finish(id, pending);
+      this.finish(id, pending, this.settle(request, session, gathered, frameBytes));
       return;
     }
     pending.then(
-      (result) => {
-        if (gathered !== undefined) this.giveBack(gathered, session, request.header.op);
-        this.finish(id, result);
-      },
-      (err: unknown) => {
-        if (gathered !== undefined) this.giveBack(gathered, session, request.header.op);
-        this.finishWithError(id, request.header.op, err);
-      },
+      (result) => this.finish(id, result, this.settle(request, session, gathered, frameBytes)),
+      (err: unknown) => this.finishWithError(id, request.header.op, err, this.settle(request, session, gathered, frameBytes)),
     );
   }
 
-  private giveBack(gathered: Buffer, session: RpcSession, op: string): void {
-    if (session.payloadDoneWhenSettled?.(op) === true) this.gatherPool.release(gathered);
-    else this.gatherPool.discard(gathered);
+  /**
+   * The handler settled: the frame's joined buffer and its budget go back now if nothing reads the frame
+   * any more (no payload, or the session says the op is done with it: a write's data has been copied into
+   * a DTL record or written to its SCO by then). Otherwise the handler may still hold the payload: the
+   * buffer is left to the garbage collector, and the returned callback gives the budget back once the
+   * reply has left (or the connection is gone).
+   */
+  private settle(request: RpcRequest, session: RpcSession, gathered: Buffer | undefined, frameBytes: number): (() => void) | undefined {
+    const payloadDone = request.payload.length === 0 || session.payloadDoneWhenSettled?.(request.header.op) === true;
+    if (gathered !== undefined) {
+      if (payloadDone) this.gatherPool.release(gathered);
+      else this.gatherPool.discard(gathered);
+    }
+    if (payloadDone) {
+      this.budget!.release(frameBytes);
+      return undefined;
+    }
+    const budget = this.budget!;
+    return () => budget.release(frameBytes);
   }
 
-  private finish(id: number, result: RpcResult): void {
+  private finish(id: number, result: RpcResult, onReplySent: (() => void) | undefined): void {
     this.requestsInFlight--;
+    if (onReplySent !== undefined) {
+      const onSent = result.onSent;
+      result = { ...result, onSent: onSent === undefined ? onReplySent : () => (onSent(), onReplySent()) };
+    }
     this.reply(id, result);
     this.takeFrames();
   }
 
-  private finishWithError(id: number, op: string, err: unknown): void {
+  private finishWithError(id: number, op: string, err: unknown, onReplySent: (() => void) | undefined): void {
     this.requestsInFlight--;
     // Programmer errors are not operating errors: let them crash the process as assert intends.
     if (err instanceof AssertionError) {
+      onReplySent?.();
       process.nextTick(() => {
         throw err;
       });
       return;
     }
     if (!(err instanceof KeelError)) this.logLimit.log(this.logger, 'error', 'wire-request-crashed', { err, op }, 'request handler failed with a non-Keel error');
-    this.replyError(id, toWireError(err));
+    this.replyError(id, toWireError(err), onReplySent);
     this.takeFrames();
   }
 
@@ -297,8 +419,8 @@ class ServerConnection {
     this.write(buffers, result.onSent);
   }
 
-  private replyError(id: number, error: WireError): void {
-    if (this.status.state === 'closed') return;
+  private replyError(id: number, error: WireError, onSent?: () => void): void {
+    if (this.status.state === 'closed') return onSent?.();
     let buffers: Buffer[];
     try {
       buffers = encodeFrame({ id, err: error });
@@ -306,7 +428,7 @@ class ServerConnection {
       // The details did not fit in a header: send the code and message alone.
       buffers = encodeFrame({ id, err: { code: error.code, message: error.message.slice(0, 1024) } });
     }
-    this.write(buffers);
+    this.write(buffers, onSent);
   }
 
   private write(buffers: Buffer[], onWritten?: () => void): void {
@@ -317,6 +439,7 @@ class ServerConnection {
   private fail(reason: KeelError): void {
     if (!this.isOpen()) return;
     clearTimeout(this.handshakeTimer);
+    this.dropFrameBudget();
     this.logLimit.log(this.logger, 'warn', `wire-connection-closed:${reason.code}`, { code: reason.code, reason: reason.message }, 'closing a wire connection');
     this.replyError(helloRequestId, toWireError(reason));
     this.setStatus({ state: 'closing', reason });
@@ -330,6 +453,7 @@ class ServerConnection {
       this.logLimit.log(this.logger, 'info', `wire-connection-failed:${code}`, { err: error }, 'wire connection failed');
     }
     this.setStatus({ state: 'closed' });
+    this.dropFrameBudget();
     this.session?.close();
     this.session = undefined;
     this.onGone(this);
@@ -339,6 +463,7 @@ class ServerConnection {
 export class RpcServer {
   private readonly connections = new Set<ServerConnection>();
   private readonly gatherPool = new FrameGatherPool();
+  private readonly budgets: { clients: FrameBudget; peers: FrameBudget };
   private listener: TransportListener | undefined;
   private readonly options: Required<RpcServerOptions>;
   /** One for all connections: a flood spreads over many connections. */
@@ -351,6 +476,15 @@ export class RpcServer {
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? limits.wireHandshakeTimeoutMs,
       connectionsMax: options.connectionsMax ?? limits.wireConnectionsMax,
       logRateLimit: options.logRateLimit ?? {},
+      frameBytesInFlightMax: options.frameBytesInFlightMax ?? limits.wireServerFrameBytesInFlightMax,
+      peerFrameBytesInFlightMax: options.peerFrameBytesInFlightMax ?? limits.wireServerPeerFrameBytesInFlightMax,
+      frameReceiveTimeoutMs: options.frameReceiveTimeoutMs ?? limits.wireFrameReceiveTimeoutMs,
+    };
+    const { frameBytesInFlightMax, peerFrameBytesInFlightMax } = this.options;
+    assert(peerFrameBytesInFlightMax > 0 && peerFrameBytesInFlightMax < frameBytesInFlightMax, 'the peers\' frame budget must be a positive part of the whole');
+    this.budgets = {
+      clients: frameBudget(frameBytesInFlightMax - peerFrameBytesInFlightMax, 'clients\''),
+      peers: frameBudget(peerFrameBytesInFlightMax, 'peer routers\''),
     };
     this.logLimit = new LogRateLimit(options.logger, {
       linesMax: limits.logLinesPerKeyMax,
@@ -414,8 +548,14 @@ export class RpcServer {
     const accepted = new ServerConnection(connection, this.options, (gone) => {
       this.connections.delete(gone);
       if (this.connections.size === 0) this.onAllGone?.();
-    }, this.gatherPool, this.logLimit);
+    }, this.gatherPool, this.logLimit, this.budgets);
     this.connections.add(accepted);
+  }
+
+  /** Bytes of request frames held (being received or served) and connections waiting for some, per budget. */
+  frameBudgetStats(): Record<'clients' | 'peers', { capacityBytes: number; usedBytes: number; waiting: number }> {
+    const stats = ({ bytes }: FrameBudget) => ({ capacityBytes: bytes.capacityBytes, usedBytes: bytes.usedBytes, waiting: bytes.waiting });
+    return { clients: stats(this.budgets.clients), peers: stats(this.budgets.peers) };
   }
 
   /** The pool of joined request frames shared by this server's connections. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ByteBudget } from '../../edge/byte-budget.ts';
+import { ByteBudget } from '../../shared/byte-budget.ts';
 
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 

@@ -161,6 +161,32 @@ describe('frame codec', () => {
     expectProtocolError(() => large.end());
   });
 
+  it('tells the size of the next frame once its preamble is here, split or not, before the rest arrives', () => {
+    const first = frameBytes({ op: 'write', id: 1 }, Buffer.alloc(1000, 1));
+    const second = frameBytes({ op: 'write', id: 2 }, Buffer.alloc(70_000, 2));
+    const decoder = new FrameDecoder();
+    expect(decoder.nextFrameBytes()).toBe(0);
+    decoder.push(first.subarray(0, 5));
+    expect(decoder.nextFrameBytes()).toBe(0); // preamble not all here
+    decoder.push(first.subarray(5, 9)); // preamble split over two chunks
+    expect(decoder.nextFrameBytes()).toBe(first.length);
+    expect(decoder.next()).toBeUndefined();
+    decoder.push(Buffer.concat([first.subarray(9), second.subarray(0, 100)]));
+    expect(decoder.nextFrameBytes()).toBe(first.length); // not consumed by asking
+    expect(decoder.next()!.header.id).toBe(1);
+    expect(decoder.nextFrameBytes()).toBe(second.length);
+    expect(decoder.readTarget()).toBeDefined(); // a large frame read in place
+    expect(decoder.nextFrameBytes()).toBe(second.length);
+    decoder.push(second.subarray(100));
+    expect(decoder.next()!.header.id).toBe(2);
+    expect(decoder.nextFrameBytes()).toBe(0);
+
+    const oversized = new FrameDecoder(smallLimits);
+    oversized.push(preamble(smallLimits.frameBytesMax, 10));
+    expectProtocolError(() => oversized.nextFrameBytes());
+    expectProtocolError(() => oversized.next());
+  });
+
   it('rejects an oversized frame as soon as its preamble arrives', () => {
     const decoder = new FrameDecoder(smallLimits);
     decoder.push(preamble(smallLimits.frameBytesMax, 10)); // 4 + rest > max

@@ -6,7 +6,7 @@
  */
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ByteBudget } from '../../edge/byte-budget.ts';
+import { ByteBudget } from '../../shared/byte-budget.ts';
 import { NbdConnection, type NbdConnectionSettings } from '../../edge/nbd-connection.ts';
 import { encodeClientFlags, encodeOption, parseServerEntry } from '../../edge/nbd-handshake.ts';
 import { NBD_FLAG_C_FIXED_NEWSTYLE, NBD_GREETING_BYTES, NBD_OPT_LIST, NBD_REP_ACK, NBD_REP_SERVER } from '../../edge/nbd-protocol.ts';

@@ -5,7 +5,7 @@ import { encodeFrame, FrameDecoder, type Frame } from '../../shared/wire/frame-c
 import { RpcClient } from '../../shared/wire/rpc-client.ts';
 import { RpcServer, type RpcHandler, type RpcRequest, type RpcResult, type RpcServerOptions } from '../../shared/wire/rpc-server.ts';
 import { TcpTransport } from '../../shared/wire/tcp-transport.ts';
-import type { TransportConnection } from '../../shared/wire/transport.ts';
+import type { Transport, TransportConnection } from '../../shared/wire/transport.ts';
 import { wireMagic, wireVersion } from '../../shared/wire/wire-format.ts';
 import { createVolumeService } from '../../router/volume-service.ts';
 import { BufferPool } from '../../shared/buffer-pool.ts';
@@ -570,5 +570,208 @@ describe('volume service over the wire', () => {
     releaseWrite();
     await delay(10);
     expect(host.openHandles).toBe(0);
+  });
+});
+
+describe('frame budget', () => {
+  const helloFrame = (role: 'edge' | 'router' | 'tool' = 'edge') => encodeFrame({ op: 'hello', id: 0, magic: wireMagic, version: wireVersion, role });
+  const mib = 1024 * 1024;
+  /** Bytes one socket read may bring in beyond the frames the server holds budget for (the start of a frame waiting in line). */
+  const readBytesMax = 64 * 1024;
+
+  /** A TCP transport whose accepted connections count the bytes they hand to the server. */
+  function countingTransport(onReceived: (bytes: number) => void): Transport {
+    return {
+      connect: (address, options) => transport.connect(address, options),
+      listen: (address, onConnection) =>
+        transport.listen(address, (c) =>
+          onConnection({
+            remoteAddress: c.remoteAddress,
+            write: (buffers, onWritten) => c.write(buffers, onWritten),
+            flush: () => c.flush(),
+            onData: (listener) =>
+              c.onData((chunk) => {
+                onReceived(chunk.length);
+                listener(chunk);
+              }),
+            onDrain: (listener) => c.onDrain(listener),
+            onClose: (listener) => c.onClose(listener),
+            pause: () => c.pause(),
+            resume: () => c.resume(),
+            close: () => c.close(),
+            destroy: (error) => c.destroy(error),
+          }),
+        ),
+    };
+  }
+
+  async function startBudgetServer(handler: RpcHandler, options: Partial<RpcServerOptions> = {}) {
+    const server = new RpcServer({ transport, handler, logger, routerId: 'r1', ...options });
+    await server.listen('127.0.0.1:0');
+    cleanups.push(() => server.close());
+    return server;
+  }
+
+  /** Sends `bytes` in pieces of `pieceBytes`, one every `pauseMs`: a slow client, or a trickling one. */
+  async function trickle(connection: TransportConnection, bytes: Buffer, pieceBytes: number, pauseMs: number, stop = () => false): Promise<void> {
+    for (let at = 0; at < bytes.length && !stop(); at += pieceBytes) {
+      connection.write([bytes.subarray(at, at + pieceBytes)]);
+      await delay(pauseMs);
+    }
+  }
+
+  it('holds at most the bound in frames being received or served, over connections sending large frames slowly, and serves every one', async () => {
+    const budgetBytes = 3 * mib; // the clients' part: 4 MiB in all, 1 MiB kept for peer routers
+    const connections = 6;
+    const framesPerConnection = 2;
+    const frameSizes = new Map<number, number>();
+    let received = 0;
+    let served = 0;
+    let heldMax = 0;
+    const handler: RpcHandler = {
+      openSession: () => ({
+        payloadDoneWhenSettled: () => true,
+        handle: async (request: RpcRequest): Promise<RpcResult> => {
+          await delay(20);
+          const crc = crc32c(request.payload);
+          served += frameSizes.get(request.header.value as number)!;
+          return { fields: { crc } };
+        },
+        close: () => undefined,
+      }),
+    };
+    const server = await startBudgetServer(handler, {
+      transport: countingTransport((bytes) => {
+        received += bytes;
+        heldMax = Math.max(heldMax, received - served);
+      }),
+      frameBytesInFlightMax: budgetBytes + mib,
+      peerFrameBytesInFlightMax: mib,
+    });
+    const payloads = new Map<number, Buffer>();
+    const raws = await Promise.all(Array.from({ length: connections }, () => rawConnection(server.address)));
+    await Promise.all(
+      raws.map(async (raw, c) => {
+        const frames: Buffer[] = [...helloFrame()];
+        for (let f = 0; f < framesPerConnection; f++) {
+          const value = c * framesPerConnection + f;
+          const payload = patternBytes(mib + 4096 * value, value);
+          payloads.set(value, payload);
+          const frame = encodeFrame({ op: 'sum', id: f + 1, value }, payload);
+          frameSizes.set(value, frame.reduce((sum, b) => sum + b.length, 0));
+          frames.push(...frame);
+        }
+        await trickle(raw.connection, Buffer.concat(frames), 128 * 1024, 5);
+      }),
+    );
+    await until(() => raws.every((raw) => raw.frames.length === 1 + framesPerConnection || raw.isClosed()), 10_000);
+    for (const [c, raw] of raws.entries()) {
+      expect(raw.frames.slice(1).map((f) => f.header)).toEqual(
+        Array.from({ length: framesPerConnection }, (_, f) => expect.objectContaining({ id: f + 1, ok: true, crc: crc32c(payloads.get(c * framesPerConnection + f)!) })),
+      );
+    }
+    // Without the bound every connection had its frame in the router at once: about 6 MiB.
+    expect(heldMax).toBeGreaterThan(mib);
+    expect(heldMax).toBeLessThanOrEqual(budgetBytes + connections * readBytesMax);
+    await until(() => server.frameBudgetStats().clients.usedBytes === 0);
+    expect(server.frameBudgetStats()).toEqual({
+      clients: { capacityBytes: budgetBytes, usedBytes: 0, waiting: 0 },
+      peers: { capacityBytes: mib, usedBytes: 0, waiting: 0 },
+    });
+  });
+
+  it('a connection that holds budget for a frame reads it to its end, while one that cannot get budget waits for it', async () => {
+    const order: number[] = [];
+    const handler: RpcHandler = {
+      openSession: () => ({
+        payloadDoneWhenSettled: () => true,
+        handle: (request: RpcRequest): RpcResult => {
+          order.push(request.header.value as number);
+          return { fields: { crc: crc32c(request.payload) } };
+        },
+        close: () => undefined,
+      }),
+    };
+    const server = await startBudgetServer(handler, { frameBytesInFlightMax: 4 * mib, peerFrameBytesInFlightMax: mib });
+    const holder = await rawConnection(server.address);
+    const waiter = await rawConnection(server.address);
+    for (const raw of [holder, waiter]) {
+      raw.connection.write(helloFrame());
+      await raw.until(() => raw.frames.length === 1);
+    }
+    const first = Buffer.concat(encodeFrame({ op: 'sum', id: 1, value: 1 }, patternBytes(2 * mib, 1)));
+    const second = Buffer.concat(encodeFrame({ op: 'sum', id: 1, value: 2 }, patternBytes(2 * mib, 2)));
+    holder.connection.write([first.subarray(0, 512 * 1024)]); // takes 2 MiB of the 3 at its preamble
+    await until(() => server.frameBudgetStats().clients.usedBytes === first.length, 2_000).catch(() => undefined);
+    waiter.connection.write([second]); // all of it sent at once, but it does not fit beside the first
+    await until(() => server.frameBudgetStats().clients.waiting === 1, 2_000).catch(() => undefined);
+    await delay(100);
+    expect(order).toEqual([]); // without the bound, the second was served here
+    await trickle(holder.connection, first.subarray(512 * 1024), 256 * 1024, 10);
+    await until(() => holder.frames.length === 2 && waiter.frames.length === 2);
+    expect(order).toEqual([1, 2]);
+    expect(holder.frames[1]!.header.crc).toBe(crc32c(patternBytes(2 * mib, 1)));
+    expect(waiter.frames[1]!.header.crc).toBe(crc32c(patternBytes(2 * mib, 2)));
+    expect(server.frameBudgetStats().clients).toMatchObject({ usedBytes: 0, waiting: 0 });
+  });
+
+  it('closes a connection whose frame holding budget stalls or trickles, and gives its budget to the next in line', async () => {
+    const { handler } = echoHandler();
+    const server = await startBudgetServer(handler, { frameBytesInFlightMax: 4 * mib, peerFrameBytesInFlightMax: mib, frameReceiveTimeoutMs: 300 });
+    const stalled = await rawConnection(server.address);
+    const trickling = await rawConnection(server.address);
+    const waiter = await rawConnection(server.address);
+    for (const raw of [stalled, trickling, waiter]) {
+      raw.connection.write(helloFrame());
+      await raw.until(() => raw.frames.length === 1);
+    }
+    const frame = (value: number, bytes: number) => Buffer.concat(encodeFrame({ op: 'echo', id: 1, value }, patternBytes(bytes, value)));
+    stalled.connection.write([frame(1, mib).subarray(0, 100 * 1024)]); // and nothing more
+    void trickle(trickling.connection, frame(2, mib), 4096, 20, () => trickling.isClosed()); // 4 KiB every 20 ms: 5 s for the frame
+    await until(() => server.frameBudgetStats().clients.usedBytes > 2 * mib, 2_000).catch(() => undefined);
+    const started = Date.now();
+    waiter.connection.write(encodeFrame({ op: 'echo', id: 1, value: 3 }, patternBytes(2 * mib, 3))); // waits for both
+    await until(() => stalled.isClosed() && trickling.isClosed() && waiter.frames.length === 2, 3_000);
+    expect(Date.now() - started).toBeLessThan(1_500);
+    for (const raw of [stalled, trickling]) {
+      expect(raw.frames[1]!.header.err).toMatchObject({ code: 'TIMEOUT', message: expect.stringMatching(/receiving a request frame/) });
+    }
+    expect(waiter.frames[1]!.payload.equals(patternBytes(2 * mib, 3))).toBe(true);
+    expect(server.frameBudgetStats().clients).toMatchObject({ usedBytes: 0, waiting: 0 });
+  });
+
+  it('keeps a share for peer routers: a DTL stream is served while every other frame waits on it', async () => {
+    // Writes that hold their frames until a peer's request arrives: an owner's writes waiting for DTL acks.
+    let unblock: () => void = () => undefined;
+    const peerArrived = new Promise<void>((resolve) => (unblock = resolve));
+    const handler: RpcHandler = {
+      openSession: () => ({
+        handle: async (request: RpcRequest): Promise<RpcResult> => {
+          if (request.header.op === 'dtl-append') unblock();
+          else await peerArrived;
+          return { fields: { bytes: request.payload.length } };
+        },
+        close: () => undefined,
+      }),
+    };
+    const server = await startBudgetServer(handler, { frameBytesInFlightMax: 3 * mib + 256 * 1024, peerFrameBytesInFlightMax: mib + 128 * 1024 });
+    const edge = await connect(server.address);
+    const writes = [0, 1, 2].map((i) => edge.request({ op: 'write', value: i }, patternBytes(mib - 1024, i)));
+    await until(() => server.frameBudgetStats().clients.waiting === 1); // two fill the clients' share, the third waits
+    const peer = await RpcClient.connect(server.address, { transport, logger, role: 'router' });
+    cleanups.push(() => peer.close());
+    await expect(peer.request({ op: 'dtl-append' }, patternBytes(mib, 9))).resolves.toMatchObject({ header: { bytes: mib } });
+    await expect(Promise.all(writes)).resolves.toHaveLength(3);
+  });
+
+  it('refuses a frame larger than the whole budget with PROTOCOL; by default the budget holds a largest frame for each share', async () => {
+    const server = await startBudgetServer(echoHandler().handler, { frameBytesInFlightMax: 2 * mib, peerFrameBytesInFlightMax: mib });
+    const raw = await rawConnection(server.address);
+    raw.connection.write([...helloFrame(), ...encodeFrame({ op: 'echo', id: 1 }, Buffer.alloc(mib))]);
+    await until(() => raw.isClosed(), 2_000).catch(() => undefined);
+    expect(raw.frames[1]!.header.err).toMatchObject({ code: 'PROTOCOL', message: expect.stringMatching(/the clients' frame budget/) });
+    expect(() => checkLimits()).not.toThrow();
+    expect(() => checkLimits({ ...limits, wireServerPeerFrameBytesInFlightMax: limits.wireFrameBytesMax - 1 } as unknown as Limits)).toThrow(/wireServerFrameBytesInFlightMax/);
+    expect(() => checkLimits({ ...limits, wireServerFrameBytesInFlightMax: limits.wireServerPeerFrameBytesInFlightMax + limits.wireFrameBytesMax - 1 } as unknown as Limits)).toThrow(/wireServerFrameBytesInFlightMax/);
   });
 });

@@ -1,6 +1,7 @@
 /**
  * Bytes that many users share under one bound, handed out first come, first served: the edge's NBD request
- * payloads of all connections together (limits.nbdEdgeRequestBytesInFlightMax). A user that cannot get its
+ * payloads of all connections together (limits.nbdEdgeRequestBytesInFlightMax), a router's request frames
+ * being received or served (limits.wireServerFrameBytesInFlightMax, shared/wire/rpc-server.ts). A user that cannot get its
  * bytes now waits in line and is called back once they have been taken for it. A later, smaller ask never
  * overtakes a waiting one, so a 32 MiB write is not starved by a stream of 4 KiB requests.
  */
@@ -33,7 +34,8 @@ export class ByteBudget {
    * Asking for nothing always succeeds: it holds no memory.
    */
   acquire(bytes: number, granted: () => void): boolean {
-    assert(bytes >= 0 && bytes <= this.capacityBytes, `cannot ever grant ${bytes} of ${this.capacityBytes} bytes`);
+    // Not assert(cond, `...`): the message would be built on every call, on the hot path of every request.
+    if (!(bytes >= 0 && bytes <= this.capacityBytes)) assert.fail(`cannot ever grant ${bytes} of ${this.capacityBytes} bytes`);
     if (bytes === 0) return true;
     if (this.line.length === 0 && this.used + bytes <= this.capacityBytes) {
       this.used += bytes;
@@ -55,7 +57,7 @@ export class ByteBudget {
   }
 
   release(bytes: number): void {
-    assert(bytes >= 0 && bytes <= this.used, `releasing ${bytes} bytes of ${this.used} held`);
+    if (!(bytes >= 0 && bytes <= this.used)) assert.fail(`releasing ${bytes} bytes of ${this.used} held`);
     this.used -= bytes;
     while (this.line.length > 0 && this.used + this.line[0].bytes <= this.capacityBytes) {
       const waiter = this.line.shift()!;
