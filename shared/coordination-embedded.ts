@@ -187,11 +187,18 @@ export class EmbeddedCoordination implements Coordination {
 
   private async update<T>(mutate: (doc: CoordinationDocument) => T): Promise<T> {
     let release: () => Promise<void>;
+    /**
+     * Set when proper-lockfile finds our lock gone or taken over as stale (this process stalled longer than
+     * coordinationLockStaleMs under load). Its default handler throws from a timer: that crashed a router.
+     * Another writer may hold the lock now, so the change must not be written over its change.
+     */
+    let lost: Error | undefined;
     try {
       release = await lockfile.lock(this.file, {
         stale: limits.coordinationLockStaleMs,
         retries: { retries: limits.coordinationLockRetriesMax, minTimeout: 5, maxTimeout: 100 },
         realpath: false,
+        onCompromised: (err) => (lost = err),
       });
     } catch (err) {
       throw KeelError.io(`cannot lock ${this.file}`, err);
@@ -199,6 +206,7 @@ export class EmbeddedCoordination implements Coordination {
     try {
       const doc = await this.read();
       const result = mutate(doc);
+      if (lost) throw KeelError.io(`lost the lock on ${this.file} (taken over as stale): the change was not written`, lost);
       await this.replace(doc);
       return result;
     } finally {
