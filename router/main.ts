@@ -91,6 +91,7 @@ export async function runRouter(options: RouterOptions): Promise<void> {
   void registry.openOwnedVolumes().then((opened) => logger.info(opened, 'owned volumes opened'));
   const reason = await waitForStopSignal();
   logger.info({ reason }, 'router stopping');
+  registry.stopOpening(); // volumes not opened yet stay closed: a hung backend made a stop take 6 minutes
   snapshots.stopBackgroundScrubber();
   // A rolling upgrade: hand every volume to another router first, so edges switch without an error.
   if (backend) {

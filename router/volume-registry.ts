@@ -118,15 +118,19 @@ export class VolumeRegistry implements VolumeHost {
     return { opened: records.length - failed, failed, elapsedMs: Date.now() - startedMs };
   }
 
-  private async openAtStart(record: VolumeRecord): Promise<boolean> {
+  private async openAtStart(listed: VolumeRecord): Promise<boolean> {
     try {
+      // The list is as old as the start: another router may have taken the volume over since (this one
+      // was down long enough), and opening it here at the old epoch only loads the router until reconcile.
+      const record = await this.coordination.getVolume(listed.name);
+      if (record?.owner !== this.routerId || record.ownerEpoch !== listed.ownerEpoch || record.id !== listed.id) return true;
       await this.openAndClearFailure(record);
       return true;
     } catch (err) {
       // One volume that cannot be recovered now (its backend unreachable, a corrupt TLog) must not keep
       // the router, and every other volume it owns, from starting: its clients' opens retry it and get its error.
       if (!isKeelError(err)) throw err;
-      this.logger.error({ volume: record.name, code: err.code, err: err.message }, 'volume could not be opened at start: it stays closed, and each open tries again');
+      this.logger.error({ volume: listed.name, code: err.code, err: err.message }, 'volume could not be opened at start: it stays closed, and each open tries again');
       return false;
     }
   }
@@ -175,8 +179,13 @@ export class VolumeRegistry implements VolumeHost {
     return [...this.owned].map(([name, o]) => ({ name, sessions: o.sessions, stats: o.driver.stats() }));
   }
 
+  /** The router is stopping: openOwnedVolumes starts no more opens (a drain and a stop must not wait on them). */
+  stopOpening(): void {
+    this.closing = true;
+  }
+
   async closeAll(): Promise<void> {
-    this.closing = true; // openOwnedVolumes starts no more opens
+    this.stopOpening();
     await Promise.allSettled([...this.opening.values()]);
     // In parallel: with a backend each close waits (bounded) for its uploads, and a stop must stay short.
     const closing = [...this.owned].map(async ([name, owned]) => {

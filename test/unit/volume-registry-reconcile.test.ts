@@ -150,3 +150,22 @@ it('a name that coordination gives to a new volume, the old one never deleted (c
   const kept = path.join(dir, 'r1', 'volumes', '.kept', old.id);
   expect((await stat(path.join(kept, 'volume.json'))).isFile()).toBe(true);
 });
+
+it('at start opens only what it still owns: a volume taken over after the list was read stays closed, and a stop opens no more', async () => {
+  const embedded = await EmbeddedCoordination.open(dir);
+  for (const name of ['kept', 'taken', 'later']) await embedded.createVolume({ name, sizeBytes: 64 << 20, scoSizeBytes: 4 << 20, owner: 'r1' }, Date.now());
+  const listedAtStart = await embedded.listVolumes();
+  expect(await embedded.claimVolume('taken', 'r2', 1)).toMatchObject({ owner: 'r2', ownerEpoch: 2 }); // another router took it over meanwhile
+  const coordination: Coordination = Object.assign(Object.create(embedded) as Coordination, { listVolumes: async () => listedAtStart });
+  const registry = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  const opened = await registry.openOwnedVolumes();
+  expect(registry.ownedNames().sort()).toEqual(['kept', 'later']);
+  expect(opened).toMatchObject({ failed: 0 });
+  await registry.closeAll();
+
+  const stopping = new VolumeRegistry('r1', path.join(dir, 'r1'), coordination, silentLogger());
+  stopping.stopOpening(); // SIGTERM before the background opens got going
+  await stopping.openOwnedVolumes();
+  expect(stopping.ownedNames()).toEqual([]);
+  await stopping.closeAll();
+});
