@@ -7,7 +7,7 @@
 import assert from 'node:assert';
 import type { Socket } from 'node:net';
 import type { ExportResolver, OpenBlockTarget } from '../shared/block-target.ts';
-import { isKeelError, type KeelError } from '../shared/errors.ts';
+import { KeelError, isKeelError } from '../shared/errors.ts';
 import { limits } from '../shared/limits.ts';
 import type { Logger } from '../shared/logger.ts';
 import { WritevBatch } from '../shared/writev-batch.ts';
@@ -91,6 +91,10 @@ export interface NbdConnectionSettings {
   optionBytesMax: number;
   handshakeTimeoutMs: number;
   closeLingerMs: number;
+  /** How long the payload of a request holding edge bytes may take to arrive (limits.nbdPayloadReceiveTimeoutMs). */
+  payloadReceiveTimeoutMs: number;
+  /** How long reply data holding edge bytes may wait with no byte of it taken by the client (limits.nbdReplyDrainTimeoutMs). */
+  replyDrainTimeoutMs: number;
 }
 
 /**
@@ -140,6 +144,21 @@ export class NbdConnection {
   private next: HeldRequest | undefined;
   /** The request at the front of `incoming` waiting in the edge budget's line; reading stops meanwhile. */
   private waitingForBytes: HeldRequest | undefined;
+  /**
+   * Deadline of a payload that holds edge bytes (payloadCheck): one timer per connection, armed when a
+   * payload is left arriving and not re-armed per request, so the hot path pays a flag test and a counter.
+   */
+  private payloadTimer: NodeJS.Timeout | undefined;
+  private payloadCheckArmed = false;
+  /** Requests whose payload was read to the end: a change between checks means the stream moved on. */
+  private requestsTaken = 0;
+  private requestsTakenAtPayloadCheck = 0;
+  /** Edge bytes held by READ reply data written to the socket and not yet left for the kernel. */
+  private replyBytesHeld = 0;
+  /** Deadline of reply data holding edge bytes that the client does not take (replyCheck); like payloadTimer. */
+  private replyTimer: NodeJS.Timeout | undefined;
+  private replyCheckArmed = false;
+  private sentAtReplyCheck = 0;
   private readonly replies: WritevBatch;
   private targetClosing = false;
   /** Why the last open for negotiation failed: the client hears it in NBD_OPT_GO's error reply. */
@@ -241,6 +260,8 @@ export class NbdConnection {
     clearTimeout(this.handshakeTimer);
     clearTimeout(this.drainTimer);
     clearTimeout(this.lingerTimer);
+    clearTimeout(this.payloadTimer);
+    clearTimeout(this.replyTimer);
     this.setStatus('closed', 'socket closed');
     this.incoming.clear();
     this.finishIfDrained();
@@ -477,8 +498,13 @@ export class NbdConnection {
         this.next = held;
       }
       const { request, bytes } = this.next;
-      if (!consumeRequest(this.incoming, request)) break; // payload still arriving: keep reading it
+      if (!consumeRequest(this.incoming, request)) {
+        // Payload still arriving: keep reading it, but not forever (its bytes may be what others wait for).
+        if (!this.payloadCheckArmed) this.armPayloadCheck();
+        break;
+      }
       this.next = undefined;
+      this.requestsTaken++;
       if (request.type === NBD_CMD_DISC) {
         this.settings.edgeRequestBytes.release(bytes);
         this.setStatus('draining', 'client sent NBD_CMD_DISC');
@@ -489,6 +515,51 @@ export class NbdConnection {
     }
     this.updateReading();
   }
+
+  /**
+   * Aborts the connection if a payload holding edge bytes was arriving when the check was armed and, with no
+   * request read to its end since, still is a payloadReceiveTimeoutMs later: a client that sends a header
+   * and stalls (or trickles) would otherwise pin the bytes, and 32 such connections held the whole 1 GiB and
+   * hung every other client of the edge. A payload gets at least one whole period from its header on (at
+   * most two, when an earlier payload was arriving as the period began).
+   */
+  private armPayloadCheck(): void {
+    this.payloadCheckArmed = true;
+    this.requestsTakenAtPayloadCheck = this.requestsTaken;
+    if (this.payloadTimer === undefined) this.payloadTimer = setTimeout(this.payloadCheck, this.settings.payloadReceiveTimeoutMs);
+    else this.payloadTimer.refresh(); // one timer per connection, re-armed: nothing allocated per request
+  }
+
+  private readonly payloadCheck = (): void => {
+    this.payloadCheckArmed = false;
+    const held = this.next;
+    if (this.status !== 'transmission' || held === undefined || held.bytes === 0) return;
+    if (this.requestsTaken !== this.requestsTakenAtPayloadCheck) return this.armPayloadCheck(); // a later payload: a whole period
+    const what = `receiving the ${held.bytes}-byte payload of ${commandNames[held.request.type] ?? held.request.type} (handle ${held.request.handleHi}:${held.request.handleLo})`;
+    this.abort('request payload not received in time', KeelError.timeout(what, this.settings.payloadReceiveTimeoutMs));
+  };
+
+  /**
+   * Aborts the connection if it holds edge bytes for reply data and not one byte of its output has left for
+   * the kernel in a whole replyDrainTimeoutMs: a client that sends READs and never reads the replies would
+   * otherwise pin up to its per-connection bound, and ten such connections took the whole budget. Progress
+   * is measured in bytes, not replies, so a client that reads a 128 MiB batch slowly but steadily is kept.
+   * Armed when a reply's data has to wait for the client (the socket needs a drain), at most once a period.
+   */
+  private armReplyCheck(): void {
+    this.replyCheckArmed = true;
+    this.sentAtReplyCheck = bytesHandedToKernel(this.socket);
+    if (this.replyTimer === undefined) this.replyTimer = setTimeout(this.replyCheck, this.settings.replyDrainTimeoutMs);
+    else this.replyTimer.refresh();
+  }
+
+  private readonly replyCheck = (): void => {
+    this.replyCheckArmed = false;
+    if (this.status === 'closed' || this.replyBytesHeld === 0) return;
+    if (bytesHandedToKernel(this.socket) !== this.sentAtReplyCheck) return this.armReplyCheck(); // the client reads: another period
+    const what = `the client taking ${this.replyBytesHeld} bytes of READ replies (${this.socket.writableLength} bytes queued)`;
+    this.abort('replies not read by the client in time', KeelError.timeout(what, this.settings.replyDrainTimeoutMs));
+  };
 
   /**
    * Backpressure: stop reading the socket while at capacity or waiting for the edge's bytes, resume when
@@ -546,8 +617,15 @@ export class NbdConnection {
     this.replies.beginFrame();
     this.socket.write(encodeSimpleReplyHeader(error, request.handleHi, request.handleLo));
     // The callback runs once the data is written, or with an error when the socket is destroyed first.
-    if (error === 0 && data && data.length > 0) this.socket.write(data, () => this.settings.edgeRequestBytes.release(bytes));
-    else this.settings.edgeRequestBytes.release(bytes);
+    if (error === 0 && data && data.length > 0) {
+      this.replyBytesHeld += bytes;
+      this.socket.write(data, () => {
+        this.replyBytesHeld -= bytes;
+        this.settings.edgeRequestBytes.release(bytes);
+      });
+      // The client has to read before this data leaves: replyCheck cuts it if its output stands still.
+      if (!this.replyCheckArmed && bytes > 0 && this.socket.writableNeedDrain) this.armReplyCheck();
+    } else this.settings.edgeRequestBytes.release(bytes);
     this.replies.endFrame();
   }
 
@@ -573,6 +651,19 @@ export class NbdConnection {
       this.resolveClosed();
     });
   }
+}
+
+/**
+ * Bytes of the socket's output that have left for the kernel, which only grows. libuv's write queue shows
+ * a large writev (up to writevFramesMax replies) being taken bit by bit, where Node's own counters move only
+ * when the whole writev is done; without those internals, the bytes of writes done.
+ */
+function bytesHandedToKernel(socket: Socket): number {
+  const internals = socket as unknown as { _bytesDispatched?: unknown; _handle?: { writeQueueSize?: unknown } | null };
+  const dispatched = internals._bytesDispatched;
+  const queued = internals._handle?.writeQueueSize;
+  if (typeof dispatched === 'number' && typeof queued === 'number') return dispatched - queued;
+  return socket.bytesWritten - socket.writableLength;
 }
 
 function payloadBytes(request: NbdRequest): number {

@@ -1,6 +1,7 @@
 /**
  * The edge's NBD server: listens on host:port, runs one NbdConnection per client (at most
- * limits.nbdConnectionsMax, of which at most limits.nbdHandshakingConnectionsMax in the handshake, sharing limits.nbdEdgeRequestBytesInFlightMax of payload), and on stop() lets in-flight requests finish before closing everything.
+ * limits.nbdConnectionsMax, of which at most limits.nbdHandshakingConnectionsMax in the handshake, sharing limits.nbdEdgeRequestBytesInFlightMax of payload; a connection
+ * whose payload stalls or whose replies go unread while they hold some of it is cut after a deadline), and on stop() lets in-flight requests finish before closing everything.
  * Protocol and decisions: docs/nbd-protocol.md.
  */
 import net from 'node:net';
@@ -37,6 +38,8 @@ export interface NbdServerBounds {
   handshakeTimeoutMs: number;
   drainTimeoutMs: number;
   closeLingerMs: number;
+  payloadReceiveTimeoutMs: number;
+  replyDrainTimeoutMs: number;
 }
 
 export function defaultNbdServerBounds(): NbdServerBounds {
@@ -51,6 +54,8 @@ export function defaultNbdServerBounds(): NbdServerBounds {
     handshakeTimeoutMs: limits.nbdHandshakeTimeoutMs,
     drainTimeoutMs: limits.nbdDrainTimeoutMs,
     closeLingerMs: limits.nbdCloseLingerMs,
+    payloadReceiveTimeoutMs: limits.nbdPayloadReceiveTimeoutMs,
+    replyDrainTimeoutMs: limits.nbdReplyDrainTimeoutMs,
   };
 }
 
@@ -93,6 +98,8 @@ export class NbdServer {
       optionBytesMax: this.bounds.optionBytesMax,
       handshakeTimeoutMs: this.bounds.handshakeTimeoutMs,
       closeLingerMs: this.bounds.closeLingerMs,
+      payloadReceiveTimeoutMs: this.bounds.payloadReceiveTimeoutMs,
+      replyDrainTimeoutMs: this.bounds.replyDrainTimeoutMs,
     };
     this.server = net.createServer({ noDelay: true }, (socket) => this.onConnection(socket));
     this.server.on('error', (err) => this.logger.error({ err }, 'nbd server error'));

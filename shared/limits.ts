@@ -44,6 +44,23 @@ export const limits = {
   nbdDrainTimeoutMs: 10_000,
   /** NBD: after the server's FIN (DISC, ABORT, stop), how long the client may keep its side open. */
   nbdCloseLingerMs: 2_000,
+  /**
+   * NBD: how long the payload of a request may take to arrive once its bytes are held in
+   * nbdEdgeRequestBytesInFlightMax (from its header on) before the connection is cut. Nothing timed out a
+   * stalled payload: 32 connections that each sent a 32 MiB WRITE header and one byte (1 KB of traffic) held
+   * the whole budget and hung every other client of the edge until they left. 30 s lets a 32 MiB payload
+   * through a 10 Mbit/s link.
+   */
+  nbdPayloadReceiveTimeoutMs: 30_000,
+  /**
+   * NBD: how long READ reply data holding bytes of nbdEdgeRequestBytesInFlightMax may wait with not one byte
+   * of the connection's output taken by the client before the connection is cut: ten clients that sent
+   * READs and never read the replies held the budget and hung every other client's writes. Progress is
+   * counted in bytes leaving for the kernel (a large writev shows as it goes), so a client that reads
+   * steadily is kept; the edge sees a byte taken only once the kernel's buffers have room (about half its
+   * send buffer, at most 2 MiB with Linux defaults), so 30 s keeps clients reading 70 KB/s and up.
+   */
+  nbdReplyDrainTimeoutMs: 30_000,
 
   /**
    * Disk: a data read or write done inline (synchronous pread/pwrite on the event loop, see
@@ -475,6 +492,8 @@ export function checkLimits(l: Limits = limits): void {
     fail('nbdHandshakingConnectionsMax must lie in [1, nbdConnectionsMax]');
   if (l.nbdEdgeRequestBytesInFlightMax < l.nbdRequestBytesInFlightMax)
     fail('nbdEdgeRequestBytesInFlightMax must hold at least one connection\'s nbdRequestBytesInFlightMax');
+  if (!(l.nbdPayloadReceiveTimeoutMs > 0 && l.nbdReplyDrainTimeoutMs > 0))
+    fail('nbdPayloadReceiveTimeoutMs and nbdReplyDrainTimeoutMs must be positive, or bytes held in nbdEdgeRequestBytesInFlightMax could be pinned by one client for good');
   if (l.scoSizeBytesMin % clusterSizeBytes !== 0 || l.scoSizeBytesMax % clusterSizeBytes !== 0)
     fail('SCO sizes must be whole clusters');
   if (l.scoSizeBytesDefault < l.scoSizeBytesMin || l.scoSizeBytesDefault > l.scoSizeBytesMax)

@@ -2,6 +2,8 @@
  * The edge-wide bound on request payload bytes (limits.nbdEdgeRequestBytesInFlightMax, here a small
  * injected one): every connection draws from one budget, partly received WRITE payloads and unread READ
  * replies included; at the bound connections stop reading (backpressure), nothing fails, nothing deadlocks.
+ * Bytes held must move: a stalled payload or unread replies cut their connection after a deadline (here a
+ * small injected one), so a few clients cannot hang all others; a slow but steady client is kept.
  */
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -9,9 +11,9 @@ import { NbdClient } from '../../edge/nbd-client.ts';
 import { NBD_CMD_READ, NBD_CMD_WRITE, NBD_REQUEST_HEADER_BYTES } from '../../edge/nbd-protocol.ts';
 import { encodeRequestHeader } from '../../edge/nbd-requests.ts';
 import { NbdServer, type NbdServerBounds } from '../../edge/nbd-server.ts';
-import { silentLogger } from '../../shared/logger.ts';
+import { type Logger, silentLogger } from '../../shared/logger.ts';
 import { MemoryExportResolver, MemoryVolume } from '../helpers/memory-target.ts';
-import { RawNbdSocket } from '../helpers/raw-nbd-socket.ts';
+import { RawNbdSocket, capturingLogger } from '../helpers/raw-nbd-socket.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -50,10 +52,10 @@ class MeteredVolume extends MemoryVolume {
   }
 }
 
-async function startServer(bounds: Partial<NbdServerBounds>) {
+async function startServer(bounds: Partial<NbdServerBounds>, logger: Logger = silentLogger()) {
   const resolver = new MemoryExportResolver();
   const volume = resolver.add('vol', new MeteredVolume(64 * MiB)) as MeteredVolume;
-  const server = new NbdServer({ host: '127.0.0.1', port: 0, resolver, logger: silentLogger(), bounds });
+  const server = new NbdServer({ host: '127.0.0.1', port: 0, resolver, logger, bounds });
   await server.start();
   cleanups.push(() => server.stop());
   const connect = async () => {
@@ -90,6 +92,27 @@ async function untilStable(value: () => number, quietMs: number): Promise<void> 
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function readHeader(handle: number, offset: number, length: number): Buffer {
+  const header = Buffer.alloc(NBD_REQUEST_HEADER_BYTES);
+  encodeRequestHeader(header, 0, { type: NBD_CMD_READ, flags: 0, handleHi: 0, handleLo: handle, offset, length });
+  return header;
+}
+
+/** Lets `raw` take about `bytesPerTick` from the kernel every `tickMs`: a client that reads slowly but steadily. */
+function readSlowly(raw: RawNbdSocket, bytesPerTick: number, tickMs: number): () => void {
+  let allowance = 0;
+  raw.socket.pause();
+  raw.socket.on('data', (chunk: Buffer) => {
+    allowance -= chunk.length;
+    if (allowance <= 0) raw.socket.pause();
+  });
+  const timer = setInterval(() => {
+    allowance = bytesPerTick;
+    raw.socket.resume();
+  }, tickMs);
+  return () => clearInterval(timer);
+}
 
 function writeHeader(handle: number, offset: number, length: number): Buffer {
   const header = Buffer.alloc(NBD_REQUEST_HEADER_BYTES);
@@ -182,6 +205,109 @@ describe('edge-wide request bytes in flight', () => {
     }
     await otherWrite;
     expect(t.volume.peek(8 * MiB, small.length).equals(small)).toBe(true);
+    await waitFor(() => t.server.requestBytesInFlight === 0, 'every byte to be given back');
+  });
+});
+
+describe('deadlines on bytes held in the edge-wide budget', () => {
+  it('cuts connections whose held WRITE payload stalls, and the clients waiting behind them go on', async () => {
+    const { logger, lines } = capturingLogger();
+    const timeoutMs = 300;
+    const t = await startServer(
+      { requestBytesMax: 256 * KiB, requestBytesInFlightMax: 256 * KiB, edgeRequestBytesInFlightMax: MiB, payloadReceiveTimeoutMs: timeoutMs },
+      logger,
+    );
+    // Four headers of 256 KiB and one byte each: 1 KB of traffic holds the whole edge budget.
+    const stallers = await Promise.all(Array.from({ length: 4 }, () => t.raw()));
+    const sentAt = Date.now();
+    stallers.forEach((raw, i) => raw.write(Buffer.concat([writeHeader(i, i * 256 * KiB, 256 * KiB), Buffer.alloc(1, 7)])));
+    await waitFor(() => t.server.requestBytesInFlight === MiB, 'the stalled payloads to hold the budget');
+    const other = await t.connect();
+    const small = randomBytes(4 * KiB);
+    let otherDone = false;
+    const otherWrite = other.write(2 * MiB, small).then(() => (otherDone = true));
+    await sleep(timeoutMs / 3);
+    expect(otherDone).toBe(false); // waits in line behind the stalled payloads
+    await Promise.all(stallers.map((raw) => raw.expectClosed()));
+    expect(Date.now() - sentAt).toBeGreaterThanOrEqual(timeoutMs - 20); // not before the deadline
+    await otherWrite;
+    expect(t.volume.peek(2 * MiB, small.length).equals(small)).toBe(true);
+    expect(t.volume.calls.write).toBe(1); // no stalled payload reached the target
+    const cut = lines.filter((l) => l.msg === 'nbd connection closed: request payload not received in time');
+    expect(cut.length).toBeGreaterThan(0);
+    expect((cut[0].err as { code: string }).code).toBe('TIMEOUT');
+    await waitFor(() => t.server.requestBytesInFlight === 0, 'every byte to be given back');
+  });
+
+  it('keeps a client whose payloads each arrive within the deadline, however long the stream lasts', async () => {
+    const timeoutMs = 300;
+    const t = await startServer({ requestBytesMax: 256 * KiB, requestBytesInFlightMax: 256 * KiB, edgeRequestBytesInFlightMax: MiB, payloadReceiveTimeoutMs: timeoutMs });
+    const slow = await t.raw();
+    const blocks = Array.from({ length: 4 }, () => randomBytes(256 * KiB));
+    // Each payload in four pieces over ~180 ms: the stream takes ~3 deadlines, no payload takes one.
+    for (const [i, block] of blocks.entries()) {
+      slow.write(writeHeader(i, i * 256 * KiB, block.length));
+      for (let piece = 0; piece < 4; piece++) {
+        await sleep(timeoutMs / 5);
+        slow.write(block.subarray((piece * block.length) / 4, ((piece + 1) * block.length) / 4));
+      }
+      expect(await slow.readSimpleReply()).toMatchObject({ error: 0, handleLo: i });
+    }
+    expect(slow.isClosed).toBe(false);
+    expect(t.volume.peek(0, MiB).equals(Buffer.concat(blocks))).toBe(true);
+  });
+
+  it('cuts connections that hold READ replies they do not read, and the others\' writes go through', async () => {
+    const { logger, lines } = capturingLogger();
+    const timeoutMs = 600;
+    const t = await startServer(
+      { requestBytesMax: MiB, requestBytesInFlightMax: MiB, edgeRequestBytesInFlightMax: 2 * MiB, replyDrainTimeoutMs: timeoutMs },
+      logger,
+    );
+    const readers = await Promise.all([t.raw(), t.raw()]);
+    for (const reader of readers) {
+      reader.stopReading();
+      // 32 MiB of replies: far more than the kernel's socket buffers take, so one stays at the edge.
+      for (let i = 0; i < 32; i++) reader.write(readHeader(i, 0, MiB));
+    }
+    await waitFor(() => t.server.requestBytesInFlight === 2 * MiB, 'unread replies to hold the budget');
+    const other = await t.connect();
+    const small = randomBytes(4 * KiB);
+    let otherDone = false;
+    const otherWrite = other.write(8 * MiB, small).then(() => (otherDone = true));
+    await sleep(100);
+    expect(otherDone).toBe(false); // no bytes left at the edge for it until the non-readers are gone
+    await otherWrite;
+    expect(t.volume.peek(8 * MiB, small.length).equals(small)).toBe(true);
+    expect(lines.filter((l) => l.msg === 'nbd connection closed: replies not read by the client in time')).toHaveLength(2);
+    // A paused socket does not see the close; reading now finds the stream cut short.
+    for (const reader of readers) {
+      reader.socket.resume();
+      await reader.expectClosed();
+      expect(reader.bufferedBytes).toBeLessThan(32 * (MiB + 16));
+    }
+    await waitFor(() => t.server.requestBytesInFlight === 0, 'every byte to be given back');
+  });
+
+  it('keeps a client that reads its replies slowly but steadily, even when one batch takes longer than the deadline', async () => {
+    const timeoutMs = 500;
+    const bytes = 4 * MiB;
+    const t = await startServer({ requestBytesMax: bytes, requestBytesInFlightMax: 8 * bytes, edgeRequestBytesInFlightMax: 8 * bytes, replyDrainTimeoutMs: timeoutMs });
+    const pattern = randomBytes(bytes);
+    await (await t.connect()).write(0, pattern);
+    const reader = await t.raw();
+    // 512 KiB every 30 ms (~17 MB/s): the replies leave as one 32 MiB writev (writevFramesMax of them), which
+    // takes ~4 deadlines to go, so no write completes within one. Each period the client takes far more than
+    // the kernel's socket buffers hold, which is what the edge can see of a client reading.
+    cleanups.push(readSlowly(reader, 512 * KiB, 30));
+    const reads = 8;
+    for (let i = 0; i < reads; i++) reader.write(readHeader(i, 0, bytes));
+    for (let i = 0; i < reads; i++) {
+      const reply = await reader.readSimpleReply(bytes);
+      expect(reply).toMatchObject({ error: 0, handleLo: i });
+      expect(reply.data.equals(pattern)).toBe(true);
+    }
+    expect(reader.isClosed).toBe(false);
     await waitFor(() => t.server.requestBytesInFlight === 0, 'every byte to be given back');
   });
 });

@@ -55,6 +55,8 @@ async function serveOneConnection(resolver: MemoryExportResolver) {
       optionBytesMax: limits.nbdOptionBytesMax,
       handshakeTimeoutMs: 30_000,
       closeLingerMs: 100,
+      payloadReceiveTimeoutMs: limits.nbdPayloadReceiveTimeoutMs,
+      replyDrainTimeoutMs: limits.nbdReplyDrainTimeoutMs,
     };
     new NbdConnection(socket, settings, silentLogger());
   });
